@@ -1,0 +1,279 @@
+//! The flags every pair shares, and how a program starts and ends.
+//!
+//! Each writer and reader flattens [`CommonArgs`] into its own clap `Parser`, so every pair
+//! takes the same `--mode --count --size --warmup --name --timeout --json --quiet`. Values
+//! are checked while parsing, before any IPC object exists, and a bad one is an error that
+//! names the flag and the limit (clap prints it and exits with status 2):
+//!
+//! ```text
+//! error: invalid value '0' for '--count <N>': must be between 1 and 1000000000
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::frame::MAX_PAYLOAD;
+
+/// What the pair does; the same on both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The writer sends each line typed on stdin; the reader prints it. Ctrl-D ends.
+    Text,
+    /// `--count` messages of `--size` bytes as fast as the mechanism allows, verified.
+    Stream,
+    /// `--count` round trips: the reader echoes each message back.
+    Pingpong,
+}
+
+impl Mode {
+    /// Lower-case name, as in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Text => "text",
+            Mode::Stream => "stream",
+            Mode::Pingpong => "pingpong",
+        }
+    }
+}
+
+/// Largest `--count`.
+pub const MAX_COUNT: u64 = 1_000_000_000;
+/// Longest `--name`.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest `--timeout` in seconds (one day).
+pub const MAX_TIMEOUT_S: f64 = 86_400.0;
+
+/// Flags shared by every writer and reader.
+#[derive(Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// text: type lines; stream: one-way at full speed; pingpong: round trips.
+    #[arg(long, value_enum, default_value_t = Mode::Text)]
+    pub mode: Mode,
+
+    /// Timed messages (stream) or round trips (pingpong), 1 to 1e9.
+    #[arg(long, value_name = "N", default_value = "100000", value_parser = parse_count)]
+    pub count: u64,
+
+    /// Payload bytes per message, 1 B to 16 MiB; accepts K, KiB, M, MiB (64K = 65536).
+    #[arg(long, value_name = "BYTES", default_value = "64", value_parser = parse_size)]
+    pub size: usize,
+
+    /// Untimed messages sent first [default: count/10, at most 10000].
+    #[arg(long, value_name = "N", value_parser = parse_warmup)]
+    pub warmup: Option<u64>,
+
+    /// Rendezvous name (letters, digits, '.', '_', '-'; at most 64) [default: per mechanism].
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+
+    /// Seconds to wait for the peer before giving up, 0.1 to 86400.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Narrate only errors; print the report.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl CommonArgs {
+    /// Warm-up count: `--warmup`, else count/10 capped at 10 000 (0 in text mode).
+    pub fn warmup(&self) -> u64 {
+        match (self.mode, self.warmup) {
+            (Mode::Text, _) => 0,
+            (_, Some(w)) => w,
+            (_, None) => (self.count / 10).min(10_000),
+        }
+    }
+
+    /// The rendezvous name, or the mechanism's default.
+    pub fn name_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.name.as_deref().unwrap_or(default)
+    }
+
+    /// Checks `--size` against a mechanism's own limit, naming the flag and why.
+    pub fn check_size(&self, limit: usize, why: &str) -> anyhow::Result<()> {
+        if self.size > limit {
+            anyhow::bail!(
+                "--size {} is too large: the limit is {limit} bytes ({why})",
+                self.size
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--count`: 1 to [`MAX_COUNT`].
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let n = parse_u64(s)?;
+    if !(1..=MAX_COUNT).contains(&n) {
+        return Err(format!("must be between 1 and {MAX_COUNT}"));
+    }
+    Ok(n)
+}
+
+/// `--warmup`: 0 to [`MAX_COUNT`].
+pub fn parse_warmup(s: &str) -> Result<u64, String> {
+    let n = parse_u64(s)?;
+    if n > MAX_COUNT {
+        return Err(format!("must be between 0 and {MAX_COUNT}"));
+    }
+    Ok(n)
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace('_', "");
+    if let Some((m, e)) = t.split_once(['e', 'E']) {
+        // 1e6 is easier to type than 1000000.
+        let m: u64 = m
+            .parse()
+            .map_err(|_| format!("'{s}' is not a whole number"))?;
+        let e: u32 = e
+            .parse()
+            .map_err(|_| format!("'{s}' is not a whole number"))?;
+        return 10u64
+            .checked_pow(e)
+            .and_then(|p| p.checked_mul(m))
+            .ok_or_else(|| format!("'{s}' is too large"));
+    }
+    t.parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))
+}
+
+/// `--size`: 1 byte to [`MAX_PAYLOAD`], with an optional K/KiB/M/MiB suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 64, 4K, 64KiB, 1M)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        other => return Err(format!("unknown unit '{other}' (use K, KiB, M or MiB)")),
+    };
+    let bytes = n.saturating_mul(mult);
+    if bytes == 0 || bytes > MAX_PAYLOAD as u64 {
+        return Err(format!(
+            "must be between 1 byte and {} bytes (16 MiB)",
+            MAX_PAYLOAD
+        ));
+    }
+    Ok(bytes as usize)
+}
+
+/// `--name`: what may appear in a file name and a kernel object name, nothing else.
+pub fn parse_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_NAME_LEN {
+        return Err(format!("must be 1 to {MAX_NAME_LEN} characters"));
+    }
+    if s.starts_with('.') {
+        return Err("must not start with '.'".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "'{c}' is not allowed: use letters, digits, '.', '_' and '-' (a name, not a path)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `--timeout`: seconds, 0.1 to [`MAX_TIMEOUT_S`].
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.1..=MAX_TIMEOUT_S).contains(&secs) {
+        return Err(format!("must be between 0.1 and {MAX_TIMEOUT_S} seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Runs a program's body: narration set up, the signal thread started, and an error
+/// printed as `[program pid] error: what failed: why` with exit status 1.
+pub fn run_main(
+    program: &str,
+    quiet: bool,
+    body: impl FnOnce() -> anyhow::Result<ExitCode>,
+) -> ExitCode {
+    crate::narrate::init(program, quiet);
+    if let Err(e) = crate::cleanup::install_signal_handler() {
+        crate::warn!("warning: {e:#}; Ctrl-C will not clean up");
+    }
+    match body() {
+        Ok(code) => code,
+        Err(e) => {
+            crate::warn!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct T {
+        #[command(flatten)]
+        c: CommonArgs,
+    }
+
+    fn err(args: &[&str]) -> String {
+        let mut v = vec!["t"];
+        v.extend_from_slice(args);
+        T::try_parse_from(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sizes_and_counts_parse_with_units() {
+        assert_eq!(parse_size("64").unwrap(), 64);
+        assert_eq!(parse_size("64K").unwrap(), 65536);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
+        assert_eq!(parse_count("1e6").unwrap(), 1_000_000);
+        assert_eq!(parse_count("10_000").unwrap(), 10_000);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_limit() {
+        let e = err(&["--count", "0"]);
+        assert!(
+            e.contains("--count") && e.contains("between 1 and 1000000000"),
+            "{e}"
+        );
+        let e = err(&["--size", "17M"]);
+        assert!(e.contains("--size") && e.contains("16777216"), "{e}");
+        let e = err(&["--size", "12Q"]);
+        assert!(e.contains("--size") && e.contains("unknown unit"), "{e}");
+        let e = err(&["--name", "a/b"]);
+        assert!(e.contains("--name") && e.contains("not a path"), "{e}");
+        let e = err(&["--timeout", "0"]);
+        assert!(e.contains("--timeout") && e.contains("0.1"), "{e}");
+        let e = err(&["--mode", "fast"]);
+        assert!(e.contains("--mode"), "{e}");
+    }
+
+    #[test]
+    fn warmup_defaults_to_a_tenth_capped() {
+        let t = T::try_parse_from(["t", "--mode", "stream", "--count", "1000"]).unwrap();
+        assert_eq!(t.c.warmup(), 100);
+        let t = T::try_parse_from(["t", "--mode", "stream", "--count", "1e9"]).unwrap();
+        assert_eq!(t.c.warmup(), 10_000);
+        let t = T::try_parse_from(["t"]).unwrap();
+        assert_eq!(t.c.warmup(), 0, "text mode has no warm-up");
+    }
+}

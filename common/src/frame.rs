@@ -1,0 +1,743 @@
+//! The frame: the one message format every mechanism carries.
+//!
+//! A frame is a fixed 40-byte little-endian header followed by the payload. Byte streams
+//! (pipe, FIFO, TCP, Unix stream) need the length field to find where one message ends
+//! and the next begins (claim K5); message queues and the shared ring keep message
+//! boundaries themselves and still carry the header for the sequence number, the send
+//! time and the checksum.
+//!
+//! | offset | size | field      | meaning                                                      |
+//! |-------:|-----:|------------|--------------------------------------------------------------|
+//! |      0 |    4 | `magic`    | `b"IPCS"`: this is an ipc-study frame at all                 |
+//! |      4 |    1 | `version`  | [`VERSION`]; a reader refuses any other                      |
+//! |      5 |    1 | `kind`     | [`Kind`]: Data, Ping, Pong or End                            |
+//! |      6 |    2 | `flags`    | [`FLAG_WARMUP`]: sent before timing starts                   |
+//! |      8 |    8 | `nonce`    | the writer's random session id; stale frames differ          |
+//! |     16 |    8 | `seq`      | 0, 1, 2, ... per session; gaps and repeats are detected      |
+//! |     24 |    8 | `sent_ns`  | CLOCK_MONOTONIC when sent (a Pong echoes the Ping's)         |
+//! |     32 |    4 | `len`      | payload length in bytes, checked against a limit first      |
+//! |     36 |    4 | `checksum` | CRC-32C of header bytes 0..36 followed by the payload        |
+//!
+//! The header is encoded and decoded field by field with `to_le_bytes`/`from_le_bytes`,
+//! never by casting a struct, so the bytes on the wire do not depend on the compiler's
+//! layout or the machine's byte order. The tests at the bottom pin those bytes.
+//!
+//! The decoder ([`decode`]) is total: any byte string gives a frame, "need more bytes" or
+//! a [`FrameError`], never a panic, and a length above the caller's limit is refused before
+//! anything is allocated for it. [`FrameReader`] and [`write_frame`] use it on byte streams.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+
+/// `b"IPCS"` read as a little-endian `u32`.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"IPCS");
+/// Version of this layout. Bump it when a field changes meaning.
+pub const VERSION: u8 = 1;
+/// Size of the fixed header in bytes.
+pub const HEADER_LEN: usize = 40;
+/// The largest payload any mechanism accepts: 16 MiB. Each mechanism may set a lower one
+/// (a System V queue, for instance, is bounded by `kernel.msgmax`).
+pub const MAX_PAYLOAD: usize = 16 << 20;
+/// An End frame's payload: the count and the bytes of Data or Ping frames sent.
+pub const END_PAYLOAD_LEN: usize = 16;
+/// Flag bit: this frame is warm-up traffic; a reader verifies it but does not time it.
+pub const FLAG_WARMUP: u16 = 1;
+
+/// Byte offset of the checksum field: the checksum covers the header bytes before it.
+const CHECKSUM_AT: usize = 36;
+
+/// What a frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// A message from writer to reader (text and stream modes).
+    Data = 1,
+    /// A round-trip request from the writer (pingpong mode).
+    Ping = 2,
+    /// The reader's answer to a Ping: same seq, same `sent_ns`, same payload.
+    Pong = 3,
+    /// The writer's last frame: a clean end, carrying what was sent.
+    End = 4,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Data),
+            2 => Some(Kind::Ping),
+            3 => Some(Kind::Pong),
+            4 => Some(Kind::End),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded header. The payload is not part of it: it stays in the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// What this frame is for.
+    pub kind: Kind,
+    /// Bit set of `FLAG_*`.
+    pub flags: u16,
+    /// The sending session's random id.
+    pub nonce: u64,
+    /// Sequence number within the session.
+    pub seq: u64,
+    /// CLOCK_MONOTONIC nanoseconds when the frame was (first) sent.
+    pub sent_ns: u64,
+    /// Payload length in bytes.
+    pub len: u32,
+    /// CRC-32C over header bytes 0..36 and the payload.
+    pub checksum: u32,
+}
+
+impl Header {
+    /// Whether the warm-up flag is set.
+    pub fn is_warmup(&self) -> bool {
+        self.flags & FLAG_WARMUP != 0
+    }
+
+    /// Payload length as a `usize`.
+    pub fn payload_len(&self) -> usize {
+        self.len as usize
+    }
+}
+
+/// The fields a sender chooses; [`encode_header`] adds magic, version, length and checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fields {
+    /// What the frame is for.
+    pub kind: Kind,
+    /// Bit set of `FLAG_*`.
+    pub flags: u16,
+    /// Session id.
+    pub nonce: u64,
+    /// Sequence number.
+    pub seq: u64,
+    /// Send time, CLOCK_MONOTONIC ns.
+    pub sent_ns: u64,
+}
+
+/// Why bytes are not a valid frame. Each case names what was wrong and the limit.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The first four bytes are not `b"IPCS"`: not a frame, or the stream lost its place.
+    BadMagic { found: [u8; 4] },
+    /// A frame of another layout version.
+    BadVersion { found: u8 },
+    /// A kind byte outside 1..=4.
+    BadKind { found: u8 },
+    /// The length field is above the reader's limit; nothing was allocated for it.
+    TooLong { len: u64, max: usize },
+    /// An End frame whose payload is not 16 bytes.
+    BadEnd { len: u32 },
+    /// The checksum does not match the header and payload that arrived.
+    BadChecksum {
+        expected: u32,
+        computed: u32,
+        seq: u64,
+    },
+    /// The payload given to the encoder is larger than the caller's buffer or the format.
+    PayloadTooLarge { len: usize, max: usize },
+    /// The system call under a stream read or write failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::BadMagic { found } => write!(
+                f,
+                "not an ipc-study frame: magic bytes {:02x?} (expected \"IPCS\")",
+                found
+            ),
+            FrameError::BadVersion { found } => write!(
+                f,
+                "frame version {found} is not supported (this build speaks version {VERSION})"
+            ),
+            FrameError::BadKind { found } => {
+                write!(f, "frame kind {found} is unknown (expected 1..=4)")
+            }
+            FrameError::TooLong { len, max } => write!(
+                f,
+                "frame payload length {len} bytes exceeds the limit of {max} bytes"
+            ),
+            FrameError::BadEnd { len } => write!(
+                f,
+                "End frame payload is {len} bytes (expected {END_PAYLOAD_LEN})"
+            ),
+            FrameError::BadChecksum {
+                expected,
+                computed,
+                seq,
+            } => write!(
+                f,
+                "frame seq {seq} is corrupt: checksum {computed:#010x} computed, {expected:#010x} in the header"
+            ),
+            FrameError::PayloadTooLarge { len, max } => write!(
+                f,
+                "payload of {len} bytes does not fit: the limit is {max} bytes"
+            ),
+            FrameError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+/// Builds the 40 header bytes for `payload`, checksum included.
+///
+/// Fails only when the payload is longer than [`MAX_PAYLOAD`] (the format's own ceiling).
+pub fn encode_header(fields: Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN], FrameError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(FrameError::PayloadTooLarge {
+            len: payload.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4] = VERSION;
+    h[5] = fields.kind as u8;
+    h[6..8].copy_from_slice(&fields.flags.to_le_bytes());
+    h[8..16].copy_from_slice(&fields.nonce.to_le_bytes());
+    h[16..24].copy_from_slice(&fields.seq.to_le_bytes());
+    h[24..32].copy_from_slice(&fields.sent_ns.to_le_bytes());
+    // The cast cannot truncate: MAX_PAYLOAD < u32::MAX, checked above.
+    h[32..36].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = checksum(&h[..CHECKSUM_AT], payload);
+    h[36..40].copy_from_slice(&crc.to_le_bytes());
+    Ok(h)
+}
+
+/// Encodes header and payload into `out` and returns the frame's total length.
+///
+/// For mechanisms that hand the kernel one buffer per message (message queues) or copy a
+/// frame into shared memory: the caller owns and reuses `out`, so nothing is allocated.
+pub fn encode_into(fields: Fields, payload: &[u8], out: &mut [u8]) -> Result<usize, FrameError> {
+    let total = HEADER_LEN + payload.len();
+    if total > out.len() {
+        return Err(FrameError::PayloadTooLarge {
+            len: payload.len(),
+            max: out.len().saturating_sub(HEADER_LEN),
+        });
+    }
+    let h = encode_header(fields, payload)?;
+    out[..HEADER_LEN].copy_from_slice(&h);
+    out[HEADER_LEN..total].copy_from_slice(payload);
+    Ok(total)
+}
+
+/// The payload of an End frame: count and bytes of the Data/Ping frames sent before it.
+pub fn end_payload(count: u64, bytes: u64) -> [u8; END_PAYLOAD_LEN] {
+    let mut p = [0u8; END_PAYLOAD_LEN];
+    p[..8].copy_from_slice(&count.to_le_bytes());
+    p[8..].copy_from_slice(&bytes.to_le_bytes());
+    p
+}
+
+/// Reads an End frame's payload back as `(count, bytes)`; `None` if it is not 16 bytes.
+pub fn parse_end(payload: &[u8]) -> Option<(u64, u64)> {
+    let count: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    let bytes: [u8; 8] = payload.get(8..16)?.try_into().ok()?;
+    (payload.len() == END_PAYLOAD_LEN)
+        .then(|| (u64::from_le_bytes(count), u64::from_le_bytes(bytes)))
+}
+
+/// CRC-32C (Castagnoli) of the header prefix followed by the payload.
+///
+/// The `crc32c` crate uses the SSE 4.2 `crc32` instruction (three streams in parallel)
+/// where the CPU has it, which is fast enough not to bind at 64 KiB messages; see the
+/// `checksum_speed` example and BENCHMARKS.md for the measured rate.
+pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header_prefix), payload)
+}
+
+/// Decodes and checks a header, without the payload's checksum (which needs the payload).
+///
+/// Returns `Ok(None)` when fewer than [`HEADER_LEN`] bytes are given.
+pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameError> {
+    let Some(h) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    // Every index below is inside `h`, which is exactly HEADER_LEN bytes long.
+    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    if u32_at(0) != MAGIC {
+        return Err(FrameError::BadMagic {
+            found: [h[0], h[1], h[2], h[3]],
+        });
+    }
+    if h[4] != VERSION {
+        return Err(FrameError::BadVersion { found: h[4] });
+    }
+    let kind = Kind::from_u8(h[5]).ok_or(FrameError::BadKind { found: h[5] })?;
+    let len = u32_at(32);
+    // The limit is checked here, before any caller sizes a buffer from `len`.
+    if len as u64 > max_payload.min(MAX_PAYLOAD) as u64 {
+        return Err(FrameError::TooLong {
+            len: len as u64,
+            max: max_payload.min(MAX_PAYLOAD),
+        });
+    }
+    if kind == Kind::End && len as usize != END_PAYLOAD_LEN {
+        return Err(FrameError::BadEnd { len });
+    }
+    Ok(Some(Header {
+        kind,
+        flags: u16_at(6),
+        nonce: u64_at(8),
+        seq: u64_at(16),
+        sent_ns: u64_at(24),
+        len,
+        checksum: u32_at(36),
+    }))
+}
+
+/// Checks a payload against the checksum in its header bytes.
+pub fn verify(header: &Header, header_bytes: &[u8], payload: &[u8]) -> Result<(), FrameError> {
+    let computed = checksum(&header_bytes[..CHECKSUM_AT], payload);
+    if computed != header.checksum {
+        return Err(FrameError::BadChecksum {
+            expected: header.checksum,
+            computed,
+            seq: header.seq,
+        });
+    }
+    Ok(())
+}
+
+/// What [`decode`] found at the start of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole, checked frame: payload at `HEADER_LEN..total` of the buffer.
+    Frame { header: Header, total: usize },
+    /// Not enough bytes yet: a frame needs `total` bytes in all (header first, then payload).
+    NeedMore { total: usize },
+}
+
+/// Decodes the frame at the start of `buf`. Total: never panics, whatever the bytes.
+pub fn decode(buf: &[u8], max_payload: usize) -> Result<Decoded, FrameError> {
+    let Some(header) = decode_header(buf, max_payload)? else {
+        return Ok(Decoded::NeedMore { total: HEADER_LEN });
+    };
+    let total = HEADER_LEN + header.payload_len();
+    let Some(frame) = buf.get(..total) else {
+        return Ok(Decoded::NeedMore { total });
+    };
+    verify(&header, frame, &frame[HEADER_LEN..])?;
+    Ok(Decoded::Frame { header, total })
+}
+
+/// Writes one frame to a byte stream: header and payload leave in one `writev(2)`.
+///
+/// A stream may take fewer bytes than offered (a pipe with less room, a socket buffer);
+/// the loop continues from where the kernel stopped, so the frame is never split by
+/// another writer's data and never resent in part.
+pub fn write_frame<W: Write + ?Sized>(
+    w: &mut W,
+    header: &[u8; HEADER_LEN],
+    payload: &[u8],
+) -> io::Result<()> {
+    let mut bufs = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut slices: &mut [IoSlice<'_>] = &mut bufs;
+    if payload.is_empty() {
+        slices = &mut slices[..1];
+    }
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What the next read from a byte stream produced.
+#[derive(Debug)]
+pub enum StreamEvent<'a> {
+    /// A whole, checked frame; the payload borrows the reader's buffer until the next call.
+    Frame { header: Header, payload: &'a [u8] },
+    /// The stream ended cleanly between two frames.
+    Eof,
+    /// The stream ended inside a frame: `have` of the `need` bytes it announced arrived.
+    EofMidFrame { have: usize, need: usize },
+}
+
+/// Reads frames from a byte stream with as few `read(2)` calls as possible.
+///
+/// Each `read` asks for as much as the buffer has room for, so many small frames that
+/// arrived together come out of one system call, and a large frame that arrives in pieces
+/// is reassembled (claim K5). The buffer grows only to fit one frame whose header passed
+/// the length check, so memory is bounded by the limit, not by the message count.
+pub struct FrameReader<R> {
+    /// The byte stream.
+    inner: R,
+    /// Receive buffer; bytes `start..end` are received but not yet returned.
+    buf: Vec<u8>,
+    /// First byte not yet handed out.
+    start: usize,
+    /// One past the last byte received.
+    end: usize,
+    /// Largest payload accepted; longer frames are refused before the buffer grows.
+    max_payload: usize,
+    /// Number of `read` calls that returned data, for showing K5 (`--show-reads`).
+    reads: u64,
+}
+
+/// Default receive buffer: large enough that one read drains a full 1 MiB pipe.
+pub const DEFAULT_READ_BUFFER: usize = 1 << 20;
+
+impl<R: Read> FrameReader<R> {
+    /// A reader with the default buffer size.
+    pub fn new(inner: R, max_payload: usize) -> Self {
+        Self::with_capacity(inner, max_payload, DEFAULT_READ_BUFFER)
+    }
+
+    /// A reader whose buffer starts at `capacity` bytes (at least one header).
+    pub fn with_capacity(inner: R, max_payload: usize, capacity: usize) -> Self {
+        FrameReader {
+            inner,
+            buf: vec![0; capacity.max(HEADER_LEN)],
+            start: 0,
+            end: 0,
+            max_payload: max_payload.min(MAX_PAYLOAD),
+            reads: 0,
+        }
+    }
+
+    /// How many `read` calls returned data so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// The underlying stream (to write the way back on a two-way socket, for instance).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Returns the next frame, reading from the stream only when the buffer has none.
+    pub fn next_frame(&mut self) -> Result<StreamEvent<'_>, FrameError> {
+        loop {
+            match decode(&self.buf[self.start..self.end], self.max_payload)? {
+                Decoded::Frame { header, total } => {
+                    let at = self.start;
+                    self.start += total;
+                    if self.start == self.end {
+                        // Empty buffer: the next read can use all of it.
+                        self.start = 0;
+                        self.end = 0;
+                    }
+                    let payload = &self.buf[at + HEADER_LEN..at + total];
+                    return Ok(StreamEvent::Frame { header, payload });
+                }
+                Decoded::NeedMore { total } => {
+                    if !self.fill(total)? {
+                        let have = self.end - self.start;
+                        return Ok(if have == 0 {
+                            StreamEvent::Eof
+                        } else {
+                            StreamEvent::EofMidFrame { have, need: total }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes room for a frame of `total` bytes and reads once. `Ok(false)` at end of stream.
+    fn fill(&mut self, total: usize) -> io::Result<bool> {
+        if self.start + total > self.buf.len() {
+            // The frame would run past the end: move its first bytes to the front.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if total > self.buf.len() {
+                // `total` passed the length check in `decode_header`, so this is bounded.
+                self.buf.resize(total, 0);
+            }
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.end += n;
+                    self.reads += 1;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fields(kind: Kind, seq: u64) -> Fields {
+        Fields {
+            kind,
+            flags: 0,
+            nonce: 0x1122_3344_5566_7788,
+            seq,
+            sent_ns: 1_000_000_007,
+        }
+    }
+
+    fn frame(kind: Kind, seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0; HEADER_LEN + payload.len()];
+        let n = encode_into(fields(kind, seq), payload, &mut v).unwrap();
+        assert_eq!(n, v.len());
+        v
+    }
+
+    /// Pins the bytes on the wire: a change of layout must change this test on purpose.
+    #[test]
+    fn header_bytes_are_pinned() {
+        let h = encode_header(fields(Kind::Ping, 3), b"hi").unwrap();
+        let expected_prefix: [u8; 36] = [
+            b'I', b'P', b'C', b'S', // magic
+            1,    // version
+            2,    // kind = Ping
+            0, 0, // flags
+            0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // nonce
+            3, 0, 0, 0, 0, 0, 0, 0, // seq
+            0x07, 0xca, 0x9a, 0x3b, 0, 0, 0, 0, // sent_ns = 1_000_000_007
+            2, 0, 0, 0, // len
+        ];
+        assert_eq!(&h[..36], &expected_prefix);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&expected_prefix), b"hi");
+        assert_eq!(&h[36..], &crc.to_le_bytes());
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for kind in [Kind::Data, Kind::Ping, Kind::Pong, Kind::End] {
+            let payload: Vec<u8> = if kind == Kind::End {
+                end_payload(5, 320).to_vec()
+            } else {
+                (0..100u8).collect()
+            };
+            let bytes = frame(kind, 9, &payload);
+            match decode(&bytes, MAX_PAYLOAD).unwrap() {
+                Decoded::Frame { header, total } => {
+                    assert_eq!(header.kind, kind);
+                    assert_eq!(header.seq, 9);
+                    assert_eq!(header.nonce, 0x1122_3344_5566_7788);
+                    assert_eq!(header.sent_ns, 1_000_000_007);
+                    assert_eq!(total, bytes.len());
+                    assert_eq!(&bytes[HEADER_LEN..total], &payload[..]);
+                }
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+        assert_eq!(parse_end(&end_payload(5, 320)), Some((5, 320)));
+    }
+
+    #[test]
+    fn truncated_input_needs_more() {
+        let bytes = frame(Kind::Data, 1, &[7; 50]);
+        for cut in 0..bytes.len() {
+            let want = if cut < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                bytes.len()
+            };
+            assert_eq!(
+                decode(&bytes[..cut], MAX_PAYLOAD).unwrap(),
+                Decoded::NeedMore { total: want },
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_magic_version_kind_and_checksum_each_have_their_own_error() {
+        let good = frame(Kind::Data, 1, b"payload");
+        let mut b = good.clone();
+        b[0] = b'X';
+        assert!(matches!(
+            decode(&b, MAX_PAYLOAD),
+            Err(FrameError::BadMagic { .. })
+        ));
+        let mut b = good.clone();
+        b[4] = 2;
+        assert!(matches!(
+            decode(&b, MAX_PAYLOAD),
+            Err(FrameError::BadVersion { found: 2 })
+        ));
+        let mut b = good.clone();
+        b[5] = 9;
+        assert!(matches!(
+            decode(&b, MAX_PAYLOAD),
+            Err(FrameError::BadKind { found: 9 })
+        ));
+        let mut b = good.clone();
+        *b.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            decode(&b, MAX_PAYLOAD),
+            Err(FrameError::BadChecksum { seq: 1, .. })
+        ));
+        let mut b = good;
+        b[16] ^= 1; // the header is covered too: a flipped seq bit is caught
+        assert!(matches!(
+            decode(&b, MAX_PAYLOAD),
+            Err(FrameError::BadChecksum { .. })
+        ));
+    }
+
+    #[test]
+    fn end_frame_with_wrong_length_is_refused() {
+        let b = frame(Kind::End, 1, &[0; 8]);
+        assert!(matches!(
+            decode(&b, MAX_PAYLOAD),
+            Err(FrameError::BadEnd { len: 8 })
+        ));
+    }
+
+    /// A reader that hands out `chunk` bytes per read, to cut frames at every place.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(out.len()).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn oversize_length_fails_before_the_buffer_grows() {
+        let mut b = frame(Kind::Data, 0, b"x");
+        b[32..36].copy_from_slice(&u32::MAX.to_le_bytes()); // claims 4 GiB
+        let mut r = FrameReader::with_capacity(&b[..], 1024, 4096);
+        match r.next_frame() {
+            Err(FrameError::TooLong { len, max: 1024 }) => assert_eq!(len, u32::MAX as u64),
+            other => panic!("expected TooLong, got {other:?}"),
+        }
+        assert_eq!(
+            r.buf.capacity(),
+            4096,
+            "nothing was allocated for the claimed length"
+        );
+    }
+
+    #[test]
+    fn stream_end_inside_a_frame_is_reported_as_such() {
+        let b = frame(Kind::Data, 0, &[1; 100]);
+        let mut r = FrameReader::new(&b[..70], MAX_PAYLOAD);
+        match r.next_frame().unwrap() {
+            StreamEvent::EofMidFrame { have: 70, need } => assert_eq!(need, HEADER_LEN + 100),
+            other => panic!("expected EofMidFrame, got {other:?}"),
+        }
+        let mut r = FrameReader::new(&b[..0], MAX_PAYLOAD);
+        assert!(matches!(r.next_frame().unwrap(), StreamEvent::Eof));
+    }
+
+    #[test]
+    fn many_small_frames_come_out_of_one_read() {
+        let mut wire = Vec::new();
+        for seq in 0..50 {
+            wire.extend(frame(Kind::Data, seq, &seq.to_le_bytes()));
+        }
+        let mut r = FrameReader::new(&wire[..], MAX_PAYLOAD);
+        for seq in 0..50u64 {
+            match r.next_frame().unwrap() {
+                StreamEvent::Frame { header, payload } => {
+                    assert_eq!(header.seq, seq);
+                    assert_eq!(payload, seq.to_le_bytes());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(r.reads(), 1);
+    }
+
+    #[test]
+    fn write_frame_puts_header_and_payload_back_to_back() {
+        let payload = vec![0xab; 1000];
+        let h = encode_header(fields(Kind::Data, 4), &payload).unwrap();
+        let mut out = Vec::new();
+        write_frame(&mut out, &h, &payload).unwrap();
+        assert_eq!(out, frame(Kind::Data, 4, &payload));
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..300) {
+            let _ = decode(&bytes, max);
+            let mut r = FrameReader::with_capacity(&bytes[..], max, 64);
+            for _ in 0..10 {
+                match r.next_frame() {
+                    Ok(StreamEvent::Frame { .. }) => continue,
+                    _ => break,
+                }
+            }
+        }
+
+        #[test]
+        fn frames_survive_any_cutting(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..8),
+            chunk in 1usize..97,
+            cap in 40usize..200,
+        ) {
+            let mut wire = Vec::new();
+            for (i, p) in payloads.iter().enumerate() {
+                wire.extend(frame(Kind::Data, i as u64, p));
+            }
+            let mut r = FrameReader::with_capacity(Trickle { data: &wire, chunk }, MAX_PAYLOAD, cap);
+            for (i, p) in payloads.iter().enumerate() {
+                match r.next_frame().unwrap() {
+                    StreamEvent::Frame { header, payload } => {
+                        prop_assert_eq!(header.seq, i as u64);
+                        prop_assert_eq!(payload, &p[..]);
+                    }
+                    other => prop_assert!(false, "expected frame {}, got {:?}", i, other),
+                }
+            }
+            prop_assert!(matches!(r.next_frame().unwrap(), StreamEvent::Eof));
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_detected(payload in proptest::collection::vec(any::<u8>(), 0..64), bit in 0usize..(104 * 8)) {
+            let good = frame(Kind::Data, 7, &payload);
+            let bit = bit % (good.len() * 8);
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            // A flip may make the frame need more bytes (length grew): that is not a frame either.
+            let accepted = matches!(decode(&bad, MAX_PAYLOAD), Ok(Decoded::Frame { .. }));
+            prop_assert!(!accepted, "bit {} flipped and the frame was still accepted", bit);
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! # common: what every ipc-study pair shares
+//!
+//! Six mechanisms, one set of rules. A writer and a reader of any mechanism exchange the
+//! same [`frame`]s, run the same three modes from [`protocol`], print the same
+//! [`timing::Report`], take the same flags from [`cli`], meet in the same [`runtime`]
+//! directory and clean up through the same [`cleanup`] registry. So when the `bench`
+//! runner puts a pipe next to shared memory, the only difference is the mechanism.
+//!
+//! | module       | what it holds                                                                |
+//! |--------------|------------------------------------------------------------------------------|
+//! | [`frame`]    | the 40-byte header, encoder, total decoder, `write_frame` and `FrameReader`  |
+//! | [`protocol`] | text, stream and pingpong over a `FrameSink`/`FrameSource`; verification     |
+//! | [`timing`]   | CLOCK_MONOTONIC, HDR latency histogram, CPU time, the `Report`               |
+//! | [`cli`]      | the shared flags and their limits; `run_main`                                |
+//! | [`runtime`]  | the private runtime directory and kernel object names                        |
+//! | [`cleanup`]  | the registry of owned objects and the Ctrl-C/SIGTERM thread                  |
+//! | [`narrate`]  | `narrate!` and `warn!`: what a learner reads on stderr                       |
+//! | [`peer`]     | is the peer process still alive?                                             |
+//!
+//! Read a pair in this order: the mechanism's `lib.rs` (how the two ends find each other),
+//! its `writer.rs` and `reader.rs` (the system calls, top to bottom), then [`protocol`]
+//! (what travels once they are connected).
+
+pub mod cleanup;
+pub mod cli;
+pub mod frame;
+pub mod narrate;
+pub mod protocol;
+pub mod runtime;
+pub mod timing;
+
+/// Whether the peer process is still there.
+pub mod peer {
+    use nix::errno::Errno;
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+
+    /// True when a process with this pid exists. `kill(pid, 0)` sends no signal: it only
+    /// checks that the process exists (EPERM: it exists but belongs to another user).
+    /// A pid can be reused after its process exits, so this says "probably alive";
+    /// together with a timeout it is enough to stop waiting for a peer that crashed.
+    pub fn alive(pid: i32) -> bool {
+        if pid <= 0 {
+            return false;
+        }
+        matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM))
+    }
+}
