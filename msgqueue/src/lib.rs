@@ -439,11 +439,13 @@ pub fn posix_available() -> std::result::Result<(), Errno> {
     use nix::mqueue::{mq_close, mq_open, MQ_OFlag};
     use nix::sys::stat::Mode;
     let name = format!("/ipc-study-probe-{}", std::process::id());
+    // With O_CREAT, mq_open needs a mode and attributes (nix passes neither with `None`).
+    let attr = nix::mqueue::MqAttr::new(0, 1, 64, 0);
     let q = mq_open(
         name.as_str(),
         MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR,
         Mode::S_IRUSR | Mode::S_IWUSR,
-        None,
+        Some(&attr),
     )?;
     let _ = mq_close(q);
     let _ = nix::mqueue::mq_unlink(name.as_str());
@@ -626,7 +628,6 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 pub const AFTER_FINISH: Duration = Duration::from_millis(500);
 
 /// Watches the peer's slot in the pair file.
-#[derive(Debug)]
 pub struct Liveness {
     /// The pair file (its own descriptor).
     pair: PairFile,
@@ -637,6 +638,8 @@ pub struct Liveness {
     /// Non-zero while the main thread is inside a call that may block: a call number,
     /// so the watchdog can tell one long call from many short ones.
     pub in_call: AtomicU64,
+    /// What to remove when the peer is found dead (the queue is useless then): run once.
+    on_death: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Liveness {
@@ -647,7 +650,22 @@ impl Liveness {
             peer,
             timeout,
             in_call: AtomicU64::new(0),
+            on_death: Mutex::new(None),
         })
+    }
+
+    /// Sets what [`Liveness::bury`] removes.
+    pub fn set_on_death(&self, f: impl FnOnce() + Send + 'static) {
+        *self.on_death.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    /// The peer died: remove what the pair owned (queue and pair file), once.
+    pub fn bury(&self, g: &Gone) {
+        if matches!(g, Gone::Died(_)) {
+            if let Some(f) = self.on_death.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                f();
+            }
+        }
     }
 
     /// Checks the peer, given how long this side has been blocked. `None`: keep waiting.

@@ -79,6 +79,8 @@ pub struct Opened {
     pub waiting: u64,
     /// Facts for the report.
     pub notes: Vec<String>,
+    /// A reader that finished before this one and left messages of other types (M4).
+    pub earlier_reader: Option<i32>,
 }
 
 /// What identifies the queue(s) for removal, copyable into a cleanup closure.
@@ -131,6 +133,10 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
     let mut notes = Vec::new();
 
     // Is another process already playing this role?
+    let earlier_reader = match pair.read(a.role) {
+        Slot::Finished(pid) if a.role == Role::Reader && pid != me => Some(pid),
+        _ => None,
+    };
     match pair.read(a.role) {
         Slot::Running(pid) if pid != me && common::peer::alive(pid) && !a.shared_reader => {
             bail!(
@@ -211,6 +217,7 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
         stale,
         waiting,
         notes,
+        earlier_reader,
     })
 }
 
@@ -762,6 +769,7 @@ impl FrameSink for PosixSink {
                         Ok(0) => {
                             if let Some(g) = self.live.check(since.elapsed()) {
                                 narrate!("{} while the queue was full", g.describe(self.peer));
+                                self.live.bury(&g);
                                 return Ok(Delivery::PeerGone);
                             }
                         }
@@ -819,6 +827,7 @@ impl PosixSource {
                 Err(Errno::ETIMEDOUT) => {
                     if let Some(g) = self.live.check(started.elapsed()) {
                         narrate!("{}; mq_timedreceive stops waiting", g.describe(self.peer));
+                        self.live.bury(&g);
                         self.gone = Some(g);
                         return Ok(None);
                     }

@@ -160,6 +160,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         })
     });
     let live = Arc::new(Liveness::new(&path, Role::Reader, c.timeout)?);
+    {
+        // A dead reader leaves a queue nobody will read: remove it (POSIX; the System V
+        // watchdog does the same).
+        let (ids, p) = (opened.queues_ids(), path.clone());
+        live.set_on_death(move || {
+            let _ = ids.remove(&p);
+        });
+    }
     let setup = Setup {
         program: PROGRAM.into(),
         mechanism: MECHANISM.into(),
@@ -191,6 +199,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     let stale = opened.stale;
+    narrate!(
+        "recorded as writer pid {} in {}; the session starts",
+        std::process::id(),
+        path.display()
+    );
     let mut stdin = io::stdin().lock();
     let (result, saw_full, watchdog) = match opened.queues {
         Queues::Sysv(q) => {
