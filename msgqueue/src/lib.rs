@@ -44,6 +44,7 @@
 //!     is running (it started first) or *finished* (it sent its whole session, End included,
 //!     and exited: M1); if the recorded writer is dead while "running" (killed), or none is
 //!     recorded, they are leftovers: discarded and counted.
+//!
 //!   Every frame also carries the writer's session nonce (common::protocol skips frames of
 //!   another session), a second line of defence.
 //! - **A peer that dies.** Blocking calls must not wait forever for a dead peer. System V
@@ -229,10 +230,16 @@ pub struct Message {
 impl Message {
     /// A zeroed message on the heap (64 KiB would be a large stack frame).
     pub fn boxed() -> Box<Message> {
-        let b = Box::<Message>::new_zeroed();
-        // SAFETY: `Message` is a c_long and a byte array; all-zero bytes are a valid value
-        // of both, so the zeroed allocation is fully initialised.
-        unsafe { b.assume_init() }
+        let layout = std::alloc::Layout::new::<Message>();
+        // SAFETY: the layout is Message's own and not zero-sized (GlobalAlloc's requirement).
+        let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Message>();
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: `p` is a non-null allocation from the global allocator with Message's
+        // layout, so Box may own and free it; `Message` is a c_long and a byte array, for
+        // which all-zero bytes are a valid value, so the memory is fully initialised.
+        unsafe { Box::from_raw(p) }
     }
 }
 
@@ -305,6 +312,8 @@ impl SysvQueue {
     }
 
     /// `msgctl(id, IPC_STAT)`.
+    // The counters are `c_ulong`: u64 here, u32 on 32-bit targets, hence `from`.
+    #[allow(clippy::useless_conversion)]
     pub fn stat(&self) -> io::Result<QueueStat> {
         let mut ds = std::mem::MaybeUninit::<libc::msqid_ds>::zeroed();
         // SAFETY: `ds` is a writable msqid_ds the kernel fills on success; it is only read
@@ -320,9 +329,9 @@ impl SysvQueue {
             uid: ds.msg_perm.uid,
             cuid: ds.msg_perm.cuid,
             mode: u32::from(ds.msg_perm.mode),
-            qnum: ds.msg_qnum as u64,
-            cbytes: ds.__msg_cbytes as u64,
-            qbytes: ds.msg_qbytes as u64,
+            qnum: u64::from(ds.msg_qnum),
+            cbytes: u64::from(ds.__msg_cbytes),
+            qbytes: u64::from(ds.msg_qbytes),
             lspid: ds.msg_lspid,
             lrpid: ds.msg_lrpid,
         })
@@ -662,7 +671,12 @@ impl Liveness {
     /// The peer died: remove what the pair owned (queue and pair file), once.
     pub fn bury(&self, g: &Gone) {
         if matches!(g, Gone::Died(_)) {
-            if let Some(f) = self.on_death.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(f) = self
+                .on_death
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
                 f();
             }
         }

@@ -602,6 +602,8 @@ impl SysvSource {
     }
 
     /// One message: `Some((type, text length))`, or `None` when the peer is gone.
+    // mtype is a c_long: i64 here, i32 on 32-bit targets, hence `from`.
+    #[allow(clippy::useless_conversion)]
     pub fn recv_raw(&mut self) -> Result<Option<(i64, usize)>> {
         let started = Instant::now();
         loop {
@@ -615,7 +617,7 @@ impl SysvSource {
                 .in_call
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             match r {
-                Ok(n) => return Ok(Some((self.msg.mtype as i64, n))),
+                Ok(n) => return Ok(Some((i64::from(self.msg.mtype), n))),
                 Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => {
                     // Poll mode: nothing of our type; is the writer still there?
                     if let Some(g) = self.live.check(started.elapsed()) {

@@ -32,7 +32,12 @@ fn pair(env: &Env, w: &[&str], r: &[&str], reader_first: bool, stdin: &[u8]) -> 
 }
 
 fn ok(d: &Done, who: &str) {
-    assert!(d.status.success(), "{who} failed ({}):\n{}", d.status, d.stderr);
+    assert!(
+        d.status.success(),
+        "{who} failed ({}):\n{}",
+        d.status,
+        d.stderr
+    );
 }
 
 fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
@@ -49,8 +54,15 @@ fn every_mode_both_flavours_both_orders() {
             for reader_first in [true, false] {
                 let env = Env::new(&format!("modes-{fi}-{mode}-{reader_first}"));
                 let common = ["--mode", mode, "--json"];
-                let w = with(&with(&common, flavour), &["--count", "3000", "--size", "8152"]);
-                let w: Vec<&str> = if mode == "text" { with(&common, flavour) } else { w };
+                let w = with(
+                    &with(&common, flavour),
+                    &["--count", "3000", "--size", "8152"],
+                );
+                let w: Vec<&str> = if mode == "text" {
+                    with(&common, flavour)
+                } else {
+                    w
+                };
                 let r = with(&common, flavour);
                 let (wd, rd) = pair(&env, &w, &r, reader_first, b"alpha\nbeta\n");
                 ok(&wd, "writer");
@@ -60,7 +72,11 @@ fn every_mode_both_flavours_both_orders() {
                 if mode == "text" {
                     assert_eq!(rr.count, 2);
                     let tag = if fi == 0 { "[type 1]" } else { "[priority 0]" };
-                    assert!(rd.stdout.contains(&format!("{tag} #0 (5 B")), "{}", rd.stdout);
+                    assert!(
+                        rd.stdout.contains(&format!("{tag} #0 (5 B")),
+                        "{}",
+                        rd.stdout
+                    );
                     assert!(rd.stdout.contains(": beta"), "{}", rd.stdout);
                 } else {
                     assert_eq!((rr.count, rr.bytes), (3000, 3000 * 8152));
@@ -81,13 +97,31 @@ fn claim_m1_messages_outlive_the_writer() {
     ok(&wd, "writer");
     // The writer has exited; its queue and message are still there (ipcs -q).
     let key = &harness::keys_in(&wd.stderr)[0];
-    let ipcs = String::from_utf8_lossy(&std::process::Command::new("ipcs").arg("-q").output().unwrap().stdout).into_owned();
-    let line = ipcs.lines().find(|l| l.starts_with(key.as_str())).unwrap_or_else(|| panic!("{key} not in\n{ipcs}"));
-    assert!(line.trim_end().ends_with('2'), "message and End should be queued: {line}");
+    let ipcs = String::from_utf8_lossy(
+        &std::process::Command::new("ipcs")
+            .arg("-q")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    let line = ipcs
+        .lines()
+        .find(|l| l.starts_with(key.as_str()))
+        .unwrap_or_else(|| panic!("{key} not in\n{ipcs}"));
+    assert!(
+        line.trim_end().ends_with('2'),
+        "message and End should be queued: {line}"
+    );
     let rd = env.reader(&[]).finish();
     ok(&rd, "reader");
     assert!(rd.stdout.contains(": kept by the kernel"), "{}", rd.stdout);
-    assert!(rd.stderr.contains("finished its session and exited: the kernel kept them (M1)"), "{}", rd.stderr);
+    assert!(
+        rd.stderr
+            .contains("finished its session and exited: the kernel kept them (M1)"),
+        "{}",
+        rd.stderr
+    );
     env.assert_clean(&[&wd.stderr, &rd.stderr]);
 }
 
@@ -101,7 +135,11 @@ fn claim_m2_each_send_is_one_whole_message() {
     ok(&wd, "writer");
     ok(&rd, "reader");
     for (i, l) in lines.iter().enumerate() {
-        assert!(rd.stdout.contains(&format!("#{i} ({} B", l.len())), "{i}: {}", rd.stdout);
+        assert!(
+            rd.stdout.contains(&format!("#{i} ({} B", l.len())),
+            "{i}: {}",
+            rd.stdout
+        );
     }
     env.assert_clean(&[&wd.stderr, &rd.stderr]);
 }
@@ -121,8 +159,18 @@ fn claim_m3_fifo_order_within_a_type_and_a_priority() {
         let rd = env.reader(flavour).finish();
         ok(&wd, "writer");
         ok(&rd, "reader");
-        let seqs: Vec<_> = rd.stdout.lines().filter_map(|l| l.split(" #").nth(1)).map(|s| s.split(' ').next().unwrap().to_string()).collect();
-        assert_eq!(seqs, (0..8).map(|i| i.to_string()).collect::<Vec<_>>(), "{}", rd.stdout);
+        let seqs: Vec<_> = rd
+            .stdout
+            .lines()
+            .filter_map(|l| l.split(" #").nth(1))
+            .map(|s| s.split(' ').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..8).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "{}",
+            rd.stdout
+        );
         env.assert_clean(&[&wd.stderr, &rd.stderr]);
     }
 }
@@ -131,7 +179,11 @@ fn claim_m3_fifo_order_within_a_type_and_a_priority() {
 const TYPED: &[u8] = b"1: one-a\n2: two-a\n3: three\n2: two-b\n1: one-b\n";
 
 fn printed(stdout: &str) -> Vec<String> {
-    stdout.lines().filter(|l| l.starts_with('[')).map(|l| l.rsplit(": ").next().unwrap().to_string()).collect()
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(|l| l.rsplit(": ").next().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -145,11 +197,20 @@ fn claim_m4_a_reader_takes_only_its_type_and_the_rest_stay_queued() {
     ok(&r2, "reader --type 2");
     assert_eq!(printed(&r2.stdout), ["two-a", "two-b"], "{}", r2.stdout);
     assert!(r2.stdout.contains("[type 2] #1"), "{}", r2.stdout);
-    assert!(r2.stderr.contains("remain in the queue (M4)"), "{}", r2.stderr);
+    assert!(
+        r2.stderr.contains("remain in the queue (M4)"),
+        "{}",
+        r2.stderr
+    );
     // A second reader finds the others still there, in their order.
     let r0 = env.reader(&[]).finish();
     ok(&r0, "reader --type 0");
-    assert_eq!(printed(&r0.stdout), ["one-a", "three", "one-b"], "{}", r0.stdout);
+    assert_eq!(
+        printed(&r0.stdout),
+        ["one-a", "three", "one-b"],
+        "{}",
+        r0.stdout
+    );
     env.assert_clean(&[&wd.stderr, &r2.stderr, &r0.stderr]);
 }
 
@@ -163,7 +224,12 @@ fn claim_m4_a_negative_type_takes_the_lowest_type_first() {
     // -2: the lowest type <= 2 first: both type 1, then both type 2; type 3 stays.
     let r = env.reader(&["--type", "-2"]).finish();
     ok(&r, "reader --type -2");
-    assert_eq!(printed(&r.stdout), ["one-a", "one-b", "two-a", "two-b"], "{}", r.stdout);
+    assert_eq!(
+        printed(&r.stdout),
+        ["one-a", "one-b", "two-a", "two-b"],
+        "{}",
+        r.stdout
+    );
     let rest = env.reader(&["--type", "-3"]).finish();
     ok(&rest, "reader --type -3");
     assert_eq!(printed(&rest.stdout), ["three"], "{}", rest.stdout);
@@ -177,7 +243,11 @@ fn claim_m4_pingpong_uses_two_types_on_one_queue() {
     let (wd, rd) = pair(&env, &args, &["--mode", "pingpong", "--json"], true, b"");
     ok(&wd, "writer");
     ok(&rd, "reader");
-    assert!(wd.stderr.contains("requests are type 1, replies type 101"), "{}", wd.stderr);
+    assert!(
+        wd.stderr.contains("requests are type 1, replies type 101"),
+        "{}",
+        wd.stderr
+    );
     assert_eq!(wd.report("writer", false).count, 200);
     env.assert_clean(&[&wd.stderr, &rd.stderr]);
 }
@@ -194,11 +264,20 @@ fn claim_m4_posix_has_priorities_highest_first_instead_of_types() {
     ok(&wd, "writer");
     let rd = env.reader(&["--posix"]).finish();
     ok(&rd, "reader");
-    assert_eq!(printed(&rd.stdout), ["high", "high-b", "middle", "low"], "{}", rd.stdout);
+    assert_eq!(
+        printed(&rd.stdout),
+        ["high", "high-b", "middle", "low"],
+        "{}",
+        rd.stdout
+    );
     assert!(rd.stdout.contains("[priority 9] #1"), "{}", rd.stdout);
     // POSIX cannot select: --type is refused, with the reason.
     let e = env.reader(&["--posix", "--type", "2"]).finish();
-    assert!(!e.status.success() && e.stderr.contains("cannot select"), "{}", e.stderr);
+    assert!(
+        !e.status.success() && e.stderr.contains("cannot select"),
+        "{}",
+        e.stderr
+    );
     env.assert_clean(&[&wd.stderr, &rd.stderr]);
 }
 
@@ -206,28 +285,54 @@ fn claim_m4_posix_has_priorities_highest_first_instead_of_types() {
 fn claim_m6_limits_are_printed_and_an_oversize_is_refused() {
     for (fi, flavour) in FLAVOURS.iter().enumerate() {
         let env = Env::new(&format!("m6-size-{fi}"));
-        let sysctl = if fi == 0 { "kernel.msgmax" } else { "fs.mqueue.msgsize_max" };
-        let limit: usize = std::fs::read_to_string(if fi == 0 { "/proc/sys/kernel/msgmax" } else { "/proc/sys/fs/mqueue/msgsize_max" })
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let sysctl = if fi == 0 {
+            "kernel.msgmax"
+        } else {
+            "fs.mqueue.msgsize_max"
+        };
+        let limit: usize = std::fs::read_to_string(if fi == 0 {
+            "/proc/sys/kernel/msgmax"
+        } else {
+            "/proc/sys/fs/mqueue/msgsize_max"
+        })
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
         let too_big = (limit.min(64 * 1024) - 40 + 1).to_string();
-        let d = env.writer(&with(flavour, &["--mode", "stream", "--size", &too_big])).finish();
+        let d = env
+            .writer(&with(flavour, &["--mode", "stream", "--size", &too_big]))
+            .finish();
         assert!(!d.status.success());
-        assert!(d.stderr.contains(sysctl) && d.stderr.contains("--size"), "{}", d.stderr);
-        assert!(!d.stderr.contains("msgget") && !d.stderr.contains("mq_open"), "refused before any queue exists: {}", d.stderr);
+        assert!(
+            d.stderr.contains(sysctl) && d.stderr.contains("--size"),
+            "{}",
+            d.stderr
+        );
+        assert!(
+            !d.stderr.contains("msgget") && !d.stderr.contains("mq_open"),
+            "refused before any queue exists: {}",
+            d.stderr
+        );
         // The largest size that fits works, and the start shows the limits.
         let fits = (limit.min(64 * 1024) - 40).to_string();
         if fi == 1 && !posix_or_skip("claim_m6 oversize (POSIX run)") {
             continue;
         }
-        let w = with(flavour, &["--mode", "stream", "--size", &fits, "--count", "50"]);
+        let w = with(
+            flavour,
+            &["--mode", "stream", "--size", &fits, "--count", "50"],
+        );
         let r = with(flavour, &["--mode", "stream"]);
         let (wd, rd) = pair(&env, &w, &r, true, b"");
         ok(&wd, "writer");
         ok(&rd, "reader");
-        assert!(wd.stderr.contains(&format!("limit (M6): {sysctl} = {limit}")), "{}", wd.stderr);
+        assert!(
+            wd.stderr
+                .contains(&format!("limit (M6): {sysctl} = {limit}")),
+            "{}",
+            wd.stderr
+        );
         env.assert_clean(&[&wd.stderr, &rd.stderr, &d.stderr]);
     }
 }
@@ -241,14 +346,30 @@ fn claim_m6_a_full_queue_blocks_or_with_nowait_fails_with_eagain() {
         let env = Env::new(&format!("m6-full-{fi}"));
         // No reader: --nowait turns the full queue into EAGAIN, and the writer that created
         // the queue removes it.
-        let d = env.writer(&with(flavour, &["--mode", "stream", "--size", "4K", "--count", "100", "--nowait"])).finish();
+        let d = env
+            .writer(&with(
+                flavour,
+                &[
+                    "--mode", "stream", "--size", "4K", "--count", "100", "--nowait",
+                ],
+            ))
+            .finish();
         assert!(!d.status.success());
-        assert!(d.stderr.contains("EAGAIN") && d.stderr.contains("--nowait"), "{}", d.stderr);
+        assert!(
+            d.stderr.contains("EAGAIN") && d.stderr.contains("--nowait"),
+            "{}",
+            d.stderr
+        );
         env.assert_clean(&[&d.stderr]);
         // Without --nowait the writer says it blocks, and a late reader unblocks it.
-        let mut w = env.writer(&with(flavour, &["--mode", "stream", "--size", "4K", "--count", "100"]));
+        let mut w = env.writer(&with(
+            flavour,
+            &["--mode", "stream", "--size", "4K", "--count", "100"],
+        ));
         w.wait_for("the queue is full");
-        let rd = env.reader(&with(flavour, &["--mode", "stream", "--json"])).finish();
+        let rd = env
+            .reader(&with(flavour, &["--mode", "stream", "--json"]))
+            .finish();
         let wd = w.finish();
         ok(&wd, "writer");
         ok(&rd, "reader");
@@ -266,14 +387,21 @@ fn a_killed_writer_is_noticed_and_the_queue_removed() {
         let env = Env::new(&format!("kill-writer-{fi}"));
         let mut rd = env.reader(&with(flavour, &["--mode", "pingpong"]));
         rd.wait_for("waiting in ");
-        let mut w = env.writer(&with(flavour, &["--mode", "pingpong", "--count", "1000000000"]));
+        let mut w = env.writer(&with(
+            flavour,
+            &["--mode", "pingpong", "--count", "1000000000"],
+        ));
         w.wait_for("the session starts");
         std::thread::sleep(Duration::from_millis(200));
         w.signal(Signal::SIGKILL);
         let wd = w.finish();
         let rd = rd.finish();
         assert!(!rd.status.success());
-        assert!(rd.stderr.contains("died without finishing"), "{}", rd.stderr);
+        assert!(
+            rd.stderr.contains("died without finishing"),
+            "{}",
+            rd.stderr
+        );
         env.assert_clean(&[&wd.stderr, &rd.stderr]);
     }
 }
@@ -288,14 +416,21 @@ fn a_killed_reader_is_noticed_and_the_queue_removed() {
         for mode in ["stream", "pingpong"] {
             let mut rd = env.reader(&with(flavour, &["--mode", mode]));
             rd.wait_for("waiting in ");
-            let mut w = env.writer(&with(flavour, &["--mode", mode, "--count", "1000000000", "--size", "4K"]));
+            let mut w = env.writer(&with(
+                flavour,
+                &["--mode", mode, "--count", "1000000000", "--size", "4K"],
+            ));
             w.wait_for("the session starts");
             std::thread::sleep(Duration::from_millis(200));
             rd.signal(Signal::SIGKILL);
             let rd = rd.finish();
             let wd = w.finish();
             assert!(!wd.status.success());
-            assert!(wd.stderr.contains("died without finishing"), "{mode}: {}", wd.stderr);
+            assert!(
+                wd.stderr.contains("died without finishing"),
+                "{mode}: {}",
+                wd.stderr
+            );
             env.assert_clean(&[&wd.stderr, &rd.stderr]);
         }
     }
@@ -310,7 +445,10 @@ fn a_stale_queue_of_a_killed_run_is_detected_and_its_leftovers_counted() {
         for reader_first in [true, false] {
             let env = Env::new(&format!("stale-{fi}-{reader_first}"));
             // Run A: a writer alone fills the queue (seq 0 included), then is killed.
-            let mut a = env.writer(&with(flavour, &["--mode", "stream", "--size", "1K", "--count", "1000"]));
+            let mut a = env.writer(&with(
+                flavour,
+                &["--mode", "stream", "--size", "1K", "--count", "1000"],
+            ));
             a.wait_for("the queue is full");
             a.signal(Signal::SIGKILL);
             let ad = a.finish();
@@ -320,8 +458,18 @@ fn a_stale_queue_of_a_killed_run_is_detected_and_its_leftovers_counted() {
             let (wd, rd) = pair(&env, &w, &r, reader_first, b"");
             ok(&wd, "writer");
             ok(&rd, "reader");
-            let (first, rep) = if reader_first { (&rd, rd.report("reader", false)) } else { (&wd, wd.report("writer", false)) };
-            assert!(first.stderr.contains("killed before it finished: stale; discarded"), "{}", first.stderr);
+            let (first, rep) = if reader_first {
+                (&rd, rd.report("reader", false))
+            } else {
+                (&wd, wd.report("writer", false))
+            };
+            assert!(
+                first
+                    .stderr
+                    .contains("killed before it finished: stale; discarded"),
+                "{}",
+                first.stderr
+            );
             assert!(rep.stale_skipped > 0, "{rep:?}");
             let rr = rd.report("reader", false);
             assert!(rr.verified && rr.count == 500, "{rr:?}");
@@ -336,18 +484,32 @@ fn a_queue_removed_under_a_waiting_reader_is_reported_as_eidrm() {
     let mut rd = env.reader(&["--mode", "stream"]);
     rd.wait_for("waiting in msgrcv");
     let err = rd.stderr_now();
-    let id: i32 = err.split("created queue msqid ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let id: i32 = err
+        .split("created queue msqid ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     msgqueue::SysvQueue::remove(id).unwrap();
     let d = rd.finish();
     assert!(!d.status.success());
-    assert!(d.stderr.contains("EIDRM") && d.stderr.contains("removed"), "{}", d.stderr);
+    assert!(
+        d.stderr.contains("EIDRM") && d.stderr.contains("removed"),
+        "{}",
+        d.stderr
+    );
     env.assert_clean(&[&d.stderr]);
 }
 
 #[test]
 fn another_users_queue_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: another_users_queue_is_refused needs root to give a queue to another user");
+        eprintln!(
+            "skipped: another_users_queue_is_refused needs root to give a queue to another user"
+        );
         return;
     }
     let env = Env::new("owner");
@@ -358,7 +520,11 @@ fn another_users_queue_is_refused() {
     let d = env.writer(&["--key", &format!("{key:#x}")]).finish();
     msgqueue::SysvQueue::remove(q.id).unwrap();
     assert!(!d.status.success());
-    assert!(d.stderr.contains("belongs to uid 65534") && d.stderr.contains("refusing"), "{}", d.stderr);
+    assert!(
+        d.stderr.contains("belongs to uid 65534") && d.stderr.contains("refusing"),
+        "{}",
+        d.stderr
+    );
     let _ = std::fs::remove_dir_all(&env.dir);
 }
 
@@ -395,6 +561,10 @@ fn bad_flags_are_refused_before_anything_exists() {
         assert!(d.stderr.contains(needle), "{args:?}: {}", d.stderr);
     }
     let d = env.reader(&["--type", "-100"]).finish();
-    assert!(!d.status.success() && d.stderr.contains("--type"), "{}", d.stderr);
+    assert!(
+        !d.status.success() && d.stderr.contains("--type"),
+        "{}",
+        d.stderr
+    );
     env.assert_clean(&[]);
 }

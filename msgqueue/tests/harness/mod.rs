@@ -184,7 +184,6 @@ impl Proc {
     }
 }
 
-
 /// One test's private world: `IPC_STUDY_DIR`, a unique `--name`, and the leak checks.
 pub struct Env {
     pub dir: std::path::PathBuf,
@@ -238,9 +237,14 @@ impl Env {
             assert!(left.is_empty(), "left in the runtime dir: {left:?}");
             std::fs::remove_dir(&self.dir).unwrap();
         }
-        let ipcs = String::from_utf8_lossy(&Command::new("ipcs").arg("-q").output().unwrap().stdout).into_owned();
+        let ipcs =
+            String::from_utf8_lossy(&Command::new("ipcs").arg("-q").output().unwrap().stdout)
+                .into_owned();
         for key in stderrs.iter().flat_map(|s| keys_in(s)) {
-            assert!(!ipcs.contains(&key), "System V queue {key} left behind:\n{ipcs}");
+            assert!(
+                !ipcs.contains(&key),
+                "System V queue {key} left behind:\n{ipcs}"
+            );
         }
         for n in self.posix_names() {
             let r = nix::mqueue::mq_open(
@@ -249,7 +253,10 @@ impl Env {
                 nix::sys::stat::Mode::empty(),
                 None,
             );
-            assert!(matches!(r, Err(nix::errno::Errno::ENOENT)), "POSIX queue {n} left behind: {r:?}");
+            assert!(
+                matches!(r, Err(nix::errno::Errno::ENOENT)),
+                "POSIX queue {n} left behind: {r:?}"
+            );
         }
     }
 }
