@@ -709,10 +709,14 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts watching; on a verdict, runs `remove` (queue and pair file) once.
-    pub fn start(live: Arc<Liveness>, remove: impl Fn() + Send + 'static) -> Result<Watchdog> {
+    /// Starts watching; on a verdict, stores it in `fired` (shared with the transport,
+    /// which reads it when a call fails with EIDRM) and runs `remove` (queue and pair file).
+    pub fn start(
+        live: Arc<Liveness>,
+        fired: Arc<Mutex<Option<Gone>>>,
+        remove: impl Fn() + Send + 'static,
+    ) -> Result<Watchdog> {
         let stop = Arc::new(AtomicBool::new(false));
-        let fired = Arc::new(Mutex::new(None));
         let (s, f) = (stop.clone(), fired.clone());
         std::thread::Builder::new()
             .name("watchdog".into())

@@ -153,95 +153,118 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(pid) = opened.earlier_reader {
         narrate!("reader pid {pid} read this queue before and left what it did not select (M4)");
     }
+    // What the watchdog (System V) or the timed waits (POSIX) found out about the writer.
+    let verdict: crate::transport::Verdict = Default::default();
     let mut leftover = 0;
-    let (mut report, watchdog) = match opened.queues {
-        Queues::Sysv(q) => {
-            // The watchdog removes the queue if the writer dies; a typed reader polls
-            // instead, because other messages in the queue belong to other readers.
-            let dog = if typed {
-                None
-            } else {
-                let (ids, p) = (ids.clone(), path.clone());
-                Some(Watchdog::start(live.clone(), move || {
-                    let _ = ids.remove(&p);
-                })?)
-            };
-            let verdict = dog
-                .as_ref()
-                .map_or_else(Default::default, Watchdog::verdict);
-            let r = match c.mode {
-                Mode::Text => {
-                    let mut src = SysvSource::new(
-                        q,
-                        msgtyp as _,
-                        max_payload,
-                        live.clone(),
-                        verdict,
-                        Role::Writer,
-                    );
-                    src.poll = typed;
-                    narrate!("{}", describe_msgtyp(msgtyp));
-                    let r = read_text(&setup, &mut Src::Sysv(src), !typed, shared)?;
-                    if typed {
-                        leftover = what_is_left(q)?;
+    let mut watchdog = None;
+    let queues = opened.queues;
+    let outcome = (|| -> Result<Report> {
+        Ok(match queues {
+            Queues::Sysv(q) => {
+                // The watchdog removes the queue if the writer dies; a typed reader polls
+                // instead, because other messages in the queue belong to other readers.
+                let dog = if typed {
+                    None
+                } else {
+                    let (ids, p) = (ids.clone(), path.clone());
+                    Some(Watchdog::start(live.clone(), verdict.clone(), move || {
+                        let _ = ids.remove(&p);
+                    })?)
+                };
+                let verdict = verdict.clone();
+                let r = match c.mode {
+                    Mode::Text => {
+                        let mut src = SysvSource::new(
+                            q,
+                            msgtyp as _,
+                            max_payload,
+                            live.clone(),
+                            verdict,
+                            Role::Writer,
+                        );
+                        src.poll = typed;
+                        narrate!("{}", describe_msgtyp(msgtyp));
+                        let r = read_text(&setup, &mut Src::Sysv(src), !typed, shared)?;
+                        if typed {
+                            leftover = what_is_left(q)?;
+                        }
+                        r
                     }
-                    r
-                }
-                Mode::Stream => {
-                    let mut src =
-                        SysvSource::new(q, 0, max_payload, live.clone(), verdict, Role::Writer);
-                    narrate!("waiting in msgrcv(msgtyp 0): blocks until the writer's msgsnd; a watchdog checks every 100 ms that the writer lives");
-                    run_reader::<_, SysvSink>(&setup, &mut src, None)?.into_report("the queue")?
-                }
-                Mode::Pingpong => {
-                    let mut src = SysvSource::new(
-                        q,
-                        -types::END as _,
-                        max_payload,
-                        live.clone(),
-                        verdict.clone(),
-                        Role::Writer,
-                    );
-                    let tag = Tagging {
-                        text: false,
-                        default: types::REPLY,
-                        posix: false,
-                    };
-                    let mut back =
-                        SysvSink::new(q, tag, false, live.clone(), verdict, Role::Writer);
-                    narrate!(
+                    Mode::Stream => {
+                        let mut src =
+                            SysvSource::new(q, 0, max_payload, live.clone(), verdict, Role::Writer);
+                        narrate!("waiting in msgrcv(msgtyp 0): blocks until the writer's msgsnd; a watchdog checks every 100 ms that the writer lives");
+                        run_reader::<_, SysvSink>(&setup, &mut src, None)?
+                            .into_report("the queue")?
+                    }
+                    Mode::Pingpong => {
+                        let mut src = SysvSource::new(
+                            q,
+                            -types::END as _,
+                            max_payload,
+                            live.clone(),
+                            verdict.clone(),
+                            Role::Writer,
+                        );
+                        let tag = Tagging {
+                            text: false,
+                            default: types::REPLY,
+                            posix: false,
+                        };
+                        let mut back =
+                            SysvSink::new(q, tag, false, live.clone(), verdict, Role::Writer);
+                        narrate!(
                         "pingpong on one queue (M4): waiting in msgrcv(msgtyp -{}), which takes requests (type {}) and End ({}), never replies (type {}), which this reader sends back",
                         types::END, types::DATA, types::END, types::REPLY
                     );
-                    run_reader(&setup, &mut src, Some(&mut back))?.into_report("the queue")?
+                        run_reader(&setup, &mut src, Some(&mut back))?.into_report("the queue")?
+                    }
+                };
+                watchdog = dog;
+                r
+            }
+            Queues::Posix { main, back, .. } => {
+                let mut src = PosixSource::new(
+                    main,
+                    max_payload,
+                    live.clone(),
+                    verdict.clone(),
+                    Role::Writer,
+                )?;
+                narrate!("waiting in mq_timedreceive (100 ms slices, checking the writer between them): the highest priority comes out first, FIFO within a priority (M3)");
+                match (c.mode, back) {
+                    (Mode::Text, _) => read_text(&setup, &mut Src::Posix(src), true, shared)?,
+                    (_, Some(b)) => {
+                        let tag = Tagging {
+                            text: false,
+                            default: 0,
+                            posix: true,
+                        };
+                        let mut sink = PosixSink::new(
+                            b,
+                            tag,
+                            false,
+                            live.clone(),
+                            verdict.clone(),
+                            Role::Writer,
+                        )?;
+                        run_reader(&setup, &mut src, Some(&mut sink))?.into_report("the queue")?
+                    }
+                    (_, None) => run_reader::<_, PosixSink>(&setup, &mut src, None)?
+                        .into_report("the queue")?,
                 }
-            };
-            (r, dog)
-        }
-        Queues::Posix { main, back, .. } => {
-            let mut src = PosixSource::new(main, max_payload, live.clone(), Role::Writer)?;
-            narrate!("waiting in mq_timedreceive (100 ms slices, checking the writer between them): the highest priority comes out first, FIFO within a priority (M3)");
-            let r = match (c.mode, back) {
-                (Mode::Text, _) => read_text(&setup, &mut Src::Posix(src), true, shared)?,
-                (_, Some(b)) => {
-                    let tag = Tagging {
-                        text: false,
-                        default: 0,
-                        posix: true,
-                    };
-                    let mut sink = PosixSink::new(b, tag, false, live.clone(), Role::Writer)?;
-                    run_reader(&setup, &mut src, Some(&mut sink))?.into_report("the queue")?
-                }
-                (_, None) => {
-                    run_reader::<_, PosixSink>(&setup, &mut src, None)?.into_report("the queue")?
-                }
-            };
-            (r, None)
-        }
-    };
+            }
+        })
+    })();
     if let Some(d) = &watchdog {
         d.stop();
     }
+    // A wait that ended because the writer died or never came: say that first.
+    let gone = verdict.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut report = outcome.map_err(|e| match gone {
+        Some(g) => e.context(g.describe(Role::Writer)),
+        None => e,
+    })?;
     if leftover > 0 {
         narrate!(
             "{leftover} messages of other types remain in the queue (M4): leaving it for another reader (msgqueue-reader --type 0 takes them all and removes the queue)"

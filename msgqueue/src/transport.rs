@@ -701,6 +701,8 @@ pub struct PosixSink {
     seen_full: bool,
     /// Peer liveness, checked between 100 ms waits for room.
     live: Arc<Liveness>,
+    /// Where the verdict goes when the peer is found gone.
+    verdict: Verdict,
     /// Whom we send to.
     pub peer: Role,
 }
@@ -712,6 +714,7 @@ impl PosixSink {
         tagging: Tagging,
         nowait: bool,
         live: Arc<Liveness>,
+        verdict: Verdict,
         peer: Role,
     ) -> Result<Self> {
         // The buffer is the queue's own mq_msgsize: a larger frame is refused before mq_send.
@@ -723,6 +726,7 @@ impl PosixSink {
             nowait,
             seen_full: false,
             live,
+            verdict,
             peer,
         })
     }
@@ -772,6 +776,7 @@ impl FrameSink for PosixSink {
                             if let Some(g) = self.live.check(since.elapsed()) {
                                 narrate!("{} while the queue was full", g.describe(self.peer));
                                 self.live.bury(&g);
+                                *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
                                 return Ok(Delivery::PeerGone);
                             }
                         }
@@ -798,13 +803,19 @@ pub struct PosixSource {
     live: Arc<Liveness>,
     /// Whom we receive from.
     pub peer: Role,
-    /// Set when the peer was found gone.
-    pub gone: Option<Gone>,
+    /// Where the verdict goes when the peer is found gone.
+    verdict: Verdict,
 }
 
 impl PosixSource {
     /// A source on `q`.
-    pub fn new(q: MqdT, max_payload: usize, live: Arc<Liveness>, peer: Role) -> Result<Self> {
+    pub fn new(
+        q: MqdT,
+        max_payload: usize,
+        live: Arc<Liveness>,
+        verdict: Verdict,
+        peer: Role,
+    ) -> Result<Self> {
         let size = mq_getattr(&q).context("mq_getattr")?.msgsize() as usize;
         Ok(PosixSource {
             q,
@@ -812,7 +823,7 @@ impl PosixSource {
             max_payload,
             live,
             peer,
-            gone: None,
+            verdict,
         })
     }
 
@@ -830,7 +841,7 @@ impl PosixSource {
                     if let Some(g) = self.live.check(started.elapsed()) {
                         narrate!("{}; mq_timedreceive stops waiting", g.describe(self.peer));
                         self.live.bury(&g);
-                        self.gone = Some(g);
+                        *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
                         return Ok(None);
                     }
                 }

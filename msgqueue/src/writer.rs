@@ -205,11 +205,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         path.display()
     );
     let mut stdin = io::stdin().lock();
+    // What the watchdog (System V) or the timed waits (POSIX) found out about the reader.
+    let verdict: crate::transport::Verdict = Default::default();
     let (result, saw_full, watchdog) = match opened.queues {
         Queues::Sysv(q) => {
             let ids = crate::transport::QueueIds::Sysv(q.id);
             let p2 = path.clone();
-            let dog = Watchdog::start(live.clone(), move || {
+            let dog = Watchdog::start(live.clone(), verdict.clone(), move || {
                 let _ = ids.remove(&p2);
             })?;
             let mut sink = SysvSink::new(
@@ -240,11 +242,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
             (r, sink.saw_full(), Some(dog))
         }
         Queues::Posix { main, back, .. } => {
-            let mut sink = PosixSink::new(main, tagging, args.nowait, live.clone(), Role::Reader)?;
+            let mut sink = PosixSink::new(
+                main,
+                tagging,
+                args.nowait,
+                live.clone(),
+                verdict.clone(),
+                Role::Reader,
+            )?;
             let r = match back {
                 Some(b) => {
                     narrate!("pingpong needs a second POSIX queue for replies: mq_receive cannot select, it always takes the highest priority");
-                    let mut src = PosixSource::new(b, max_payload, live.clone(), Role::Reader)?;
+                    let mut src = PosixSource::new(
+                        b,
+                        max_payload,
+                        live.clone(),
+                        verdict.clone(),
+                        Role::Reader,
+                    )?;
                     run_writer(&setup, &mut sink, Some(&mut src), &mut stdin)
                 }
                 None => run_writer::<_, PosixSource>(&setup, &mut sink, None, &mut stdin),
@@ -252,7 +267,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             (r, sink.saw_full(), None)
         }
     };
-    let verdict = watchdog.as_ref().and_then(Watchdog::fired);
+    let verdict = verdict.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(d) = &watchdog {
         d.stop();
     }
