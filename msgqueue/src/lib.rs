@@ -461,6 +461,30 @@ pub fn posix_available() -> std::result::Result<(), Errno> {
     Ok(())
 }
 
+/// `mq_timedsend(3)`: like `mq_send`, but a blocking descriptor waits for room only until
+/// `abstime` (CLOCK_REALTIME), then fails with ETIMEDOUT. nix has `mq_timedreceive` only.
+pub fn mq_timedsend(
+    q: &nix::mqueue::MqdT,
+    msg: &[u8],
+    prio: u32,
+    abstime: &nix::sys::time::TimeSpec,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open (borrowed from a live MqdT, which on Linux is the
+    // file descriptor mq_open returned); `msg` is valid for `msg.len()` bytes and
+    // `abstime` for one timespec during the call, and the kernel only reads both.
+    let rc = unsafe {
+        libc::mq_timedsend(
+            q.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            prio,
+            abstime.as_ref(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
 /// The owner uid of an open POSIX queue: on Linux a queue descriptor is a file descriptor,
 /// so `fstat` works on it (mq_overview(7)).
 pub fn posix_owner(q: &nix::mqueue::MqdT) -> Result<(u32, u32)> {
@@ -742,8 +766,13 @@ impl Watchdog {
                         if s.load(Ordering::Acquire) {
                             return;
                         }
-                        *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
+                        // The verdict's lock is held while removing: the main thread, woken
+                        // by EIDRM, reads the verdict and so waits until the removal is
+                        // complete before it can exit.
+                        let mut v = f.lock().unwrap_or_else(|p| p.into_inner());
+                        *v = Some(g);
                         remove();
+                        drop(v);
                         return;
                     }
                 }
@@ -774,7 +803,8 @@ impl Drop for Watchdog {
     }
 }
 
-/// Removes a System V queue and the pair file; "already gone" is fine.
+/// Removes a System V queue and then the pair file; "already gone" is fine. The queue goes
+/// first: once the file is gone a new file may get its inode, and so the same ftok key.
 pub fn remove_sysv(id: c_int, path: &Path) -> io::Result<()> {
     match SysvQueue::remove(id) {
         Ok(()) => {}
@@ -784,7 +814,7 @@ pub fn remove_sysv(id: c_int, path: &Path) -> io::Result<()> {
     remove_file(path)
 }
 
-/// Removes POSIX queues and the pair file; "already gone" is fine.
+/// Removes POSIX queues and then the pair file; "already gone" is fine.
 pub fn remove_posix(names: &[String], path: &Path) -> io::Result<()> {
     for n in names {
         posix_unlink(n)?;

@@ -7,7 +7,6 @@
 //! message buffer and sent with one `msgsnd`/`mq_send`; one `msgrcv`/`mq_receive` returns one
 //! whole frame (M2), which is decoded and checked in place.
 
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -687,7 +686,8 @@ impl FrameSource for SysvSource {
 // POSIX sink and source
 // ---------------------------------------------------------------------------------------
 
-/// Sends frames with `mq_send` on a non-blocking descriptor; waits for room in poll(2).
+/// Sends frames with `mq_send`: non-blocking until the queue is first found full (so that
+/// is noticed and narrated), then `mq_timedsend` in 100 ms slices.
 pub struct PosixSink {
     /// The queue (O_NONBLOCK).
     q: MqdT,
@@ -749,39 +749,42 @@ impl FrameSink for PosixSink {
         self.buf[..HEADER_LEN].copy_from_slice(header);
         self.buf[HEADER_LEN..len].copy_from_slice(payload);
         let prio = self.tagging.tag(header, payload) as u32;
-        let mut blocked_since: Option<Instant> = None;
+        let started = Instant::now();
         loop {
-            match nix::mqueue::mq_send(&self.q, &self.buf[..len], prio) {
+            let r = if self.seen_full {
+                // After the first full queue the descriptor blocks: one mq_timedsend per
+                // message, sleeping in the kernel like a plain mq_send, but only 100 ms at a
+                // time so a dead reader is noticed.
+                let now = clock_gettime(ClockId::CLOCK_REALTIME).context("clock_gettime")?;
+                let deadline = now + TimeSpec::from_duration(CHECK_EVERY);
+                crate::mq_timedsend(&self.q, &self.buf[..len], prio, &deadline)
+            } else {
+                nix::mqueue::mq_send(&self.q, &self.buf[..len], prio)
+            };
+            match r {
                 Ok(()) => return Ok(Delivery::Sent),
+                Err(Errno::EAGAIN) if self.nowait => {
+                    let at = mq_getattr(&self.q).ok();
+                    bail!(
+                        "mq_send: EAGAIN: the queue is full ({} of mq_maxmsg {} messages; fs.mqueue.msg_max) and --nowait asked not to block (M6)",
+                        at.map_or(0, |a| a.curmsgs()), at.map_or(0, |a| a.maxmsg())
+                    );
+                }
                 Err(Errno::EAGAIN) => {
-                    if self.nowait {
-                        let at = mq_getattr(&self.q).ok();
-                        bail!(
-                            "mq_send: EAGAIN: the queue is full ({} of mq_maxmsg {} messages; fs.mqueue.msg_max) and --nowait asked not to block (M6)",
-                            at.map_or(0, |a| a.curmsgs()), at.map_or(0, |a| a.maxmsg())
-                        );
-                    }
-                    if !self.seen_full {
-                        self.seen_full = true;
-                        narrate!(
-                            "the queue is full (mq_maxmsg messages, M6): waiting in poll() until the {} takes one (--nowait shows EAGAIN instead)",
-                            self.peer.as_str()
-                        );
-                    }
-                    let since = *blocked_since.get_or_insert_with(Instant::now);
-                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-                    let mut fds = [PollFd::new(self.q.as_fd(), PollFlags::POLLOUT)];
-                    match poll(&mut fds, PollTimeout::from(CHECK_EVERY.as_millis() as u16)) {
-                        Ok(0) => {
-                            if let Some(g) = self.live.check(since.elapsed()) {
-                                narrate!("{} while the queue was full", g.describe(self.peer));
-                                self.live.bury(&g);
-                                *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
-                                return Ok(Delivery::PeerGone);
-                            }
-                        }
-                        Ok(_) | Err(Errno::EINTR) => {}
-                        Err(e) => return Err(e).context("poll on the queue descriptor"),
+                    self.seen_full = true;
+                    narrate!(
+                        "the queue is full (mq_maxmsg messages, M6): mq_send blocks here until the {} takes one (--nowait shows EAGAIN instead)",
+                        self.peer.as_str()
+                    );
+                    nix::mqueue::mq_remove_nonblock(&self.q)
+                        .context("mq_setattr (clear O_NONBLOCK)")?;
+                }
+                Err(Errno::ETIMEDOUT) => {
+                    if let Some(g) = self.live.check(started.elapsed()) {
+                        narrate!("{} while the queue was full", g.describe(self.peer));
+                        self.live.bury(&g);
+                        *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
+                        return Ok(Delivery::PeerGone);
                     }
                 }
                 Err(Errno::EINTR) => {}

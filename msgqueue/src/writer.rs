@@ -18,8 +18,8 @@
 //! `msgrcv(IPC_NOWAIT)` of any stale message; `pwrite` of our slot; then one `msgsnd` per
 //! frame (type from the line, 1, or End's 100), and in pingpong one `msgrcv(type 101)` per
 //! reply. POSIX: `mq_open(O_CREAT|O_EXCL, 0600, attr)` of the queue (and `.back` for replies),
-//! `fstat` and `mq_getattr`, `mq_send` on a non-blocking descriptor (with `poll` when full)
-//! and `mq_timedreceive` of replies.
+//! `fstat` and `mq_getattr`, `mq_send` on a non-blocking descriptor until the queue is first
+//! full, then `mq_timedsend` in 100 ms slices, and `mq_timedreceive` of replies.
 //!
 //! Start order: either. The first side creates the queue; a writer that starts first just
 //! fills it, and `msgsnd` blocks when it is full (M6).
@@ -124,9 +124,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("--type and --priority apply to text mode; stream and pingpong use fixed types (M4)");
     }
     let limits = Limits::read()?;
-    if !text {
-        limits.check_size(c.size, args.posix)?;
-    }
+    // Text mode sends lines, not --size bytes, but a --size that cannot fit is still a
+    // mistake worth naming.
+    limits.check_size(c.size, args.posix)?;
     for l in limits.describe(args.posix) {
         narrate!("limit (M6): {l}");
     }

@@ -237,13 +237,14 @@ impl Env {
             assert!(left.is_empty(), "left in the runtime dir: {left:?}");
             std::fs::remove_dir(&self.dir).unwrap();
         }
-        let ipcs =
-            String::from_utf8_lossy(&Command::new("ipcs").arg("-q").output().unwrap().stdout)
-                .into_owned();
-        for key in stderrs.iter().flat_map(|s| keys_in(s)) {
+        // By msqid, not by key: an ftok key comes back as soon as another test's file gets
+        // the freed inode, but a msqid is not reused for a long time.
+        for id in stderrs.iter().flat_map(|s| msqids_in(s)) {
+            let q = msgqueue::SysvQueue { id, key: 0 };
             assert!(
-                !ipcs.contains(&key),
-                "System V queue {key} left behind:\n{ipcs}"
+                q.stat().is_err(),
+                "System V queue msqid {id} left behind: {:?}",
+                q.stat()
             );
         }
         for n in self.posix_names() {
@@ -259,6 +260,15 @@ impl Env {
             );
         }
     }
+}
+
+/// System V queue ids narrated as "msqid N".
+pub fn msqids_in(stderr: &str) -> Vec<i32> {
+    stderr
+        .split("msqid ")
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
 }
 
 /// System V keys narrated as "System V key 0x...", in `ipcs` format (0x%08x).
