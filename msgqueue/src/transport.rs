@@ -545,12 +545,21 @@ impl FrameSink for SysvSink {
 fn removed(v: &Verdict, peer: Role, call: &str, e: &std::io::Error) -> Result<()> {
     match verdict_of(v) {
         Some(g) => {
-            narrate!("{}; the watchdog removed the queue, which woke {call} ({e})", g.describe(peer));
+            narrate!(
+                "{}; the watchdog removed the queue, which woke {call} ({e})",
+                g.describe(peer)
+            );
             Ok(())
         }
-        None => bail!(
-            "{call}: EIDRM: the queue was removed while this process was using it ({e}): someone ran ipcrm, or another program removed it"
-        ),
+        None => {
+            // Our own Ctrl-C handler (common::cleanup) may be the remover: it removes the
+            // queue, which wakes us, and then exits with status 130. Give it that moment
+            // rather than racing it to an exit status of 1.
+            std::thread::sleep(Duration::from_millis(500));
+            bail!(
+                "{call}: EIDRM: the queue was removed while this process was using it ({e}): someone ran ipcrm, or another program removed it"
+            )
+        }
     }
 }
 

@@ -568,3 +568,54 @@ fn bad_flags_are_refused_before_anything_exists() {
     );
     env.assert_clean(&[]);
 }
+
+#[test]
+fn ctrl_c_on_a_writer_alone_removes_the_queue_it_created() {
+    for (fi, flavour) in FLAVOURS.iter().enumerate() {
+        if fi == 1 && !posix_or_skip("ctrl-c writer (POSIX part)") {
+            continue;
+        }
+        let env = Env::new(&format!("sigint-w-{fi}"));
+        // Writer first, no reader: it created the queue, fills it and blocks (M6).
+        let mut w = env.writer(&with(flavour, &["--mode", "stream", "--size", "4K"]));
+        w.wait_for("the queue is full");
+        w.signal(Signal::SIGINT);
+        let d = w.finish();
+        assert_eq!(d.status.code(), Some(130), "{}", d.stderr);
+        env.assert_clean(&[&d.stderr]);
+    }
+}
+
+#[test]
+fn another_users_posix_queue_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: another_users_posix_queue_is_refused needs root to give a queue to another user");
+        return;
+    }
+    if !posix_or_skip("another_users_posix_queue_is_refused") {
+        return;
+    }
+    use nix::mqueue::{mq_open, MQ_OFlag, MqAttr};
+    use nix::sys::stat::Mode;
+    let env = Env::new("owner-posix");
+    let name = env.posix_names()[0].clone();
+    let attr = MqAttr::new(0, 4, 128, 0);
+    let q = mq_open(
+        name.as_str(),
+        MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDWR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+        Some(&attr),
+    )
+    .unwrap();
+    // On Linux a queue descriptor is a file descriptor: fchown gives the queue away.
+    nix::unistd::fchown(&q, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let d = env.writer(&["--posix"]).finish();
+    msgqueue::posix_unlink(&name).unwrap();
+    assert!(!d.status.success());
+    assert!(
+        d.stderr.contains("belongs to uid 65534") && d.stderr.contains("refusing"),
+        "{}",
+        d.stderr
+    );
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
