@@ -52,14 +52,25 @@
 //!   path, so each side runs a [`Watchdog`] thread: every 100 ms it reads the peer's slot and
 //!   checks the pid (`kill(pid, 0)`); if the peer died, it removes the queue (`IPC_RMID`),
 //!   which wakes the blocked call with `EIDRM`, and says why. POSIX has timed calls, so the
-//!   main thread waits in `mq_timedreceive` (100 ms slices) and checks the peer between
-//!   them. A queue removed by anyone else shows up as `EIDRM` and is reported as such.
+//!   main thread waits in `mq_timedreceive`/`mq_timedsend` (100 ms slices) and checks the
+//!   peer between them. The same check ends a wait for a peer that never came (`--timeout`).
+//!   A System V queue removed by anyone else shows up as `EIDRM` and is reported as such.
+//!   A side that finds its peer dead removes the queue and the pair file: nobody will use
+//!   them, and a `kill -9` of either side leaves nothing behind.
 //! - **Cleanup.** The reader removes the queue(s) and the file when done, and on Ctrl-C. A
 //!   writer that created the queue removes it on an error or Ctrl-C unless a live reader is
 //!   recorded; after a clean finish it leaves the queue for the reader (M1).
 //!
+//! ## Module map
+//! | module | what it holds |
+//! |---|---|
+//! | this file | the limits, the System V wrappers (`unsafe` lives here), the pair file, liveness, the watchdog |
+//! | [`transport`] | the rendezvous ([`transport::open`]) and the `FrameSink`/`FrameSource` of both flavours |
+//! | [`writer`], [`reader`] | the two programs, top to bottom |
+//!
 //! Man pages: msgget(2), msgsnd(2), msgrcv(2), msgctl(2), ftok(3), svipc(7),
-//! mq_overview(7), mq_open(3), mq_send(3), mq_receive(3), mq_getattr(3), mq_unlink(3).
+//! mq_overview(7), mq_open(3), mq_send(3), mq_timedsend(3), mq_receive(3), mq_getattr(3),
+//! mq_unlink(3).
 
 pub mod reader;
 pub mod transport;

@@ -329,6 +329,12 @@ impl Src {
             Src::Posix(s) => s.text(n),
         }
     }
+    fn gone(&self) -> Option<crate::Gone> {
+        match self {
+            Src::Sysv(s) => s.gone(),
+            Src::Posix(s) => s.gone(),
+        }
+    }
     fn tag_name(&self) -> &'static str {
         match self {
             Src::Sysv(_) => "type",
@@ -397,8 +403,12 @@ fn read_text(setup: &Setup, src: &mut Src, sees_all: bool, shared: bool) -> Resu
         None if sees_all => {
             bail!("the writer went away after {count} messages without sending End")
         }
-        // A typed reader never sees End (type 100): the writer's "finished" record ended it.
-        None => true,
+        // A typed reader never sees End (type 100): the writer's "finished" record ends it,
+        // unless the writer died or never came.
+        None => match src.gone() {
+            Some(g) => bail!("{} after {count} messages", g.describe(Role::Writer)),
+            None => true,
+        },
     };
     let mut report = Report {
         program: setup.program.clone(),

@@ -277,8 +277,10 @@ fn open_posix(a: &OpenArgs) -> Result<(Queues, bool)> {
         }
     };
     let (main, created) = posix_one(&main_name, a, nb(a.role == Role::Writer))?;
+    // The reply queue's name is always in the cleanup list: a killed pingpong run may
+    // have left one even when this run does not use it (unlinking a missing name is fine).
+    names.push(back_name.clone());
     let back = if a.pingpong {
-        names.push(back_name.clone());
         Some(posix_one(&back_name, a, nb(a.role == Role::Reader))?.0)
     } else {
         None
@@ -660,6 +662,11 @@ impl SysvSource {
     pub fn text(&self, n: usize) -> &[u8] {
         &self.msg.mtext[..n]
     }
+
+    /// Why the writer is gone, if a wait ended because of it (died or never came).
+    pub fn gone(&self) -> Option<Gone> {
+        verdict_of(&self.verdict)
+    }
 }
 
 /// Decodes one message's text as exactly one frame.
@@ -866,6 +873,11 @@ impl PosixSource {
     /// The bytes of the last message.
     pub fn text(&self, n: usize) -> &[u8] {
         &self.buf[..n]
+    }
+
+    /// Why the peer is gone, if a wait ended because of it.
+    pub fn gone(&self) -> Option<Gone> {
+        verdict_of(&self.verdict)
     }
 }
 

@@ -619,3 +619,23 @@ fn another_users_posix_queue_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&env.dir);
 }
+
+#[test]
+fn a_typed_reader_notices_a_killed_writer() {
+    let env = Env::new("typed-kill");
+    let mut w = env.writer(&[]);
+    w.write_stdin(b"2: first\n");
+    w.wait_for("the session starts");
+    let mut r = env.reader(&["--type", "2"]);
+    r.wait_for("first");
+    w.signal(Signal::SIGKILL);
+    let wd = w.finish();
+    let rd = r.finish();
+    assert!(!rd.status.success());
+    assert!(
+        rd.stderr.contains("died without finishing"),
+        "{}",
+        rd.stderr
+    );
+    env.assert_clean(&[&wd.stderr, &rd.stderr]);
+}
