@@ -739,8 +739,6 @@ impl Liveness {
 pub struct Watchdog {
     /// Set by the main thread when it no longer needs watching.
     stop: Arc<AtomicBool>,
-    /// Why the watchdog removed the queue, if it did.
-    fired: Arc<Mutex<Option<Gone>>>,
 }
 
 impl Watchdog {
@@ -752,7 +750,7 @@ impl Watchdog {
         remove: impl Fn() + Send + 'static,
     ) -> Result<Watchdog> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, f) = (stop.clone(), fired.clone());
+        let (s, f) = (stop.clone(), fired);
         std::thread::Builder::new()
             .name("watchdog".into())
             .spawn(move || {
@@ -789,17 +787,7 @@ impl Watchdog {
                 }
             })
             .context("spawning the watchdog thread")?;
-        Ok(Watchdog { stop, fired })
-    }
-
-    /// Why it fired, if it did.
-    pub fn fired(&self) -> Option<Gone> {
-        self.fired.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// A handle that reads the verdict (for the transport).
-    pub fn verdict(&self) -> Arc<Mutex<Option<Gone>>> {
-        self.fired.clone()
+        Ok(Watchdog { stop })
     }
 
     /// Stops watching (the pair is done).

@@ -43,10 +43,12 @@ use common::protocol::{conclude, run_reader, Setup};
 use common::timing::{fmt_ns, now_ns, CpuTime, Latency, Report};
 
 use crate::transport::{
-    self, frame_of, OpenArgs, PosixSink, PosixSource, Queues, SysvSink, SysvSource, Tagging,
+    self, frame_of, OpenArgs, PosixSink, PosixSource, QueueIds, Queues, SysvSink, SysvSource,
+    Tagging, Verdict,
 };
 use crate::writer::parse_key;
 use crate::{types, Limits, Liveness, Role, SysvQueue, Watchdog, DEFAULT_NAME, MECHANISM};
+use nix::mqueue::MqdT;
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "msgqueue-reader";
@@ -154,111 +156,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         narrate!("reader pid {pid} read this queue before and left what it did not select (M4)");
     }
     // What the watchdog (System V) or the timed waits (POSIX) found out about the writer.
-    let verdict: crate::transport::Verdict = Default::default();
+    let verdict: Verdict = Default::default();
+    let how = How {
+        setup: &setup,
+        live: &live,
+        verdict: &verdict,
+        msgtyp,
+        typed,
+        shared,
+    };
     let mut leftover = 0;
-    let mut watchdog = None;
-    let queues = opened.queues;
-    let outcome = (|| -> Result<Report> {
-        Ok(match queues {
-            Queues::Sysv(q) => {
-                // The watchdog removes the queue if the writer dies; a typed reader polls
-                // instead, because other messages in the queue belong to other readers.
-                let dog = if typed {
-                    None
-                } else {
-                    let (ids, p) = (ids.clone(), path.clone());
-                    Some(Watchdog::start(live.clone(), verdict.clone(), move || {
-                        let _ = ids.remove(&p);
-                    })?)
-                };
-                let verdict = verdict.clone();
-                let r = match c.mode {
-                    Mode::Text => {
-                        let mut src = SysvSource::new(
-                            q,
-                            msgtyp as _,
-                            max_payload,
-                            live.clone(),
-                            verdict,
-                            Role::Writer,
-                        );
-                        src.poll = typed;
-                        narrate!("{}", describe_msgtyp(msgtyp));
-                        let r = read_text(&setup, &mut Src::Sysv(src), !typed, shared)?;
-                        if typed {
-                            leftover = what_is_left(q)?;
-                        }
-                        r
-                    }
-                    Mode::Stream => {
-                        let mut src =
-                            SysvSource::new(q, 0, max_payload, live.clone(), verdict, Role::Writer);
-                        narrate!("waiting in msgrcv(msgtyp 0): blocks until the writer's msgsnd; a watchdog checks every 100 ms that the writer lives");
-                        run_reader::<_, SysvSink>(&setup, &mut src, None)?
-                            .into_report("the queue")?
-                    }
-                    Mode::Pingpong => {
-                        let mut src = SysvSource::new(
-                            q,
-                            -types::END as _,
-                            max_payload,
-                            live.clone(),
-                            verdict.clone(),
-                            Role::Writer,
-                        );
-                        let tag = Tagging {
-                            text: false,
-                            default: types::REPLY,
-                            posix: false,
-                        };
-                        let mut back =
-                            SysvSink::new(q, tag, false, live.clone(), verdict, Role::Writer);
-                        narrate!(
-                        "pingpong on one queue (M4): waiting in msgrcv(msgtyp -{}), which takes requests (type {}) and End ({}), never replies (type {}), which this reader sends back",
-                        types::END, types::DATA, types::END, types::REPLY
-                    );
-                        run_reader(&setup, &mut src, Some(&mut back))?.into_report("the queue")?
-                    }
-                };
-                watchdog = dog;
-                r
-            }
-            Queues::Posix { main, back, .. } => {
-                let mut src = PosixSource::new(
-                    main,
-                    max_payload,
-                    live.clone(),
-                    verdict.clone(),
-                    Role::Writer,
-                )?;
-                narrate!("waiting in mq_timedreceive (100 ms slices, checking the writer between them): the highest priority comes out first, FIFO within a priority (M3)");
-                match (c.mode, back) {
-                    (Mode::Text, _) => read_text(&setup, &mut Src::Posix(src), true, shared)?,
-                    (_, Some(b)) => {
-                        let tag = Tagging {
-                            text: false,
-                            default: 0,
-                            posix: true,
-                        };
-                        let mut sink = PosixSink::new(
-                            b,
-                            tag,
-                            false,
-                            live.clone(),
-                            verdict.clone(),
-                            Role::Writer,
-                        )?;
-                        run_reader(&setup, &mut src, Some(&mut sink))?.into_report("the queue")?
-                    }
-                    (_, None) => run_reader::<_, PosixSink>(&setup, &mut src, None)?
-                        .into_report("the queue")?,
-                }
-            }
-        })
-    })();
-    if let Some(d) = &watchdog {
-        d.stop();
-    }
+    let outcome = match opened.queues {
+        Queues::Sysv(q) => receive_sysv(&how, q, &ids, &path, &mut leftover),
+        Queues::Posix { main, back, .. } => receive_posix(&how, main, back),
+    };
     // A wait that ended because the writer died or never came: say that first.
     let gone = verdict.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut report = outcome.map_err(|e| match gone {
@@ -284,6 +195,114 @@ pub fn run(args: Args) -> Result<ExitCode> {
     notes.push(format!("reader pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
+}
+
+/// What the receiving functions need to know.
+struct How<'a> {
+    /// Program, mode and limits.
+    setup: &'a Setup,
+    /// The writer's liveness.
+    live: &'a Arc<Liveness>,
+    /// Where the verdict on the writer goes.
+    verdict: &'a Verdict,
+    /// `--type` (0: any).
+    msgtyp: i64,
+    /// A System V text reader selecting one type (polls; leaves other types queued).
+    typed: bool,
+    /// An earlier reader took part of this session (M4).
+    shared: bool,
+}
+
+/// System V: text (by type), stream (msgtyp 0) or pingpong (requests and End by
+/// msgtyp -100, replies sent as type 101). Sets `leftover` for a typed reader.
+fn receive_sysv(
+    how: &How<'_>,
+    q: SysvQueue,
+    ids: &QueueIds,
+    path: &std::path::Path,
+    leftover: &mut u64,
+) -> Result<Report> {
+    let (setup, live, verdict) = (how.setup, how.live, how.verdict);
+    let max = setup.max_payload;
+    // The watchdog removes the queue if the writer dies (waking msgrcv with EIDRM); a
+    // typed reader polls instead, because the other messages belong to other readers.
+    // Dropping the watchdog at the end of this function stops it.
+    let _dog = if how.typed {
+        None
+    } else {
+        let (ids, p) = (ids.clone(), path.to_path_buf());
+        Some(Watchdog::start(live.clone(), verdict.clone(), move || {
+            let _ = ids.remove(&p);
+        })?)
+    };
+    let source = |msgtyp: i64| {
+        SysvSource::new(
+            q,
+            msgtyp as _,
+            max,
+            live.clone(),
+            verdict.clone(),
+            Role::Writer,
+        )
+    };
+    match setup.args.mode {
+        Mode::Text => {
+            let mut src = source(how.msgtyp);
+            src.poll = how.typed;
+            narrate!("{}", describe_msgtyp(how.msgtyp));
+            let r = read_text(setup, &mut Src::Sysv(src), !how.typed, how.shared)?;
+            if how.typed {
+                *leftover = what_is_left(q)?;
+            }
+            Ok(r)
+        }
+        Mode::Stream => {
+            narrate!("waiting in msgrcv(msgtyp 0): blocks until the writer's msgsnd; a watchdog checks every 100 ms that the writer lives");
+            run_reader::<_, SysvSink>(setup, &mut source(0), None)?.into_report("the queue")
+        }
+        Mode::Pingpong => {
+            let tag = Tagging {
+                text: false,
+                default: types::REPLY,
+                posix: false,
+            };
+            let mut back =
+                SysvSink::new(q, tag, false, live.clone(), verdict.clone(), Role::Writer);
+            narrate!(
+                "pingpong on one queue (M4): waiting in msgrcv(msgtyp -{}), which takes requests (type {}) and End ({}), never replies (type {}), which this reader sends back",
+                types::END, types::DATA, types::END, types::REPLY
+            );
+            run_reader(setup, &mut source(-types::END), Some(&mut back))?.into_report("the queue")
+        }
+    }
+}
+
+/// POSIX: everything arrives on the main queue, highest priority first; pingpong replies
+/// leave on the `.back` queue.
+fn receive_posix(how: &How<'_>, main: MqdT, back: Option<MqdT>) -> Result<Report> {
+    let (setup, live, verdict) = (how.setup, how.live, how.verdict);
+    let mut src = PosixSource::new(
+        main,
+        setup.max_payload,
+        live.clone(),
+        verdict.clone(),
+        Role::Writer,
+    )?;
+    narrate!("waiting in mq_timedreceive (100 ms slices, checking the writer between them): the highest priority comes out first, FIFO within a priority (M3)");
+    match (setup.args.mode, back) {
+        (Mode::Text, _) => read_text(setup, &mut Src::Posix(src), true, how.shared),
+        (_, Some(b)) => {
+            let tag = Tagging {
+                text: false,
+                default: 0,
+                posix: true,
+            };
+            let mut sink =
+                PosixSink::new(b, tag, false, live.clone(), verdict.clone(), Role::Writer)?;
+            run_reader(setup, &mut src, Some(&mut sink))?.into_report("the queue")
+        }
+        (_, None) => run_reader::<_, PosixSink>(setup, &mut src, None)?.into_report("the queue"),
+    }
 }
 
 /// What msgrcv's msgtyp means, in words (M4).

@@ -219,7 +219,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 tagging,
                 args.nowait,
                 live.clone(),
-                dog.verdict(),
+                verdict.clone(),
                 Role::Reader,
             );
             let r = if c.mode == Mode::Pingpong {
@@ -232,7 +232,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     types::REPLY as _,
                     max_payload,
                     live.clone(),
-                    dog.verdict(),
+                    verdict.clone(),
                     Role::Reader,
                 );
                 run_writer(&setup, &mut sink, Some(&mut back), &mut stdin)
