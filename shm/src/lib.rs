@@ -452,7 +452,9 @@ fn create_side(
         ),
         Err(e) => return Err(e).context(obj.describe(id)),
     };
-    narrate!("the {peer} (pid {peer_pid}) attached: the two processes now share the same pages (S1)");
+    narrate!(
+        "the {peer} (pid {peer_pid}) attached: the two processes now share the same pages (S1)"
+    );
     let shared = Shared {
         region,
         peer_pid,
@@ -664,14 +666,16 @@ fn sysv_try_create(key: libc::key_t, len: usize) -> Result<Found> {
     if id >= 0 {
         narrate!("shmget key {key:#010x} size {len} IPC_CREAT|IPC_EXCL 0600: created shmid {id} (see `ipcs -m`, S3; the size is fixed, S2)");
         let m = sysv_attach(id, len)?;
-        narrate!("shmat shmid {id}: attached {len} bytes at {:p} (S1)", m.base);
+        narrate!(
+            "shmat shmid {id}: attached {len} bytes at {:p} (S1)",
+            m.base
+        );
         return Ok(Found::Created(m));
     }
     let e = io::Error::last_os_error();
     if e.raw_os_error() != Some(libc::EEXIST) {
-        return Err(e).with_context(|| {
-            format!("shmget key {key:#010x} size {len} IPC_CREAT|IPC_EXCL 0600")
-        });
+        return Err(e)
+            .with_context(|| format!("shmget key {key:#010x} size {len} IPC_CREAT|IPC_EXCL 0600"));
     }
     // It exists. Size 0 finds it whatever its size, so we can read the kernel's record.
     // SAFETY: as above.
