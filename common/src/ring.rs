@@ -141,8 +141,9 @@ pub const RECORD_ALIGN: usize = 64;
 pub const MIN_CAPACITY: usize = 4 << 10;
 /// Largest capacity per direction: keeps every index step far below 2^32 (the futex word).
 pub const MAX_CAPACITY: usize = 256 << 20;
-/// Default capacity per direction: 1 MiB fits in this machine's 1 MiB-per-core L2 budget
-/// together with the reader's private copy of a 64 KiB frame, and holds 15 such frames.
+/// Default capacity per direction: 1 MiB holds 15 frames of 64 KiB, so a writer and a
+/// reader that run at slightly different speeds rarely wait for each other. (64 KiB
+/// streams ran equally fast with 256 KiB to 4 MiB rings on the development VM.)
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 /// How long `adaptive` spins before it sleeps: about the cost of one futex sleep and
 /// wake-up, so a peer that answers sooner never pays for a system call.
