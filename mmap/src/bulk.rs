@@ -90,9 +90,20 @@ pub enum HeaderError {
 impl fmt::Display for HeaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HeaderError::Short(n) => write!(f, "only {n} bytes, shorter than the {FIELDS_LEN}-byte header"),
-            HeaderError::NoHeaderYet => write!(f, "the header is all zero: created, but no header written yet"),
-            HeaderError::NotOurs(m) => write!(f, "magic {:?} is not {:?}: not a bulk file of mmap-writer", String::from_utf8_lossy(m), "IPCSBULK"),
+            HeaderError::Short(n) => write!(
+                f,
+                "only {n} bytes, shorter than the {FIELDS_LEN}-byte header"
+            ),
+            HeaderError::NoHeaderYet => write!(
+                f,
+                "the header is all zero: created, but no header written yet"
+            ),
+            HeaderError::NotOurs(m) => write!(
+                f,
+                "magic {:?} is not {:?}: not a bulk file of mmap-writer",
+                String::from_utf8_lossy(m),
+                "IPCSBULK"
+            ),
             HeaderError::Bad(why) => write!(f, "corrupt bulk header: {why}"),
         }
     }
@@ -136,7 +147,9 @@ impl Header {
         }
         let version = u32_at(8);
         if version != VERSION {
-            return Err(HeaderError::Bad(format!("version {version}, expected {VERSION}")));
+            return Err(HeaderError::Bad(format!(
+                "version {version}, expected {VERSION}"
+            )));
         }
         let h = Header {
             state: u32_at(12),
@@ -147,10 +160,16 @@ impl Header {
             done_ns: u64_at(40),
         };
         if h.state > STATE_COMPLETE {
-            return Err(HeaderError::Bad(format!("state {} is neither 0 nor 1", h.state)));
+            return Err(HeaderError::Bad(format!(
+                "state {} is neither 0 nor 1",
+                h.state
+            )));
         }
         if h.block_size as usize != BLOCK_SIZE {
-            return Err(HeaderError::Bad(format!("block size {}, expected {BLOCK_SIZE}", h.block_size)));
+            return Err(HeaderError::Bad(format!(
+                "block size {}, expected {BLOCK_SIZE}",
+                h.block_size
+            )));
         }
         if !(MIN_FILE_SIZE..=MAX_FILE_SIZE).contains(&h.data_len) || h.data_len % 8 != 0 {
             return Err(HeaderError::Bad(format!(
@@ -310,13 +329,26 @@ mod tests {
     fn hostile_headers_are_refused() {
         assert_eq!(Header::decode(&[0; 10]), Err(HeaderError::Short(10)));
         assert_eq!(Header::decode(&[0; 48]), Err(HeaderError::NoHeaderYet));
-        assert!(matches!(Header::decode(&[b'x'; 48]), Err(HeaderError::NotOurs(_))));
-        for (off, val) in [(8usize, 7u64), (12, 5), (20, 1), (24, 3), (24, u64::MAX), (16, 0)] {
+        assert!(matches!(
+            Header::decode(&[b'x'; 48]),
+            Err(HeaderError::NotOurs(_))
+        ));
+        for (off, val) in [
+            (8usize, 7u64),
+            (12, 5),
+            (20, 1),
+            (24, 3),
+            (24, u64::MAX),
+            (16, 0),
+        ] {
             let mut b = header().encode();
             let bytes = val.to_le_bytes();
             let n = if off == 24 { 8 } else { 4 };
             b[off..off + n].copy_from_slice(&bytes[..n]);
-            assert!(matches!(Header::decode(&b), Err(HeaderError::Bad(_))), "offset {off} value {val}");
+            assert!(
+                matches!(Header::decode(&b), Err(HeaderError::Bad(_))),
+                "offset {off} value {val}"
+            );
         }
     }
 
@@ -326,8 +358,14 @@ mod tests {
         let s0 = block_seed(7, 0);
         fill_slice(&mut buf, s0);
         assert_eq!(verify_slice(&buf, s0), None);
-        assert!(verify_slice(&buf, block_seed(7, 1)).is_some(), "another block");
-        assert!(verify_slice(&buf, block_seed(8, 0)).is_some(), "another run");
+        assert!(
+            verify_slice(&buf, block_seed(7, 1)).is_some(),
+            "another block"
+        );
+        assert!(
+            verify_slice(&buf, block_seed(8, 0)).is_some(),
+            "another run"
+        );
         buf[1000] ^= 1;
         let m = verify_slice(&buf, s0).unwrap();
         assert_eq!(m.offset, 1000 / 8 * 8);

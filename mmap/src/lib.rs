@@ -60,8 +60,15 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use common::cleanup::{self, Owned};
+use common::frame;
+use common::protocol::{Delivery, FrameSink};
+use common::ring::{self, Region, Role};
+use common::timing::Latency;
 use memmap2::{MmapOptions, MmapRaw};
 use nix::unistd::geteuid;
 
@@ -239,8 +246,8 @@ pub fn check_length(file: &File, path: &Path, expected: u64) -> Result<()> {
 /// that would allocate the page raises SIGBUS instead. So the room is checked up front
 /// (racy, but it turns the common mistake into a clear error).
 pub fn ensure_room(dir: &Path, bytes: u64) -> Result<()> {
-    let st = nix::sys::statvfs::statvfs(dir)
-        .with_context(|| format!("statvfs {}", dir.display()))?;
+    let st =
+        nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
     let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
     if avail < bytes {
         bail!(
@@ -268,6 +275,7 @@ pub fn fs_kind(file: &File) -> String {
 ///
 /// All access goes through methods that check the range against `len`, which is taken
 /// from our own `fstat` before mapping, never from the file's contents.
+#[derive(Debug)]
 pub struct Map {
     /// memmap2's raw mapping: unmapped on drop; never dereferenced as a slice.
     raw: MmapRaw,
@@ -281,15 +289,21 @@ impl Map {
     /// Maps `len` bytes of `file` read-write, `MAP_SHARED` (F1), after checking the length
     /// (F7). `populate` adds `MAP_POPULATE`: the kernel faults every page in at map time.
     pub fn create(file: &File, path: &Path, len: usize, populate: bool) -> Result<Map> {
-        Self::map(file, path, len, populate, true)
+        Self::map_file(file, path, len, populate, true)
     }
 
     /// Maps `len` bytes of `file` read-only, `MAP_SHARED`, after checking the length.
     pub fn open(file: &File, path: &Path, len: usize, populate: bool) -> Result<Map> {
-        Self::map(file, path, len, populate, false)
+        Self::map_file(file, path, len, populate, false)
     }
 
-    fn map(file: &File, path: &Path, len: usize, populate: bool, writable: bool) -> Result<Map> {
+    fn map_file(
+        file: &File,
+        path: &Path,
+        len: usize,
+        populate: bool,
+        writable: bool,
+    ) -> Result<Map> {
         check_length(file, path, len as u64)?;
         let mut opts = MmapOptions::new();
         opts.len(len);
@@ -402,13 +416,20 @@ impl Map {
     }
 
     /// Checks `[off, off + len)` against block pattern `seed`, reading through raw pointers.
-    pub fn verify_pattern(&self, off: usize, len: usize, seed: u64) -> Result<Option<bulk::Mismatch>> {
+    pub fn verify_pattern(
+        &self,
+        off: usize,
+        len: usize,
+        seed: u64,
+    ) -> Result<Option<bulk::Mismatch>> {
         let p = self.span(off, len, 8)?.cast::<u64>().cast_const();
         let words = len / 8;
-        // SAFETY (both closures below): `i < words`, so `p + i` is an aligned word inside
-        // the checked span. The writer finished before we read (the caller saw the
-        // completion marker with Acquire); reads are by value, so no reference is made.
-        let at = |i: usize| u64::from_le(unsafe { p.add(i).read() });
+        let at = |i: usize| {
+            // SAFETY: callers pass `i < words`, so `p + i` is an aligned word inside the
+            // checked span. The writer finished before we read (the caller saw the
+            // completion marker with Acquire); the read is by value, no reference is made.
+            u64::from_le(unsafe { p.add(i).read() })
+        };
         let mut diff = 0u64;
         for i in 0..words {
             diff |= at(i) ^ bulk::word(seed, i as u64);
@@ -434,7 +455,8 @@ impl Map {
 }
 
 /// The text printed when this process gets SIGBUS: what it usually means for a map (F7).
-static SIGBUS_TEXT: &[u8] = b"\n*** SIGBUS: this process touched a page of a memory-mapped file that is no \
+static SIGBUS_TEXT: &[u8] =
+    b"\n*** SIGBUS: this process touched a page of a memory-mapped file that is no \
 longer backed by the file. Usually another process truncated the file while it was mapped \
 (ftruncate succeeds on a mapped file; touching past the new end is SIGBUS, F7), or the \
 file system had no room for a page written through the map. The default action follows: \
@@ -572,7 +594,9 @@ pub fn address_space_facts() -> Vec<String> {
         Ok((soft, _)) if soft == libc::RLIM_INFINITY => {
             v.push("RLIMIT_AS (ulimit -v) is unlimited".into())
         }
-        Ok((soft, _)) => v.push(format!("RLIMIT_AS (ulimit -v) limits this process to {soft} bytes of address space")),
+        Ok((soft, _)) => v.push(format!(
+            "RLIMIT_AS (ulimit -v) limits this process to {soft} bytes of address space"
+        )),
         Err(e) => v.push(format!("getrlimit RLIMIT_AS: {e}")),
     }
     v.push("on IA-32 a process has 4 GiB of virtual addresses, 3 GiB for user space with Linux's default split; PAE widens physical memory (64 GiB), not a process's address space".into());
@@ -609,12 +633,344 @@ pub fn pread_exact(file: &File, path: &Path, off: u64, buf: &mut [u8]) -> Result
     }
 }
 
+/// Removes `path` only if it is still the file we checked (same inode): a new run may have
+/// replaced it, and that file is not ours to delete. A file already gone is fine.
+pub fn remove_if_same(path: &Path, ino: u64) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.ino() == ino => fs::remove_file(path),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Registers `path` (inode `ino`) for removal, tolerating a peer that removed it first.
+pub fn own_file_checked(path: &Path, ino: u64) -> Owned {
+    let p = path.to_path_buf();
+    cleanup::own(format!("mapped file {}", path.display()), move || {
+        remove_if_same(&p, ino)
+    })
+}
+
+/// What the pair agreed on before any ring exists: the same on both sides (S5 for shm).
+#[derive(Clone, Debug)]
+pub struct RingOpts {
+    /// The file both map.
+    pub path: PathBuf,
+    /// Which program this is.
+    pub role: Role,
+    /// Bytes per direction (`--capacity`), the same on both sides.
+    pub capacity: usize,
+    /// How long to wait for the peer (`--timeout`).
+    pub timeout: Duration,
+    /// `--populate`: fault the pages in at map time.
+    pub populate: bool,
+}
+
+/// A ring file mapped and paired with its peer.
+pub struct RingFile {
+    /// The ring over the mapping (keeps the mapping alive).
+    pub region: Region,
+    /// The same mapping, for `msync` (F5) and `/proc/self/maps`.
+    pub map: Arc<Map>,
+    /// The file's path.
+    pub path: PathBuf,
+    /// Whether this process created the file (and initialised the header).
+    pub created: bool,
+    /// The peer's pid, watched while waiting.
+    pub peer_pid: i32,
+    /// Removal of the file: on error paths, Ctrl-C, or `.remove()` at the end.
+    pub owned: Owned,
+    /// The file system it lives on (`tmpfs`, `ext4`): the report's flavour.
+    pub flavour: String,
+}
+
+/// What a look at an existing ring file with `pread` (before mapping it) found.
+enum Found {
+    /// A complete header that matches our configuration.
+    Ready,
+    /// Someone is still setting it up.
+    NotReady(String),
+    /// Left by a run that died: safe to replace.
+    Stale(String),
+}
+
+/// The fields of a ring header, read with `pread`: they decide whether to map at all.
+fn inspect(file: &File, path: &Path, expect_len: u64, capacity: usize) -> Result<Found> {
+    let facts = check_file(file, path)?;
+    let mut h = [0u8; 64];
+    if !pread_exact(file, path, 0, &mut h)? {
+        // Shorter than the header: the creator is between open(O_CREAT) and ftruncate, or
+        // was killed there. Its pid is not in the file yet, so the file's age decides.
+        return Ok(age_verdict(file, facts.len));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let u64_at = |o: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&h[o..o + 8]);
+        u64::from_le_bytes(w)
+    };
+    let magic = u64_at(ring::offsets::MAGIC);
+    let creator = u32_at(ring::offsets::CREATOR_PID) as i32;
+    if magic != ring::RING_MAGIC && magic != 0 {
+        let what = if h[0..8] == bulk::MAGIC {
+            "a bulk file (mmap-writer --bulk); use another --name".to_string()
+        } else {
+            format!("magic {magic:#018x} is not an ipc-study ring's")
+        };
+        bail!(
+            "{} is not a ring file: {what}; refusing to use or remove it",
+            path.display()
+        );
+    }
+    if creator != 0 && ring::peer_gone(creator) {
+        return Ok(Found::Stale(format!(
+            "its creator, pid {creator}, is gone (a run that was killed or crashed)"
+        )));
+    }
+    if creator == 0 {
+        return Ok(age_verdict(file, facts.len));
+    }
+    if u32_at(ring::offsets::READY) != 1 || magic == 0 {
+        return Ok(Found::NotReady(format!(
+            "its creator, pid {creator}, has not published the header yet"
+        )));
+    }
+    let cap = u64_at(ring::offsets::CAPACITY);
+    if cap != capacity as u64 {
+        bail!(
+            "{} was created by pid {creator} with --capacity {cap}, and this side has --capacity \
+             {capacity}: both sides must map the same layout (the length is checked before \
+             mapping, F7); pass the same --capacity to both",
+            path.display()
+        );
+    }
+    if facts.len != expect_len {
+        bail!(
+            "{} is {} bytes, but its header says {expect_len}: mapping it and touching a page past \
+             its end would be SIGBUS (F7), so it is not mapped",
+            path.display(),
+            facts.len
+        );
+    }
+    Ok(Found::Ready)
+}
+
+/// A file without a creator pid: being created right now, or left by a run killed between
+/// `open` and writing its pid. Two seconds is far longer than that window.
+fn age_verdict(file: &File, len: u64) -> Found {
+    let age = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default();
+    if age > Duration::from_secs(2) {
+        Found::Stale(format!(
+            "it has no creator pid and has not changed for {:.0} s (a run killed right after creating it, {len} bytes)",
+            age.as_secs_f64()
+        ))
+    } else {
+        Found::NotReady("its creator has not written its pid yet".into())
+    }
+}
+
+/// Wraps a mapping into a [`Region`].
+fn region_over(map: &Arc<Map>, capacity: usize) -> Result<Region> {
+    // SAFETY: the pointer and length describe the whole mapping, readable and writable
+    // (mapped read-write by `Map::create`); `keeper` is an `Arc` of that mapping, so it
+    // stays mapped while the region or any endpoint lives. `Map` never creates a Rust
+    // reference to the mapped bytes (it hands out raw pointers only), and this process
+    // touches the ring's memory only through the region.
+    let region = unsafe { Region::from_raw(map.as_mut_ptr(), map.len(), capacity, map.clone()) };
+    region.context("setting up the ring over the mapped file")
+}
+
+/// The rendezvous, in either start order: create the file and wait for the peer, or open
+/// the peer's file and attach. Stale files of killed runs are replaced (narrated).
+pub fn rendezvous(o: &RingOpts) -> Result<RingFile> {
+    let len = ring::region_len(o.capacity);
+    let start = std::time::Instant::now();
+    let mut said = String::new();
+    loop {
+        if start.elapsed() > o.timeout {
+            bail!(
+                "timed out after {:.1} s waiting for {} to be set up by its creator",
+                o.timeout.as_secs_f64(),
+                o.path.display()
+            );
+        }
+        // Whoever comes first creates: O_EXCL lets exactly one of two racing programs win.
+        match create_file(&o.path, len as u64) {
+            Ok((file, owned)) => return become_creator(o, file, owned, len),
+            Err(e) if is_exists(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let Some(file) = open_existing(&o.path, true)? else {
+            continue; // removed between our open attempts: try to create again
+        };
+        let ino = check_file(&file, &o.path)?.ino;
+        match inspect(&file, &o.path, len as u64, o.capacity)? {
+            Found::Ready => return become_opener(o, file, ino, len),
+            Found::Stale(why) => {
+                common::narrate!(
+                    "{} is stale: {why}; removing it and creating a new one",
+                    o.path.display()
+                );
+                remove_if_same(&o.path, ino)
+                    .with_context(|| format!("unlink {}", o.path.display()))?;
+            }
+            Found::NotReady(why) => {
+                if said != why {
+                    common::narrate!(
+                        "{} exists but {why}; waiting (polling every 2 ms)",
+                        o.path.display()
+                    );
+                    said = why;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+fn is_exists(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
+}
+
+fn become_creator(o: &RingOpts, file: File, owned: Owned, len: usize) -> Result<RingFile> {
+    let flavour = fs_kind(&file);
+    let map = Arc::new(Map::create(&file, &o.path, len, o.populate)?);
+    let region = region_over(&map, o.capacity)?;
+    // pid first, then the header and empty rings, `ready` last with Release.
+    region.initialize(o.role, common::protocol::new_nonce());
+    let other = match o.role {
+        Role::Writer => "reader",
+        Role::Reader => "writer",
+    };
+    common::narrate!(
+        "mapped {} ({len} bytes, MAP_SHARED, on {flavour}) and published the ring header; waiting for a {other} to open it (sleeping on a futex in the file's page; its attach wakes us)",
+        o.path.display()
+    );
+    let peer_pid = region
+        .wait_for_opener(o.timeout)
+        .map_err(|e| anyhow::anyhow!("{e}: start the {other} with the same --name/--path"))?;
+    common::narrate!("{other} pid {peer_pid} opened the file and attached");
+    Ok(RingFile {
+        region,
+        map,
+        path: o.path.clone(),
+        created: true,
+        peer_pid,
+        owned,
+        flavour,
+    })
+}
+
+fn become_opener(o: &RingOpts, file: File, ino: u64, len: usize) -> Result<RingFile> {
+    let flavour = fs_kind(&file);
+    let map = Arc::new(Map::create(&file, &o.path, len, o.populate)?);
+    let region = region_over(&map, o.capacity)?;
+    // The header was complete when read with pread; check it again through the map, with
+    // the Acquire load that makes the creator's fields visible, before trusting it.
+    if region.check_header()?.is_none() {
+        bail!(
+            "{}: the header went back to not-ready after we saw it ready",
+            o.path.display()
+        );
+    }
+    let peer_pid = region.attach(o.role)?;
+    // From now on both sides own the file: whoever ends first on an error removes it.
+    let owned = own_file_checked(&o.path, ino);
+    common::narrate!(
+        "opened {} ({len} bytes, MAP_SHARED, on {flavour}) created by pid {peer_pid}, and attached",
+        o.path.display()
+    );
+    Ok(RingFile {
+        region,
+        map,
+        path: o.path.clone(),
+        created: false,
+        peer_pid,
+        owned,
+        flavour,
+    })
+}
+
+/// A sink that calls `msync(MS_SYNC)` after every publish (`--sync`, F5) and times it.
+pub struct SyncSink<S> {
+    /// The ring's producer.
+    inner: S,
+    /// The mapping to flush, when `--sync` was given.
+    map: Option<Arc<Map>>,
+    /// Time per msync.
+    pub cost: Latency,
+}
+
+impl<S: FrameSink> SyncSink<S> {
+    /// Wraps `inner`; `map` is `Some` with `--sync`.
+    pub fn new(inner: S, map: Option<Arc<Map>>) -> Self {
+        SyncSink {
+            inner,
+            map,
+            cost: Latency::new(),
+        }
+    }
+
+    /// A report note on what msync cost, if it ran.
+    pub fn note(&self) -> Option<String> {
+        let s = self.cost.summary()?;
+        Some(format!(
+            "msync(MS_SYNC) after each publish (F5): {} calls, p50 {}, p99 {}, max {}",
+            self.cost.len(),
+            common::timing::fmt_ns(s.p50),
+            common::timing::fmt_ns(s.p99),
+            common::timing::fmt_ns(s.max)
+        ))
+    }
+}
+
+impl<S: FrameSink> FrameSink for SyncSink<S> {
+    fn send(&mut self, header: &[u8; frame::HEADER_LEN], payload: &[u8]) -> Result<Delivery> {
+        let d = self.inner.send(header, payload)?;
+        if let Some(m) = &self.map {
+            // The peer already sees the frame (same page-cache pages); msync only makes the
+            // file's copy on the disk catch up. On tmpfs there is no disk, and it is cheap.
+            let t = common::timing::now_ns();
+            m.sync()?;
+            self.cost.record(common::timing::now_ns() - t);
+        }
+        Ok(d)
+    }
+}
+
+/// This process's mappings of `path` and of its own executable, as narration (F1, F4).
+pub fn show_maps(path: &Path) {
+    if let Ok(lines) = maps_lines_for(path) {
+        for l in lines {
+            common::narrate!("/proc/self/maps: {l}  <- the shared file, part of our memory (F1)");
+        }
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(l) = maps_lines_for(&exe)
+            .ok()
+            .and_then(|v| v.into_iter().find(|l| l.contains(" r-xp ")))
+        {
+            common::narrate!(
+                "/proc/self/maps: {l}  <- this program's code, mapped from its file at exec (F4)"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ipc-study-mmap-unit-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("ipc-study-mmap-unit-{tag}-{}", std::process::id()));
         common::runtime::ensure_private_dir(&d).unwrap();
         d
     }
@@ -643,11 +999,17 @@ mod tests {
         m.write_bytes(100, &[0xff]).unwrap();
         assert_eq!(m.verify_pattern(0, 8192, 5).unwrap().unwrap().offset, 96);
         let r = Map::open(&f, &p, 8192, true).unwrap();
-        assert!(r.write_bytes(0, b"x").is_err(), "read-only map refuses stores");
+        assert!(
+            r.write_bytes(0, b"x").is_err(),
+            "read-only map refuses stores"
+        );
         m.store_u32_release(12, 7).unwrap();
         assert_eq!(r.load_u32_acquire(12).unwrap(), 7, "one page, two maps");
         // F7: the length is checked before mapping.
-        assert!(Map::open(&f, &p, 16384, false).unwrap_err().to_string().contains("SIGBUS"));
+        assert!(Map::open(&f, &p, 16384, false)
+            .unwrap_err()
+            .to_string()
+            .contains("SIGBUS"));
         drop((m, r, f));
         owned.remove().unwrap();
         fs::remove_dir(&d).unwrap();
@@ -661,10 +1023,16 @@ mod tests {
         fs::write(&p, b"x").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
         let f = open_existing(&p, false).unwrap().unwrap();
-        assert!(check_file(&f, &p).unwrap_err().to_string().contains("writable by other"));
+        assert!(check_file(&f, &p)
+            .unwrap_err()
+            .to_string()
+            .contains("writable by other"));
         let l = d.join("link.map");
         std::os::unix::fs::symlink(&p, &l).unwrap();
-        assert!(open_existing(&l, false).unwrap_err().to_string().contains("symlink"));
+        assert!(open_existing(&l, false)
+            .unwrap_err()
+            .to_string()
+            .contains("symlink"));
         assert!(open_existing(&d.join("none"), false).unwrap().is_none());
         fs::remove_dir_all(&d).unwrap();
     }
