@@ -337,6 +337,9 @@ fn clear_old_bulk_file(path: &Path, explicit: bool) -> Result<()> {
     let mut buf = [0u8; bulk::FIELDS_LEN];
     let verdict = if pread_exact(&file, path, 0, &mut buf)? {
         Header::decode(&buf)
+    } else if std::fs::read(path).is_ok_and(|b| b.iter().all(|&x| x == 0)) {
+        // Shorter than a header and all zero (usually empty): a writer killed after open().
+        Err(HeaderError::NoHeaderYet)
     } else {
         Err(HeaderError::Short(facts.len as usize))
     };
@@ -357,7 +360,7 @@ fn clear_old_bulk_file(path: &Path, explicit: bool) -> Result<()> {
             path.display(),
             h.writer_pid
         ),
-        Err(HeaderError::NoHeaderYet | HeaderError::Short(_)) if !explicit => narrate!(
+        Err(HeaderError::NoHeaderYet) if !explicit => narrate!(
             "{} has no header: left by a writer killed right after creating it; replacing it",
             path.display()
         ),
