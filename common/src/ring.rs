@@ -472,6 +472,40 @@ pub struct HeaderView {
     pub creator_role: u32,
 }
 
+/// Reads every header field; `ready` first with Acquire, so if it is 1 the creator's
+/// fields read after it are complete.
+fn view_of(h: &SharedHeader) -> HeaderView {
+    let ready = h.ready.load(Ordering::Acquire) == 1;
+    HeaderView {
+        magic: h.magic.load(Ordering::Relaxed),
+        version: h.version.load(Ordering::Relaxed),
+        ready,
+        capacity: h.capacity.load(Ordering::Relaxed),
+        region_len: h.region_len.load(Ordering::Relaxed),
+        session: h.session.load(Ordering::Relaxed),
+        creator_pid: h.creator_pid.load(Ordering::Relaxed) as i32,
+        opener_pid: h.opener_pid.load(Ordering::Acquire) as i32,
+        creator_role: h.creator_role.load(Ordering::Relaxed),
+    }
+}
+
+/// Reads the header of an existing region of any size, before deciding whether it is
+/// ready, stale or not ours at all (an opener must look before it trusts the size).
+/// `None` if `len` is smaller than the header page or `base` is not 128-byte aligned.
+///
+/// # Safety
+/// `base..base + len` must be mapped and readable for the duration of the call, with no
+/// Rust reference to it alive.
+pub unsafe fn peek_header(base: *mut u8, len: usize) -> Option<HeaderView> {
+    if base.is_null() || base as usize % 128 != 0 || len < HEADER_PAGE {
+        return None;
+    }
+    // SAFETY: non-null, aligned (checked above) and mapped for HEADER_PAGE >= 56 bytes
+    // (caller and the check above); all fields are atomics, valid for any bits.
+    let h = unsafe { &*base.cast::<SharedHeader>() };
+    Some(view_of(h))
+}
+
 /// State shared by a region handle and every endpoint made from it.
 struct Inner {
     /// First byte of the region.
@@ -644,20 +678,7 @@ impl Region {
 
     /// Reads the header as it is now (untrusted values).
     pub fn header(&self) -> HeaderView {
-        let h = self.inner.header();
-        // Acquire first: if ready is 1, the creator's fields below are complete.
-        let ready = h.ready.load(Ordering::Acquire) == 1;
-        HeaderView {
-            magic: h.magic.load(Ordering::Relaxed),
-            version: h.version.load(Ordering::Relaxed),
-            ready,
-            capacity: h.capacity.load(Ordering::Relaxed),
-            region_len: h.region_len.load(Ordering::Relaxed),
-            session: h.session.load(Ordering::Relaxed),
-            creator_pid: h.creator_pid.load(Ordering::Relaxed) as i32,
-            opener_pid: h.opener_pid.load(Ordering::Acquire) as i32,
-            creator_role: h.creator_role.load(Ordering::Relaxed),
-        }
+        view_of(self.inner.header())
     }
 
     /// Opener: checks the header against this side's own configuration.
