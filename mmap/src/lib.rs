@@ -40,7 +40,7 @@
 //!   the index or marker the other side published with Release. A reference over it would
 //!   promise the compiler that nobody changes it, which another process can break.
 //! - Every offset and length into the map is checked against the map's length, kept
-//!   locally, in [`Map::span`]; a value read from the file is never trusted as an offset.
+//!   locally, in `Map::span`; a value read from the file is never trusted as an offset.
 //! - Files are created mode 0600 with `O_EXCL`, never through a symlink (`O_NOFOLLOW`), and
 //!   an existing one is used only after [`check_file`] (regular file, ours, not writable by
 //!   others). A file is replaced only when its header proves it ours and stale.

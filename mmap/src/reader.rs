@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long)]
     pub bulk: bool,
 
-    /// The file to map [default: <runtime dir>/<name>.map]; the same as the writer's.
+    /// The file to map [default: RUNTIME_DIR/NAME.map]; the same as the writer's.
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
 
@@ -274,11 +274,12 @@ fn run_bulk(args: &Args) -> Result<ExitCode> {
             header.data_len
         ),
         format!(
-            "through the map (mmap + loads): {} in {} ({} minor, {} major page faults)",
+            "through the map (mmap + loads): {} in {} ({} minor, {} major page faults, one per {} KiB read)",
             fmt_rate(map_rate),
             fmt_ns(map_ns),
             minor1 - minor0,
-            major1 - major0
+            major1 - major0,
+            header.data_len / 1024 / (minor1 - minor0 + major1 - major0).max(1)
         ),
     ];
     narrate!("{}", notes[1]);

@@ -72,7 +72,7 @@ pub struct Args {
     #[arg(long)]
     pub bulk: bool,
 
-    /// The file to map [default: <runtime dir>/<name>.map]; e.g. /dev/shm/x.map (tmpfs) or /var/tmp/x.map (disk).
+    /// The file to map [default: RUNTIME_DIR/NAME.map]; e.g. /dev/shm/x.map (tmpfs) or /var/tmp/x.map (disk).
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
 
@@ -262,11 +262,12 @@ fn run_bulk(args: &Args) -> Result<ExitCode> {
     let mut notes = vec![
         format!("file {} on {flavour}, {file_len} bytes (header page + data)", path.display()),
         format!(
-            "fill through the map: {} in {} ({} minor, {} major page faults: about one per page first stored)",
+            "fill through the map: {} in {} ({} minor, {} major page faults, one per {} KiB stored: the first store to each mapped piece faults)",
             fmt_rate(data_len as f64 / (fill_ns.max(1) as f64 / 1e9)),
             fmt_ns(fill_ns),
             minor1 - minor0,
-            major1 - major0
+            major1 - major0,
+            data_len / 1024 / (minor1 - minor0 + major1 - major0).max(1)
         ),
     ];
     if let (Some(a), Some(b)) = (dirty0, dirty1) {
