@@ -945,6 +945,28 @@ impl<S: FrameSink> FrameSink for SyncSink<S> {
     }
 }
 
+/// Text mode: checks that the reader still exists before each line is sent.
+///
+/// A ring has room for many lines, so a writer whose reader died would otherwise go on
+/// "sending" into a file nobody reads until the ring filled up. One `kill(pid, 0)` per
+/// typed line costs nothing a person notices; the measuring modes do not use this (there
+/// the ring's own waits check the peer every 100 ms).
+pub struct WatchPeer<S> {
+    /// The ring's producer.
+    pub inner: S,
+    /// The reader's pid.
+    pub pid: i32,
+}
+
+impl<S: FrameSink> FrameSink for WatchPeer<S> {
+    fn send(&mut self, header: &[u8; frame::HEADER_LEN], payload: &[u8]) -> Result<Delivery> {
+        if ring::peer_gone(self.pid) {
+            return Ok(Delivery::PeerGone);
+        }
+        self.inner.send(header, payload)
+    }
+}
+
 /// This process's mappings of `path` and of its own executable, as narration (F1, F4).
 pub fn show_maps(path: &Path) {
     if let Ok(lines) = maps_lines_for(path) {

@@ -51,7 +51,8 @@ use crate::bulk::{self, Header, HeaderError};
 use crate::{
     address_space_facts, check_file, create_file, dirty_kib, ensure_room, explain_sigbus,
     file_path, fs_kind, open_existing, page_faults, pread_exact, rendezvous, show_maps,
-    truncate_while_mapped, Map, RingOpts, SyncSink, DEFAULT_BULK_NAME, DEFAULT_NAME, MECHANISM,
+    truncate_while_mapped, Map, RingOpts, SyncSink, WatchPeer, DEFAULT_BULK_NAME, DEFAULT_NAME,
+    MECHANISM,
 };
 
 /// Program name, in narration and reports.
@@ -172,6 +173,13 @@ fn run_ring(args: &Args) -> Result<ExitCode> {
         // The way back is the second ring in the same file (S4: both sides write).
         let mut back = rf.region.consumer(Direction::ReaderToWriter, opts)?;
         run_writer(&setup, &mut sink, Some(&mut back), &mut stdin)?
+    } else if c.mode == Mode::Text {
+        // Lines come slowly: check before each one that the reader is still there.
+        let mut watched = WatchPeer {
+            inner: &mut sink,
+            pid: rf.peer_pid,
+        };
+        run_writer::<_, Consumer>(&setup, &mut watched, None, &mut stdin)?
     } else {
         run_writer::<_, Consumer>(&setup, &mut sink, None, &mut stdin)?
     };

@@ -50,6 +50,36 @@ fn reader_killed_writer_notices_and_exits_nonzero() {
 }
 
 #[test]
+fn text_writer_notices_a_dead_reader_at_the_next_line() {
+    use std::io::Write;
+    let dir = TestDir::new("text_dead_reader");
+    let (w, mut typing) = dir.spawn_typing(WRITER, &[]);
+    dir.wait_for(&dir.file());
+    let r = dir.spawn(READER, &[], None);
+    let f = std::fs::File::open(dir.file()).unwrap();
+    let t = std::time::Instant::now();
+    let mut pid = [0u8; 4];
+    while u32::from_le_bytes(pid) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the reader never attached"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        f.read_exact_at(&mut pid, offsets::OPENER_PID as u64)
+            .unwrap();
+    }
+    drop(f);
+    r.kill9();
+    // The ring has room, so nothing would block: the writer checks the reader per line.
+    typing.write_all(b"anyone there?\n").unwrap();
+    let w = w.wait_within(Duration::from_secs(10));
+    drop(typing);
+    assert_eq!(w.status.code(), Some(1), "{}", w.stderr);
+    assert!(w.stderr.contains("is gone"), "{}", w.stderr);
+    dir.finish();
+}
+
+#[test]
 fn a_stale_ring_file_of_a_killed_run_is_replaced() {
     let dir = TestDir::new("stale_ring");
     // A writer that created the file and waits for a reader, killed: its file stays.
@@ -172,5 +202,19 @@ fn a_symlink_in_place_of_the_file_is_refused() {
     assert!(w.stderr.contains("symlink"), "{}", w.stderr);
     std::fs::remove_file(dir.file()).unwrap();
     std::fs::remove_file(&target).unwrap();
+    dir.finish();
+}
+
+#[test]
+fn sigterm_removes_what_the_program_owns_and_exits_130() {
+    let dir = TestDir::new("sigterm");
+    let w = dir.spawn(WRITER, &["--mode", "stream", "--timeout", "20"], None);
+    dir.wait_for(&dir.file());
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: sending SIGTERM to our own child process, whose pid we hold.
+    unsafe { libc::kill(w.pid(), libc::SIGTERM) };
+    let w = w.wait_within(Duration::from_secs(10));
+    assert_eq!(w.status.code(), Some(130), "{}", w.stderr);
+    assert!(!dir.file().exists(), "the signal thread removed the file");
     dir.finish();
 }

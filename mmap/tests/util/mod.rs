@@ -64,6 +64,22 @@ impl TestDir {
         Proc::new(child)
     }
 
+    /// Starts `exe` with `--name` and a stdin the test writes to (and closes) itself.
+    pub fn spawn_typing(&self, exe: &str, args: &[&str]) -> (Proc, std::process::ChildStdin) {
+        let mut child = Command::new(exe)
+            .args(args)
+            .arg("--name")
+            .arg(&self.name)
+            .env("IPC_STUDY_DIR", &self.path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        (Proc::new(child), stdin)
+    }
+
     /// Starts `exe` without adding `--name` (for --path runs).
     pub fn spawn_raw(&self, exe: &str, args: &[&str]) -> Proc {
         let child = Command::new(exe)
