@@ -270,6 +270,14 @@ pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
 ///
 /// Returns `Ok(None)` when fewer than [`HEADER_LEN`] bytes are given.
 pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameError> {
+    // The magic is checked on whatever prefix has arrived, so a stream of garbage is
+    // refused at its first bytes instead of waiting for a whole header's worth.
+    let seen = buf.len().min(4);
+    if buf[..seen] != MAGIC.to_le_bytes()[..seen] {
+        let mut found = [0u8; 4];
+        found[..seen].copy_from_slice(&buf[..seen]);
+        return Err(FrameError::BadMagic { found });
+    }
     let Some(h) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
@@ -612,6 +620,18 @@ mod tests {
             decode(&b, MAX_PAYLOAD),
             Err(FrameError::BadChecksum { .. })
         ));
+    }
+
+    #[test]
+    fn garbage_is_refused_at_its_first_byte() {
+        assert!(matches!(
+            decode(b"x", MAX_PAYLOAD),
+            Err(FrameError::BadMagic { .. })
+        ));
+        assert_eq!(
+            decode(b"IPC", MAX_PAYLOAD).unwrap(),
+            Decoded::NeedMore { total: HEADER_LEN }
+        );
     }
 
     #[test]

@@ -208,6 +208,9 @@ struct Mapped {
     kernel_says_stale: bool,
     /// System V id.
     sysv_id: Option<i32>,
+    /// POSIX: the object's inode (fstat), to make sure a stale object is still the one
+    /// under the name when we unlink it.
+    ino: Option<u64>,
 }
 
 /// The outcome of one exclusive-create attempt.
@@ -257,11 +260,25 @@ impl Object<'_> {
     }
 
     /// Removes a stale object (the caller has decided it is stale and narrated why).
-    fn remove_stale(&self, id: Option<i32>) -> Result<()> {
+    ///
+    /// System V removes by id, which names this very segment. A POSIX name may meanwhile
+    /// have been unlinked and created again by another process that also found the object
+    /// stale, so the inode under the name is compared with the one we judged first.
+    fn remove_stale(&self, id: Option<i32>, ino: Option<u64>) -> Result<()> {
         match (self.sysv, id) {
             (true, Some(id)) => sysv_remove(id)
                 .with_context(|| format!("shmctl IPC_RMID {}", self.describe(Some(id)))),
-            _ => posix_remove(&self.kname).with_context(|| format!("shm_unlink {}", self.kname)),
+            _ => {
+                let path = posix_path(self.name);
+                match (nix::sys::stat::stat(path.as_str()), ino) {
+                    (Ok(st), Some(ino)) if st.st_ino != ino => {
+                        narrate!("{path} was replaced by another process meanwhile; looking again");
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+                posix_remove(&self.kname).with_context(|| format!("shm_unlink {}", self.kname))
+            }
         }
     }
 
@@ -301,7 +318,7 @@ pub fn rendezvous(args: &ShmArgs, name: &str, role: Role, timeout: Duration) -> 
             Found::Created(m) => return create_side(&obj, m, cap, role, peer, timeout),
             Found::Existing(m) => m,
         };
-        let id = mapped.sysv_id;
+        let (id, ino) = (mapped.sysv_id, mapped.ino);
         // SAFETY: `mapped` maps `len` bytes at `base` (or base is null and peek refuses)
         // and stays alive across the call; no reference to that memory exists.
         let view = unsafe { ring::peek_header(mapped.base, mapped.len) };
@@ -312,7 +329,7 @@ pub fn rendezvous(args: &ShmArgs, name: &str, role: Role, timeout: Duration) -> 
                     obj.describe(id)
                 );
                 drop(mapped);
-                obj.remove_stale(id)?;
+                obj.remove_stale(id, ino)?;
                 unready_since = None;
                 continue;
             }
@@ -335,7 +352,7 @@ pub fn rendezvous(args: &ShmArgs, name: &str, role: Role, timeout: Duration) -> 
                         SETUP_GRACE.as_secs_f64()
                     );
                     drop(mapped);
-                    obj.remove_stale(id)?;
+                    obj.remove_stale(id, ino)?;
                     unready_since = None;
                     continue;
                 }
@@ -555,6 +572,7 @@ fn posix_try_create(kname: &str, len: usize) -> Result<Found> {
                 keeper: Some(Keeper::Posix(map)),
                 kernel_says_stale: false,
                 sysv_id: None,
+                ino: None,
             }))
         }
         Err(Errno::EEXIST) => {
@@ -573,6 +591,7 @@ fn posix_try_create(kname: &str, len: usize) -> Result<Found> {
                 );
             }
             let size = usize::try_from(st.st_size).unwrap_or(0);
+            let ino = Some(st.st_ino);
             if size == 0 {
                 return Ok(Found::Existing(Mapped {
                     base: std::ptr::null_mut(),
@@ -580,6 +599,7 @@ fn posix_try_create(kname: &str, len: usize) -> Result<Found> {
                     keeper: None,
                     kernel_says_stale: false,
                     sysv_id: None,
+                    ino,
                 }));
             }
             let map = posix_map(&fd, size, kname)?;
@@ -589,6 +609,7 @@ fn posix_try_create(kname: &str, len: usize) -> Result<Found> {
                 keeper: Some(Keeper::Posix(map)),
                 kernel_says_stale: false,
                 sysv_id: None,
+                ino,
             }))
         }
         Err(e) => Err(e).with_context(|| format!("shm_open {kname} O_CREAT|O_EXCL|O_RDWR 0600")),
@@ -656,6 +677,7 @@ fn sysv_attach(id: i32, len: usize) -> Result<Mapped> {
         })),
         kernel_says_stale: false,
         sysv_id: Some(id),
+        ino: None,
     })
 }
 
@@ -712,6 +734,7 @@ fn sysv_try_create(key: libc::key_t, len: usize) -> Result<Found> {
             keeper: None,
             kernel_says_stale: true,
             sysv_id: Some(id),
+            ino: None,
         }));
     }
     // S5, as the kernel enforces it: asking for more than the segment has is EINVAL.

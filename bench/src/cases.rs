@@ -1,0 +1,139 @@
+//! What to measure: one [`Case`] per mechanism, flavour, wait strategy, mode and size.
+//!
+//! A case lists the processes to start. Each is `bench __role --pin CPU PROGRAM ARGS`;
+//! the shared flags (`--mode --count --size --name --json --quiet --timeout`) are added
+//! by the runner, so a case only says what is particular to its mechanism.
+
+use common::cli::Mode;
+
+/// Which floor bounds a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloorKind {
+    /// Busy-polling on a shared cache line: the floor for spinning waits.
+    Cacheline,
+    /// Futex wait/wake: the floor for anything that sleeps.
+    Futex,
+    /// One memcpy of the message: the floor for moving bytes.
+    Memcpy,
+}
+
+/// One process of a case.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Program name (`pipe-writer`, ...), run through `bench __role`.
+    pub program: &'static str,
+    /// 0: the first pinned CPU (writers), 1: the second (readers).
+    pub cpu_slot: usize,
+    /// Mechanism-specific arguments.
+    pub args: Vec<String>,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub mechanism: &'static str,
+    pub flavour: String,
+    pub wait: String,
+    pub mode: Mode,
+    pub size: usize,
+    pub count: u64,
+    /// Started in this order (readers first: either order works, this one waits less).
+    pub procs: Vec<Launch>,
+    pub floor: FloorKind,
+}
+
+impl Case {
+    /// "pipe spawn blocking pingpong 64 B", for progress and errors.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {} {} {} {} B",
+            self.mechanism,
+            self.flavour,
+            self.wait,
+            self.mode.as_str(),
+            self.size
+        )
+    }
+}
+
+/// What the case builders need to know.
+pub struct Ctx {
+    /// This executable, to be started as the reader by `pipe-writer --spawn`.
+    pub exe: String,
+    /// CPUs to pin writer and reader to, if pinning.
+    pub pins: Option<(usize, usize)>,
+    /// This run's private runtime directory (`IPC_STUDY_DIR` of every child).
+    pub runtime: std::path::PathBuf,
+}
+
+impl Ctx {
+    fn cpu(&self, slot: usize) -> Option<usize> {
+        self.pins.map(|(a, b)| if slot == 0 { a } else { b })
+    }
+}
+
+/// Every mechanism the runner knows, in the note's order.
+pub const MECHANISMS: &[&str] = &["pipe", "named-pipe", "msgqueue", "shm", "mmap", "socket"];
+
+/// Largest payload a mechanism carries at `size` (message queues are bounded by the
+/// kernel's limits); `None` when the mechanism cannot carry that size at all.
+pub fn fit_size(mechanism: &str, flavour: &str, size: usize) -> Option<usize> {
+    let _ = (mechanism, flavour);
+    Some(size)
+}
+
+/// The cases of one mechanism for one mode and size.
+pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64) -> Vec<Case> {
+    let base = |flavour: &str, wait: &str, floor: FloorKind, procs: Vec<Launch>| Case {
+        mechanism: MECHANISMS
+            .iter()
+            .copied()
+            .find(|m| *m == mechanism)
+            .unwrap_or("?"),
+        flavour: flavour.into(),
+        wait: wait.into(),
+        mode,
+        size,
+        count,
+        procs,
+        floor,
+    };
+    let bytes_floor = |blocking: FloorKind| {
+        if mode == Mode::Stream {
+            FloorKind::Memcpy
+        } else {
+            blocking
+        }
+    };
+    match mechanism {
+        "pipe" => {
+            // Spawn mode: the writer makes both pipes and starts the reader (this
+            // executable in the pipe-reader role, pinned to the second CPU).
+            let mut reader = vec!["__role".to_string()];
+            if let Some(cpu) = ctx.cpu(1) {
+                reader.extend(["--pin".into(), cpu.to_string()]);
+            }
+            reader.push("pipe-reader".into());
+            let mut args = vec!["--spawn".into(), "--reader-exe".into(), ctx.exe.clone()];
+            for a in reader {
+                args.push(format!("--reader-arg={a}"));
+            }
+            if mode == Mode::Stream {
+                // 1 MiB (pipe-max-size): fewer wake-ups per byte; see pipe/README.md.
+                args.extend(["--pipe-size".into(), "1M".into()]);
+            }
+            vec![base(
+                "spawn",
+                "blocking",
+                bytes_floor(FloorKind::Futex),
+                vec![Launch {
+                    program: "pipe-writer",
+                    cpu_slot: 0,
+                    args,
+                }],
+            )]
+        }
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,371 @@
+//! What the runner shows and writes: the table on stdout, and in the output directory
+//! `results.json`, `results.csv`, `environment.json`, `latency.svg`, `throughput.svg` and
+//! an `index.html` that puts the table and the charts on one page.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use common::timing::{fmt_ns, fmt_rate};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::floors::Floor;
+use crate::run::Outcome;
+
+/// One line of the table: the repetitions of one case folded into medians.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub mechanism: String,
+    pub flavour: String,
+    pub wait: String,
+    pub mode: String,
+    pub size_bytes: u64,
+    pub repetitions: u32,
+    /// `ok` or `FAILED`: a row with any failed repetition is FAILED and not charted.
+    pub status: String,
+    pub failure: Option<String>,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    /// Spread of p50 (pingpong) over the repetitions.
+    pub p50_min_ns: u64,
+    pub p50_max_ns: u64,
+    pub msgs_per_s: f64,
+    pub bytes_per_s: f64,
+    /// Spread of bytes/s (stream) over the repetitions.
+    pub bytes_per_s_min: f64,
+    pub bytes_per_s_max: f64,
+    pub cpu_ns_per_msg: f64,
+    pub floor: String,
+    pub x_floor: f64,
+    pub max_rss_kib: u64,
+}
+
+fn median_u(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Folds repetitions of the same case into rows, in the order cases first appeared.
+pub fn rows(outcomes: &[Outcome]) -> Vec<Row> {
+    let mut order = Vec::new();
+    let mut groups: BTreeMap<(String, String, String, String, u64), Vec<&Outcome>> =
+        BTreeMap::new();
+    for o in outcomes {
+        let key = (
+            o.mechanism.clone(),
+            o.flavour.clone(),
+            o.wait.clone(),
+            o.mode.clone(),
+            o.size_bytes,
+        );
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        groups.entry(key).or_default().push(o);
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let g = &groups[&key];
+            let ok: Vec<&&Outcome> = g.iter().filter(|o| o.status == "ok").collect();
+            let failed = g.iter().find(|o| o.status != "ok");
+            let u = |f: fn(&Outcome) -> u64| median_u(ok.iter().map(|o| f(o)).collect());
+            let fl = |f: fn(&Outcome) -> f64| median_f(ok.iter().map(|o| f(o)).collect());
+            let p50s: Vec<u64> = ok.iter().map(|o| o.p50_ns).collect();
+            let bps: Vec<f64> = ok.iter().map(|o| o.bytes_per_s).collect();
+            Row {
+                mechanism: key.0,
+                flavour: key.1,
+                wait: key.2,
+                mode: key.3,
+                size_bytes: key.4,
+                repetitions: g.len() as u32,
+                status: if failed.is_some() { "FAILED" } else { "ok" }.into(),
+                failure: failed.and_then(|o| o.failure.clone()),
+                p50_ns: u(|o| o.p50_ns),
+                p99_ns: u(|o| o.p99_ns),
+                p999_ns: u(|o| o.p999_ns),
+                p50_min_ns: p50s.iter().copied().min().unwrap_or(0),
+                p50_max_ns: p50s.iter().copied().max().unwrap_or(0),
+                msgs_per_s: fl(|o| o.msgs_per_s),
+                bytes_per_s: fl(|o| o.bytes_per_s),
+                bytes_per_s_min: bps
+                    .iter()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min)
+                    .min(f64::MAX),
+                bytes_per_s_max: bps.iter().copied().fold(0.0, f64::max),
+                cpu_ns_per_msg: fl(|o| o.cpu_ns_per_msg),
+                floor: g[0].floor.clone(),
+                x_floor: fl(|o| o.x_floor),
+                max_rss_kib: ok
+                    .iter()
+                    .map(|o| o.writer_rss_kib.max(o.reader_rss_kib))
+                    .max()
+                    .unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+fn size_label(b: u64) -> String {
+    match b {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+/// The table, as printed on stdout.
+pub fn table(rows: &[Row], floors: &[Floor]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>14}",
+        "mechanism",
+        "flavour",
+        "wait",
+        "mode",
+        "size",
+        "p50",
+        "p99",
+        "p99.9",
+        "msg/s",
+        "bytes/s",
+        "cpu/msg",
+        "x floor"
+    );
+    for r in rows {
+        if r.status != "ok" {
+            let _ = writeln!(
+                s,
+                "{:<10} {:<8} {:<9} {:<8} {:>8}  FAILED: {}",
+                r.mechanism,
+                r.flavour,
+                r.wait,
+                r.mode,
+                size_label(r.size_bytes),
+                r.failure.as_deref().unwrap_or("?")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10.0} {:>11} {:>9} {:>14}",
+            r.mechanism,
+            r.flavour,
+            r.wait,
+            r.mode,
+            size_label(r.size_bytes),
+            fmt_ns(r.p50_ns),
+            fmt_ns(r.p99_ns),
+            fmt_ns(r.p999_ns),
+            r.msgs_per_s,
+            fmt_rate(r.bytes_per_s).replace(' ', ""),
+            fmt_ns(r.cpu_ns_per_msg as u64),
+            format!("{:.2}x {}", r.x_floor, r.floor),
+        );
+    }
+    let _ = writeln!(s, "\nfloors measured in this run:");
+    for f in floors {
+        match &f.latency_ns {
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "  {:<10} round trip p50 {}  p99 {}",
+                    f.name,
+                    fmt_ns(l.p50),
+                    fmt_ns(l.p99)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  {:<10} bandwidth at {}: {} (min {}, max {})",
+                    f.name,
+                    size_label(f.size_bytes),
+                    fmt_rate(f.bytes_per_s),
+                    fmt_rate(f.bytes_per_s_min),
+                    fmt_rate(f.bytes_per_s_max)
+                );
+            }
+        }
+    }
+    s.push_str(
+        "\nlatency: pingpong = round trip on the writer's clock; stream = one-way (includes queueing).\n\
+         cpu/msg: writer + reader CPU time per message. x floor: p50 / floor p50 (pingpong), floor bytes/s / bytes/s (stream).\n",
+    );
+    s
+}
+
+/// CSV of the raw outcomes (one line per repetition).
+pub fn csv(outcomes: &[Outcome]) -> String {
+    let mut s = String::from(
+        "mechanism,flavour,wait,mode,size_bytes,count,repetition,status,p50_ns,p99_ns,p999_ns,msgs_per_s,bytes_per_s,cpu_ns_per_msg,floor,floor_value,x_floor,writer_rss_kib,reader_rss_kib,failure\n",
+    );
+    for o in outcomes {
+        let failure = o.failure.as_deref().unwrap_or("").replace('"', "'");
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{},{:.1},{:.3},{},{},\"{}\"",
+            o.mechanism,
+            o.flavour,
+            o.wait,
+            o.mode,
+            o.size_bytes,
+            o.count,
+            o.repetition,
+            o.status,
+            o.p50_ns,
+            o.p99_ns,
+            o.p999_ns,
+            o.msgs_per_s,
+            o.bytes_per_s,
+            o.cpu_ns_per_msg,
+            o.floor,
+            o.floor_value,
+            o.x_floor,
+            o.writer_rss_kib,
+            o.reader_rss_kib,
+            failure
+        );
+    }
+    s
+}
+
+/// The series of a chart: one line per mechanism/flavour/wait, points (size, value).
+fn series(rows: &[Row], mode: &str, value: fn(&Row) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut m: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.mode == mode && r.status == "ok") {
+        let v = value(r);
+        if v > 0.0 {
+            let name = format!("{} {} {}", r.mechanism, r.flavour, r.wait);
+            m.entry(name).or_default().push((r.size_bytes as f64, v));
+        }
+    }
+    m.into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (k, v)
+        })
+        .collect()
+}
+
+/// A log-log line chart as SVG.
+fn chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    data: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let pts = data.iter().flat_map(|(_, v)| v.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, 0f64, f64::MAX, 0f64);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if data.is_empty() {
+        (x0, x1, y0, y1) = (64.0, 65536.0, 1.0, 10.0);
+    }
+    let (x0, x1, y0, y1) = (x0 / 1.5, x1 * 1.5, y0 / 2.0, y1 * 2.0);
+    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    c.configure_mesh()
+        .x_desc("message size (bytes)")
+        .y_desc(y_label)
+        .x_label_formatter(&|x| size_label(*x as u64))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (i, (name, pts)) in data.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Writes every file into `dir`.
+pub fn write_all(
+    dir: &Path,
+    outcomes: &[Outcome],
+    rows: &[Row],
+    floors: &[Floor],
+    env: &serde_json::Value,
+    table_text: &str,
+) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    let results = serde_json::json!({
+        "environment": env,
+        "floors": floors,
+        "rows": rows,
+        "outcomes": outcomes,
+    });
+    fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    fs::write(
+        dir.join("environment.json"),
+        serde_json::to_string_pretty(env)?,
+    )?;
+    fs::write(dir.join("results.csv"), csv(outcomes))?;
+    chart(
+        &dir.join("latency.svg"),
+        "pingpong round trip, p50 (lower is better)",
+        "round trip (ns)",
+        &series(rows, "pingpong", |r| r.p50_ns as f64),
+    )?;
+    chart(
+        &dir.join("throughput.svg"),
+        "stream throughput (higher is better)",
+        "bytes/s",
+        &series(rows, "stream", |r| r.bytes_per_s),
+    )?;
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ipc-study bench</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head>\n\
+         <body><h1>ipc-study: every mechanism against the machine's floors</h1>\n\
+         <h2>Table</h2><pre>{}</pre>\n<h2>Latency</h2><img src=\"latency.svg\" alt=\"latency chart\">\n\
+         <h2>Throughput</h2><img src=\"throughput.svg\" alt=\"throughput chart\">\n\
+         <h2>Environment</h2><pre>{}</pre>\n<p>Raw data: <a href=\"results.json\">results.json</a>, <a href=\"results.csv\">results.csv</a>.</p>\n</body></html>\n",
+        html_escape(table_text),
+        html_escape(&serde_json::to_string_pretty(env)?)
+    );
+    fs::write(dir.join("index.html"), html)?;
+    Ok(())
+}
