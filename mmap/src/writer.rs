@@ -77,7 +77,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
 
-    /// Bulk: bytes of data, 4K to 1G... 1T, a multiple of 4096; K, M, G suffixes.
+    /// Bulk: bytes of data, 4K to 1T, a multiple of 4096; K, M, G suffixes.
     #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = bulk::parse_file_size)]
     pub file_size: u64,
 
@@ -168,6 +168,11 @@ fn run_ring(args: &Args) -> Result<ExitCode> {
     if args.sync {
         narrate!("--sync: msync(MS_SYNC) after every frame; the reader does not need it to see the data (F5)");
     }
+    narrate!(
+        "writing frames into ring 0 of the mapped file: plain stores, no write() calls; when the ring is full, waiting ({}) for the reader to consume{}",
+        args.wait,
+        if c.mode == Mode::Pingpong { "; each Pong comes back through ring 1" } else { "" }
+    );
     let mut stdin = io::stdin().lock();
     let end = if c.mode == Mode::Pingpong {
         // The way back is the second ring in the same file (S4: both sides write).
