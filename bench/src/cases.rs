@@ -134,6 +134,71 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
                 }],
             )]
         }
+        "shm" | "mmap" => {
+            // The ring needs room for two of the largest frames: 1 MiB or 4x the message.
+            let capacity = (4 * size).next_power_of_two().max(1 << 20);
+            let backings: Vec<(&str, Vec<String>)> = if mechanism == "shm" {
+                vec![("posix", vec![]), ("sysv", vec!["--sysv".into()])]
+            } else {
+                // tmpfs: the same page cache as shm, so the two compare fairly; "disk":
+                // the default runtime directory's file system.
+                let uid = nix::unistd::geteuid();
+                let tmpfs = format!(
+                    "/dev/shm/ipc-study-{uid}-bench-{}-{size}.map",
+                    std::process::id()
+                );
+                vec![("tmpfs", vec!["--path".into(), tmpfs]), ("disk", vec![])]
+            };
+            let (writer, reader) = if mechanism == "shm" {
+                ("shm-writer", "shm-reader")
+            } else {
+                ("mmap-writer", "mmap-reader")
+            };
+            let mut out = Vec::new();
+            for (flavour, extra) in backings {
+                // The disk-backed map runs with the default wait only: it differs from
+                // tmpfs in its backing, not in how the two sides wait.
+                let waits: &[&str] = if flavour == "disk" {
+                    &["adaptive"]
+                } else {
+                    &["spin", "block", "adaptive"]
+                };
+                for &wait in waits {
+                    // Adaptive spins before it sleeps, so when messages come quickly its bound
+                    // is the cache line, like spin; only `block` always pays a wake-up.
+                    let floor = if wait == "block" {
+                        FloorKind::Futex
+                    } else {
+                        FloorKind::Cacheline
+                    };
+                    let mut args = extra.clone();
+                    args.extend([
+                        "--wait".into(),
+                        wait.into(),
+                        "--capacity".into(),
+                        capacity.to_string(),
+                    ]);
+                    out.push(base(
+                        flavour,
+                        wait,
+                        bytes_floor(floor),
+                        vec![
+                            Launch {
+                                program: reader,
+                                cpu_slot: 1,
+                                args: args.clone(),
+                            },
+                            Launch {
+                                program: writer,
+                                cpu_slot: 0,
+                                args,
+                            },
+                        ],
+                    ));
+                }
+            }
+            out
+        }
         _ => Vec::new(),
     }
 }
