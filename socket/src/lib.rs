@@ -82,6 +82,10 @@ pub struct EndpointArgs {
     /// Socket buffer size (SO_SNDBUF on the writer, SO_RCVBUF on the reader; the kernel doubles it) [default: the kernel's, autotuned for TCP].
     #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
     pub sock_buf: Option<usize>,
+
+    /// TCP: leave Nagle's algorithm on (no TCP_NODELAY) whatever the mode, to see what it costs.
+    #[arg(long)]
+    pub nagle: bool,
 }
 
 /// A resolved address of either family.
@@ -177,6 +181,14 @@ impl Stream {
                 Ok(cred) => format!("unix peer pid {} uid {}", cred.pid(), cred.uid()),
                 Err(_) => "unix peer".into(),
             },
+        }
+    }
+
+    /// TCP's maximum segment size (TCP_MAXSEG): the payload bytes of one full segment.
+    pub fn max_segment(&self) -> Option<u32> {
+        match self {
+            Stream::Tcp(s) => sock::getsockopt(s, sockopt::TcpMaxSeg).ok(),
+            Stream::Unix(_) => None,
         }
     }
 

@@ -133,9 +133,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     narrate!("accepted a connection from {peer}");
     let mut notes = vec![format!("accepted {peer} on {bound}")];
 
-    if c.mode == Mode::Pingpong {
-        // The Pongs are small answers: without TCP_NODELAY, Nagle could hold one back
-        // until the previous segment is acknowledged (see socket-writer).
+    if c.mode == Mode::Pingpong && !args.endpoint.nagle {
+        // The Pongs are small answers: with Nagle's algorithm one could wait for the ACK
+        // of the previous segment (see socket-writer for the whole story).
         stream.set_nodelay()?;
     }
     if let Some(bytes) = args.endpoint.sock_buf {

@@ -100,16 +100,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     let mut notes = vec![format!("connected to {}", stream.peer())];
 
-    if c.mode != Mode::Stream {
-        // Nagle's algorithm holds a small segment back while an earlier one is still
-        // unacknowledged, hoping to merge it with more data; the peer delays its ACK (up
-        // to 40 ms on Linux) hoping to piggyback it on an answer. A request/response
-        // exchange of small messages would pay that wait on every round trip. Stream mode
-        // keeps Nagle: there it merges small frames into full segments.
-        stream.set_nodelay()?;
-        if matches!(stream, Stream::Tcp(_)) {
-            narrate!("TCP_NODELAY set: each small message leaves at once (no Nagle delay)");
+    if let Stream::Tcp(_) = &stream {
+        let frame = c.size + common::frame::HEADER_LEN;
+        let mss = stream.max_segment().unwrap_or(0);
+        // Nagle's algorithm holds a segment smaller than the MSS back while an earlier one
+        // is unacknowledged, hoping to merge it with more data, and the peer delays its
+        // ACK (up to 40 ms on Linux) hoping to piggyback it on an answer. For a
+        // request/response exchange (pingpong, text) that wait would hit every message:
+        // TCP_NODELAY. In stream mode, frames smaller than a segment gain from the merging
+        // (many per segment, fewer packets); a frame of a segment or more gains nothing,
+        // and Nagle would only hold back its last, partial segment: TCP_NODELAY too.
+        let nodelay = !args.endpoint.nagle && (c.mode != Mode::Stream || frame >= mss as usize);
+        if nodelay {
+            stream.set_nodelay()?;
+            narrate!("TCP_NODELAY set (MSS {mss} bytes, frames {frame} bytes): each message leaves at once, no Nagle delay");
+        } else {
+            narrate!("Nagle's algorithm on (MSS {mss} bytes, frames {frame} bytes): small frames are merged into full segments");
         }
+        notes.push(format!(
+            "TCP_NODELAY {}",
+            if nodelay { "on" } else { "off (Nagle)" }
+        ));
     }
     if let Some(bytes) = args.endpoint.sock_buf {
         let got = set_buffer(stream.as_fd(), bytes, true)?;

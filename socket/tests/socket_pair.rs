@@ -563,3 +563,36 @@ fn the_socket_file_is_0600_and_other_paths_are_refused() {
     assert!(r.stderr.contains("at most 107"), "{}", r.stderr);
     d.assert_empty();
 }
+
+#[test]
+fn tcp_nodelay_follows_the_mode_and_the_frame_size() {
+    let d = dir("nodelay");
+    let note = |wd: &harness::Done| {
+        wd.report("writer", false)
+            .notes
+            .into_iter()
+            .find(|n| n.starts_with("TCP_NODELAY"))
+            .unwrap_or_default()
+    };
+    // Small frames in stream mode: Nagle merges them into segments.
+    let args = [
+        "--mode", "stream", "--count", "100", "--size", "64", "--json",
+    ];
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &args, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY off (Nagle)");
+    // Round trips: every message would wait for an ACK.
+    let args = ["--mode", "pingpong", "--count", "100", "--json"];
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &args, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY on");
+    // Frames larger than any MSS: Nagle would only hold back each frame's tail.
+    let args = [
+        "--mode", "stream", "--count", "10", "--size", "1M", "--json",
+    ];
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &args, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY on");
+    let mut wargs = args.to_vec();
+    wargs.push("--nagle");
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &wargs, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY off (Nagle)");
+    d.assert_empty();
+}
