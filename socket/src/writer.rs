@@ -15,7 +15,8 @@
 //! - `socket(AF_INET or AF_UNIX, SOCK_STREAM)` and `connect` to the reader's address,
 //!   retried every 20 ms while it answers ECONNREFUSED or ENOENT (nobody listens yet),
 //!   until `--timeout`. Over TCP `connect` sends the SYN and returns after the handshake.
-//! - `setsockopt(TCP_NODELAY)` in text and pingpong, `setsockopt(SO_SNDBUF)` if asked.
+//! - `getsockopt(TCP_MAXSEG)`; `setsockopt(TCP_NODELAY)` in text and pingpong, and in stream
+//!   mode when a frame fills a segment (see below); `setsockopt(SO_SNDBUF)` if asked.
 //! - `dup` of the socket (`try_clone`): one handle to send, one to receive. A socket is
 //!   two-way, so the answers (pingpong) come back on the same connection.
 //! - one `writev` per frame (and `read`s for each Pong); `close`, which sends FIN: the
