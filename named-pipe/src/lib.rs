@@ -82,6 +82,20 @@ pub fn prepare_fifo(path: &Path) -> Result<bool> {
         match fs::symlink_metadata(path) {
             Ok(meta) => {
                 check_existing(path, &meta)?;
+                // A peer waiting for us sits in open() and holds no descriptor yet; a
+                // process that holds one belongs to a pair that is already connected.
+                let busy = holders(path);
+                if !busy.is_empty() {
+                    let who: Vec<String> = busy
+                        .iter()
+                        .map(|h| format!("pid {} ({})", h.pid, h.comm))
+                        .collect();
+                    bail!(
+                        "FIFO {} is in use by a connected pair ({}): joining would mix our messages with theirs; choose another --name",
+                        path.display(),
+                        who.join(", ")
+                    );
+                }
                 narrate!(
                     "FIFO {} already exists (made by a peer that is waiting, or left by an earlier run): reusing it; a FIFO holds no data once both ends are closed",
                     path.display()

@@ -431,3 +431,27 @@ fn bad_flag_values_name_the_flag_and_the_limit() {
     // Nothing was created: flags are checked first.
     assert!(!d.path.join("fifo").exists());
 }
+
+#[test]
+fn a_fifo_in_use_by_a_connected_pair_is_refused() {
+    let d = dir("busy");
+    let mut r = start(&d, READER, &[]);
+    r.wait_for("blocks until named-pipe-writer");
+    let mut w = start_with_stdin(&d, WRITER, &[]);
+    w.write_stdin(b"first\n");
+    r.wait_for("first");
+    // A third program with the same name finds both ends held, and stays out.
+    let third = start(&d, WRITER, &["--timeout", "0.5"]).finish();
+    assert_eq!(third.status.code(), Some(1), "{}", third.stderr);
+    assert!(
+        third.stderr.contains("is in use by a connected pair")
+            && third.stderr.contains(&format!("pid {}", r.pid())),
+        "{}",
+        third.stderr
+    );
+    w.close_stdin();
+    let (wd, rd) = (w.finish(), r.finish());
+    assert_ok(&wd, "writer");
+    assert_ok(&rd, "reader");
+    d.assert_empty();
+}

@@ -148,6 +148,9 @@ pub fn resolve(ep: &EndpointArgs, listen: Option<&str>, c: &CommonArgs) -> Resul
         })?
         .next()
         .with_context(|| format!("{flag} {text}: the name resolves to no address"))?;
+    if let Some(n) = &c.name {
+        narrate!("--name {n} is not used over TCP: the address and port are the rendezvous");
+    }
     Ok(Endpoint::Tcp(addr))
 }
 
