@@ -106,7 +106,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let mss = stream.max_segment().unwrap_or(0);
         // Nagle's algorithm holds a segment smaller than the MSS back while an earlier one
         // is unacknowledged, hoping to merge it with more data, and the peer delays its
-        // ACK (up to 40 ms on Linux) hoping to piggyback it on an answer. For a
+        // ACK (40 to 200 ms on Linux) hoping to piggyback it on an answer. For a
         // request/response exchange (pingpong, text) that wait would hit every message:
         // TCP_NODELAY. In stream mode, frames smaller than a segment gain from the merging
         // (many per segment, fewer packets); a frame of a segment or more gains nothing,
