@@ -106,11 +106,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let mss = stream.max_segment().unwrap_or(0);
         // Nagle's algorithm holds a segment smaller than the MSS back while an earlier one
         // is unacknowledged, hoping to merge it with more data, and the peer delays its
-        // ACK (40 to 200 ms on Linux) hoping to piggyback it on an answer. For a
-        // request/response exchange (pingpong, text) that wait would hit every message:
-        // TCP_NODELAY. In stream mode, frames smaller than a segment gain from the merging
-        // (many per segment, fewer packets); a frame of a segment or more gains nothing,
-        // and Nagle would only hold back its last, partial segment: TCP_NODELAY too.
+        // ACK (40 to 200 ms on Linux) hoping to piggyback it on an answer. A message that
+        // someone waits for (pingpong, text) must never be held: TCP_NODELAY. (With one
+        // writev per frame Nagle seldom bites there, since each Pong acknowledges its
+        // Ping, but the tail of a frame larger than a segment could be held.) In stream
+        // mode, frames smaller than a segment gain from the merging (many per segment,
+        // fewer packets and reads); a frame of a segment or more gains nothing, and Nagle
+        // would only hold back its last, partial segment: TCP_NODELAY too.
         let nodelay = !args.endpoint.nagle && (c.mode != Mode::Stream || frame >= mss as usize);
         if nodelay {
             stream.set_nodelay()?;
