@@ -67,6 +67,8 @@ pub const BACK_SUFFIX: &str = ".back";
 pub fn fifo_paths(name: Option<&str>) -> Result<(PathBuf, PathBuf)> {
     let name = name.unwrap_or(DEFAULT_NAME);
     let dir = common::runtime::runtime_dir()?;
+    // Absolute and without symlinks, as /proc/<pid>/fd shows it (see `holders`).
+    let dir = fs::canonicalize(&dir).with_context(|| format!("realpath {}", dir.display()))?;
     Ok((dir.join(name), dir.join(format!("{name}{BACK_SUFFIX}"))))
 }
 
