@@ -134,6 +134,59 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
                 }],
             )]
         }
+        "named-pipe" => {
+            let mut wargs = Vec::new();
+            if mode == Mode::Stream {
+                // As for the anonymous pipe: a 1 MiB FIFO buffer (see named-pipe/README.md).
+                wargs.extend(["--pipe-size".into(), "1M".into()]);
+            }
+            vec![base(
+                "fifo",
+                "blocking",
+                bytes_floor(FloorKind::Futex),
+                vec![
+                    Launch {
+                        program: "named-pipe-reader",
+                        cpu_slot: 1,
+                        args: vec![],
+                    },
+                    Launch {
+                        program: "named-pipe-writer",
+                        cpu_slot: 0,
+                        args: wargs,
+                    },
+                ],
+            )]
+        }
+        "socket" => {
+            let mut out = Vec::new();
+            for flavour in ["tcp", "unix"] {
+                let addr = if flavour == "tcp" {
+                    vec!["--tcp".to_string(), format!("127.0.0.1:{}", free_port())]
+                } else {
+                    // The default path: <runtime dir>/<name>.sock, unique per case.
+                    vec!["--unix".to_string()]
+                };
+                out.push(base(
+                    flavour,
+                    "blocking",
+                    bytes_floor(FloorKind::Futex),
+                    vec![
+                        Launch {
+                            program: "socket-reader",
+                            cpu_slot: 1,
+                            args: addr.clone(),
+                        },
+                        Launch {
+                            program: "socket-writer",
+                            cpu_slot: 0,
+                            args: addr,
+                        },
+                    ],
+                ));
+            }
+            out
+        }
         "shm" | "mmap" => {
             // The ring needs room for two of the largest frames: 1 MiB or 4x the message.
             let capacity = (4 * size).next_power_of_two().max(1 << 20);
@@ -201,4 +254,14 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
         }
         _ => Vec::new(),
     }
+}
+
+/// A TCP port on 127.0.0.1 that nobody listens on right now (the kernel picks it for a
+/// listener on port 0, which is then closed). Another program could take it before the
+/// reader binds; the reader would then fail with a clear EADDRINUSE, and the case FAILED.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(47_400)
 }
