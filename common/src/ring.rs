@@ -514,7 +514,7 @@ fn view_of(h: &SharedHeader) -> HeaderView {
 /// `base..base + len` must be mapped and readable for the duration of the call, with no
 /// Rust reference to it alive.
 pub unsafe fn peek_header(base: *mut u8, len: usize) -> Option<HeaderView> {
-    if base.is_null() || base as usize % 128 != 0 || len < HEADER_PAGE {
+    if base.is_null() || !(base as usize).is_multiple_of(128) || len < HEADER_PAGE {
         return None;
     }
     // SAFETY: non-null, aligned (checked above) and mapped for HEADER_PAGE >= 56 bytes
@@ -609,7 +609,7 @@ impl Region {
         keeper: impl Send + Sync + 'static,
     ) -> Result<Region, RingError> {
         check_capacity(capacity).map_err(|e| RingError::Invalid(format!("capacity {e}")))?;
-        if base.is_null() || base as usize % 128 != 0 {
+        if base.is_null() || !(base as usize).is_multiple_of(128) {
             return Err(RingError::Invalid(format!(
                 "region at {base:p} is not 128-byte aligned"
             )));
@@ -916,7 +916,7 @@ impl Producer {
         let tail = self.ctl().tail.0.load(Ordering::Acquire);
         // check: the consumer cannot go back, cannot pass what we published, and moves
         // whole records.
-        if tail < self.tail_seen || tail > self.head || tail % RECORD_ALIGN as u64 != 0 {
+        if tail < self.tail_seen || tail > self.head || !tail.is_multiple_of(RECORD_ALIGN as u64) {
             return Err(RingError::Corrupt(format!(
                 "ring {} consumer index {tail} is outside [{}, {}] (last seen, our producer index) \
                  or not a multiple of {RECORD_ALIGN}",
@@ -1021,7 +1021,7 @@ impl Consumer {
         if head < self.head_seen
             || head < self.tail
             || head - self.tail > self.cap
-            || head % RECORD_ALIGN as u64 != 0
+            || !head.is_multiple_of(RECORD_ALIGN as u64)
         {
             return Err(RingError::Corrupt(format!(
                 "ring {} producer index {head} is outside [{}, {}] (last seen, our consumer \
@@ -1367,7 +1367,7 @@ impl Pacer {
         w.spins += 1;
         if !w.sleepy {
             spin_loop();
-            if w.spins % SPINS_PER_CLOCK != 0 {
+            if !w.spins.is_multiple_of(SPINS_PER_CLOCK) {
                 return Ok(());
             }
         } else {

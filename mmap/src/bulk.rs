@@ -171,7 +171,7 @@ impl Header {
                 h.block_size
             )));
         }
-        if !(MIN_FILE_SIZE..=MAX_FILE_SIZE).contains(&h.data_len) || h.data_len % 8 != 0 {
+        if !(MIN_FILE_SIZE..=MAX_FILE_SIZE).contains(&h.data_len) || !h.data_len.is_multiple_of(8) {
             return Err(HeaderError::Bad(format!(
                 "data length {} is not a multiple of 8 between {MIN_FILE_SIZE} and {MAX_FILE_SIZE}",
                 h.data_len

@@ -344,7 +344,7 @@ impl Map {
     /// The one bounds check: `[off, off + len)` inside the map, `align`-aligned.
     fn span(&self, off: usize, len: usize, align: usize) -> Result<*mut u8> {
         let end = off.checked_add(len);
-        if end.is_none_or(|e| e > self.len) || off % align != 0 {
+        if end.is_none_or(|e| e > self.len) || !off.is_multiple_of(align) {
             bail!(
                 "access of {len} bytes at offset {off} is outside the {}-byte map or misaligned",
                 self.len
