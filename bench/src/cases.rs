@@ -134,6 +134,134 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
                 }],
             )]
         }
+        "named-pipe" => {
+            let mut wargs = Vec::new();
+            if mode == Mode::Stream {
+                // As for the anonymous pipe: a 1 MiB FIFO buffer (see named-pipe/README.md).
+                wargs.extend(["--pipe-size".into(), "1M".into()]);
+            }
+            vec![base(
+                "fifo",
+                "blocking",
+                bytes_floor(FloorKind::Futex),
+                vec![
+                    Launch {
+                        program: "named-pipe-reader",
+                        cpu_slot: 1,
+                        args: vec![],
+                    },
+                    Launch {
+                        program: "named-pipe-writer",
+                        cpu_slot: 0,
+                        args: wargs,
+                    },
+                ],
+            )]
+        }
+        "socket" => {
+            let mut out = Vec::new();
+            for flavour in ["tcp", "unix"] {
+                let addr = if flavour == "tcp" {
+                    vec!["--tcp".to_string(), format!("127.0.0.1:{}", free_port())]
+                } else {
+                    // The default path: <runtime dir>/<name>.sock, unique per case.
+                    vec!["--unix".to_string()]
+                };
+                out.push(base(
+                    flavour,
+                    "blocking",
+                    bytes_floor(FloorKind::Futex),
+                    vec![
+                        Launch {
+                            program: "socket-reader",
+                            cpu_slot: 1,
+                            args: addr.clone(),
+                        },
+                        Launch {
+                            program: "socket-writer",
+                            cpu_slot: 0,
+                            args: addr,
+                        },
+                    ],
+                ));
+            }
+            out
+        }
+        "shm" | "mmap" => {
+            // The ring needs room for two of the largest frames: 1 MiB or 4x the message.
+            let capacity = (4 * size).next_power_of_two().max(1 << 20);
+            let backings: Vec<(&str, Vec<String>)> = if mechanism == "shm" {
+                vec![("posix", vec![]), ("sysv", vec!["--sysv".into()])]
+            } else {
+                // tmpfs: the same page cache as shm, so the two compare fairly; "disk":
+                // the default runtime directory's file system.
+                let uid = nix::unistd::geteuid();
+                let tmpfs = format!(
+                    "/dev/shm/ipc-study-{uid}-bench-{}-{size}.map",
+                    std::process::id()
+                );
+                vec![("tmpfs", vec!["--path".into(), tmpfs]), ("disk", vec![])]
+            };
+            let (writer, reader) = if mechanism == "shm" {
+                ("shm-writer", "shm-reader")
+            } else {
+                ("mmap-writer", "mmap-reader")
+            };
+            let mut out = Vec::new();
+            for (flavour, extra) in backings {
+                // The disk-backed map runs with the default wait only: it differs from
+                // tmpfs in its backing, not in how the two sides wait.
+                let waits: &[&str] = if flavour == "disk" {
+                    &["adaptive"]
+                } else {
+                    &["spin", "block", "adaptive"]
+                };
+                for &wait in waits {
+                    // Adaptive spins before it sleeps, so when messages come quickly its bound
+                    // is the cache line, like spin; only `block` always pays a wake-up.
+                    let floor = if wait == "block" {
+                        FloorKind::Futex
+                    } else {
+                        FloorKind::Cacheline
+                    };
+                    let mut args = extra.clone();
+                    args.extend([
+                        "--wait".into(),
+                        wait.into(),
+                        "--capacity".into(),
+                        capacity.to_string(),
+                    ]);
+                    out.push(base(
+                        flavour,
+                        wait,
+                        bytes_floor(floor),
+                        vec![
+                            Launch {
+                                program: reader,
+                                cpu_slot: 1,
+                                args: args.clone(),
+                            },
+                            Launch {
+                                program: writer,
+                                cpu_slot: 0,
+                                args,
+                            },
+                        ],
+                    ));
+                }
+            }
+            out
+        }
         _ => Vec::new(),
     }
+}
+
+/// A TCP port on 127.0.0.1 that nobody listens on right now (the kernel picks it for a
+/// listener on port 0, which is then closed). Another program could take it before the
+/// reader binds; the reader would then fail with a clear EADDRINUSE, and the case FAILED.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(47_400)
 }

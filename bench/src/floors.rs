@@ -75,7 +75,7 @@ impl SharedPage {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off + 8 <= PAGE && off % 8 == 0);
+        debug_assert!(off + 8 <= PAGE && off.is_multiple_of(8));
         // SAFETY: `off` is one of the constants above: inside the page and 8-aligned (the
         // page is page-aligned). The kernel zero-filled it, a valid AtomicU64, and both
         // processes only ever access these words atomically.
@@ -83,7 +83,7 @@ impl SharedPage {
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off + 4 <= PAGE && off % 4 == 0);
+        debug_assert!(off + 4 <= PAGE && off.is_multiple_of(4));
         // SAFETY: as for `u64_at`, with 4-byte alignment.
         unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() }
     }

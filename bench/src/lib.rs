@@ -275,6 +275,7 @@ fn utc_stamp(secs: u64) -> String {
 
 /// The runner.
 pub fn run_bench(args: &Args) -> Result<()> {
+    common::narrate::init("bench", false);
     let exe = std::env::current_exe().context("finding this program's path")?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())

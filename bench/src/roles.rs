@@ -18,6 +18,14 @@ type Entry = fn(Vec<OsString>) -> ExitCode;
 pub const PROGRAMS: &[(&str, Entry)] = &[
     ("pipe-writer", |a| pipe::writer::main_from(a)),
     ("pipe-reader", |a| pipe::reader::main_from(a)),
+    ("named-pipe-writer", |a| named_pipe::writer::main_from(a)),
+    ("named-pipe-reader", |a| named_pipe::reader::main_from(a)),
+    ("shm-writer", |a| shm::writer::main_from(a)),
+    ("shm-reader", |a| shm::reader::main_from(a)),
+    ("mmap-writer", |a| mmap::writer::main_from(a)),
+    ("mmap-reader", |a| mmap::reader::main_from(a)),
+    ("socket-writer", |a| socket::writer::main_from(a)),
+    ("socket-reader", |a| socket::reader::main_from(a)),
 ];
 
 /// Whether a program is known to this build.

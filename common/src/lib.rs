@@ -16,6 +16,7 @@
 //! | [`cleanup`]  | the registry of owned objects and the Ctrl-C/SIGTERM thread                  |
 //! | [`narrate`]  | `narrate!` and `warn!`: what a learner reads on stderr                       |
 //! | [`peer`]     | is the peer process still alive?                                             |
+//! | [`ring`]     | the SPSC ring of frames over shared memory (`shm`, `mmap`): layout, waiting  |
 //!
 //! Read a pair in this order: the mechanism's `lib.rs` (how the two ends find each other),
 //! its `writer.rs` and `reader.rs` (the system calls, top to bottom), then [`protocol`]
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod frame;
 pub mod narrate;
 pub mod protocol;
+pub mod ring;
 pub mod runtime;
 pub mod timing;
 

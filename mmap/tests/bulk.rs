@@ -1,0 +1,163 @@
+//! Bulk mode (F2, F3): a large file written through a map, verified by a later reader.
+
+mod util;
+
+use std::os::unix::fs::FileExt;
+
+use util::{report, TestDir, READER, WRITER};
+
+#[test]
+fn writer_then_reader_later_with_compare_read() {
+    let dir = TestDir::new("bulk_later");
+    let w = dir
+        .spawn(
+            WRITER,
+            &["--mode", "bulk", "--file-size", "4M", "--json"],
+            None,
+        )
+        .wait();
+    w.assert_ok("writer");
+    let wr = report(&w.stdout);
+    assert_eq!(
+        (wr.mode.as_str(), wr.bytes, wr.count),
+        ("bulk", 4 << 20, 64)
+    );
+    assert!(dir.file().exists(), "the data outlives the writer (F2)");
+    let r = dir
+        .spawn(READER, &["--bulk", "--compare-read", "--json"], None)
+        .wait();
+    r.assert_ok("reader");
+    let rr = report(&r.stdout);
+    assert!(rr.verified);
+    assert_eq!(rr.bytes, 4 << 20);
+    assert!(
+        rr.notes.iter().any(|n| n.starts_with("through the map")),
+        "{:?}",
+        rr.notes
+    );
+    assert!(
+        rr.notes.iter().any(|n| n.starts_with("with read()")),
+        "{:?}",
+        rr.notes
+    );
+    assert!(r.stderr.contains("has exited"), "{}", r.stderr);
+    dir.finish();
+}
+
+#[test]
+fn reader_first_waits_for_the_completion_marker() {
+    let dir = TestDir::new("bulk_reader_first");
+    let r = dir.spawn(READER, &["--mode=bulk", "--json", "--timeout", "30"], None);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let w = dir
+        .spawn(WRITER, &["--mode", "bulk", "--file-size", "32M"], None)
+        .wait();
+    w.assert_ok("writer");
+    let r = r.wait();
+    r.assert_ok("reader");
+    assert!(r.stderr.contains("waiting for"), "{}", r.stderr);
+    assert_eq!(report(&r.stdout).bytes, 32 << 20);
+    dir.finish();
+}
+
+#[test]
+fn keep_leaves_the_file_for_another_reader() {
+    let dir = TestDir::new("bulk_keep");
+    dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .wait()
+        .assert_ok("writer");
+    dir.spawn(READER, &["--bulk", "--keep"], None)
+        .wait()
+        .assert_ok("reader 1");
+    assert!(dir.file().exists());
+    dir.spawn(READER, &["--bulk"], None)
+        .wait()
+        .assert_ok("reader 2");
+    dir.finish();
+}
+
+#[test]
+fn a_corrupted_block_fails_verification_with_its_place() {
+    let dir = TestDir::new("bulk_corrupt");
+    dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .wait()
+        .assert_ok("writer");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.file())
+        .unwrap();
+    // Block 3 starts at 4096 + 3 * 65536; flip a byte 800 bytes in.
+    f.write_all_at(&[0x5a], 4096 + 3 * 65536 + 800).unwrap();
+    let r = dir.spawn(READER, &["--bulk"], None).wait();
+    assert!(!r.ok());
+    assert!(r.stderr.contains("block 3"), "{}", r.stderr);
+    dir.finish();
+}
+
+#[test]
+fn a_hostile_header_is_refused_cleanly() {
+    let dir = TestDir::new("bulk_hostile");
+    dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .wait()
+        .assert_ok("writer");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.file())
+        .unwrap();
+    // data_len at offset 24: claim far more data than the file holds.
+    f.write_all_at(&(1u64 << 39).to_le_bytes(), 24).unwrap();
+    let r = dir.spawn(READER, &["--bulk"], None).wait();
+    assert!(!r.ok());
+    assert!(
+        r.status.code() == Some(1),
+        "an error exit, not a signal: {:?}",
+        r.status
+    );
+    assert!(
+        r.stderr.contains("SIGBUS (F7)"),
+        "length checked before mapping: {}",
+        r.stderr
+    );
+    // The reader took the completed file over, so its error path removed it.
+    assert!(!dir.file().exists());
+    // A magic that is not ours: the writer refuses to replace what it did not make.
+    std::fs::write(dir.file(), b"not a bulk file, somebody's data").unwrap();
+    let w = dir
+        .spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .wait();
+    assert!(!w.ok());
+    assert!(w.stderr.contains("not ours to replace"), "{}", w.stderr);
+    assert!(dir.file().exists());
+    std::fs::remove_file(dir.file()).unwrap();
+    dir.finish();
+}
+
+#[test]
+fn writer_killed_midway_leaves_a_stale_file_that_is_detected() {
+    let dir = TestDir::new("bulk_killed");
+    // 1 GiB on the runtime dir's file system, killed long before it is done.
+    let w = dir.spawn(WRITER, &["--bulk", "--file-size", "1G"], None);
+    dir.wait_for(&dir.file());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    w.kill9();
+    // A reader sees the dead writer pid with no completion marker: error, file removed.
+    let r = dir
+        .spawn(READER, &["--bulk", "--timeout", "10"], None)
+        .wait();
+    assert!(!r.ok());
+    assert!(r.stderr.contains("died before finishing"), "{}", r.stderr);
+    // And a writer replaces a stale file with a narrated line.
+    let w = dir.spawn(WRITER, &["--bulk", "--file-size", "1G"], None);
+    dir.wait_for(&dir.file());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    w.kill9();
+    let w = dir
+        .spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .wait();
+    w.assert_ok("writer after a killed one");
+    assert!(w.stderr.contains("is stale"), "{}", w.stderr);
+    dir.spawn(READER, &["--bulk"], None)
+        .wait()
+        .assert_ok("reader");
+    dir.finish();
+}

@@ -1,0 +1,4 @@
+//! shm-reader: see `shm::reader`.
+fn main() -> std::process::ExitCode {
+    shm::reader::main()
+}

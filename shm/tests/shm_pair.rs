@@ -1,0 +1,501 @@
+//! Process-level tests of shm-writer and shm-reader: every mode, both flavours, both start
+//! orders, every wait strategy, each claim S1-S5 a program can show, and the faults (a
+//! peer killed with -9, a hostile or bogus object, a stale one, another user's one).
+//! Each test has its own `--name` and runtime directory and checks that nothing is left
+//! in /dev/shm, `ipcs -m` or that directory. No test asserts a timing.
+
+mod harness;
+
+use std::os::unix::fs::FileExt;
+use std::process::Stdio;
+
+use common::ring::{offsets, region_len};
+use harness::{Done, Scene, WRITER};
+use nix::sys::signal::Signal;
+
+/// Runs a pair, `first` started and waiting before `second`; returns (writer, reader).
+fn pair(s: &Scene, wargs: &[&str], rargs: &[&str], reader_first: bool) -> (Done, Done) {
+    if reader_first {
+        let mut r = s.reader(rargs);
+        r.wait_for("waiting up to");
+        let w = s.writer(wargs);
+        (w.finish(), r.finish())
+    } else {
+        let mut w = s.writer(wargs);
+        w.wait_for("waiting up to");
+        let r = s.reader(rargs);
+        (w.finish(), r.finish())
+    }
+}
+
+fn assert_verified(w: &Done, r: &Done) {
+    assert!(w.ok(), "writer failed:\n{}", w.stderr);
+    assert!(r.ok(), "reader failed:\n{}", r.stderr);
+    assert!(w.report().verified && r.report().verified);
+}
+
+fn stream_and_pingpong(flavour: &[&str], wait: &str, reader_first: bool) {
+    let tag = format!("sp-{}-{wait}-{reader_first}", flavour.len());
+    let s = Scene::new(&tag);
+    let mut common = vec![
+        "--json",
+        "--wait",
+        wait,
+        "--capacity",
+        "64K",
+        "--timeout",
+        "20",
+    ];
+    common.extend_from_slice(flavour);
+    let mut wargs = common.clone();
+    wargs.extend_from_slice(&["--mode", "stream", "--count", "3000", "--size", "3000"]);
+    let mut rargs = common.clone();
+    rargs.extend_from_slice(&["--mode", "stream"]);
+    let (w, r) = pair(&s, &wargs, &rargs, reader_first);
+    assert_verified(&w, &r);
+    let rr = r.report();
+    assert_eq!((rr.count, rr.bytes, rr.warmup), (3000, 3000 * 3000, 300));
+    assert_eq!(rr.wait, wait);
+    assert_eq!(
+        rr.flavour,
+        if flavour.is_empty() { "posix" } else { "sysv" }
+    );
+    s.assert_clean();
+
+    let mut wargs = common.clone();
+    wargs.extend_from_slice(&["--mode", "pingpong", "--count", "500", "--size", "100"]);
+    let mut rargs = common;
+    rargs.extend_from_slice(&["--mode", "pingpong"]);
+    let (w, r) = pair(&s, &wargs, &rargs, !reader_first);
+    assert_verified(&w, &r);
+    let wr = w.report();
+    assert_eq!((wr.count, wr.latency_kind.as_str()), (500, "round_trip"));
+    assert!(wr.latency_ns.is_some());
+    s.assert_clean();
+}
+
+#[test]
+fn posix_stream_and_pingpong_spin() {
+    stream_and_pingpong(&[], "spin", false);
+}
+
+#[test]
+fn posix_stream_and_pingpong_block() {
+    stream_and_pingpong(&[], "block", true);
+}
+
+#[test]
+fn posix_stream_and_pingpong_adaptive() {
+    stream_and_pingpong(&[], "adaptive", false);
+}
+
+#[test]
+fn sysv_stream_and_pingpong_spin() {
+    stream_and_pingpong(&["--sysv"], "spin", true);
+}
+
+#[test]
+fn sysv_stream_and_pingpong_block() {
+    stream_and_pingpong(&["--sysv"], "block", false);
+}
+
+#[test]
+fn sysv_stream_and_pingpong_adaptive() {
+    stream_and_pingpong(&["--sysv"], "adaptive", true);
+}
+
+fn text_mode(flavour: &[&str], reader_first: bool) {
+    let s = Scene::new(&format!("text-{}-{reader_first}", flavour.len()));
+    let mut wcmd = s.cmd(WRITER, flavour);
+    wcmd.stdin(Stdio::piped());
+    let mut rargs = vec!["--json"];
+    rargs.extend_from_slice(flavour);
+    let (w, r) = if reader_first {
+        let mut r = s.reader(&rargs);
+        r.wait_for("waiting up to");
+        let mut w = harness::Proc::spawn("shm-writer", &mut wcmd);
+        w.write_stdin(b"hello\nshared memory\n");
+        (w.finish(), r.finish())
+    } else {
+        let mut w = harness::Proc::spawn("shm-writer", &mut wcmd);
+        w.write_stdin(b"hello\nshared memory\n");
+        w.wait_for("waiting up to");
+        let r = s.reader(&rargs);
+        (w.finish(), r.finish())
+    };
+    assert!(w.ok(), "{}", w.stderr);
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("#0 (5 B") && r.stdout.contains(": hello"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("#1 (13 B") && r.stdout.contains(": shared memory"),
+        "{}",
+        r.stdout
+    );
+    let rep = r.report();
+    assert!(rep.verified);
+    assert_eq!((rep.count, rep.bytes), (2, 18));
+    s.assert_clean();
+}
+
+#[test]
+fn text_mode_posix_writer_first() {
+    text_mode(&[], false);
+}
+
+#[test]
+fn text_mode_sysv_reader_first() {
+    text_mode(&["--sysv"], true);
+}
+
+/// S1: both processes map the same object; /proc/<pid>/maps of each names it.
+#[test]
+fn claim_s1_both_processes_map_the_same_pages() {
+    let s = Scene::new("s1");
+    let mut r = s.reader(&["--mode", "pingpong"]);
+    r.wait_for("waiting up to");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", r.pid())).unwrap();
+    let object = s.posix_path();
+    assert!(
+        maps.lines()
+            .any(|l| l.ends_with(&object) && l.contains("rw-s")),
+        "{maps}"
+    );
+    let w = s.writer(&["--mode", "pingpong", "--count", "200", "--json"]);
+    let (w, r) = (w.finish(), r.finish());
+    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
+    s.assert_clean();
+}
+
+/// S2 and S3: a fixed-size object the kernel keeps, visible in /dev/shm (0600) and in
+/// `ipcs -m` with nattch, and gone after the pair is done.
+#[test]
+fn claim_s2_s3_fixed_size_object_kept_by_the_kernel() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scene::new("s23");
+    let mut r = s.reader(&["--capacity", "64K", "--timeout", "20"]);
+    r.wait_for("waiting up to");
+    let meta = std::fs::metadata(s.posix_path()).unwrap();
+    assert_eq!(meta.len() as usize, region_len(64 << 10));
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let w = s.writer(&["--capacity", "64K"]).finish();
+    let r = r.finish();
+    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
+    assert!(
+        r.stderr.contains("removed POSIX shared memory"),
+        "{}",
+        r.stderr
+    );
+    s.assert_clean();
+
+    let mut r = s.reader(&["--sysv", "--capacity", "64K", "--timeout", "20"]);
+    r.wait_for("waiting up to");
+    let id = s
+        .sysv_id()
+        .expect("the segment exists while the reader waits");
+    let ipcs = std::process::Command::new("ipcs").arg("-m").output();
+    if let Ok(out) = ipcs {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&id.to_string()),
+            "ipcs -m does not list shmid {id}:\n{text}"
+        );
+    }
+    let w = s.writer(&["--sysv", "--capacity", "64K"]).finish();
+    let r = r.finish();
+    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
+    // The writer (the opener) looks after attaching, while the reader is attached and
+    // waiting for End: two processes. (The reader may look after the writer left.)
+    assert!(w.stderr.contains("nattch = 2"), "{}", w.stderr);
+    assert!(r.stderr.contains("nattch = "), "{}", r.stderr);
+    s.assert_clean();
+}
+
+/// S4: both sides read and write: Pongs come back through the second ring.
+#[test]
+fn claim_s4_both_sides_read_and_write() {
+    let s = Scene::new("s4");
+    let (w, r) = pair(
+        &s,
+        &[
+            "--mode", "pingpong", "--count", "300", "--size", "1000", "--json",
+        ],
+        &["--mode", "pingpong", "--json"],
+        false,
+    );
+    assert_verified(&w, &r);
+    assert_eq!(r.report().count, 300, "the reader received every Ping");
+    assert_eq!(w.report().count, 300, "the writer received every Pong");
+    s.assert_clean();
+}
+
+/// S5, POSIX: nothing in the kernel checks the size; the opener compares and explains.
+#[test]
+fn claim_s5_posix_sizes_must_match() {
+    let s = Scene::new("s5p");
+    let mut r = s.reader(&["--capacity", "64K", "--timeout", "20"]);
+    r.wait_for("waiting up to");
+    let w = s.writer(&["--capacity", "128K"]).finish();
+    assert!(!w.ok());
+    assert!(
+        w.stderr.contains("S5") && w.stderr.contains("--capacity"),
+        "{}",
+        w.stderr
+    );
+    r.signal(Signal::SIGTERM);
+    let r = r.finish();
+    assert_eq!(r.status.code(), Some(130), "{}", r.stderr);
+    s.assert_clean();
+}
+
+/// S5, System V: a larger size than the segment's is EINVAL from shmget itself.
+#[test]
+fn claim_s5_sysv_larger_size_is_einval() {
+    let s = Scene::new("s5s");
+    let mut r = s.reader(&["--sysv", "--capacity", "64K", "--timeout", "20"]);
+    r.wait_for("waiting up to");
+    let w = s.writer(&["--sysv", "--capacity", "1M"]).finish();
+    assert!(!w.ok());
+    assert!(
+        w.stderr.contains("EINVAL") && w.stderr.contains("S5"),
+        "{}",
+        w.stderr
+    );
+    // A smaller size passes shmget; the header check catches it.
+    let w = s.writer(&["--sysv", "--capacity", "16K"]).finish();
+    assert!(!w.ok());
+    assert!(w.stderr.contains("S5"), "{}", w.stderr);
+    r.signal(Signal::SIGINT);
+    let r = r.finish();
+    assert_eq!(r.status.code(), Some(130), "{}", r.stderr);
+    s.assert_clean();
+}
+
+#[test]
+fn bad_flags_are_refused_before_any_object_exists() {
+    let s = Scene::new("flags");
+    let w = s.writer(&["--capacity", "3000"]).finish();
+    assert_eq!(w.status.code(), Some(2));
+    assert!(
+        w.stderr.contains("--capacity") && w.stderr.contains("power of two"),
+        "{}",
+        w.stderr
+    );
+    let w = s
+        .writer(&["--mode", "stream", "--size", "64K", "--capacity", "128K"])
+        .finish();
+    assert!(!w.ok());
+    assert!(
+        w.stderr
+            .contains("--size 65536 does not fit --capacity 131072"),
+        "{}",
+        w.stderr
+    );
+    assert!(w.stderr.contains("--capacity 262144"), "{}", w.stderr);
+    s.assert_clean();
+}
+
+#[test]
+fn a_lone_side_times_out_and_cleans_up() {
+    let s = Scene::new("lone");
+    let r = s.reader(&["--timeout", "0.3"]).finish();
+    assert!(!r.ok());
+    assert!(r.stderr.contains("no writer opened"), "{}", r.stderr);
+    s.assert_clean();
+}
+
+fn kill_one_side(flavour: &[&str], kill_writer: bool) {
+    let s = Scene::new(&format!("kill-{}-{kill_writer}", flavour.len()));
+    let mut args = vec!["--mode", "stream", "--timeout", "20", "--capacity", "64K"];
+    args.extend_from_slice(flavour);
+    let mut wargs = args.clone();
+    wargs.extend_from_slice(&["--count", "1e9", "--size", "64"]);
+    let mut r = s.reader(&args);
+    r.wait_for("waiting up to");
+    let mut w = s.writer(&wargs);
+    w.wait_for("stream mode");
+    r.wait_for("waiting for frames");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (victim, survivor) = if kill_writer { (w, r) } else { (r, w) };
+    let victim_pid = victim.pid();
+    victim.kill9();
+    let d = survivor.finish();
+    assert!(!d.ok(), "the survivor must fail:\n{}", d.stderr);
+    assert!(
+        d.stderr
+            .contains(&format!("peer (pid {victim_pid}) is gone")),
+        "{}",
+        d.stderr
+    );
+    s.assert_clean();
+}
+
+#[test]
+fn kill9_writer_posix_reader_notices() {
+    kill_one_side(&[], true);
+}
+
+#[test]
+fn kill9_reader_posix_writer_notices() {
+    kill_one_side(&[], false);
+}
+
+#[test]
+fn kill9_writer_sysv_reader_notices() {
+    kill_one_side(&["--sysv"], true);
+}
+
+#[test]
+fn kill9_reader_sysv_writer_notices() {
+    kill_one_side(&["--sysv"], false);
+}
+
+/// A run killed with -9 leaves its object; the next run finds it stale and replaces it.
+fn stale_is_replaced(flavour: &[&str]) {
+    let s = Scene::new(&format!("stale-{}", flavour.len()));
+    let mut r = s.reader(flavour);
+    r.wait_for("waiting up to");
+    r.kill9();
+    let left = if flavour.is_empty() {
+        std::path::Path::new(&s.posix_path()).exists()
+    } else {
+        s.sysv_id().is_some()
+    };
+    assert!(left, "kill -9 leaves the object behind");
+    let mut wargs = vec!["--mode", "stream", "--count", "100"];
+    wargs.extend_from_slice(flavour);
+    let mut rargs = vec!["--mode", "stream"];
+    rargs.extend_from_slice(flavour);
+    let (w, r) = pair(&s, &wargs, &rargs, false);
+    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
+    assert!(w.stderr.contains("is stale"), "{}", w.stderr);
+    s.assert_clean();
+}
+
+#[test]
+fn stale_posix_object_is_replaced() {
+    stale_is_replaced(&[]);
+}
+
+#[test]
+fn stale_sysv_segment_is_replaced() {
+    stale_is_replaced(&["--sysv"]);
+}
+
+/// A bogus object under our name (not a ring) is refused, and left alone.
+#[test]
+fn hostile_bogus_object_is_refused() {
+    let s = Scene::new("bogus");
+    std::fs::write(s.posix_path(), vec![0xa5u8; region_len(1 << 20)]).unwrap();
+    let r = s.reader(&["--timeout", "2"]).finish();
+    assert!(!r.ok());
+    assert!(
+        r.stderr.contains("corrupt shared region") && r.stderr.contains("refusing"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        std::path::Path::new(&s.posix_path()).exists(),
+        "not ours: left alone"
+    );
+    std::fs::remove_file(s.posix_path()).unwrap();
+    s.assert_clean();
+}
+
+/// Garbage written into the indices while the reader waits: a clean error, no hang.
+#[test]
+fn hostile_scribble_while_the_reader_waits() {
+    let s = Scene::new("scribble");
+    let mut r = s.reader(&["--timeout", "20", "--wait", "block"]);
+    r.wait_for("waiting up to");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.posix_path())
+        .unwrap();
+    // Pose as the writer (a live pid: this test), then publish an impossible index.
+    f.write_at(
+        &std::process::id().to_le_bytes(),
+        offsets::OPENER_PID as u64,
+    )
+    .unwrap();
+    r.wait_for("waiting for frames");
+    f.write_at(&(1u64 << 40).to_le_bytes(), offsets::head(0) as u64)
+        .unwrap();
+    let d = r.finish();
+    assert_eq!(d.status.code(), Some(1), "{}", d.stderr);
+    assert!(
+        d.stderr
+            .contains("corrupt shared region: ring 0 producer index 1099511627776"),
+        "{}",
+        d.stderr
+    );
+    s.assert_clean();
+}
+
+/// An object that another user owns is refused (needs root to make one).
+#[test]
+fn another_users_object_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to chown an object to another user");
+        return;
+    }
+    let s = Scene::new("foreign");
+    std::fs::write(s.posix_path(), b"").unwrap();
+    nix::unistd::chown(
+        s.posix_path().as_str(),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        None,
+    )
+    .unwrap();
+    let w = s.writer(&["--timeout", "2"]).finish();
+    assert!(!w.ok());
+    assert!(w.stderr.contains("belongs to uid 65534"), "{}", w.stderr);
+    std::fs::remove_file(s.posix_path()).unwrap();
+    s.assert_clean();
+}
+
+/// Ctrl-C while waiting for the peer: the object is removed and the status is 130.
+#[test]
+fn ctrl_c_removes_what_each_side_owns() {
+    let s = Scene::new("sigint");
+    for flavour in [&[][..], &["--sysv"][..]] {
+        let mut w = s.writer(flavour);
+        w.wait_for("waiting up to");
+        w.signal(Signal::SIGINT);
+        let d = w.finish();
+        assert_eq!(d.status.code(), Some(130), "{}", d.stderr);
+        assert!(d.stderr.contains("removed"), "{}", d.stderr);
+        s.assert_clean();
+    }
+}
+
+/// A System V segment under our key that another user owns is refused, and left alone.
+#[test]
+fn another_users_sysv_segment_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a segment to another user");
+        return;
+    }
+    let s = Scene::new("foreign-sysv");
+    let key = shm::sysv_key(&s.name);
+    // SAFETY: shmget/shmctl with integers and a valid shmid_ds we own.
+    let id = unsafe {
+        let id = libc::shmget(key, region_len(1 << 20), libc::IPC_CREAT | 0o600);
+        assert!(id >= 0);
+        let mut ds: libc::shmid_ds = std::mem::zeroed();
+        assert_eq!(libc::shmctl(id, libc::IPC_STAT, &mut ds), 0);
+        ds.shm_perm.uid = 65534;
+        assert_eq!(libc::shmctl(id, libc::IPC_SET, &mut ds), 0);
+        id
+    };
+    let w = s.writer(&["--sysv", "--timeout", "2"]).finish();
+    assert!(!w.ok());
+    assert!(w.stderr.contains("belongs to uid 65534"), "{}", w.stderr);
+    assert_eq!(s.sysv_id(), Some(id), "not ours: left alone");
+    // SAFETY: IPC_RMID takes no buffer.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    s.assert_clean();
+}

@@ -1,0 +1,598 @@
+//! Process-level tests of socket-writer and socket-reader over TCP and Unix domain sockets:
+//! every mode in both start orders, claims K1-K5 (K3 across two network namespaces when
+//! root), stale and foreign socket files, faults, garbage clients and Ctrl-C.
+//!
+//! Parallel tests never share an address: a TCP reader started first binds port 0 and the
+//! test reads the port the kernel chose from its narration; a TCP writer started first is
+//! given a port the kernel has just handed out as free; Unix sockets live in each test's
+//! own runtime directory (IPC_STUDY_DIR), which must be empty at the end.
+
+mod harness;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::frame::{encode_header, end_payload, Fields, Kind, HEADER_LEN};
+use harness::{Proc, TestDir};
+use nix::sys::signal::Signal;
+
+const WRITER: &str = env!("CARGO_BIN_EXE_socket-writer");
+const READER: &str = env!("CARGO_BIN_EXE_socket-reader");
+
+fn dir(test: &str) -> TestDir {
+    TestDir::new("socket", test)
+}
+
+fn start(d: &TestDir, bin: &str, args: &[&str]) -> Proc {
+    let mut c = d.cmd(bin, args);
+    Proc::spawn(bin.rsplit('/').next().unwrap_or(bin), &mut c)
+}
+
+/// A TCP port that was free a moment ago (the kernel's choice for port 0).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for the reader's "listening on tcp ADDR" line and returns ADDR.
+fn bound_addr(r: &mut Proc) -> String {
+    r.wait_for("listening on tcp ");
+    let err = r.stderr_now();
+    let rest = err.split("listening on tcp ").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+fn assert_ok(d: &harness::Done, who: &str) {
+    assert!(
+        d.status.success(),
+        "{who} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        d.status,
+        d.stdout,
+        d.stderr
+    );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Tcp,
+    Unix,
+}
+
+/// Starts a pair over `via` in the given order; `wargs`/`rargs` exclude the transport.
+fn start_pair(
+    d: &TestDir,
+    via: Via,
+    reader_first: bool,
+    wargs: &[&str],
+    rargs: &[&str],
+    writer_stdin: bool,
+) -> (Proc, Proc) {
+    let spawn_writer = |extra: Vec<String>| {
+        let mut c = d.cmd(WRITER, wargs);
+        c.args(extra);
+        if writer_stdin {
+            c.stdin(Stdio::piped());
+        }
+        Proc::spawn("socket-writer", &mut c)
+    };
+    match (via, reader_first) {
+        (Via::Tcp, true) => {
+            let mut r = start(d, READER, &[rargs, &["--tcp", "127.0.0.1:0"]].concat());
+            let addr = bound_addr(&mut r);
+            (spawn_writer(vec!["--tcp".into(), addr]), r)
+        }
+        (Via::Tcp, false) => {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut w = spawn_writer(vec!["--tcp".into(), addr.clone()]);
+            w.wait_for("waiting for a reader at");
+            (w, start(d, READER, &[rargs, &["--tcp", &addr]].concat()))
+        }
+        (Via::Unix, true) => {
+            let mut r = start(d, READER, &[rargs, &["--unix"]].concat());
+            r.wait_for("listening on unix");
+            (spawn_writer(vec!["--unix".into()]), r)
+        }
+        (Via::Unix, false) => {
+            let mut w = spawn_writer(vec!["--unix".into()]);
+            w.wait_for("waiting for a reader at");
+            (w, start(d, READER, &[rargs, &["--unix"]].concat()))
+        }
+    }
+}
+
+fn run_pair(
+    d: &TestDir,
+    via: Via,
+    reader_first: bool,
+    wargs: &[&str],
+    rargs: &[&str],
+) -> (harness::Done, harness::Done) {
+    let (w, r) = start_pair(d, via, reader_first, wargs, rargs, false);
+    (w.finish(), r.finish())
+}
+
+#[test]
+fn text_mode_delivers_each_line_over_tcp_and_unix_in_both_orders() {
+    for via in [Via::Tcp, Via::Unix] {
+        for reader_first in [true, false] {
+            let d = dir(&format!("text-{via:?}-{reader_first}"));
+            let (mut w, mut r) = start_pair(&d, via, reader_first, &[], &["--json"], true);
+            w.write_stdin(b"hello\nsecond line\n");
+            r.wait_for("second line");
+            w.close_stdin();
+            let (wd, rd) = (w.finish(), r.finish());
+            assert_ok(&wd, "writer");
+            assert_ok(&rd, "reader");
+            assert!(rd.stdout.contains(": second line"), "{}", rd.stdout);
+            let rep = rd.report("reader", false);
+            assert!(rep.verified && rep.count == 2, "{rep:?}");
+            d.assert_empty();
+        }
+    }
+}
+
+#[test]
+fn stream_mode_is_verified_over_tcp_and_unix_in_both_orders() {
+    for via in [Via::Tcp, Via::Unix] {
+        for reader_first in [true, false] {
+            let d = dir(&format!("stream-{via:?}-{reader_first}"));
+            let args = [
+                "--mode", "stream", "--count", "2000", "--size", "8K", "--json",
+            ];
+            let (wd, rd) = run_pair(&d, via, reader_first, &args, &args);
+            assert_ok(&wd, "writer");
+            assert_ok(&rd, "reader");
+            let rep = rd.report("reader", false);
+            assert!(rep.verified, "{rep:?}");
+            assert_eq!((rep.count, rep.bytes), (2000, 2000 * 8192));
+            assert_eq!(rep.flavour, format!("{via:?}").to_lowercase());
+            d.assert_empty();
+        }
+    }
+}
+
+#[test]
+fn claim_k1_pingpong_answers_on_the_same_connection() {
+    for via in [Via::Tcp, Via::Unix] {
+        for reader_first in [true, false] {
+            let d = dir(&format!("pingpong-{via:?}-{reader_first}"));
+            let args = ["--mode", "pingpong", "--count", "500", "--json"];
+            let (wd, rd) = run_pair(&d, via, reader_first, &args, &args);
+            assert_ok(&wd, "writer");
+            assert_ok(&rd, "reader");
+            let rep = wd.report("writer", false);
+            assert!(rep.verified && rep.count == 500, "{rep:?}");
+            assert!(rep.latency_ns.is_some());
+            d.assert_empty();
+        }
+    }
+}
+
+#[test]
+fn claim_k2_reader_is_the_server_writer_the_client() {
+    let d = dir("k2");
+    // Alone, the client retries connect and gives up; the server waits in accept.
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let w = start(&d, WRITER, &["--tcp", &addr, "--timeout", "0.5"]).finish();
+    assert_eq!(w.status.code(), Some(1), "{}", w.stderr);
+    assert!(
+        w.stderr.contains("waiting for a reader at tcp") && w.stderr.contains("no reader accepted"),
+        "{}",
+        w.stderr
+    );
+    let r = start(&d, READER, &["--unix", "--timeout", "0.5"]).finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("this reader is the server") && r.stderr.contains("no writer connected"),
+        "{}",
+        r.stderr
+    );
+    // Together: listen, connect, accept.
+    let args = ["--mode", "stream", "--count", "10"];
+    let (wd, rd) = run_pair(&d, Via::Tcp, true, &args, &args);
+    assert_ok(&wd, "writer");
+    assert!(
+        rd.stderr
+            .contains("accepted a connection from tcp 127.0.0.1:"),
+        "{}",
+        rd.stderr
+    );
+    d.assert_empty();
+}
+
+/// Runs `ip ARGS`, returning whether it succeeded.
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Two network namespaces joined by a veth pair; deleted on drop, panics included.
+struct Netns {
+    names: [String; 2],
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace destroys the veth end inside it, and with it the peer.
+        for n in &self.names {
+            ip(&["netns", "del", n]);
+        }
+    }
+}
+
+#[test]
+fn claim_k3_two_network_namespaces_as_two_machines() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    if !ip(&["-V"]) {
+        eprintln!("skipped: the `ip` command (iproute2) is not installed");
+        return;
+    }
+    let pid = std::process::id();
+    let ns = Netns {
+        names: [format!("ipcs-k3a-{pid}"), format!("ipcs-k3b-{pid}")],
+    };
+    let (a, b) = (&ns.names[0], &ns.names[1]);
+    // Interface names are at most 15 bytes; the pid keeps them unique on this host.
+    let (va, vb) = (format!("ka{pid}"), format!("kb{pid}"));
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["netns", "add", a],
+        vec!["netns", "add", b],
+        vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+        vec!["link", "set", &va, "netns", a],
+        vec!["link", "set", &vb, "netns", b],
+        vec!["-n", a, "addr", "add", "10.77.0.1/24", "dev", &va],
+        vec!["-n", b, "addr", "add", "10.77.0.2/24", "dev", &vb],
+        vec!["-n", a, "link", "set", &va, "up"],
+        vec!["-n", b, "link", "set", &vb, "up"],
+        vec!["-n", a, "link", "set", "lo", "up"],
+        vec!["-n", b, "link", "set", "lo", "up"],
+    ];
+    for s in &steps {
+        if !ip(s) {
+            // Leave nothing half made: the veth may exist in this namespace if a move failed.
+            ip(&["link", "del", &va]);
+            eprintln!(
+                "skipped: `ip {}` failed (no network namespace support here?)",
+                s.join(" ")
+            );
+            return;
+        }
+    }
+    let d = dir("k3");
+    // "Machine" B listens on all its interfaces; "machine" A connects to B's address.
+    let mut r = Command::new("ip");
+    r.args(["netns", "exec", b, READER])
+        .args([
+            "--listen",
+            "0.0.0.0:47400",
+            "--mode",
+            "pingpong",
+            "--count",
+            "200",
+            "--json",
+        ])
+        .env("IPC_STUDY_DIR", &d.path)
+        .stdin(Stdio::null());
+    let mut r = Proc::spawn("socket-reader in netns B", &mut r);
+    r.wait_for("listening on tcp 0.0.0.0:47400");
+    let mut w = Command::new("ip");
+    w.args(["netns", "exec", a, WRITER])
+        .args([
+            "--tcp",
+            "10.77.0.2:47400",
+            "--mode",
+            "pingpong",
+            "--count",
+            "200",
+            "--json",
+        ])
+        .env("IPC_STUDY_DIR", &d.path)
+        .stdin(Stdio::null());
+    let w = Proc::spawn("socket-writer in netns A", &mut w);
+    let (wd, rd) = (w.finish(), r.finish());
+    assert_ok(&wd, "writer");
+    assert_ok(&rd, "reader");
+    assert!(rd.stderr.contains("not on loopback"), "{}", rd.stderr);
+    assert!(
+        rd.stderr
+            .contains("accepted a connection from tcp 10.77.0.1:"),
+        "{}",
+        rd.stderr
+    );
+    assert!(wd.report("writer", false).verified);
+    d.assert_empty();
+    drop(ns);
+}
+
+#[test]
+fn claim_k5_a_large_message_arrives_in_several_reads_and_is_reassembled() {
+    let d = dir("k5-large");
+    // A 1 MiB payload plus its header is larger than the reader's 1 MiB buffer, so the first
+    // message cannot come out of one read(); the small SO_RCVBUF makes it more pieces.
+    let wargs = [
+        "--mode", "stream", "--count", "3", "--warmup", "0", "--size", "1M",
+    ];
+    let mut rargs = wargs.to_vec();
+    rargs.extend(["--show-reads", "--sock-buf", "64K", "--json"]);
+    for via in [Via::Unix, Via::Tcp] {
+        let (wd, rd) = run_pair(&d, via, true, &wargs, &rargs);
+        assert_ok(&wd, "writer");
+        assert_ok(&rd, "reader");
+        assert!(
+            rd.stderr.contains("message #0 (1048576 B + 40 B header):")
+                && rd
+                    .stderr
+                    .contains("arrived in pieces and was put back together"),
+            "{}",
+            rd.stderr
+        );
+        let rep = rd.report("reader", false);
+        assert!(rep.verified && rep.bytes == 3 << 20, "{rep:?}");
+    }
+    d.assert_empty();
+}
+
+fn frame(kind: Kind, nonce: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let f = Fields {
+        kind,
+        flags: 0,
+        nonce,
+        seq,
+        sent_ns: common::timing::now_ns(),
+    };
+    let mut v = encode_header(f, payload).unwrap().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Starts a Unix reader and connects to it as a raw client; returns both.
+fn reader_and_raw_client(d: &TestDir, rargs: &[&str]) -> (Proc, UnixStream) {
+    let mut r = start(d, READER, &[rargs, &["--unix"]].concat());
+    r.wait_for("listening on unix");
+    let c = UnixStream::connect(d.join("socket.sock")).unwrap();
+    (r, c)
+}
+
+#[test]
+fn claim_k5_small_messages_sent_back_to_back_are_separated() {
+    let d = dir("k5-small");
+    let (r, mut c) = reader_and_raw_client(&d, &["--mode", "stream", "--show-reads", "--json"]);
+    // 50 frames of 16 bytes and the End, in one write(): one chunk of bytes in the socket.
+    let mut bytes = Vec::new();
+    for seq in 0..50u64 {
+        let mut p = [7u8; 16];
+        p[..8].copy_from_slice(&seq.to_le_bytes());
+        bytes.extend(frame(Kind::Data, 99, seq, &p));
+    }
+    bytes.extend(frame(Kind::End, 99, 50, &end_payload(50, 50 * 16)));
+    c.write_all(&bytes).unwrap();
+    drop(c);
+    let rd = r.finish();
+    assert_ok(&rd, "reader");
+    let joined = rd
+        .stderr
+        .matches("no new read(): it came out of read #1")
+        .count();
+    assert_eq!(joined, 50, "{}", rd.stderr);
+    let rep = rd.report("reader", false);
+    assert!(rep.verified && rep.count == 50, "{rep:?}");
+    assert!(
+        rep.notes
+            .iter()
+            .any(|n| n.starts_with("1 read() calls for 50 messages")),
+        "{:?}",
+        rep.notes
+    );
+    d.assert_empty();
+}
+
+#[test]
+fn reader_killed_mid_stream_makes_the_writer_report_the_reset() {
+    let d = dir("reset");
+    let (w, mut r) = start_pair(
+        &d,
+        Via::Tcp,
+        true,
+        &["--mode", "stream", "--count", "1e9", "--size", "4K"],
+        &["--mode", "stream"],
+        false,
+    );
+    r.wait_for("accepted a connection");
+    std::thread::sleep(Duration::from_millis(100));
+    r.signal(Signal::SIGKILL);
+    let _ = r.finish();
+    let wd = w.finish();
+    assert_eq!(wd.status.code(), Some(1), "{}", wd.stderr);
+    assert!(
+        wd.stderr.contains("reader reset or closed the connection"),
+        "{}",
+        wd.stderr
+    );
+    d.assert_empty();
+}
+
+#[test]
+fn writer_killed_mid_stream_is_a_truncated_stream_for_the_reader() {
+    for via in [Via::Tcp, Via::Unix] {
+        let d = dir(&format!("truncated-{via:?}"));
+        let (mut w, r) = start_pair(
+            &d,
+            via,
+            true,
+            &["--mode", "stream", "--count", "1e9", "--size", "60000"],
+            &["--mode", "stream"],
+            false,
+        );
+        w.wait_for("connected to");
+        std::thread::sleep(Duration::from_millis(100));
+        w.signal(Signal::SIGKILL);
+        let _ = w.finish();
+        let rd = r.finish();
+        assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
+        assert!(
+            rd.stderr.contains("truncated stream") || rd.stderr.contains("without sending End"),
+            "{}",
+            rd.stderr
+        );
+        // The reader removed its socket file on the way out.
+        d.assert_empty();
+    }
+}
+
+#[test]
+fn a_garbage_client_is_disconnected_with_a_clear_message() {
+    let d = dir("garbage");
+    let (r, mut c) = reader_and_raw_client(&d, &["--mode", "stream"]);
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let rd = r.finish();
+    assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
+    assert!(
+        rd.stderr.contains("reading from unix peer pid")
+            && rd.stderr.contains("closed the connection")
+            && rd.stderr.contains("not an ipc-study frame"),
+        "{}",
+        rd.stderr
+    );
+    d.assert_empty();
+}
+
+#[test]
+fn a_4_gib_length_prefix_is_refused_before_any_allocation() {
+    let d = dir("huge");
+    let (r, mut c) = reader_and_raw_client(&d, &["--mode", "stream", "--json"]);
+    let mut h = frame(Kind::Data, 5, 0, b"x");
+    h[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+    c.write_all(&h[..HEADER_LEN]).unwrap();
+    let rd = r.finish();
+    assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
+    assert!(
+        rd.stderr
+            .contains("4294967295 bytes exceeds the limit of 16777216"),
+        "{}",
+        rd.stderr
+    );
+    // The check is in the header decoder, before the buffer is sized (common::frame); the
+    // reader's peak memory stays that of its 1 MiB buffer. VmHWM is gone with the process,
+    // so the report-less exit and the message are what this test can see.
+    d.assert_empty();
+}
+
+#[test]
+fn eaddrinuse_names_the_port_and_how_to_choose_another() {
+    let d = dir("inuse");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let r = start(&d, READER, &["--tcp", &addr]).finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    let port = taken.local_addr().unwrap().port();
+    assert!(
+        r.stderr.contains("EADDRINUSE")
+            && r.stderr.contains(&format!("port {port} is already in use"))
+            && r.stderr.contains("--tcp 127.0.0.1:PORT"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_stale_socket_file_is_replaced_and_a_live_one_is_not() {
+    let d = dir("stale");
+    fs::create_dir_all(&d.path).unwrap();
+    fs::set_permissions(&d.path, fs::Permissions::from_mode(0o700)).unwrap();
+    let path = d.join("socket.sock");
+    // A live listener: the probe connects, so the reader refuses and keeps the file.
+    let live = UnixListener::bind(&path).unwrap();
+    let r = start(&d, READER, &["--unix", "--timeout", "0.5"]).finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("already listening"), "{}", r.stderr);
+    assert!(path.exists());
+    // The same file with nobody listening (a killed reader): replaced, narrated.
+    drop(live);
+    let args = ["--mode", "stream", "--count", "10"];
+    let (wd, rd) = run_pair(&d, Via::Unix, true, &args, &args);
+    assert_ok(&wd, "writer");
+    assert_ok(&rd, "reader");
+    assert!(
+        rd.stderr.contains("removed stale socket file"),
+        "{}",
+        rd.stderr
+    );
+    d.assert_empty();
+}
+
+#[test]
+fn the_socket_file_is_0600_and_other_paths_are_refused() {
+    let d = dir("mode");
+    let mut r = start(&d, READER, &["--unix", "--name", "m"]);
+    r.wait_for("listening on unix");
+    let meta = fs::symlink_metadata(d.join("m.sock")).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    r.signal(Signal::SIGINT);
+    let rd = r.finish();
+    assert_eq!(rd.status.code(), Some(130), "{}", rd.stderr);
+    assert!(rd.stderr.contains("removed socket file"), "{}", rd.stderr);
+    d.assert_empty();
+
+    // A regular file where the socket should be: refused and kept.
+    fs::write(d.join("f.sock"), b"mine").unwrap();
+    let r = start(&d, READER, &["--unix", "--name", "f"]).finish();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(r.stderr.contains("is not a socket"), "{}", r.stderr);
+    assert_eq!(fs::read(d.join("f.sock")).unwrap(), b"mine");
+    fs::remove_file(d.join("f.sock")).unwrap();
+
+    // A path too long for sun_path: refused before any socket exists.
+    let long = format!("{}/{}", d.path.display(), "s".repeat(110));
+    let r = start(&d, READER, &["--unix", &long]).finish();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(r.stderr.contains("at most 107"), "{}", r.stderr);
+    d.assert_empty();
+}
+
+#[test]
+fn tcp_nodelay_follows_the_mode_and_the_frame_size() {
+    let d = dir("nodelay");
+    let note = |wd: &harness::Done| {
+        wd.report("writer", false)
+            .notes
+            .into_iter()
+            .find(|n| n.starts_with("TCP_NODELAY"))
+            .unwrap_or_default()
+    };
+    // Small frames in stream mode: Nagle merges them into segments.
+    let args = [
+        "--mode", "stream", "--count", "100", "--size", "64", "--json",
+    ];
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &args, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY off (Nagle)");
+    // Round trips: every message would wait for an ACK.
+    let args = ["--mode", "pingpong", "--count", "100", "--json"];
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &args, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY on");
+    // Frames larger than any MSS: Nagle would only hold back each frame's tail.
+    let args = [
+        "--mode", "stream", "--count", "10", "--size", "1M", "--json",
+    ];
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &args, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY on");
+    let mut wargs = args.to_vec();
+    wargs.push("--nagle");
+    let (wd, _) = run_pair(&d, Via::Tcp, true, &wargs, &args);
+    assert_eq!(note(&wd), "TCP_NODELAY off (Nagle)");
+    d.assert_empty();
+}
