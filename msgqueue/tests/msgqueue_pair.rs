@@ -113,6 +113,11 @@ fn claim_m1_messages_outlive_the_writer() {
         line.trim_end().ends_with('2'),
         "message and End should be queued: {line}"
     );
+    assert_eq!(
+        line.split_whitespace().nth(3),
+        Some("600"),
+        "created mode 0600: {line}"
+    );
     let rd = env.reader(&[]).finish();
     ok(&rd, "reader");
     assert!(rd.stdout.contains(": kept by the kernel"), "{}", rd.stdout);
