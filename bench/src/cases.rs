@@ -76,13 +76,6 @@ impl Ctx {
 /// Every mechanism the runner knows, in the note's order.
 pub const MECHANISMS: &[&str] = &["pipe", "named-pipe", "msgqueue", "shm", "mmap", "socket"];
 
-/// Largest payload a mechanism carries at `size` (message queues are bounded by the
-/// kernel's limits); `None` when the mechanism cannot carry that size at all.
-pub fn fit_size(mechanism: &str, flavour: &str, size: usize) -> Option<usize> {
-    let _ = (mechanism, flavour);
-    Some(size)
-}
-
 /// The cases of one mechanism for one mode and size.
 pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64) -> Vec<Case> {
     let base = |flavour: &str, wait: &str, floor: FloorKind, procs: Vec<Launch>| Case {
@@ -133,6 +126,42 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
                     args,
                 }],
             )]
+        }
+        "msgqueue" => {
+            let mut out = Vec::new();
+            for (flavour, posix) in [("sysv", false), ("posix", true)] {
+                // The kernel bounds a message (kernel.msgmax, fs.mqueue.msgsize_max): the
+                // case carries the largest payload that fits, and the table says so.
+                let Ok(limits) = msgqueue::Limits::read() else {
+                    continue;
+                };
+                let fitted = size.min(limits.max_payload(posix));
+                let args: Vec<String> = if posix {
+                    vec!["--posix".into()]
+                } else {
+                    vec![]
+                };
+                let mut c = base(
+                    flavour,
+                    "blocking",
+                    bytes_floor(FloorKind::Futex),
+                    vec![
+                        Launch {
+                            program: "msgqueue-reader",
+                            cpu_slot: 1,
+                            args: args.clone(),
+                        },
+                        Launch {
+                            program: "msgqueue-writer",
+                            cpu_slot: 0,
+                            args,
+                        },
+                    ],
+                );
+                c.size = fitted;
+                out.push(c);
+            }
+            out
         }
         "named-pipe" => {
             let mut wargs = Vec::new();

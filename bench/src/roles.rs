@@ -20,6 +20,8 @@ pub const PROGRAMS: &[(&str, Entry)] = &[
     ("pipe-reader", |a| pipe::reader::main_from(a)),
     ("named-pipe-writer", |a| named_pipe::writer::main_from(a)),
     ("named-pipe-reader", |a| named_pipe::reader::main_from(a)),
+    ("msgqueue-writer", |a| msgqueue::writer::main_from(a)),
+    ("msgqueue-reader", |a| msgqueue::reader::main_from(a)),
     ("shm-writer", |a| shm::writer::main_from(a)),
     ("shm-reader", |a| shm::reader::main_from(a)),
     ("mmap-writer", |a| mmap::writer::main_from(a)),

@@ -39,6 +39,17 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Exit status after Ctrl-C or SIGTERM, as shells report a death by SIGINT (128 + 2).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// Set by the signal thread before it removes anything. Removing an object can wake the
+/// main thread (a System V queue removed under `msgrcv` returns EIDRM), which must not
+/// then race the signal thread to exit with its own status: see [`interrupted`].
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a signal is being handled: the process is about to exit with status 130, and
+/// whatever the main thread saw since (EIDRM, EOF, EPIPE) is a consequence, not its verdict.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Registers an object this process created; `remove` deletes it.
 pub fn own(
     what: impl Into<String>,
@@ -129,6 +140,7 @@ pub fn install_signal_handler() -> Result<()> {
                     SIGTERM => "SIGTERM",
                     _ => "SIGHUP",
                 };
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 let removed = remove_all();
                 if removed.is_empty() {
                     crate::warn!("interrupted by {name}; nothing of ours to remove");

@@ -212,7 +212,15 @@ pub fn run_main(
     if let Err(e) = crate::cleanup::install_signal_handler() {
         crate::warn!("warning: {e:#}; Ctrl-C will not clean up");
     }
-    match body() {
+    let result = body();
+    if crate::cleanup::interrupted() {
+        // Ctrl-C arrived and the signal thread is removing what we own; whatever ended the
+        // body (an object vanishing under it) is its doing. It exits with status 130.
+        loop {
+            std::thread::park();
+        }
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             crate::warn!("error: {e:#}");

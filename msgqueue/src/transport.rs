@@ -554,10 +554,9 @@ fn removed(v: &Verdict, peer: Role, call: &str, e: &std::io::Error) -> Result<()
             Ok(())
         }
         None => {
-            // Our own Ctrl-C handler (common::cleanup) may be the remover: it removes the
-            // queue, which wakes us, and then exits with status 130. Give it that moment
-            // rather than racing it to an exit status of 1.
-            std::thread::sleep(Duration::from_millis(500));
+            // Our own Ctrl-C handler may be the remover: it marks the process interrupted
+            // before it removes anything, and `common::cli::run_main` then leaves the exit
+            // (status 130) to it, so this error is not printed as the verdict.
             bail!(
                 "{call}: EIDRM: the queue was removed while this process was using it ({e}): someone ran ipcrm, or another program removed it"
             )
