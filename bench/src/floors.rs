@@ -7,7 +7,8 @@
 //! - **futex round trip**: the same, but each side sleeps in `FUTEX_WAIT` and is woken by
 //!   `FUTEX_WAKE`: two wake-ups per round trip, the least any blocking mechanism pays.
 //! - **memcpy bandwidth** at a message size, in one process: the most a mechanism that
-//!   copies each message once could carry.
+//!   copies each message once could carry. A pingpong round trip moves its message twice
+//!   (there and back), so its floor is the round-trip floor plus two such copies.
 //!
 //! They follow the C programs in `shared/baselines/` (`cacheline_pingpong.c`,
 //! `futex_pingpong.c`, `memcpy_bw.c`) with one difference: time is read with
@@ -251,16 +252,26 @@ pub fn futex_rtt(iters: u32, cpus: (Option<usize>, Option<usize>)) -> Result<Flo
 /// memcpy bandwidth at `size` bytes: `runs` runs of about `bytes_per_run` each.
 pub fn memcpy(size: usize, runs: usize, bytes_per_run: usize, cpu: Option<usize>) -> Result<Floor> {
     pin(cpu)?;
-    let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
-    let mut dst = vec![0xa5u8; size];
+    // Page-aligned buffers, as `memcpy_bw.c` gets from mmap: a copy between buffers that
+    // are only 16-byte aligned runs measurably slower and would understate the floor.
+    let mut src_buf = vec![0u8; size + PAGE];
+    let mut dst_buf = vec![0xa5u8; size + PAGE];
+    let src_at = src_buf.as_ptr().align_offset(PAGE);
+    let dst_at = dst_buf.as_ptr().align_offset(PAGE);
+    let src = &mut src_buf[src_at..src_at + size];
+    for (i, b) in src.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let src = &*src;
+    let dst = &mut dst_buf[dst_at..dst_at + size];
     let reps = (bytes_per_run / size).max(10);
     let mut rates = Vec::with_capacity(runs);
-    dst.copy_from_slice(&src);
+    dst.copy_from_slice(src);
     for _ in 0..runs.max(1) {
         let t0 = now_ns();
         for _ in 0..reps {
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut dst);
+            dst.copy_from_slice(std::hint::black_box(src));
+            std::hint::black_box(&mut *dst);
         }
         let secs = (now_ns() - t0) as f64 / 1e9;
         rates.push((size * reps) as f64 / secs);

@@ -38,7 +38,7 @@ use clap::Parser;
 use common::cli::Mode;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cases::{Case, Ctx, FloorKind, MECHANISMS};
+use cases::{Case, Ctx, MECHANISMS};
 
 /// Command line of the runner.
 #[derive(Parser, Debug)]
@@ -349,19 +349,17 @@ pub fn run_bench(args: &Args) -> Result<()> {
             fb.clone(),
         ],
     ];
-    let mut stream_sizes: Vec<usize> = cases
-        .iter()
-        .filter(|c| c.floor == FloorKind::Memcpy)
-        .map(|c| c.size)
-        .collect();
-    stream_sizes.sort_unstable();
-    stream_sizes.dedup();
+    // memcpy at every message size: streams are compared with it, and a pingpong round
+    // trip's floor includes two copies of its message.
+    let mut sizes: Vec<usize> = cases.iter().map(|c| c.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
     let per_run = if args.count.is_some() {
         64 << 20
     } else {
         1 << 30
     };
-    for s in stream_sizes {
+    for s in sizes {
         floor_jobs.push(vec![
             "memcpy".into(),
             s.to_string(),

@@ -202,7 +202,8 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
     }
     s.push_str(
         "\nlatency: pingpong = round trip on the writer's clock; stream = one-way (includes queueing).\n\
-         cpu/msg: writer + reader CPU time per message. x floor: p50 / floor p50 (pingpong), floor bytes/s / bytes/s (stream).\n",
+         cpu/msg: writer + reader CPU time per message.\n\
+         x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n",
     );
     s
 }

@@ -253,10 +253,18 @@ pub fn apply_floor(o: &mut Outcome, kind: crate::cases::FloorKind, floors: &[Flo
                 o.x_floor = f.bytes_per_s / o.bytes_per_s;
             }
             Cacheline | Futex => {
-                let p50 = f.latency_ns.map_or(0, |l| l.p50) as f64;
-                o.floor_value = p50;
-                if p50 > 0.0 {
-                    o.x_floor = o.p50_ns as f64 / p50;
+                // The message crosses twice per round trip: add two copies of it at the
+                // memcpy bandwidth measured for its size, when the run measured one.
+                let copy_ns = floors
+                    .iter()
+                    .rfind(|m| {
+                        m.name == "memcpy" && m.size_bytes == o.size_bytes && m.bytes_per_s > 0.0
+                    })
+                    .map_or(0.0, |m| 2.0 * o.size_bytes as f64 / m.bytes_per_s * 1e9);
+                let floor = f.latency_ns.map_or(0, |l| l.p50) as f64 + copy_ns;
+                o.floor_value = floor;
+                if floor > 0.0 {
+                    o.x_floor = o.p50_ns as f64 / floor;
                 }
             }
             _ => {}
