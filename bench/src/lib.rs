@@ -83,6 +83,10 @@ pub struct Args {
     /// Print all results as one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+
+    /// Redraw the charts of an earlier run's output directory from its results.json; run nothing.
+    #[arg(long, value_name = "DIR")]
+    pub replot: Option<PathBuf>,
 }
 
 /// Entry point: a role, a floor, or the runner.
@@ -276,6 +280,11 @@ fn utc_stamp(secs: u64) -> String {
 /// The runner.
 pub fn run_bench(args: &Args) -> Result<()> {
     common::narrate::init("bench", false);
+    if let Some(dir) = &args.replot {
+        output::replot(dir)?;
+        eprintln!("bench: charts redrawn in {}", dir.display());
+        return Ok(());
+    }
     let exe = std::env::current_exe().context("finding this program's path")?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())

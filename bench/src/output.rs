@@ -16,7 +16,7 @@ use crate::floors::Floor;
 use crate::run::Outcome;
 
 /// One line of the table: the repetitions of one case folded into medians.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Row {
     pub mechanism: String,
     pub flavour: String,
@@ -261,11 +261,51 @@ fn series(rows: &[Row], mode: &str, value: fn(&Row) -> f64) -> Vec<(String, Vec<
         .collect()
 }
 
-/// A log-log line chart as SVG.
+/// Strong, distinguishable colours (Okabe-Ito and Tableau), one per series, in order.
+const COLORS: [RGBColor; 16] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(230, 159, 0),
+    RGBColor(0, 0, 0),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(31, 119, 180),
+];
+
+/// Decimal rate labels for the log axis' powers of ten: 100 MB/s, 1 GB/s, 10 GB/s.
+fn axis_rate(y: f64) -> String {
+    match y {
+        y if y >= 1e9 => format!("{} GB/s", y / 1e9),
+        y if y >= 1e6 => format!("{} MB/s", y / 1e6),
+        y if y >= 1e3 => format!("{} kB/s", y / 1e3),
+        y => format!("{y} B/s"),
+    }
+}
+
+/// Decimal size labels for the log axis' powers of ten: 100 B, 1 kB, 10 kB, 1 MB.
+fn axis_size(x: f64) -> String {
+    match x {
+        x if x >= 1e6 => format!("{} MB", x / 1e6),
+        x if x >= 1e3 => format!("{} kB", x / 1e3),
+        x => format!("{x} B"),
+    }
+}
+
+/// A log-log line chart as SVG; `y_fmt` writes the y axis' labels with units.
 fn chart(
     path: &Path,
     title: &str,
     y_label: &str,
+    y_fmt: &dyn Fn(&f64) -> String,
     data: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
     let pts = data.iter().flat_map(|(_, v)| v.iter());
@@ -286,17 +326,18 @@ fn chart(
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(80)
+        .y_label_area_size(100)
         .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     c.configure_mesh()
         .x_desc("message size (bytes)")
         .y_desc(y_label)
-        .x_label_formatter(&|x| size_label(*x as u64))
+        .x_label_formatter(&|x| axis_size(*x))
+        .y_label_formatter(y_fmt)
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for (i, (name, pts)) in data.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = COLORS[i % COLORS.len()].to_rgba();
         c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .label(name.clone())
@@ -307,7 +348,8 @@ fn chart(
     c.configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        // Both charts leave the lower right empty: large messages are slow and far apart.
+        .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -345,18 +387,7 @@ pub fn write_all(
         serde_json::to_string_pretty(env)?,
     )?;
     fs::write(dir.join("results.csv"), csv(outcomes))?;
-    chart(
-        &dir.join("latency.svg"),
-        "pingpong round trip, p50 (lower is better)",
-        "round trip (ns)",
-        &series(rows, "pingpong", |r| r.p50_ns as f64),
-    )?;
-    chart(
-        &dir.join("throughput.svg"),
-        "stream throughput (higher is better)",
-        "bytes/s",
-        &series(rows, "stream", |r| r.bytes_per_s),
-    )?;
+    charts(dir, rows)?;
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ipc-study bench</title>\n\
          <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head>\n\
@@ -369,4 +400,34 @@ pub fn write_all(
     );
     fs::write(dir.join("index.html"), html)?;
     Ok(())
+}
+
+/// Draws `latency.svg` and `throughput.svg` into `dir`.
+pub fn charts(dir: &Path, rows: &[Row]) -> Result<()> {
+    chart(
+        &dir.join("latency.svg"),
+        "pingpong round trip, p50 (lower is better)",
+        "round trip",
+        &|y| fmt_ns(*y as u64),
+        &series(rows, "pingpong", |r| r.p50_ns as f64),
+    )?;
+    chart(
+        &dir.join("throughput.svg"),
+        "stream throughput (higher is better)",
+        "payload per second",
+        &|y| axis_rate(*y),
+        &series(rows, "stream", |r| r.bytes_per_s),
+    )?;
+    Ok(())
+}
+
+/// `bench --replot DIR`: redraws the charts of an earlier run from its `results.json`.
+pub fn replot(dir: &Path) -> Result<()> {
+    let path = dir.join("results.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let all: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let rows: Vec<Row> =
+        serde_json::from_value(all["rows"].clone()).context("results.json: rows")?;
+    charts(dir, &rows)
 }
