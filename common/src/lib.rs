@@ -16,6 +16,7 @@
 //! | [`cleanup`]  | the registry of owned objects and the Ctrl-C/SIGTERM thread                  |
 //! | [`narrate`]  | `narrate!` and `warn!`: what a learner reads on stderr                       |
 //! | [`peer`]     | is the peer process still alive?                                             |
+//! | `testing`    | (feature `testing`) running the real binaries in tests, under a deadline      |
 //! | [`ring`]     | the SPSC ring of frames over shared memory (`shm`, `mmap`): layout, waiting  |
 //!
 //! Read a pair in this order: the mechanism's `lib.rs` (how the two ends find each other),
@@ -30,6 +31,9 @@ pub mod protocol;
 pub mod ring;
 pub mod runtime;
 pub mod timing;
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Whether the peer process is still there.
 pub mod peer {

@@ -1,186 +1,14 @@
-//! A small harness for process-level tests: every child runs under a deadline, its output
-//! is collected by threads (so a full stdout pipe can never stall it), and a test can wait
-//! for a line of narration before acting (kill, signal, close stdin).
+//! The pipe tests' harness: `common::testing` (every child under a deadline, output
+//! collected, waiting for narration) plus the shell pipeline `writer | reader`.
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-/// How long any child may run before the test kills it and fails.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub use common::testing::{Done, Proc};
 
 pub const WRITER: &str = env!("CARGO_BIN_EXE_pipe-writer");
 pub const READER: &str = env!("CARGO_BIN_EXE_pipe-reader");
-
-/// A running child with its output being collected.
-pub struct Proc {
-    pub child: Child,
-    pub stdin: Option<ChildStdin>,
-    out: Arc<Mutex<Vec<u8>>>,
-    err: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    started: Instant,
-    label: String,
-}
-
-fn collect(mut src: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = src.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    })
-}
-
-/// Result of a finished child.
-#[derive(Debug)]
-pub struct Done {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Done {
-    /// The JSON report lines on stdout (or stderr), by role.
-    pub fn report(&self, role: &str, from_stderr: bool) -> common::timing::Report {
-        let text = if from_stderr {
-            &self.stderr
-        } else {
-            &self.stdout
-        };
-        text.lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| common::timing::Report::from_json(l).ok())
-            .find(|r| r.role == role)
-            .unwrap_or_else(|| panic!("no {role} report in:\n{text}\n--- stderr:\n{}", self.stderr))
-    }
-}
-
-impl Proc {
-    /// Starts `cmd` with piped stdout and stderr (stdin as configured by the caller).
-    pub fn spawn(label: &str, cmd: &mut Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        Self::spawn_raw(label, cmd)
-    }
-
-    /// Starts `cmd` as configured; collects whichever of stdout/stderr are piped.
-    pub fn spawn_raw(label: &str, cmd: &mut Command) -> Proc {
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label}: {e}"));
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        if let Some(o) = child.stdout.take() {
-            readers.push(collect(o, out.clone()));
-        }
-        if let Some(e) = child.stderr.take() {
-            readers.push(collect(e, err.clone()));
-        }
-        let stdin = child.stdin.take();
-        Proc {
-            child,
-            stdin,
-            out,
-            err,
-            readers,
-            started: Instant::now(),
-            label: label.into(),
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn stderr_now(&self) -> String {
-        String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned()
-    }
-
-    pub fn stdout_now(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until stderr (or stdout) contains `needle`; fails the test at the deadline.
-    pub fn wait_for(&mut self, needle: &str) {
-        loop {
-            if self.stderr_now().contains(needle) || self.stdout_now().contains(needle) {
-                return;
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                // Let the collectors drain what is left before the last look.
-                std::thread::sleep(Duration::from_millis(50));
-                if self.stderr_now().contains(needle) || self.stdout_now().contains(needle) {
-                    return;
-                }
-                panic!(
-                    "{} exited ({st}) before printing {needle:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.label,
-                    self.stdout_now(),
-                    self.stderr_now()
-                );
-            }
-            if self.started.elapsed() > DEADLINE {
-                let _ = self.child.kill();
-                panic!(
-                    "{} did not print {needle:?} in time\nstderr:\n{}",
-                    self.label,
-                    self.stderr_now()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn write_stdin(&mut self, bytes: &[u8]) {
-        self.stdin
-            .as_mut()
-            .expect("stdin is piped")
-            .write_all(bytes)
-            .unwrap();
-    }
-
-    pub fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
-    }
-
-    /// Waits for the child to exit, killing it (and failing) at the deadline.
-    pub fn finish(mut self) -> Done {
-        self.stdin = None;
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            if self.started.elapsed() > DEADLINE {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{} hung: killed after {DEADLINE:?}\nstderr:\n{}",
-                    self.label,
-                    self.stderr_now()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        Done {
-            status,
-            stdout: self.stdout_now(),
-            stderr: self.stderr_now(),
-        }
-    }
-}
 
 /// Starts `writer_args | reader_args` the way a shell does: two children of this test
 /// process, the writer's stdout connected to the reader's stdin. Returns (writer, reader).
@@ -195,21 +23,7 @@ pub fn shell_pair(writer_args: &[&str], reader_args: &[&str]) -> (Proc, Proc) {
     let mut r = Command::new(READER);
     r.args(reader_args).stdin(Stdio::from(pipe_out));
     let reader = Proc::spawn("pipe-reader", &mut r);
-    // Wrap the writer by hand: its stdout went to the reader.
-    let err = Arc::new(Mutex::new(Vec::new()));
-    let readers = vec![collect(
-        wchild.stderr.take().expect("writer stderr"),
-        err.clone(),
-    )];
-    let stdin = wchild.stdin.take();
-    let writer = Proc {
-        child: wchild,
-        stdin,
-        out: Arc::new(Mutex::new(Vec::new())),
-        err,
-        readers,
-        started: Instant::now(),
-        label: "pipe-writer".into(),
-    };
+    // The writer's stdout went to the reader; the harness collects its stderr.
+    let writer = Proc::adopt("pipe-writer", wchild);
     (writer, reader)
 }
