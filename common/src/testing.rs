@@ -7,6 +7,7 @@
 //! It is test code: it panics (`unwrap`, `expect`) where a test should fail.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -47,6 +48,25 @@ pub struct Done {
 }
 
 impl Done {
+    /// Whether the child exited with status 0.
+    pub fn ok(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The first JSON report on stdout, whatever its role (a program run on its own).
+    pub fn any_report(&self) -> crate::timing::Report {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .find_map(|l| crate::timing::Report::from_json(l).ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no report in:\n{}\n--- stderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
     /// The JSON report lines on stdout (or stderr), by role.
     pub fn report(&self, role: &str, from_stderr: bool) -> crate::timing::Report {
         let text = if from_stderr {
@@ -158,6 +178,12 @@ impl Proc {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
     }
 
+    /// `kill -9`, and collect the status so the pid is really gone (no zombie).
+    pub fn kill9(self) -> Done {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.finish()
+    }
+
     /// Waits for the child to exit, killing it (and failing) at the deadline.
     pub fn finish(mut self) -> Done {
         self.stdin = None;
@@ -184,5 +210,61 @@ impl Proc {
             stdout: self.stdout_now(),
             stderr: self.stderr_now(),
         }
+    }
+}
+
+/// A private runtime directory for one test (`IPC_STUDY_DIR`), removed at the end; a test
+/// asserts that the programs left nothing in it.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(krate: &str, test: &str) -> TestDir {
+        let path = std::env::temp_dir().join(format!(
+            "ipc-study-test-{krate}-{test}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TestDir { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// A command for `bin` with this directory as its runtime dir.
+    pub fn cmd(&self, bin: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
+        c.args(args)
+            .env("IPC_STUDY_DIR", &self.path)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Names left in the directory (it may not exist at all: nothing was created).
+    pub fn leftovers(&self) -> Vec<String> {
+        match std::fs::read_dir(&self.path) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn assert_empty(&self) {
+        let left = self.leftovers();
+        assert!(
+            left.is_empty(),
+            "left behind in {}: {left:?}",
+            self.path.display()
+        );
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
