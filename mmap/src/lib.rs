@@ -65,9 +65,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use common::cleanup::{self, Owned};
+use common::cli::{CommonArgs, Mode};
 use common::frame;
-use common::protocol::{Delivery, FrameSink};
-use common::ring::{self, Region, Role};
+use common::protocol::{Delivery, FrameSink, Setup};
+use common::ring::{self, EndOpts, Region, Role, Wait};
 use common::timing::Latency;
 use memmap2::{MmapOptions, MmapRaw};
 use nix::unistd::geteuid;
@@ -784,6 +785,78 @@ fn region_over(map: &Arc<Map>, capacity: usize) -> Result<Region> {
     // touches the ring's memory only through the region.
     let region = unsafe { Region::from_raw(map.as_mut_ptr(), map.len(), capacity, map.clone()) };
     region.context("setting up the ring over the mapped file")
+}
+
+/// The flags both programs share: where the file is, how the ring waits, how big it is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MapArgs {
+    /// The file to map [default: RUNTIME_DIR/NAME.map], the same on both sides; e.g. /dev/shm/x.map (tmpfs) or /var/tmp/x.map (disk).
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+
+    /// How a waiting side waits: spin, block (futex), adaptive (spin ~20 us, then futex).
+    #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
+    pub wait: Wait,
+
+    /// Ring bytes per direction, a power of two from 4K to 256M; the same on both sides.
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = ring::parse_capacity)]
+    pub capacity: usize,
+
+    /// msync(MS_SYNC) after each frame this side publishes (ring) or after filling (bulk), timed (F5).
+    #[arg(long)]
+    pub sync: bool,
+
+    /// MAP_POPULATE: fault every page in at mmap time instead of on first touch.
+    #[arg(long)]
+    pub populate: bool,
+}
+
+/// A ring rendezvous done: the shared file, what the report says, how the ends wait.
+pub struct OpenRing {
+    /// The mapped file with its two rings.
+    pub rf: RingFile,
+    /// Program, mechanism, flavour (the file system) and wait strategy for the report.
+    pub setup: Setup,
+    /// How this side's ring ends wait, and for whom.
+    pub opts: EndOpts,
+}
+
+impl MapArgs {
+    /// Checks the frame size, meets the peer at the file (either start order) and describes
+    /// the run: the first steps of both programs' ring modes.
+    pub fn open_ring(&self, c: &CommonArgs, role: Role, program: &str) -> Result<OpenRing> {
+        // Flags are checked before any file exists: the frame must fit half the ring.
+        if c.mode != Mode::Text {
+            ring::check_size(c.size, self.capacity).map_err(anyhow::Error::msg)?;
+        }
+        let path = file_path(c.name_or(DEFAULT_NAME), self.path.as_deref())?;
+        let rf = rendezvous(&RingOpts {
+            path,
+            role,
+            capacity: self.capacity,
+            timeout: c.timeout,
+            populate: self.populate,
+        })?;
+        if !c.quiet && c.mode == Mode::Text {
+            show_maps(&rf.path);
+        }
+        let setup = Setup {
+            program: program.into(),
+            mechanism: MECHANISM.into(),
+            flavour: rf.flavour.clone(),
+            wait: self.wait.as_str().into(),
+            args: c.clone(),
+            max_payload: rf.region.max_payload(),
+        };
+        // Text mode waits as long as the peer lives (a person is typing); the measuring
+        // modes also give up after --timeout without progress.
+        let opts = EndOpts {
+            wait: self.wait,
+            peer_pid: rf.peer_pid,
+            idle_timeout: (c.mode != Mode::Text).then_some(c.timeout),
+        };
+        Ok(OpenRing { rf, setup, opts })
+    }
 }
 
 /// The rendezvous, in either start order: create the file and wait for the peer, or open

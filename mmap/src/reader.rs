@@ -31,7 +31,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -39,15 +39,14 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::cli::{CommonArgs, Mode};
 use common::narrate;
-use common::protocol::{conclude, run_reader, NoWayBack, ReaderEnd, Setup};
-use common::ring::{self, Direction, EndOpts, Role, Wait};
+use common::protocol::{conclude, run_reader, NoWayBack, ReaderEnd};
+use common::ring::{self, Direction, Role};
 use common::timing::{fmt_ns, fmt_rate, now_ns, CpuTime, Report};
 
 use crate::bulk::{self, Header, HeaderError};
 use crate::{
     check_file, file_path, fs_kind, open_existing, own_file_checked, page_faults, pread_exact,
-    remove_if_same, rendezvous, show_maps, Map, RingOpts, SyncSink, DEFAULT_BULK_NAME,
-    DEFAULT_NAME, MECHANISM,
+    remove_if_same, show_maps, Map, MapArgs, OpenRing, SyncSink, DEFAULT_BULK_NAME, MECHANISM,
 };
 
 /// Program name, in narration and reports.
@@ -64,13 +63,12 @@ pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
 
+    #[command(flatten)]
+    pub map: MapArgs,
+
     /// Bulk mode (F2, F3): verify the file mmap-writer --bulk filled, through the map.
     #[arg(long)]
     pub bulk: bool,
-
-    /// The file to map [default: RUNTIME_DIR/NAME.map]; the same as the writer's.
-    #[arg(long, value_name = "PATH")]
-    pub path: Option<PathBuf>,
 
     /// Bulk: verify the file a second time with plain read() calls and compare (F3).
     #[arg(long)]
@@ -79,22 +77,6 @@ pub struct Args {
     /// Bulk: leave the file in place after verifying it (to read it again).
     #[arg(long)]
     pub keep: bool,
-
-    /// How a waiting side waits: spin, block (futex), adaptive (spin ~20 us, then futex).
-    #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
-    pub wait: Wait,
-
-    /// Ring bytes per direction, a power of two from 4K to 256M; the same on both sides.
-    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = ring::parse_capacity)]
-    pub capacity: usize,
-
-    /// msync(MS_SYNC) after each Pong (pingpong), timed (F5).
-    #[arg(long)]
-    pub sync: bool,
-
-    /// MAP_POPULATE: fault every page in at mmap time instead of on first touch.
-    #[arg(long)]
-    pub populate: bool,
 }
 
 /// Entry point of the `mmap-reader` binary.
@@ -126,44 +108,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// Ring modes: the same protocol as `shm`, over a mapped file.
 fn run_ring(args: &Args) -> Result<ExitCode> {
     let c = &args.common;
-    if c.mode != Mode::Text {
-        ring::check_size(c.size, args.capacity).map_err(anyhow::Error::msg)?;
-    }
-    let path = file_path(c.name_or(DEFAULT_NAME), args.path.as_deref())?;
-    let rf = rendezvous(&RingOpts {
-        path,
-        role: Role::Reader,
-        capacity: args.capacity,
-        timeout: c.timeout,
-        populate: args.populate,
-    })?;
-    if !c.quiet && c.mode == Mode::Text {
-        show_maps(&rf.path);
-    }
-    let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: rf.flavour.clone(),
-        wait: args.wait.as_str().into(),
-        args: c.clone(),
-        max_payload: rf.region.max_payload(),
-    };
-    // Text mode waits as long as the writer lives (someone may be thinking); the measuring
-    // modes give up after --timeout without a frame.
-    let opts = EndOpts {
-        wait: args.wait,
-        peer_pid: rf.peer_pid,
-        idle_timeout: (c.mode != Mode::Text).then_some(c.timeout),
-    };
+    let OpenRing { rf, setup, opts } = args.map.open_ring(c, Role::Reader, PROGRAM)?;
     narrate!(
         "reading frames from ring 0 of the mapped file: loads from shared pages, no read() calls; waiting ({}) when it is empty",
-        args.wait
+        args.map.wait
     );
     let mut src = rf.region.consumer(Direction::WriterToReader, opts)?;
     let mut sync_note = None;
     let end = if c.mode == Mode::Pingpong {
         let back = rf.region.producer(Direction::ReaderToWriter, opts)?;
-        let mut sink = SyncSink::new(back, args.sync.then(|| rf.map.clone()));
+        let mut sink = SyncSink::new(back, args.map.sync.then(|| rf.map.clone()));
         let end = run_reader(&setup, &mut src, Some(&mut sink))?;
         sync_note = sink.note();
         end
@@ -186,7 +140,7 @@ fn run_ring(args: &Args) -> Result<ExitCode> {
     report.notes.push(format!(
         "ring file {} on {flavour}, {} bytes per direction, {}",
         path.display(),
-        args.capacity,
+        args.map.capacity,
         if created {
             "created here"
         } else {
@@ -200,7 +154,7 @@ fn run_ring(args: &Args) -> Result<ExitCode> {
 /// Bulk mode: wait for a complete file, verify it through the map (and with read()).
 fn run_bulk(args: &Args) -> Result<ExitCode> {
     let c = &args.common;
-    let path = file_path(c.name_or(DEFAULT_BULK_NAME), args.path.as_deref())?;
+    let path = file_path(c.name_or(DEFAULT_BULK_NAME), args.map.path.as_deref())?;
     let deadline = Instant::now() + c.timeout;
 
     // 1. The file, and its completion marker: the writer may still be at work (F2: or it
@@ -214,7 +168,7 @@ fn run_bulk(args: &Args) -> Result<ExitCode> {
     // 2. Map it. Map::open checks the length with fstat first (F7).
     let len = usize::try_from(header.file_len())
         .context("the file does not fit the address space (F6)")?;
-    let map = Map::open(&file, &path, len, args.populate)?;
+    let map = Map::open(&file, &path, len, args.map.populate)?;
     // The Acquire load that pairs with the writer's Release store of the marker: after it,
     // every block the writer stored is visible through our map.
     if map.load_u32_acquire(bulk::STATE_OFFSET)? != bulk::STATE_COMPLETE {

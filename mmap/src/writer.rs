@@ -36,23 +36,22 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::cli::{CommonArgs, Mode};
 use common::narrate;
-use common::protocol::{conclude, run_writer, Setup, WriterEnd};
-use common::ring::{self, Consumer, Direction, EndOpts, Role, Wait};
+use common::protocol::{conclude, run_writer, WriterEnd};
+use common::ring::{self, Consumer, Direction, Role};
 use common::timing::{fmt_ns, fmt_rate, now_ns, CpuTime, Report};
 
 use crate::bulk::{self, Header, HeaderError};
 use crate::{
     address_space_facts, check_file, create_file, dirty_kib, ensure_room, explain_sigbus,
-    file_path, fs_kind, open_existing, page_faults, pread_exact, rendezvous, show_maps,
-    truncate_while_mapped, Map, RingOpts, SyncSink, WatchPeer, DEFAULT_BULK_NAME, DEFAULT_NAME,
-    MECHANISM,
+    file_path, fs_kind, open_existing, page_faults, pread_exact, show_maps, truncate_while_mapped,
+    Map, MapArgs, OpenRing, SyncSink, WatchPeer, DEFAULT_BULK_NAME, MECHANISM,
 };
 
 /// Program name, in narration and reports.
@@ -69,33 +68,16 @@ pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
 
+    #[command(flatten)]
+    pub map: MapArgs,
+
     /// Bulk mode (F2, F3): fill --file-size bytes through the map, then exit; the data stays.
     #[arg(long)]
     pub bulk: bool,
 
-    /// The file to map [default: RUNTIME_DIR/NAME.map]; e.g. /dev/shm/x.map (tmpfs) or /var/tmp/x.map (disk).
-    #[arg(long, value_name = "PATH")]
-    pub path: Option<PathBuf>,
-
     /// Bulk: bytes of data, 4K to 1T, a multiple of 4096; K, M, G suffixes.
     #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = bulk::parse_file_size)]
     pub file_size: u64,
-
-    /// How a waiting side waits: spin, block (futex), adaptive (spin ~20 us, then futex).
-    #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
-    pub wait: Wait,
-
-    /// Ring bytes per direction, a power of two from 4K to 256M; the same on both sides.
-    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = ring::parse_capacity)]
-    pub capacity: usize,
-
-    /// msync(MS_SYNC) after each publish (ring) or after filling (bulk), timed (F5).
-    #[arg(long)]
-    pub sync: bool,
-
-    /// MAP_POPULATE: fault every page in at mmap time instead of on first touch.
-    #[arg(long)]
-    pub populate: bool,
 
     /// F7: truncate a mapped file in a child process and touch past the new end (SIGBUS).
     #[arg(long)]
@@ -133,44 +115,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// Ring modes: the same protocol as `shm`, over a mapped file.
 fn run_ring(args: &Args) -> Result<ExitCode> {
     let c = &args.common;
-    // Flags are checked before any file exists: the frame must fit half the ring.
-    if c.mode != Mode::Text {
-        ring::check_size(c.size, args.capacity).map_err(anyhow::Error::msg)?;
-    }
-    let path = file_path(c.name_or(DEFAULT_NAME), args.path.as_deref())?;
-    let rf = rendezvous(&RingOpts {
-        path,
-        role: Role::Writer,
-        capacity: args.capacity,
-        timeout: c.timeout,
-        populate: args.populate,
-    })?;
-    let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: rf.flavour.clone(),
-        wait: args.wait.as_str().into(),
-        args: c.clone(),
-        max_payload: rf.region.max_payload(),
-    };
-    if !c.quiet && c.mode == Mode::Text {
-        show_maps(&rf.path);
-    }
-    // How each end waits: text mode waits as long as the peer lives (a person is typing);
-    // the measuring modes also give up after --timeout without progress.
-    let opts = EndOpts {
-        wait: args.wait,
-        peer_pid: rf.peer_pid,
-        idle_timeout: (c.mode != Mode::Text).then_some(c.timeout),
-    };
+    let OpenRing { rf, setup, opts } = args.map.open_ring(c, Role::Writer, PROGRAM)?;
     let producer = rf.region.producer(Direction::WriterToReader, opts)?;
-    let mut sink = SyncSink::new(producer, args.sync.then(|| rf.map.clone()));
-    if args.sync {
+    let mut sink = SyncSink::new(producer, args.map.sync.then(|| rf.map.clone()));
+    if args.map.sync {
         narrate!("--sync: msync(MS_SYNC) after every frame; the reader does not need it to see the data (F5)");
     }
     narrate!(
         "writing frames into ring 0 of the mapped file: plain stores, no write() calls; when the ring is full, waiting ({}) for the reader to consume{}",
-        args.wait,
+        args.map.wait,
         if c.mode == Mode::Pingpong { "; each Pong comes back through ring 1" } else { "" }
     );
     let mut stdin = io::stdin().lock();
@@ -202,7 +155,7 @@ fn run_ring(args: &Args) -> Result<ExitCode> {
         "ring file {} on {}, {} bytes per direction, {}",
         rf.path.display(),
         rf.flavour,
-        args.capacity,
+        args.map.capacity,
         if rf.created {
             "created here"
         } else {
@@ -216,7 +169,7 @@ fn run_ring(args: &Args) -> Result<ExitCode> {
 /// Bulk mode (F2, F3): fill a file through the map, mark it complete, exit.
 fn run_bulk(args: &Args) -> Result<ExitCode> {
     let c = &args.common;
-    let path = file_path(c.name_or(DEFAULT_BULK_NAME), args.path.as_deref())?;
+    let path = file_path(c.name_or(DEFAULT_BULK_NAME), args.map.path.as_deref())?;
     let data_len = args.file_size;
     let file_len = bulk::HEADER_LEN as u64 + data_len;
     // F6: the whole file is mapped at once, so it must fit the address space.
@@ -228,13 +181,13 @@ fn run_bulk(args: &Args) -> Result<ExitCode> {
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_room(dir, file_len)?;
-    clear_old_bulk_file(&path, args.path.is_some())?;
+    clear_old_bulk_file(&path, args.map.path.is_some())?;
 
     // open(O_EXCL, 0600) + ftruncate: sized before mapping (F7).
     let (file, owned) = create_file(&path, file_len)?;
     check_file(&file, &path)?;
     let flavour = fs_kind(&file);
-    let map = Map::create(&file, &path, map_len, args.populate)?;
+    let map = Map::create(&file, &path, map_len, args.map.populate)?;
     let mut header = Header {
         state: bulk::STATE_WRITING,
         writer_pid: std::process::id() as i32,
@@ -290,7 +243,7 @@ fn run_bulk(args: &Args) -> Result<ExitCode> {
         narrate!("{line}");
         notes.push(line);
     }
-    if args.sync {
+    if args.map.sync {
         narrate!("msync(MS_SYNC): waits until every dirty page of the map is written to the file's storage (F5)");
         let t = now_ns();
         map.sync()?;
@@ -334,7 +287,7 @@ fn run_bulk(args: &Args) -> Result<ExitCode> {
 
 /// The flags a reader needs to find the same file.
 fn reader_hint(args: &Args) -> String {
-    match (&args.path, &args.common.name) {
+    match (&args.map.path, &args.common.name) {
         (Some(p), _) => format!(" --path {}", p.display()),
         (None, Some(n)) => format!(" --name {n}"),
         (None, None) => String::new(),
@@ -389,7 +342,7 @@ fn clear_old_bulk_file(path: &Path, explicit: bool) -> Result<()> {
 
 /// F7, shown: ftruncate of a mapped file succeeds; touching past the new end is SIGBUS.
 fn demo_truncate(args: &Args) -> Result<ExitCode> {
-    let dir = match &args.path {
+    let dir = match &args.map.path {
         Some(p) => p.parent().unwrap_or(Path::new(".")).to_path_buf(),
         None => common::runtime::runtime_dir()?,
     };
