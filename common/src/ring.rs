@@ -1297,23 +1297,9 @@ unsafe fn futex_wake(word: *const u32) {
     };
 }
 
-/// Whether process `pid` is gone: no such process, or a zombie (it has exited and only
-/// waits for its parent to collect the status; `kill(pid, 0)` still succeeds on it).
+/// Whether process `pid` is gone: no such process, or a zombie (see [`crate::peer::alive`]).
 pub fn peer_gone(pid: i32) -> bool {
-    if !crate::peer::alive(pid) {
-        return true;
-    }
-    // /proc/<pid>/stat: "pid (comm) S ...": the state letter follows the last ')'.
-    match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let after = stat
-                .iter()
-                .rposition(|&b| b == b')')
-                .and_then(|i| stat.get(i + 2));
-            matches!(after, Some(b'Z' | b'X'))
-        }
-        Err(_) => false,
-    }
+    !crate::peer::alive(pid)
 }
 
 /// One waiting episode's bookkeeping.
