@@ -12,9 +12,10 @@ bl=$(mktemp -d /tmp/ipc-study-baselines.XXXXXX)
 rt=$(mktemp -d /tmp/ipc-study-compare.XXXXXX)
 trap 'rm -rf "$bl" "$rt"' EXIT
 cp "$src"/*.c "$src"/*.h "$src"/Makefile "$bl"/ && make -s -C "$bl" >/dev/null
-cargo build --release --workspace --quiet
+# BIN=DIR compares other release binaries (say, a build of an earlier commit).
+if [ -z "${BIN:-}" ]; then cargo build --release --workspace --quiet; fi
 export IPC_STUDY_DIR="$rt"
-B=target/release
+B=${BIN:-target/release}
 
 report() { # role label: print the report of that role from stdin
   python3 -c "

@@ -44,7 +44,7 @@ pub struct Case {
 }
 
 impl Case {
-    /// "pipe spawn blocking pingpong 64 B", for progress and errors.
+    /// "pipe spawn block pingpong 64 B", for progress and errors.
     pub fn label(&self) -> String {
         format!(
             "{} {} {} {} {} B",
@@ -118,7 +118,7 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
             }
             vec![base(
                 "spawn",
-                "blocking",
+                "block",
                 bytes_floor(FloorKind::Futex),
                 vec![Launch {
                     program: "pipe-writer",
@@ -143,7 +143,7 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
                 };
                 let mut c = base(
                     flavour,
-                    "blocking",
+                    "block",
                     bytes_floor(FloorKind::Futex),
                     vec![
                         Launch {
@@ -171,7 +171,7 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
             }
             vec![base(
                 "fifo",
-                "blocking",
+                "block",
                 bytes_floor(FloorKind::Futex),
                 vec![
                     Launch {
@@ -198,7 +198,7 @@ pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64
                 };
                 out.push(base(
                     flavour,
-                    "blocking",
+                    "block",
                     bytes_floor(FloorKind::Futex),
                     vec![
                         Launch {

@@ -7,7 +7,8 @@
 //!
 //! How a figure is made: the runner starts itself twice, as `bench __role --pin 0
 //! pipe-writer ...` and `bench __role --pin 1 pipe-reader ...` (see [`roles`]); each child
-//! pins itself to one CPU and calls that program's own `main_from`, which prints its
+//! pins itself to one CPU and runs that program's own `run` (through `common::cli::start`,
+//! as the binaries do), which prints its
 //! `--json` report. So every figure is between two real processes running exactly the code
 //! a learner runs, and the runner itself is never inside a timed loop.
 //!

@@ -1,6 +1,7 @@
 //! The bench spawns itself as each writer and reader: `bench __role [--pin CPU] PROGRAM ARGS`.
 //!
-//! The child pins itself to a CPU and calls the program's own `main_from`, so every figure
+//! The child pins itself to a CPU and runs the program's own `run` through
+//! `common::cli::start`, the same entry the binaries use, so every figure
 //! comes from exactly the code a learner runs as `pipe-writer` or `shm-reader`, between two
 //! real processes, and `cargo run --release -p bench` needs no other build step.
 
@@ -16,18 +17,18 @@ type Entry = fn(Vec<OsString>) -> ExitCode;
 
 /// Every program the bench can run, by its binary name.
 pub const PROGRAMS: &[(&str, Entry)] = &[
-    ("pipe-writer", |a| pipe::writer::main_from(a)),
-    ("pipe-reader", |a| pipe::reader::main_from(a)),
-    ("named-pipe-writer", |a| named_pipe::writer::main_from(a)),
-    ("named-pipe-reader", |a| named_pipe::reader::main_from(a)),
-    ("msgqueue-writer", |a| msgqueue::writer::main_from(a)),
-    ("msgqueue-reader", |a| msgqueue::reader::main_from(a)),
-    ("shm-writer", |a| shm::writer::main_from(a)),
-    ("shm-reader", |a| shm::reader::main_from(a)),
-    ("mmap-writer", |a| mmap::writer::main_from(a)),
-    ("mmap-reader", |a| mmap::reader::main_from(a)),
-    ("socket-writer", |a| socket::writer::main_from(a)),
-    ("socket-reader", |a| socket::reader::main_from(a)),
+    ("pipe-writer", |a| common::cli::start(a, pipe::writer::run)),
+    ("pipe-reader", |a| common::cli::start(a, pipe::reader::run)),
+    ("named-pipe-writer", |a| common::cli::start(a, named_pipe::writer::run)),
+    ("named-pipe-reader", |a| common::cli::start(a, named_pipe::reader::run)),
+    ("msgqueue-writer", |a| common::cli::start(a, msgqueue::writer::run)),
+    ("msgqueue-reader", |a| common::cli::start(a, msgqueue::reader::run)),
+    ("shm-writer", |a| common::cli::start(a, shm::writer::run)),
+    ("shm-reader", |a| common::cli::start(a, shm::reader::run)),
+    ("mmap-writer", |a| common::cli::start(a, mmap::writer::run)),
+    ("mmap-reader", |a| common::cli::start(a, mmap::reader::run)),
+    ("socket-writer", |a| common::cli::start(a, socket::writer::run)),
+    ("socket-reader", |a| common::cli::start(a, socket::reader::run)),
 ];
 
 /// Whether a program is known to this build.

@@ -201,6 +201,38 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A program of a pair: a clap command line that includes the common flags.
+pub trait Program: clap::Parser {
+    /// The shared flags.
+    fn common(&self) -> &CommonArgs;
+}
+
+/// The entry point of every writer and reader: parses `argv` (a bad flag value is printed
+/// by clap with the flag and its limit, exit status 2), then runs the program as
+/// [`run_main`] does. The binaries call it with `std::env::args_os()`, the `bench` runner
+/// with its own argument list:
+///
+/// ```no_run
+/// # use std::process::ExitCode;
+/// # #[derive(clap::Parser)] struct Args { #[command(flatten)] common: common::cli::CommonArgs }
+/// # impl common::cli::Program for Args { fn common(&self) -> &common::cli::CommonArgs { &self.common } }
+/// # fn run(_: Args) -> anyhow::Result<ExitCode> { Ok(ExitCode::SUCCESS) }
+/// fn main() -> ExitCode {
+///     common::cli::start(std::env::args_os(), run)
+/// }
+/// ```
+pub fn start<A, I, T>(argv: I, run: fn(A) -> anyhow::Result<ExitCode>) -> ExitCode
+where
+    A: Program,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = A::parse_from(argv);
+    let name = A::command().get_name().to_string();
+    let quiet = args.common().quiet;
+    run_main(&name, quiet, || run(args))
+}
+
 /// Runs a program's body: narration set up, the signal thread started, and an error
 /// printed as `[program pid] error: what failed: why` with exit status 1.
 pub fn run_main(

@@ -24,10 +24,9 @@
 //!
 //! The decoder ([`decode`]) is total: any byte string gives a frame, "need more bytes" or
 //! a [`FrameError`], never a panic, and a length above the caller's limit is refused before
-//! anything is allocated for it. [`FrameReader`] and [`write_frame`] use it on byte streams.
+//! anything is allocated for it. [`Reassembler`] uses it to find frames in a byte stream.
 
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
 
 /// `b"IPCS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"IPCS");
@@ -139,8 +138,6 @@ pub enum FrameError {
     },
     /// The payload given to the encoder is larger than the caller's buffer or the format.
     PayloadTooLarge { len: usize, max: usize },
-    /// The system call under a stream read or write failed.
-    Io(io::Error),
 }
 
 impl fmt::Display for FrameError {
@@ -178,29 +175,25 @@ impl fmt::Display for FrameError {
                 f,
                 "payload of {len} bytes does not fit: the limit is {max} bytes"
             ),
-            FrameError::Io(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl std::error::Error for FrameError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            FrameError::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<io::Error> for FrameError {
-    fn from(e: io::Error) -> Self {
-        FrameError::Io(e)
-    }
-}
+impl std::error::Error for FrameError {}
 
 /// Builds the 40 header bytes for `payload`, checksum included.
 ///
 /// Fails only when the payload is longer than [`MAX_PAYLOAD`] (the format's own ceiling).
+///
+/// ```
+/// use common::frame::{decode, encode_header, Decoded, Fields, Kind, HEADER_LEN};
+/// let f = Fields { kind: Kind::Ping, flags: 0, nonce: 0xabc, seq: 3, sent_ns: 42 };
+/// let header = encode_header(f, b"hi").unwrap();
+/// assert_eq!(&header[..4], b"IPCS");
+/// let wire = [&header[..], b"hi"].concat();
+/// let Decoded::Frame { header: h, total } = decode(&wire, 1024).unwrap() else { panic!() };
+/// assert_eq!((h.kind, h.seq, h.sent_ns, total), (Kind::Ping, 3, 42, HEADER_LEN + 2));
+/// ```
 pub fn encode_header(fields: Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN], FrameError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(FrameError::PayloadTooLarge {
@@ -362,153 +355,122 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<Decoded, FrameError> {
     Ok(Decoded::Frame { header, total })
 }
 
-/// Writes one frame to a byte stream: header and payload leave in one `writev(2)`.
+/// Finds whole frames in the bytes of a stream: the reassembly a byte stream needs (K5).
 ///
-/// A stream may take fewer bytes than offered (a pipe with less room, a socket buffer);
-/// the loop continues from where the kernel stopped, so the frame is never split by
-/// another writer's data and never resent in part.
-pub fn write_frame<W: Write + ?Sized>(
-    w: &mut W,
-    header: &[u8; HEADER_LEN],
-    payload: &[u8],
-) -> io::Result<()> {
-    let mut bufs = [IoSlice::new(header), IoSlice::new(payload)];
-    let mut slices: &mut [IoSlice<'_>] = &mut bufs;
-    if payload.is_empty() {
-        slices = &mut slices[..1];
-    }
-    while !slices.is_empty() {
-        match w.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// What the next read from a byte stream produced.
-#[derive(Debug)]
-pub enum StreamEvent<'a> {
-    /// A whole, checked frame; the payload borrows the reader's buffer until the next call.
-    Frame { header: Header, payload: &'a [u8] },
-    /// The stream ended cleanly between two frames.
-    Eof,
-    /// The stream ended inside a frame: `have` of the `need` bytes it announced arrived.
-    EofMidFrame { have: usize, need: usize },
-}
-
-/// Reads frames from a byte stream with as few `read(2)` calls as possible.
-///
-/// Each `read` asks for as much as the buffer has room for, so many small frames that
-/// arrived together come out of one system call, and a large frame that arrives in pieces
-/// is reassembled (claim K5). The buffer grows only to fit one frame whose header passed
+/// It does no I/O. The caller reads into [`Reassembler::spare`] (one `read(2)` asking for
+/// as much as there is room for), reports the count with [`Reassembler::filled`], and takes
+/// the frames that became whole with [`Reassembler::next_frame`]. So many small frames
+/// that arrived together come out of one system call, and a large frame that arrives in
+/// pieces is put back together. The buffer grows only to fit one frame whose header passed
 /// the length check, so memory is bounded by the limit, not by the message count.
-pub struct FrameReader<R> {
-    /// The byte stream.
-    inner: R,
-    /// Receive buffer; bytes `start..end` are received but not yet returned.
+///
+/// ```
+/// use common::frame::{encode_into, Fields, Kind, Reassembler, HEADER_LEN};
+/// let mut wire = vec![0; HEADER_LEN + 5];
+/// let f = Fields { kind: Kind::Data, flags: 0, nonce: 1, seq: 0, sent_ns: 0 };
+/// encode_into(f, b"hello", &mut wire).unwrap();
+/// let mut frames = Reassembler::new(1 << 20);
+/// for piece in wire.chunks(7) {
+///     // stands for read(2) returning 7 bytes at a time
+///     frames.spare()[..piece.len()].copy_from_slice(piece);
+///     frames.filled(piece.len());
+/// }
+/// let (header, payload) = frames.next_frame().unwrap().unwrap();
+/// assert_eq!((header.seq, payload), (0, &b"hello"[..]));
+/// assert!(frames.next_frame().unwrap().is_none() && frames.cut().is_none());
+/// ```
+#[derive(Debug)]
+pub struct Reassembler {
+    /// Receive buffer; bytes `start..end` are received but not yet handed out.
     buf: Vec<u8>,
     /// First byte not yet handed out.
     start: usize,
     /// One past the last byte received.
     end: usize,
+    /// Bytes the frame at `start` needs in all (header, or header + payload), once known.
+    need: usize,
     /// Largest payload accepted; longer frames are refused before the buffer grows.
     max_payload: usize,
-    /// Number of `read` calls that returned data, for showing K5 (`--show-reads`).
+    /// Reads that brought data, for showing K5 (`--show-reads`).
     reads: u64,
 }
 
 /// Default receive buffer: large enough that one read drains a full 1 MiB pipe.
 pub const DEFAULT_READ_BUFFER: usize = 1 << 20;
 
-impl<R: Read> FrameReader<R> {
-    /// A reader with the default buffer size.
-    pub fn new(inner: R, max_payload: usize) -> Self {
-        Self::with_capacity(inner, max_payload, DEFAULT_READ_BUFFER)
+impl Reassembler {
+    /// A reassembler with the default buffer size.
+    pub fn new(max_payload: usize) -> Self {
+        Self::with_capacity(max_payload, DEFAULT_READ_BUFFER)
     }
 
-    /// A reader whose buffer starts at `capacity` bytes (at least one header).
-    pub fn with_capacity(inner: R, max_payload: usize, capacity: usize) -> Self {
-        FrameReader {
-            inner,
+    /// A reassembler whose buffer starts at `capacity` bytes (at least one header).
+    pub fn with_capacity(max_payload: usize, capacity: usize) -> Self {
+        Reassembler {
             buf: vec![0; capacity.max(HEADER_LEN)],
             start: 0,
             end: 0,
+            need: HEADER_LEN,
             max_payload: max_payload.min(MAX_PAYLOAD),
             reads: 0,
         }
     }
 
-    /// How many `read` calls returned data so far.
-    pub fn reads(&self) -> u64 {
-        self.reads
-    }
-
-    /// The underlying stream (to write the way back on a two-way socket, for instance).
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    /// Returns the next frame, reading from the stream only when the buffer has none.
-    pub fn next_frame(&mut self) -> Result<StreamEvent<'_>, FrameError> {
-        loop {
-            match decode(&self.buf[self.start..self.end], self.max_payload)? {
-                Decoded::Frame { header, total } => {
-                    let at = self.start;
-                    self.start += total;
-                    if self.start == self.end {
-                        // Empty buffer: the next read can use all of it.
-                        self.start = 0;
-                        self.end = 0;
-                    }
-                    let payload = &self.buf[at + HEADER_LEN..at + total];
-                    return Ok(StreamEvent::Frame { header, payload });
+    /// The next whole, checked frame among the bytes received, or `None` until more
+    /// arrive. A bad frame (magic, version, length over the limit, checksum) is an error.
+    pub fn next_frame(&mut self) -> Result<Option<(Header, &[u8])>, FrameError> {
+        match decode(&self.buf[self.start..self.end], self.max_payload)? {
+            Decoded::Frame { header, total } => {
+                let at = self.start;
+                self.start += total;
+                self.need = HEADER_LEN;
+                if self.start == self.end {
+                    // Nothing left: the next read can use the whole buffer.
+                    self.start = 0;
+                    self.end = 0;
                 }
-                Decoded::NeedMore { total } => {
-                    if !self.fill(total)? {
-                        let have = self.end - self.start;
-                        return Ok(if have == 0 {
-                            StreamEvent::Eof
-                        } else {
-                            StreamEvent::EofMidFrame { have, need: total }
-                        });
-                    }
-                }
+                Ok(Some((header, &self.buf[at + HEADER_LEN..at + total])))
+            }
+            Decoded::NeedMore { total } => {
+                self.need = total;
+                Ok(None)
             }
         }
     }
 
-    /// Makes room for a frame of `total` bytes and reads once. `Ok(false)` at end of stream.
-    fn fill(&mut self, total: usize) -> io::Result<bool> {
-        if self.start + total > self.buf.len() {
-            // The frame would run past the end: move its first bytes to the front.
+    /// Room for the next read: at least the rest of the frame in progress. The bytes of
+    /// that frame are moved to the front first when it would run past the end, and the
+    /// buffer grows only for a frame whose length passed the check in `decode_header`.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start + self.need > self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if total > self.buf.len() {
-                // `total` passed the length check in `decode_header`, so this is bounded.
-                self.buf.resize(total, 0);
+            if self.need > self.buf.len() {
+                self.buf.resize(self.need, 0);
             }
         }
-        loop {
-            match self.inner.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    self.end += n;
-                    self.reads += 1;
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into [`Reassembler::spare`].
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+        if n > 0 {
+            self.reads += 1;
         }
+    }
+
+    /// At end of stream: `None` if it ended between frames, else `Some((have, need))`,
+    /// the bytes of the unfinished frame and how many it announced.
+    pub fn cut(&self) -> Option<(usize, usize)> {
+        let have = self.end - self.start;
+        (have > 0).then_some((have, self.need.max(have)))
+    }
+
+    /// How many reads brought data so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 }
 
@@ -661,17 +623,31 @@ mod tests {
         ));
     }
 
-    /// A reader that hands out `chunk` bytes per read, to cut frames at every place.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        chunk: usize,
+    /// What a stream gave: the driver below stands for a program's read loop.
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Frame(Header, Vec<u8>),
+        Eof,
+        EofMidFrame { have: usize, need: usize },
     }
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let n = self.chunk.min(out.len()).min(self.data.len());
-            out[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
+
+    /// Reads from `data` at most `chunk` bytes per "read(2)" until a frame is whole.
+    fn next(r: &mut Reassembler, data: &mut &[u8], chunk: usize) -> Result<Got, FrameError> {
+        loop {
+            if let Some((h, p)) = r.next_frame()? {
+                return Ok(Got::Frame(h, p.to_vec()));
+            }
+            let spare = r.spare();
+            let n = chunk.min(spare.len()).min(data.len());
+            spare[..n].copy_from_slice(&data[..n]);
+            *data = &data[n..];
+            if n == 0 {
+                return Ok(match r.cut() {
+                    None => Got::Eof,
+                    Some((have, need)) => Got::EofMidFrame { have, need },
+                });
+            }
+            r.filled(n);
         }
     }
 
@@ -679,8 +655,8 @@ mod tests {
     fn oversize_length_fails_before_the_buffer_grows() {
         let mut b = frame(Kind::Data, 0, b"x");
         b[32..36].copy_from_slice(&u32::MAX.to_le_bytes()); // claims 4 GiB
-        let mut r = FrameReader::with_capacity(&b[..], 1024, 4096);
-        match r.next_frame() {
+        let mut r = Reassembler::with_capacity(1024, 4096);
+        match next(&mut r, &mut &b[..], usize::MAX) {
             Err(FrameError::TooLong { len, max: 1024 }) => assert_eq!(len, u32::MAX as u64),
             other => panic!("expected TooLong, got {other:?}"),
         }
@@ -694,13 +670,20 @@ mod tests {
     #[test]
     fn stream_end_inside_a_frame_is_reported_as_such() {
         let b = frame(Kind::Data, 0, &[1; 100]);
-        let mut r = FrameReader::new(&b[..70], MAX_PAYLOAD);
-        match r.next_frame().unwrap() {
-            StreamEvent::EofMidFrame { have: 70, need } => assert_eq!(need, HEADER_LEN + 100),
+        let mut r = Reassembler::new(MAX_PAYLOAD);
+        match next(&mut r, &mut &b[..70], usize::MAX).unwrap() {
+            Got::EofMidFrame { have: 70, need } => assert_eq!(need, HEADER_LEN + 100),
             other => panic!("expected EofMidFrame, got {other:?}"),
         }
-        let mut r = FrameReader::new(&b[..0], MAX_PAYLOAD);
-        assert!(matches!(r.next_frame().unwrap(), StreamEvent::Eof));
+        let mut r = Reassembler::new(MAX_PAYLOAD);
+        match next(&mut r, &mut &b[..20], usize::MAX).unwrap() {
+            Got::EofMidFrame { have: 20, need } => {
+                assert_eq!(need, HEADER_LEN, "the header is not whole")
+            }
+            other => panic!("expected EofMidFrame, got {other:?}"),
+        }
+        let mut r = Reassembler::new(MAX_PAYLOAD);
+        assert_eq!(next(&mut r, &mut &b[..0], usize::MAX).unwrap(), Got::Eof);
     }
 
     #[test]
@@ -709,10 +692,11 @@ mod tests {
         for seq in 0..50 {
             wire.extend(frame(Kind::Data, seq, &seq.to_le_bytes()));
         }
-        let mut r = FrameReader::new(&wire[..], MAX_PAYLOAD);
+        let mut r = Reassembler::new(MAX_PAYLOAD);
+        let mut data = &wire[..];
         for seq in 0..50u64 {
-            match r.next_frame().unwrap() {
-                StreamEvent::Frame { header, payload } => {
+            match next(&mut r, &mut data, usize::MAX).unwrap() {
+                Got::Frame(header, payload) => {
                     assert_eq!(header.seq, seq);
                     assert_eq!(payload, seq.to_le_bytes());
                 }
@@ -722,23 +706,15 @@ mod tests {
         assert_eq!(r.reads(), 1);
     }
 
-    #[test]
-    fn write_frame_puts_header_and_payload_back_to_back() {
-        let payload = vec![0xab; 1000];
-        let h = encode_header(fields(Kind::Data, 4), &payload).unwrap();
-        let mut out = Vec::new();
-        write_frame(&mut out, &h, &payload).unwrap();
-        assert_eq!(out, frame(Kind::Data, 4, &payload));
-    }
-
     proptest! {
         #[test]
         fn decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..300) {
             let _ = decode(&bytes, max);
-            let mut r = FrameReader::with_capacity(&bytes[..], max, 64);
+            let mut r = Reassembler::with_capacity(max, 64);
+            let mut data = &bytes[..];
             for _ in 0..10 {
-                match r.next_frame() {
-                    Ok(StreamEvent::Frame { .. }) => continue,
+                match next(&mut r, &mut data, 17) {
+                    Ok(Got::Frame(..)) => continue,
                     _ => break,
                 }
             }
@@ -754,17 +730,18 @@ mod tests {
             for (i, p) in payloads.iter().enumerate() {
                 wire.extend(frame(Kind::Data, i as u64, p));
             }
-            let mut r = FrameReader::with_capacity(Trickle { data: &wire, chunk }, MAX_PAYLOAD, cap);
+            let mut r = Reassembler::with_capacity(MAX_PAYLOAD, cap);
+            let mut data = &wire[..];
             for (i, p) in payloads.iter().enumerate() {
-                match r.next_frame().unwrap() {
-                    StreamEvent::Frame { header, payload } => {
+                match next(&mut r, &mut data, chunk).unwrap() {
+                    Got::Frame(header, payload) => {
                         prop_assert_eq!(header.seq, i as u64);
-                        prop_assert_eq!(payload, &p[..]);
+                        prop_assert_eq!(&payload[..], &p[..]);
                     }
                     other => prop_assert!(false, "expected frame {}, got {:?}", i, other),
                 }
             }
-            prop_assert!(matches!(r.next_frame().unwrap(), StreamEvent::Eof));
+            prop_assert_eq!(next(&mut r, &mut data, chunk).unwrap(), Got::Eof);
         }
 
         #[test]

@@ -1,35 +1,39 @@
 //! # common: what every ipc-study pair shares
 //!
 //! Six mechanisms, one set of rules. A writer and a reader of any mechanism exchange the
-//! same [`frame`]s, run the same three modes from [`protocol`], print the same
+//! same [`frame`]s, run the same three modes from [`session`], print the same
 //! [`timing::Report`], take the same flags from [`cli`], meet in the same [`runtime`]
 //! directory and clean up through the same [`cleanup`] registry. So when the `bench`
 //! runner puts a pipe next to shared memory, the only difference is the mechanism.
 //!
 //! | module       | what it holds                                                                |
 //! |--------------|------------------------------------------------------------------------------|
-//! | [`frame`]    | the 40-byte header, encoder, total decoder, `write_frame` and `FrameReader`  |
-//! | [`protocol`] | text, stream and pingpong over a `FrameSink`/`FrameSource`; verification     |
+//! | [`frame`]    | the 40-byte header, encoder, total decoder, the stream `Reassembler`         |
+//! | [`setup`]    | who runs: role, mechanism, flavour, wait strategy, the flags                 |
+//! | [`session`]  | text, stream and pingpong as state machines that do no I/O; verification     |
+//! | [`stream`]   | byte streams: `writev` of a frame, `read` into the reassembler, pipe sizes   |
 //! | [`timing`]   | CLOCK_MONOTONIC, HDR latency histogram, CPU time, the `Report`               |
-//! | [`cli`]      | the shared flags and their limits; `run_main`                                |
+//! | [`cli`]      | the shared flags and their limits; `start`, every program's entry point      |
 //! | [`runtime`]  | the private runtime directory and kernel object names                        |
 //! | [`cleanup`]  | the registry of owned objects and the Ctrl-C/SIGTERM thread                  |
-//! | [`narrate`]  | `narrate!` and `warn!`: what a learner reads on stderr                       |
+//! | [`narrate`](mod@narrate) | `narrate!` and `warn!`: what a learner reads on stderr                       |
 //! | [`peer`]     | is the peer process still alive?                                             |
 //! | `testing`    | (feature `testing`) running the real binaries in tests, under a deadline      |
 //! | [`ring`]     | the SPSC ring of frames over shared memory (`shm`, `mmap`): layout, waiting  |
 //!
 //! Read a pair in this order: the mechanism's `lib.rs` (how the two ends find each other),
-//! its `writer.rs` and `reader.rs` (the system calls, top to bottom), then [`protocol`]
-//! (what travels once they are connected).
+//! its `writer.rs` and `reader.rs` (the system calls, top to bottom, and the loop that
+//! moves the messages), then [`session`] (what the frames say and how they are checked).
 
 pub mod cleanup;
 pub mod cli;
 pub mod frame;
 pub mod narrate;
-pub mod protocol;
 pub mod ring;
 pub mod runtime;
+pub mod session;
+pub mod setup;
+pub mod stream;
 pub mod timing;
 
 #[cfg(feature = "testing")]

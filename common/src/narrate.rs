@@ -30,7 +30,7 @@ pub fn prefix() -> String {
     format!("[{name} {}]", std::process::id())
 }
 
-/// Prints one narration line unless `--quiet`. Use the [`narrate!`](crate::narrate) macro.
+/// Prints one narration line unless `--quiet`. Use the [`narrate!`](macro@crate::narrate) macro.
 pub fn line(msg: std::fmt::Arguments<'_>) {
     if !quiet() {
         eprintln!("{} {msg}", prefix());

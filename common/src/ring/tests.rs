@@ -1,0 +1,569 @@
+//! The ring over a heap buffer standing in for a mapping, and adversarial regions.
+
+use super::*;
+use crate::frame::{self, HEADER_LEN};
+use crate::frame::{encode_header, Fields, Kind};
+use crate::timing::now_ns;
+use proptest::prelude::*;
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr;
+use std::sync::atomic::AtomicU64;
+
+/// A page-aligned zeroed heap buffer standing in for a mapping.
+struct Buf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+// SAFETY: a plain heap allocation owned by this value; the ring accesses it through
+// atomics and SPSC-partitioned copies only.
+unsafe impl Send for Buf {}
+// SAFETY: as above.
+unsafe impl Sync for Buf {}
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `region` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+fn region(cap: usize) -> (Region, *mut u8) {
+    let layout = Layout::from_size_align(region_len(cap), 4096).unwrap();
+    // SAFETY: non-zero size.
+    let ptr = unsafe { alloc_zeroed(layout) };
+    assert!(!ptr.is_null());
+    let buf = Buf { ptr, layout };
+    // SAFETY: the buffer is region_len(cap) bytes, lives as long as the Region (keeper),
+    // and no reference to it exists.
+    let r = unsafe { Region::from_raw(ptr, region_len(cap), cap, buf) }.unwrap();
+    (r, ptr)
+}
+
+fn opts(wait: Wait) -> EndOpts {
+    EndOpts {
+        wait,
+        peer_pid: std::process::id() as i32,
+        idle_timeout: Some(Duration::from_secs(20)),
+    }
+}
+
+fn hdr(kind: Kind, seq: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
+    encode_header(
+        Fields {
+            kind,
+            flags: 0,
+            nonce: 7,
+            seq,
+            sent_ns: 0,
+        },
+        payload,
+    )
+    .unwrap()
+}
+
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64 ^ seq) as u8).collect()
+}
+
+/// Writes `v` at byte `off` of the region, as a hostile peer would.
+fn poke_u64(base: *mut u8, off: usize, v: u64) {
+    // SAFETY: tests only poke offsets inside the region, 8-aligned, through an atomic.
+    unsafe { (*base.add(off).cast::<AtomicU64>()).store(v, Ordering::SeqCst) }
+}
+
+#[test]
+fn layout_offsets_match_the_table() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 0xfeed);
+    // SAFETY: reading 8-aligned words inside the region through atomics.
+    let at = |off: usize| unsafe { (*base.add(off).cast::<AtomicU64>()).load(Ordering::SeqCst) };
+    assert_eq!(at(offsets::MAGIC).to_le_bytes(), *b"IPCSRING");
+    assert_eq!(at(8), 1 | (1 << 32), "version 1, ready 1");
+    assert_eq!(at(offsets::CAPACITY), 4096);
+    assert_eq!(at(24), region_len(4096) as u64);
+    assert_eq!(at(32), 0xfeed);
+    assert_eq!(at(offsets::CREATOR_PID) as u32, std::process::id());
+    assert_eq!(at(48) as u32, Role::Writer as u32);
+    let mut p = r
+        .producer(Direction::ReaderToWriter, opts(Wait::Spin))
+        .unwrap();
+    p.send(&hdr(Kind::Pong, 0, b"x"), b"x").unwrap();
+    assert_eq!(at(offsets::head(1)), 64);
+    assert_eq!(at(offsets::tail(1)), 0);
+    // The frame's magic at the start of ring 1's data area.
+    assert_eq!(at(offsets::data(1, 4096)) as u32, frame::MAGIC);
+}
+
+fn stream(wait: Wait, cap: usize, n: u64) {
+    let (r, _) = region(cap);
+    r.initialize(Role::Writer, 1);
+    let mut p = r.producer(Direction::WriterToReader, opts(wait)).unwrap();
+    let mut c = r.consumer(Direction::WriterToReader, opts(wait)).unwrap();
+    let max = r.max_payload();
+    let t = std::thread::spawn(move || {
+        for seq in 0..n {
+            let data = payload(seq, (seq as usize * 37) % (max + 1));
+            p.send(&hdr(Kind::Data, seq, &data), &data).unwrap();
+        }
+    });
+    for seq in 0..n {
+        let (h, got) = c.recv().unwrap();
+        assert_eq!(h.seq, seq);
+        assert_eq!(got, &payload(seq, (seq as usize * 37) % (max + 1))[..]);
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn stream_spin() {
+    stream(Wait::Spin, 4096, 20_000);
+}
+#[test]
+fn stream_block() {
+    stream(Wait::Block, 4096, 5_000);
+}
+#[test]
+fn stream_adaptive() {
+    stream(Wait::Adaptive, 8192, 20_000);
+}
+
+fn pingpong(wait: Wait, n: u64) {
+    let (r, _) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let r2 = r.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = r2.consumer(Direction::WriterToReader, opts(wait)).unwrap();
+        let mut p = r2.producer(Direction::ReaderToWriter, opts(wait)).unwrap();
+        for _ in 0..n {
+            let (h, got) = c.recv().unwrap();
+            let got = got.to_vec();
+            p.send(&hdr(Kind::Pong, h.seq, &got), &got).unwrap();
+        }
+    });
+    let mut p = r.producer(Direction::WriterToReader, opts(wait)).unwrap();
+    let mut c = r.consumer(Direction::ReaderToWriter, opts(wait)).unwrap();
+    for seq in 0..n {
+        let data = payload(seq, 64);
+        p.send(&hdr(Kind::Ping, seq, &data), &data).unwrap();
+        let (h, got) = c.recv().unwrap();
+        assert_eq!((h.kind, h.seq), (Kind::Pong, seq));
+        assert_eq!(got, &data[..]);
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn pingpong_spin() {
+    pingpong(Wait::Spin, 20_000);
+}
+#[test]
+fn pingpong_block() {
+    pingpong(Wait::Block, 2_000);
+}
+#[test]
+fn pingpong_adaptive() {
+    pingpong(Wait::Adaptive, 5_000);
+}
+
+#[test]
+fn one_producer_per_direction() {
+    let (r, _) = region(4096);
+    let _p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    assert!(r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .is_err());
+    assert!(r
+        .producer(Direction::ReaderToWriter, opts(Wait::Spin))
+        .is_ok());
+}
+
+#[test]
+fn too_large_and_bad_capacity_are_refused() {
+    let (r, _) = region(4096);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let big = vec![0; 2048];
+    let e = p.send(&hdr(Kind::Data, 0, &big), &big).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RingError::TooLarge {
+                len: 2048,
+                max: 2008
+            }
+        ),
+        "{e}"
+    );
+    assert!(parse_capacity("3000").is_err());
+    assert!(parse_capacity("512M").is_err());
+    assert_eq!(parse_capacity("1M").unwrap(), 1 << 20);
+    let e = check_size(65536, 128 << 10).unwrap_err();
+    assert!(e.contains("--capacity 262144"), "{e}");
+    assert!(check_size(65536, 256 << 10).is_ok());
+}
+
+/// A consumer on a fresh ring, a producer index set by a hostile peer.
+fn consumer_sees_head(head: u64) -> RingError {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Block))
+        .unwrap();
+    poke_u64(base, offsets::head(0), head);
+    c.recv().unwrap_err()
+}
+
+#[test]
+fn hostile_producer_index_beyond_capacity() {
+    let e = consumer_sees_head(4096 + 64).to_string();
+    assert!(
+        e.starts_with("corrupt shared region: ring 0 producer index 4160"),
+        "{e}"
+    );
+    let e = consumer_sees_head(u64::MAX - 63).to_string();
+    assert!(e.starts_with("corrupt shared region"), "{e}");
+    let e = consumer_sees_head(65).to_string();
+    assert!(e.contains("not a multiple of 64"), "{e}");
+}
+
+#[test]
+fn hostile_producer_index_going_back() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    p.send(&hdr(Kind::Data, 0, b"a"), b"a").unwrap();
+    p.send(&hdr(Kind::Data, 1, b"b"), b"b").unwrap();
+    c.recv().unwrap();
+    c.recv().unwrap();
+    // The consumer saw 128 and consumed it all; a producer index of 64 goes back.
+    poke_u64(base, offsets::head(0), 64);
+    let e = c.recv().unwrap_err().to_string();
+    assert!(
+        e.starts_with("corrupt shared region: ring 0 producer index 64"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_consumer_index_ahead_of_producer() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    // Fill the ring so the producer has to read the consumer's index.
+    let data = vec![1u8; 1000];
+    for seq in 0..3 {
+        p.send(&hdr(Kind::Data, seq, &data), &data).unwrap();
+    }
+    poke_u64(base, offsets::tail(0), 1 << 40);
+    let e = p
+        .send(&hdr(Kind::Data, 3, &data), &data)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("corrupt shared region: ring 0 consumer index 1099511627776"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_bad_magic_and_capacity() {
+    let (r, base) = region(4096);
+    assert!(
+        r.check_header().unwrap().is_none(),
+        "all zero: not ready yet"
+    );
+    r.initialize(Role::Writer, 1);
+    assert!(r.check_header().unwrap().is_some());
+    poke_u64(base, offsets::CAPACITY, 8192);
+    let e = r.check_header().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RingError::CapacityMismatch {
+                found: 8192,
+                expected: 4096
+            }
+        ),
+        "{e}"
+    );
+    poke_u64(base, offsets::MAGIC, 0xdead_beef);
+    let e = r.check_header().unwrap_err().to_string();
+    assert!(
+        e.starts_with("corrupt shared region: magic 0x00000000deadbeef"),
+        "{e}"
+    );
+    // A waiter notices a scribbled magic at its next periodic check.
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Block))
+        .unwrap();
+    let e = c.recv().unwrap_err().to_string();
+    assert!(e.contains("magic became"), "{e}");
+}
+
+#[test]
+fn hostile_huge_frame_length() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    p.send(&hdr(Kind::Data, 0, b"hi"), b"hi").unwrap();
+    // Overwrite the frame's length field (header offset 32) with 1 GiB.
+    let len_at = offsets::data(0, 4096) + 32;
+    // SAFETY: inside the data area; the consumer is not reading concurrently.
+    unsafe { ptr::copy_nonoverlapping((1u32 << 30).to_le_bytes().as_ptr(), base.add(len_at), 4) };
+    let e = c.recv().unwrap_err().to_string();
+    assert!(
+        e.starts_with("corrupt shared region: frame at ring 0 position 0"),
+        "{e}"
+    );
+    assert!(e.contains("exceeds the limit of 2008"), "{e}");
+}
+
+#[test]
+fn hostile_length_beyond_published_and_bad_checksum() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    p.send(&hdr(Kind::Data, 0, b"hi"), b"hi").unwrap();
+    let len_at = offsets::data(0, 4096) + 32;
+    // SAFETY: inside the data area; nobody reads concurrently.
+    unsafe { ptr::copy_nonoverlapping(500u32.to_le_bytes().as_ptr(), base.add(len_at), 4) };
+    let e = c.recv().unwrap_err().to_string();
+    assert!(e.contains("only 64 are published"), "{e}");
+
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    p.send(&hdr(Kind::Data, 0, b"hi"), b"hi").unwrap();
+    // SAFETY: inside the data area (the payload's first byte).
+    unsafe { *base.add(offsets::data(0, 4096) + HEADER_LEN) = b'X' };
+    let e = c.recv().unwrap_err().to_string();
+    assert!(e.contains("checksum"), "{e}");
+}
+
+#[test]
+fn a_dead_peer_is_noticed_and_idle_time_is_limited() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    for wait in [Wait::Spin, Wait::Block, Wait::Adaptive] {
+        let (r, _) = region(4096);
+        r.initialize(Role::Writer, 1);
+        let o = EndOpts {
+            wait,
+            peer_pid: pid,
+            idle_timeout: None,
+        };
+        let mut c = r.consumer(Direction::WriterToReader, o).unwrap();
+        let t = now_ns();
+        let e = c.recv().unwrap_err();
+        assert!(
+            matches!(e, RingError::PeerGone { pid: p } if p == pid),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), format!("peer (pid {pid}) is gone"));
+        assert!(now_ns() - t < 5_000_000_000);
+    }
+    let (r, _) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let o = EndOpts {
+        wait: Wait::Adaptive,
+        peer_pid: 0,
+        idle_timeout: Some(Duration::from_millis(200)),
+    };
+    let mut c = r.consumer(Direction::WriterToReader, o).unwrap();
+    assert!(matches!(c.recv().unwrap_err(), RingError::TimedOut { .. }));
+}
+
+/// A frame published without a wake-up just before the peer died is still delivered:
+/// the periodic check finds the peer gone, sees the index moved, and lets it through.
+#[test]
+fn a_dead_peers_last_frame_is_delivered() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let o = EndOpts {
+        wait: Wait::Block,
+        peer_pid: pid,
+        idle_timeout: None,
+    };
+    let mut c = r.consumer(Direction::WriterToReader, o).unwrap();
+    let base = base as usize;
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        let base = base as *mut u8;
+        let h = hdr(Kind::Data, 0, b"x");
+        // SAFETY: 41 bytes at the start of data area 0, which nobody else writes.
+        unsafe {
+            ptr::copy_nonoverlapping(h.as_ptr(), base.add(offsets::data(0, 4096)), 40);
+            *base.add(offsets::data(0, 4096) + 40) = b'x';
+        }
+        // Publish without FUTEX_WAKE, as if the peer died right after the store.
+        poke_u64(base, offsets::head(0), 64);
+    });
+    let (h, p) = c.recv().unwrap();
+    assert_eq!((h.kind, p), (Kind::Data, &b"x"[..]));
+    t.join().unwrap();
+    assert!(matches!(c.recv().unwrap_err(), RingError::PeerGone { .. }));
+}
+
+#[test]
+fn rendezvous_attach_and_roles() {
+    let (r, _) = region(4096);
+    assert!(matches!(
+        r.wait_for_opener(Duration::from_millis(1)),
+        Err(RingError::TimedOut { .. }) | Err(RingError::Corrupt(_))
+    ));
+    r.initialize(Role::Reader, 9);
+    let e = r.attach(Role::Reader).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RingError::SameRole {
+                role: Role::Reader,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let r2 = r.clone();
+    let t = std::thread::spawn(move || r2.wait_for_opener(Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(r.attach(Role::Writer).unwrap(), std::process::id() as i32);
+    assert_eq!(t.join().unwrap().unwrap(), std::process::id() as i32);
+    assert!(matches!(
+        r.attach(Role::Writer),
+        Err(RingError::Busy { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any sequence of frame sizes goes through a small ring, wrapping many times,
+    /// interleaved however the ring's room allows: what comes out is what went in.
+    #[test]
+    fn any_sizes_round_trip_through_a_small_ring(
+        sizes in proptest::collection::vec(0usize..=2008, 1..80),
+        burst in 1usize..6,
+    ) {
+        let (r, _) = region(4096);
+        r.initialize(Role::Writer, 1);
+        let mut p = r.producer(Direction::WriterToReader, opts(Wait::Spin)).unwrap();
+        let mut c = r.consumer(Direction::WriterToReader, opts(Wait::Spin)).unwrap();
+        let mut next_out = 0usize;
+        for (seq, &len) in sizes.iter().enumerate() {
+            let data = payload(seq as u64, len);
+            while !p.try_send(&hdr(Kind::Data, seq as u64, &data), &data).unwrap() {
+                // Full: drain up to `burst` frames, then try again.
+                for _ in 0..burst {
+                    let Some(h) = c.try_recv().unwrap() else { break };
+                    prop_assert_eq!(h.seq, next_out as u64);
+                    prop_assert_eq!(c.payload(), &payload(next_out as u64, sizes[next_out])[..]);
+                    next_out += 1;
+                }
+            }
+        }
+        while let Some(h) = c.try_recv().unwrap() {
+            prop_assert_eq!(h.seq, next_out as u64);
+            prop_assert_eq!(c.payload(), &payload(next_out as u64, sizes[next_out])[..]);
+            next_out += 1;
+        }
+        prop_assert_eq!(next_out, sizes.len());
+    }
+
+    /// Whatever a hostile peer writes into the indices and the data area, the consumer
+    /// returns frames or a "corrupt shared region" error: never a panic.
+    #[test]
+    fn scribbled_region_never_panics(
+        head in any::<u64>(),
+        garbage in proptest::collection::vec(any::<u8>(), 0..4096),
+    ) {
+        let (r, base) = region(4096);
+        r.initialize(Role::Writer, 1);
+        let mut c = r.consumer(Direction::WriterToReader, opts(Wait::Spin)).unwrap();
+        // SAFETY: garbage.len() <= 4096 bytes into data area 0.
+        unsafe { ptr::copy_nonoverlapping(garbage.as_ptr(), base.add(offsets::data(0, 4096)), garbage.len()) };
+        poke_u64(base, offsets::head(0), head);
+        for _ in 0..4 {
+            match c.try_recv() {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(e) => { prop_assert!(e.to_string().starts_with("corrupt shared region"), "{}", e); break }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_decoder_reads_what_initialize_wrote_and_judge_follows_the_rules() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 0x5e55);
+    let mut bytes = [0u8; offsets::HEADER_FIELDS];
+    // SAFETY: the region is at least a header page; `bytes` is private memory.
+    unsafe { ptr::copy_nonoverlapping(base, bytes.as_mut_ptr(), bytes.len()) };
+    let v = HeaderView::decode(&bytes).unwrap();
+    assert_eq!(v, r.header());
+    assert_eq!(judge(Some(&v), Duration::ZERO), Verdict::Ready);
+    assert!(HeaderView::decode(&bytes[..40]).is_none());
+
+    // A creator pid that no process has: stale, whatever the age.
+    let mut dead = v;
+    dead.creator_pid = i32::MAX - 7;
+    assert!(
+        matches!(judge(Some(&dead), Duration::ZERO), Verdict::Stale(why) if why.contains("is gone"))
+    );
+    // ... unless its opener is alive.
+    dead.opener_pid = std::process::id() as i32;
+    assert!(matches!(judge(Some(&dead), Duration::ZERO), Verdict::Ready));
+    // No header yet, no creator pid yet: not ready, then stale after the grace.
+    assert!(matches!(judge(None, Duration::ZERO), Verdict::NotReady(_)));
+    assert!(matches!(judge(None, SETUP_GRACE), Verdict::Stale(_)));
+    let mut unborn = v;
+    unborn.creator_pid = 0;
+    assert!(matches!(
+        judge(Some(&unborn), Duration::from_millis(10)),
+        Verdict::NotReady(_)
+    ));
+    assert!(matches!(
+        judge(Some(&unborn), SETUP_GRACE),
+        Verdict::Stale(_)
+    ));
+    let mut unready = v;
+    unready.ready = false;
+    assert!(matches!(
+        judge(Some(&unready), SETUP_GRACE),
+        Verdict::NotReady(_)
+    ));
+    let mut foreign = v;
+    foreign.magic = 0x1234;
+    assert_eq!(
+        judge(Some(&foreign), Duration::ZERO),
+        Verdict::Foreign(0x1234)
+    );
+}

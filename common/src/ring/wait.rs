@@ -1,0 +1,246 @@
+//! Waiting: what a side does when the ring is empty (consumer) or full (producer).
+//!
+//! [`Wait`] chooses what a side does when the ring is empty (consumer) or full (producer):
+//! - `spin`: re-read the index in a loop with a CPU pause hint ([`std::hint::spin_loop`]).
+//!   Fastest hand-over (a cache-line transfer), and one CPU kept at 100 %.
+//! - `block`: sleep in the kernel with `futex(FUTEX_WAIT)` on the low 32 bits of the index
+//!   the other side will change. A futex word must be 32 bits; the index is 64. The low
+//!   half changes on every publish (an index moves by at most `C` < 2^32 while we sleep).
+//! - `adaptive` (default): spin for [`SPIN_BEFORE_SLEEP`], then block.
+//!
+//! A sleeper announces itself in its own "sleeps" flag; the other side calls `FUTEX_WAKE`
+//! only when it reads that flag set, so a publish costs no system call while nobody
+//! sleeps. Lost wake-ups are prevented by the classic order, with sequentially consistent
+//! operations on both sides (see `Producer::publish` and `Pacer::pause`):
+//!
+//! ```text
+//!   sleeper                                  waker
+//!   flag = 1                   (SeqCst)      index = new            (SeqCst)
+//!   if index == seen           (SeqCst)      if flag == 1           (SeqCst)
+//!       futex_wait(&index, seen)                 futex_wake(&index)
+//! ```
+//!
+//! In the single total order of SeqCst operations, either the sleeper's `flag = 1` comes
+//! before the waker's read of the flag (so the waker sees 1 and wakes), or the waker's read
+//! comes first, and then its earlier `index = new` also precedes the sleeper's re-read, so
+//! the sleeper sees the new index and does not sleep. The remaining window, where the waker
+//! calls FUTEX_WAKE before the sleeper is inside FUTEX_WAIT, is closed by the kernel:
+//! FUTEX_WAIT compares the word with `seen` under the futex bucket lock and returns EAGAIN
+//! at once if it has changed. The futex calls are the shared (not `_PRIVATE`) variants:
+//! the kernel keys them by the physical page, which two processes' mappings share.
+//!
+//! Every sleep lasts at most [`SLEEP_SLICE`] (100 ms), and every such slice (also while
+//! spinning) the waiter checks that the peer process still exists, that the header still
+//! carries the magic, and the idle limit, so a peer killed with `kill -9` is reported as
+//! [`RingError::PeerGone`] instead of a hang.
+
+use std::hint::spin_loop;
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::layout::{Inner, LOW_HALF, RING_MAGIC};
+use super::{EndOpts, RingError, Wait};
+use crate::timing::now_ns;
+
+/// How long `adaptive` spins before it sleeps: about the cost of one futex sleep and
+/// wake-up, so a peer that answers sooner never pays for a system call.
+pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
+/// Longest single sleep; also how often a waiter checks that the peer still exists.
+pub const SLEEP_SLICE: Duration = Duration::from_millis(100);
+
+/// The "low 32 bits" half of an index: the futex word.
+pub(super) fn low_word(index: &AtomicU64) -> *const u32 {
+    // AtomicU64 is 8-aligned, so either half is 4-aligned, as FUTEX_WAIT requires.
+    index
+        .as_ptr()
+        .cast::<u32>()
+        .cast_const()
+        .wrapping_add(LOW_HALF)
+}
+
+///
+/// Returns `Ok` on a wake-up, a timeout, EAGAIN (the word had already changed) or EINTR:
+/// all mean "look again". Any other errno is an error.
+///
+/// # Safety
+/// `word` must be 4-byte aligned and point into mapped memory for the duration of the call.
+pub(super) unsafe fn futex_wait(
+    word: *const u32,
+    expected: u32,
+    timeout: Duration,
+) -> Result<(), RingError> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is aligned and mapped (caller); `ts` lives across the call; uaddr2 and
+    // val3 are unused by FUTEX_WAIT. Not FUTEX_PRIVATE_FLAG: the word is shared between
+    // processes, and a private futex is keyed by this process's address space only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word,
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    if r == -1 {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR) => {}
+            _ => return Err(RingError::Invalid(format!("futex FUTEX_WAIT: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// FUTEX_WAKE: wakes the (at most one) process sleeping on `word`. Its result (how many
+/// woke) is not needed: a waker that finds no sleeper has nothing to do.
+/// See [futex(2)](https://man7.org/linux/man-pages/man2/futex.2.html).
+///
+/// # Safety
+/// `word` must be 4-byte aligned and point into mapped memory.
+pub(super) unsafe fn futex_wake(word: *const u32) {
+    // SAFETY: aligned and mapped (caller); FUTEX_WAKE only reads the address as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word,
+            libc::FUTEX_WAKE,
+            1i32,
+            ptr::null::<libc::timespec>(),
+            ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Whether process `pid` is gone: no such process, or a zombie (see [`crate::peer::alive`]).
+pub fn peer_gone(pid: i32) -> bool {
+    !crate::peer::alive(pid)
+}
+
+/// One waiting episode's bookkeeping.
+pub(super) struct Waiting {
+    /// When the episode began (CLOCK_MONOTONIC ns); 0 until the clock is first read, which
+    /// is deferred so that a wait that ends within a few spins costs no clock read at all.
+    start: u64,
+    /// When the peer was last checked.
+    checked: u64,
+    /// Pause hints so far, to read the clock only every so often.
+    spins: u64,
+    /// Adaptive: the spin budget is spent; sleep from now on.
+    sleepy: bool,
+}
+
+/// The wait strategy in action.
+pub(super) struct Pacer {
+    /// What the side was configured with.
+    opts: EndOpts,
+}
+
+/// Spins between two clock reads: the clock costs ~20 ns, a pause hint ~10-40 ns.
+const SPINS_PER_CLOCK: u64 = 64;
+
+impl Pacer {
+    pub(super) fn new(opts: EndOpts) -> Pacer {
+        Pacer { opts }
+    }
+
+    pub(super) fn begin(&self) -> Waiting {
+        Waiting {
+            start: 0,
+            checked: 0,
+            spins: 0,
+            sleepy: self.opts.wait == Wait::Block,
+        }
+    }
+
+    /// Waits a little for `index` to move away from `seen`: one spin, or one sleep of at
+    /// most SLEEP_SLICE with `flag` raised. Every SLEEP_SLICE it checks the peer, the magic
+    /// and the idle limit. The caller re-reads (and checks) the index afterwards.
+    pub(super) fn pause(
+        &self,
+        w: &mut Waiting,
+        region: &Inner,
+        flag: &AtomicU32,
+        index: &AtomicU64,
+        seen: u64,
+        what: &'static str,
+    ) -> Result<(), RingError> {
+        w.spins += 1;
+        if !w.sleepy {
+            spin_loop();
+            if !w.spins.is_multiple_of(SPINS_PER_CLOCK) {
+                return Ok(());
+            }
+        } else {
+            if w.start == 0 {
+                // Block: start the clock before the first sleep.
+                w.start = now_ns();
+                w.checked = w.start;
+            }
+            // The sleeper's half of the lost-wake-up argument: announce, re-check, sleep.
+            flag.store(1, Ordering::SeqCst);
+            if index.load(Ordering::SeqCst) == seen {
+                // SAFETY: the low half of an AtomicU64 in the live region: aligned, mapped.
+                let r = unsafe { futex_wait(low_word(index), seen as u32, SLEEP_SLICE) };
+                flag.store(0, Ordering::Relaxed);
+                r?;
+            } else {
+                flag.store(0, Ordering::Relaxed);
+            }
+        }
+        let now = now_ns();
+        if w.start == 0 {
+            w.start = now;
+            w.checked = now;
+        }
+        if self.opts.wait == Wait::Adaptive && now - w.start >= SPIN_BEFORE_SLEEP.as_nanos() as u64
+        {
+            w.sleepy = true;
+        }
+        if now - w.checked >= SLEEP_SLICE.as_nanos() as u64 {
+            w.checked = now;
+            match self.check(w, region, now, what) {
+                // The peer's last act may have been to publish (an End frame, say) just
+                // before it exited: if the index moved, let the caller take that first.
+                Err(RingError::PeerGone { .. }) if index.load(Ordering::Acquire) != seen => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The periodic checks of a long wait.
+    fn check(
+        &self,
+        w: &Waiting,
+        region: &Inner,
+        now: u64,
+        what: &'static str,
+    ) -> Result<(), RingError> {
+        // check: the region is still ours (a replaced or scribbled header).
+        let magic = region.header().magic.load(Ordering::Relaxed);
+        if magic != RING_MAGIC {
+            return Err(RingError::Corrupt(format!(
+                "the header's magic became {magic:#018x} while waiting for {what}"
+            )));
+        }
+        let pid = self.opts.peer_pid;
+        if pid > 0 && peer_gone(pid) {
+            return Err(RingError::PeerGone { pid });
+        }
+        let waited = Duration::from_nanos(now - w.start);
+        if let Some(limit) = self.opts.idle_timeout {
+            if waited >= limit {
+                return Err(RingError::TimedOut { waited, what });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! The protocol of the three modes as state machines that do no I/O.
+//!
+//! Every pair runs the same protocol (text, stream, pingpong), so the benchmark compares
+//! mechanisms rather than six different loops. But a learner must see each mechanism's own
+//! system calls in its own files. So this module holds the protocol *without* the calls,
+//! in the style of quinn-proto and rustls: a [`WriterSession`] says what to send next and
+//! takes the answers; a [`ReaderSession`] takes each received frame and says what to do
+//! with it. The loop that moves the bytes (`writev`/`read`, `msgsnd`/`msgrcv`, the ring's
+//! copy and publish, `send`/`recv`) lives in the mechanism's `writer.rs` and `reader.rs`:
+//!
+//! ```
+//! use common::session::{Next, WriterSession, FrameBuf};
+//! # use common::session::{Action, ReaderSession};
+//! # let setup = common::session::example_setup(&["--mode", "stream", "--count", "3"]);
+//! let mut session = WriterSession::new(&setup);
+//! let mut frame = FrameBuf::new();
+//! let mut wire = Vec::new(); // stands for a pipe: the real loop calls writev(2) here
+//! loop {
+//!     match session.next(&mut frame).unwrap() {
+//!         Next::Send(out) => wire.extend_from_slice(&out.to_vec()),
+//!         Next::AwaitAnswer | Next::NeedLine => unreachable!("stream mode asks for neither"),
+//!         Next::Done => break,
+//!     }
+//! }
+//! let report = session.finish();
+//! assert_eq!(report.count, 3);
+//! # let mut reader = ReaderSession::new(&setup);
+//! # let mut rest = &wire[..];
+//! # while let Ok(common::frame::Decoded::Frame { header, total }) = common::frame::decode(rest, 1 << 20) {
+//! #     let action = reader.on_frame(&header, &rest[common::frame::HEADER_LEN..total]).unwrap();
+//! #     if matches!(action, Action::Done) { break }
+//! #     rest = &rest[total..];
+//! # }
+//! # assert!(reader.finish().verified);
+//! ```
+//!
+//! What the sessions keep, so every mechanism is measured and checked the same way:
+//! - **the frames**: a random session nonce, sequence numbers from 0, the warm-up flag,
+//!   the `sent_ns` stamp taken as the frame is built, a payload whose first 8 bytes carry
+//!   the sequence number, and a closing End frame with the count and bytes sent;
+//! - **verification** (reader): sequence (gaps, repeats), session (stale frames of an
+//!   earlier run are skipped and counted), content, and the End frame's totals; the
+//!   checksum is checked by the frame decoder before a frame reaches the session;
+//! - **timing**: the clock is read at the same points for every mechanism, when a frame
+//!   is built (writer) and when it is handed to the session (reader, and the writer's
+//!   Pong); the timed part starts after the warm-up.
+//!
+//! Nothing here allocates, prints or takes a lock per message, except text mode's one
+//! line of narration per message, which is not timed.
+
+mod reader;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use reader::{Action, ReaderSession, TextLine};
+pub use writer::{FrameBuf, Next, Outgoing, WriterSession};
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use crate::timing::{now_ns, Report};
+
+/// A random session id: std's per-process random hash keys, mixed with pid and time.
+pub fn new_nonce() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now_ns()))
+}
+
+/// Prints the report and turns "not verified" into a failing exit status.
+pub fn conclude(report: &Report, json: bool) -> anyhow::Result<ExitCode> {
+    report.print(json);
+    if !report.verified {
+        bail!("verification failed: messages were missing, repeated, corrupt or unaccounted for (see above)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A [`Setup`](crate::setup::Setup) parsed from flags, for examples and tests.
+#[doc(hidden)]
+pub fn example_setup(flags: &[&str]) -> crate::setup::Setup {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct A {
+        #[command(flatten)]
+        c: crate::cli::CommonArgs,
+    }
+    let argv = std::iter::once("example").chain(flags.iter().copied());
+    crate::setup::Setup {
+        program: "example",
+        mechanism: crate::setup::Mechanism::Pipe,
+        flavour: crate::setup::Flavour::Spawn,
+        wait: crate::setup::Wait::Block,
+        args: A::parse_from(argv).c,
+        max_payload: crate::frame::MAX_PAYLOAD,
+    }
+}

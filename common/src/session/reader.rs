@@ -1,0 +1,270 @@
+//! The reader's half of the protocol: verify what arrives, say what to do with it.
+
+use std::fmt;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::cli::Mode;
+use crate::frame::{encode_header, parse_end, Fields, Header, Kind, HEADER_LEN};
+use crate::narrate;
+use crate::setup::{Role, Setup};
+use crate::timing::{fmt_ns, now_ns, CpuTime, Latency, Report};
+
+use super::Outgoing;
+
+/// What the reader's loop does with the frame it just handed to the session.
+#[derive(Debug)]
+pub enum Action<'a> {
+    /// Nothing: take the next frame (a verified stream message, or a stale frame skipped).
+    Continue,
+    /// Text mode: print this line on stdout.
+    Print(TextLine<'a>),
+    /// Pingpong: send this Pong back to the writer.
+    Echo(Outgoing<'a>),
+    /// End arrived: [`ReaderSession::finish`] gives the report.
+    Done,
+}
+
+/// A text-mode message as the reader prints it: `#seq (N B, latency after it was sent): text`.
+#[derive(Debug)]
+pub struct TextLine<'a> {
+    /// Its sequence number.
+    pub seq: u64,
+    /// One-way latency (our clock minus the writer's `sent_ns`).
+    pub latency_ns: u64,
+    /// The message.
+    pub text: &'a [u8],
+}
+
+impl fmt::Display for TextLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "#{} ({} B, {} after it was sent): {}",
+            self.seq,
+            self.text.len(),
+            fmt_ns(self.latency_ns),
+            String::from_utf8_lossy(self.text)
+        )
+    }
+}
+
+/// The reader side of the protocol for one run.
+///
+/// It takes whatever arrives: every Data and Ping is verified (the decoder has checked the
+/// checksum; here: sequence, session and content), every Ping is answered with a Pong,
+/// and End must carry the totals of what arrived. A stream that stops without End is a
+/// writer that died: [`ReaderSession::writer_left`] says so, and it is not a success.
+pub struct ReaderSession {
+    /// The report being filled in.
+    report: Report,
+    /// Text mode prints; the others verify content too.
+    text: bool,
+    /// The writer's session, adopted from the first frame with seq 0.
+    session: Option<u64>,
+    /// The sequence number the next frame must have.
+    expected: u64,
+    /// Data and Ping frames of this session taken (warm-up included).
+    received: u64,
+    /// Their payload bytes.
+    bytes_all: u64,
+    /// Frames skipped over (a gap in the sequence).
+    missing: u64,
+    /// Frames that came again or out of order.
+    repeated: u64,
+    /// Frames whose payload did not carry their sequence number.
+    bad_content: u64,
+    /// Timed frames (after the warm-up) and their bytes.
+    timed: u64,
+    /// Payload bytes of the timed frames.
+    timed_bytes: u64,
+    /// Warm-up frames.
+    warm: u64,
+    /// When the first timed frame arrived.
+    t0: Option<u64>,
+    /// CPU time then.
+    cpu0: CpuTime,
+    /// One-way latencies of the timed frames.
+    lat: Latency,
+    /// The header of the Pong being sent back.
+    pong: [u8; HEADER_LEN],
+}
+
+impl ReaderSession {
+    /// A session for `setup` (the reader follows whatever mode the frames are in; `setup`
+    /// decides only whether text is printed and how the report is labelled).
+    pub fn new(setup: &Setup) -> ReaderSession {
+        let mut report = setup.report(Role::Reader);
+        report.latency_kind = "one_way".into();
+        ReaderSession {
+            report,
+            ..ReaderSession::blank(setup.args.mode == Mode::Text)
+        }
+    }
+
+    /// Data and Ping frames of the current session taken so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Takes one received frame (checksum already checked by the decoder) and says what
+    /// to do. The clock is read here, for the one-way latency.
+    pub fn on_frame<'a>(&'a mut self, h: &Header, payload: &'a [u8]) -> Result<Action<'a>> {
+        let now = now_ns();
+        match self.session {
+            Some(s) if s == h.nonce => {}
+            Some(_) if h.seq == 0 && h.kind != Kind::End => self.new_session(h.nonce),
+            None if h.seq == 0 => self.session = Some(h.nonce),
+            _ => {
+                self.report.stale_skipped += 1;
+                return Ok(Action::Continue);
+            }
+        }
+        match h.kind {
+            Kind::End => return self.on_end(payload, h.seq, now),
+            Kind::Pong => bail!(
+                "a reader does not expect a Pong (seq {}): is a second writer connected?",
+                h.seq
+            ),
+            Kind::Data | Kind::Ping => {}
+        }
+        // Sequence check: a gap means lost messages, a step back a repeat.
+        if h.seq != self.expected {
+            if h.seq > self.expected {
+                self.missing += h.seq - self.expected;
+            } else {
+                self.repeated += 1;
+            }
+        }
+        self.expected = h.seq + 1;
+        self.received += 1;
+        self.bytes_all += payload.len() as u64;
+        if !self.text {
+            let n = payload.len().min(8);
+            if payload[..n] != h.seq.to_le_bytes()[..n] {
+                self.bad_content += 1;
+            }
+        }
+        if h.is_warmup() {
+            self.warm += 1;
+        } else {
+            if self.t0.is_none() {
+                self.t0 = Some(now);
+                self.cpu0 = CpuTime::now();
+            }
+            self.timed += 1;
+            self.timed_bytes += payload.len() as u64;
+            self.lat.record(now.saturating_sub(h.sent_ns));
+            self.report.size_bytes = self.report.size_bytes.max(payload.len() as u64);
+        }
+        if h.kind == Kind::Ping {
+            let pong = Fields {
+                kind: Kind::Pong,
+                flags: h.flags,
+                nonce: h.nonce,
+                seq: h.seq,
+                sent_ns: h.sent_ns,
+            };
+            self.pong = encode_header(pong, payload)?;
+            return Ok(Action::Echo(Outgoing {
+                kind: Kind::Pong,
+                header: &self.pong,
+                payload,
+            }));
+        }
+        if self.text {
+            return Ok(Action::Print(TextLine {
+                seq: h.seq,
+                latency_ns: now.saturating_sub(h.sent_ns),
+                text: payload,
+            }));
+        }
+        Ok(Action::Continue)
+    }
+
+    /// A new session began (seq 0 of another nonce): what came before was left by an
+    /// earlier run and is discarded.
+    fn new_session(&mut self, nonce: u64) {
+        narrate!(
+            "a new session began (seq 0 of {nonce:#x}); the {} messages before it were left by an earlier run and are discarded",
+            self.received
+        );
+        self.report.stale_skipped += self.received;
+        *self = ReaderSession {
+            report: std::mem::take(&mut self.report),
+            session: Some(nonce),
+            ..ReaderSession::blank(self.text)
+        };
+    }
+
+    /// A session with nothing received yet.
+    fn blank(text: bool) -> ReaderSession {
+        ReaderSession {
+            report: Report::default(),
+            text,
+            session: None,
+            expected: 0,
+            received: 0,
+            bytes_all: 0,
+            missing: 0,
+            repeated: 0,
+            bad_content: 0,
+            timed: 0,
+            timed_bytes: 0,
+            warm: 0,
+            t0: None,
+            cpu0: CpuTime::now(),
+            lat: Latency::new(),
+            pong: [0; HEADER_LEN],
+        }
+    }
+
+    fn on_end(&mut self, payload: &[u8], seq: u64, now: u64) -> Result<Action<'static>> {
+        let claimed = parse_end(payload).context("End frame")?;
+        let (received, bytes_all) = (self.received, self.bytes_all);
+        let end_ok = claimed == (received, bytes_all) && seq == received;
+        if !end_ok {
+            narrate!(
+                "End says {} messages / {} bytes were sent; {received} / {bytes_all} arrived",
+                claimed.0,
+                claimed.1
+            );
+        }
+        let (missing, repeated, bad) = (self.missing, self.repeated, self.bad_content);
+        if missing + repeated + bad > 0 {
+            narrate!("{missing} messages missing, {repeated} repeated or out of order, {bad} with wrong content");
+        }
+        let r = &mut self.report;
+        r.verified = end_ok && missing == 0 && repeated == 0 && bad == 0;
+        r.elapsed_ns = self.t0.map_or(0, |t| now.saturating_sub(t));
+        r.count = if self.text { received } else { self.timed };
+        r.bytes = if self.text {
+            bytes_all
+        } else {
+            self.timed_bytes
+        };
+        r.warmup = self.warm;
+        r.latency_ns = self.lat.summary();
+        r.set_rates(CpuTime::now().since(self.cpu0));
+        Ok(Action::Done)
+    }
+
+    /// The error for a writer that went away without End. `what` names the channel ("the
+    /// pipe"); `cut` is `(have, need)` when it stopped inside a frame.
+    pub fn writer_left(&self, what: &str, cut: Option<(usize, usize)>) -> anyhow::Error {
+        let received = self.received;
+        match cut {
+            Some((have, need)) => anyhow!(
+                "truncated stream: the writer closed {what} in the middle of a frame ({have} of {need} bytes) after {received} whole messages"
+            ),
+            None => anyhow!(
+                "the writer closed {what} after {received} messages without sending End: it did not finish"
+            ),
+        }
+    }
+
+    /// The report, once [`ReaderSession::on_frame`] returned [`Action::Done`].
+    pub fn finish(self) -> Report {
+        self.report
+    }
+}

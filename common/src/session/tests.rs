@@ -1,0 +1,248 @@
+//! The sessions driven by an in-memory mechanism: frames go into a queue, whole.
+
+use std::collections::VecDeque;
+
+use super::*;
+use anyhow::Result;
+
+use crate::frame::{decode, Decoded, HEADER_LEN, MAX_PAYLOAD};
+use crate::setup::Setup;
+use crate::timing::Report;
+
+fn setup(args: &[&str]) -> Setup {
+    example_setup(args)
+}
+
+/// Runs a writer session into a queue of frames; pingpong answers come from a reader
+/// session on the other side of the queue.
+fn write_all(s: &Setup, input: &[u8]) -> (Result<Report>, VecDeque<Vec<u8>>) {
+    let mut session = WriterSession::new(s);
+    let mut buf = FrameBuf::new();
+    let mut wire = VecDeque::new();
+    let mut echo = ReaderSession::new(s);
+    let mut lines = input.split_inclusive(|&b| b == b'\n');
+    let result = loop {
+        match session.next(&mut buf) {
+            Err(e) => break Err(e),
+            Ok(Next::Send(out)) => wire.push_back(out.to_vec()),
+            Ok(Next::NeedLine) => match lines.next() {
+                Some(l) => session.push_line(l),
+                None => session.end_of_input(),
+            },
+            Ok(Next::AwaitAnswer) => {
+                let ping = wire.pop_back().unwrap();
+                let (h, p) = parse(&ping);
+                let Action::Echo(pong) = echo.on_frame(&h, p).unwrap() else {
+                    panic!("a Ping is echoed")
+                };
+                let pong = pong.to_vec();
+                let (h, p) = parse(&pong);
+                session.answer(&h, p).unwrap();
+                wire.push_back(ping);
+            }
+            Ok(Next::Done) => break Ok(session.finish()),
+        }
+    };
+    (result, wire)
+}
+
+fn parse(bytes: &[u8]) -> (crate::frame::Header, &[u8]) {
+    match decode(bytes, MAX_PAYLOAD).unwrap() {
+        Decoded::Frame { header, total } => (header, &bytes[HEADER_LEN..total]),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Feeds frames to a reader session; `Ok(None)` when the frames ran out before End.
+fn read_all(s: &Setup, wire: &VecDeque<Vec<u8>>) -> Result<Option<(Report, Vec<String>)>> {
+    let mut session = ReaderSession::new(s);
+    let mut printed = Vec::new();
+    for f in wire {
+        let (h, p) = parse(f);
+        match session.on_frame(&h, p)? {
+            Action::Continue | Action::Echo(_) => {}
+            Action::Print(line) => printed.push(line.to_string()),
+            Action::Done => return Ok(Some((session.finish(), printed))),
+        }
+    }
+    Ok(None)
+}
+
+#[test]
+fn stream_is_verified_end_to_end() {
+    let s = setup(&[
+        "--mode", "stream", "--count", "50", "--size", "100", "--warmup", "5",
+    ]);
+    let (w, wire) = write_all(&s, b"");
+    let wr = w.unwrap();
+    assert_eq!((wr.count, wr.warmup, wr.bytes), (50, 5, 5000));
+    assert_eq!(wire.len(), 56, "55 Data frames and End");
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified);
+    assert_eq!((rr.count, rr.warmup, rr.bytes), (50, 5, 5000));
+    assert_eq!(
+        (rr.role.as_str(), rr.latency_kind.as_str()),
+        ("reader", "one_way")
+    );
+}
+
+#[test]
+fn pingpong_measures_every_timed_round_trip() {
+    let s = setup(&[
+        "--mode", "pingpong", "--count", "20", "--size", "3", "--warmup", "2",
+    ]);
+    let (w, wire) = write_all(&s, b"");
+    let wr = w.unwrap();
+    assert_eq!(wr.latency_kind, "round_trip");
+    assert_eq!(wr.count, 20);
+    let lat = wr.latency_ns.expect("round trips were timed");
+    assert!(lat.min <= lat.p50 && lat.p50 <= lat.max);
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified, "{rr:?}");
+    assert_eq!((rr.count, rr.warmup), (20, 2));
+}
+
+#[test]
+fn a_pong_for_another_ping_is_refused() {
+    let s = setup(&["--mode", "pingpong", "--count", "2", "--warmup", "0"]);
+    let mut session = WriterSession::new(&s);
+    let mut buf = FrameBuf::new();
+    let Next::Send(ping) = session.next(&mut buf).unwrap() else {
+        panic!()
+    };
+    let ping = ping.to_vec();
+    assert!(matches!(session.next(&mut buf).unwrap(), Next::AwaitAnswer));
+    let (h, p) = parse(&ping);
+    let mut wrong = h;
+    wrong.kind = crate::frame::Kind::Pong;
+    wrong.seq = 7;
+    let e = session.answer(&wrong, p).unwrap_err().to_string();
+    assert!(e.contains("expected Pong seq 0"), "{e}");
+    wrong.seq = 0;
+    let e = session.answer(&wrong, &p[..3]).unwrap_err().to_string();
+    assert!(e.contains("does not carry the payload"), "{e}");
+}
+
+#[test]
+fn a_lost_message_fails_verification() {
+    let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
+    let (_, mut wire) = write_all(&s, b"");
+    wire.remove(4);
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(!rr.verified);
+}
+
+#[test]
+fn a_repeated_or_corrupt_message_fails_verification() {
+    let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
+    let (_, mut wire) = write_all(&s, b"");
+    let again = wire[3].clone();
+    wire.insert(4, again);
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(!rr.verified, "a repeat is not verified");
+}
+
+#[test]
+fn stale_frames_of_another_session_are_skipped_and_counted() {
+    let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
+    let (_, old) = write_all(&s, b"");
+    let (_, mut wire) = write_all(&s, b"");
+    // Leftovers of a crashed run: its frames 3..7, no End, before the new session.
+    for f in old.iter().skip(3).take(4).rev() {
+        wire.push_front(f.clone());
+    }
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified, "{rr:?}");
+    assert_eq!(rr.stale_skipped, 4);
+    assert_eq!(rr.count, 10);
+}
+
+#[test]
+fn a_new_session_after_leftovers_with_seq_0_discards_them() {
+    let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
+    let (_, old) = write_all(&s, b"");
+    let (_, mut wire) = write_all(&s, b"");
+    // A crashed run's first three frames (seq 0..2, no End), then the new run.
+    for f in old.iter().take(3).rev() {
+        wire.push_front(f.clone());
+    }
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified, "{rr:?}");
+    assert_eq!((rr.stale_skipped, rr.count), (3, 10));
+}
+
+#[test]
+fn no_end_is_reported_as_such() {
+    let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
+    let (_, mut wire) = write_all(&s, b"");
+    wire.pop_back();
+    assert!(read_all(&s, &wire).unwrap().is_none());
+    let mut session = ReaderSession::new(&s);
+    for f in &wire {
+        let (h, p) = parse(f);
+        session.on_frame(&h, p).unwrap();
+    }
+    let e = session.writer_left("the queue", None).to_string();
+    assert!(e.contains("after 10 messages without sending End"), "{e}");
+    let e = session.writer_left("the pipe", Some((5, 104))).to_string();
+    assert!(
+        e.contains("truncated stream") && e.contains("(5 of 104 bytes)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn text_lines_become_messages_and_an_oversized_line_is_refused() {
+    let mut s = setup(&["--mode", "text"]);
+    s.max_payload = 10;
+    let (w, wire) = write_all(&s, b"hello\nworld\r\n");
+    let wr = w.unwrap();
+    assert_eq!((wr.count, wr.bytes), (2, 10));
+    let (rr, printed) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified);
+    assert!(printed[0].starts_with("#0 (5 B, ") && printed[0].ends_with("): hello"));
+    assert!(printed[1].ends_with("): world"), "{printed:?}");
+
+    let (w, wire) = write_all(&s, b"ok\nthis line is too long\n");
+    let e = w.unwrap_err().to_string();
+    assert!(
+        e.contains("line 2 is 21 bytes") && e.contains("10 bytes"),
+        "{e}"
+    );
+    // The line before it was delivered and the session closed cleanly.
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified);
+    assert_eq!(rr.count, 1);
+}
+
+#[test]
+fn reader_left_names_the_messages_sent() {
+    let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
+    let mut session = WriterSession::new(&s);
+    let mut buf = FrameBuf::new();
+    for _ in 0..4 {
+        assert!(matches!(session.next(&mut buf).unwrap(), Next::Send(_)));
+    }
+    let e = session.reader_left("closed the pipe").to_string();
+    assert_eq!(e, "reader closed the pipe after 3 messages; stopping");
+}
+
+#[test]
+fn a_pong_at_the_reader_is_refused() {
+    let s = setup(&["--mode", "pingpong", "--count", "1", "--warmup", "0"]);
+    let mut w = WriterSession::new(&s);
+    let mut buf = FrameBuf::new();
+    let Next::Send(ping) = w.next(&mut buf).unwrap() else {
+        panic!()
+    };
+    let ping = ping.to_vec();
+    let mut r = ReaderSession::new(&s);
+    let (h, p) = parse(&ping);
+    let Action::Echo(pong) = r.on_frame(&h, p).unwrap() else {
+        panic!()
+    };
+    let pong = pong.to_vec();
+    let (h, p) = parse(&pong);
+    let e = r.on_frame(&h, p).unwrap_err().to_string();
+    assert!(e.contains("does not expect a Pong"), "{e}");
+}

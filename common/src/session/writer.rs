@@ -1,0 +1,402 @@
+//! The writer's half of the protocol: what to send next, and what the answers must be.
+
+use std::io::IoSlice;
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::cli::Mode;
+use crate::frame::{
+    encode_header, end_payload, Fields, Header, Kind, END_PAYLOAD_LEN, FLAG_WARMUP, HEADER_LEN,
+};
+use crate::setup::{Role, Setup};
+use crate::timing::{now_ns, CpuTime, Latency, Report};
+
+/// One frame ready to leave: the 40-byte header and the payload, in two pieces so a
+/// byte stream can send them with one `writev(2)` and a queue can copy them into one
+/// message without joining them first.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    /// What kind of frame this is (message queues give Pings and Pongs their own types).
+    pub kind: Kind,
+    /// The encoded header (checksum included).
+    pub header: &'a [u8; HEADER_LEN],
+    /// The payload the checksum covers.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Outgoing<'a> {
+    /// Header plus payload bytes.
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
+    /// Never empty: a frame has at least its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The two pieces as `writev(2)` takes them (an empty payload is left out).
+    pub fn iovecs(&self) -> ([IoSlice<'a>; 2], usize) {
+        let n = if self.payload.is_empty() { 1 } else { 2 };
+        ([IoSlice::new(self.header), IoSlice::new(self.payload)], n)
+    }
+
+    /// The frame as one owned byte string (tests and examples).
+    pub fn to_vec(&self) -> Vec<u8> {
+        [&self.header[..], self.payload].concat()
+    }
+}
+
+/// The caller's buffer for the frame being sent: a header, a payload, and the End
+/// frame's small payload. [`WriterSession::next`] fills it; the caller sends from it.
+///
+/// In stream and pingpong modes the payload is written once (a fixed pattern) and then
+/// only its first 8 bytes change per message (the sequence number), so building a frame
+/// costs a header and a checksum, not a fresh payload.
+#[derive(Debug)]
+pub struct FrameBuf {
+    /// The encoded header of the current frame.
+    header: [u8; HEADER_LEN],
+    /// Data or Ping payload (or a text line).
+    data: Vec<u8>,
+    /// The End frame's payload (count and bytes).
+    end: [u8; END_PAYLOAD_LEN],
+}
+
+impl Default for FrameBuf {
+    fn default() -> FrameBuf {
+        FrameBuf {
+            header: [0; HEADER_LEN],
+            data: Vec::new(),
+            end: [0; END_PAYLOAD_LEN],
+        }
+    }
+}
+
+impl FrameBuf {
+    /// An empty buffer; the session sizes it on first use.
+    pub fn new() -> FrameBuf {
+        FrameBuf::default()
+    }
+
+    fn data_frame(&self, kind: Kind) -> Outgoing<'_> {
+        Outgoing {
+            kind,
+            header: &self.header,
+            payload: &self.data,
+        }
+    }
+
+    fn end_frame(&self) -> Outgoing<'_> {
+        Outgoing {
+            kind: Kind::End,
+            header: &self.header,
+            payload: &self.end,
+        }
+    }
+}
+
+/// What the writer's loop does next.
+#[derive(Debug)]
+pub enum Next<'a> {
+    /// Send this frame, then call [`WriterSession::next`] again.
+    Send(Outgoing<'a>),
+    /// Pingpong: receive the Pong of the Ping just sent and give it to
+    /// [`WriterSession::answer`].
+    AwaitAnswer,
+    /// Text mode: read a line and give it to [`WriterSession::push_line`], or call
+    /// [`WriterSession::end_of_input`] at end of input.
+    NeedLine,
+    /// Everything was sent (and answered); [`WriterSession::finish`] gives the report.
+    Done,
+}
+
+/// Where a writer session is.
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Sending Data or Pings.
+    Running,
+    /// Text mode: end of input; End goes next.
+    EndDue,
+    /// Text mode: a line was refused; End goes next, then the error.
+    Refusing(String),
+    /// Text mode: End of a refused line was handed out; the error comes next.
+    Failed(String),
+    /// End was handed out.
+    EndSent,
+    /// The timed part is over and measured.
+    Done,
+}
+
+/// The writer side of the protocol for one run: builds frames, checks answers, times.
+///
+/// Text mode: one Data frame per line pushed, End at end of input. Stream: `warmup +
+/// count` Data frames of `--size` bytes, then End. Pingpong: `warmup + count` Pings, each
+/// answered by a Pong before the next, then End.
+pub struct WriterSession {
+    /// The report being filled in.
+    report: Report,
+    /// What runs.
+    mode: Mode,
+    /// Timed messages.
+    count: u64,
+    /// Untimed messages sent first.
+    warmup: u64,
+    /// Payload bytes per message (stream, pingpong).
+    size: usize,
+    /// Longest text line accepted.
+    max_payload: usize,
+    /// This run's random id, carried by every frame.
+    nonce: u64,
+    /// Sequence number of the next Data or Ping frame.
+    seq: u64,
+    /// Sequence number of the last frame handed out (for "after N messages").
+    last_seq: u64,
+    /// Payload bytes of the Data frames sent (text mode).
+    text_bytes: u64,
+    /// Text mode: a line pushed and not yet framed.
+    line: Option<Vec<u8>>,
+    /// Pingpong: a Ping is out and its Pong has not been taken yet.
+    awaiting: bool,
+    /// Where the session is.
+    phase: Phase,
+    /// Round-trip times of the timed Pings.
+    rtt: Latency,
+    /// Start of the timed part (CLOCK_MONOTONIC ns) and the CPU time then.
+    t0: u64,
+    /// CPU time at `t0`.
+    cpu0: CpuTime,
+}
+
+impl WriterSession {
+    /// A session for `setup`'s mode, count, size and warm-up, with a fresh nonce.
+    pub fn new(setup: &Setup) -> WriterSession {
+        let a = &setup.args;
+        WriterSession {
+            report: setup.report(Role::Writer),
+            mode: a.mode,
+            count: a.count,
+            warmup: a.warmup(),
+            size: a.size,
+            max_payload: setup.max_payload,
+            nonce: super::new_nonce(),
+            seq: 0,
+            last_seq: 0,
+            text_bytes: 0,
+            line: None,
+            awaiting: false,
+            phase: Phase::Running,
+            rtt: Latency::new(),
+            t0: now_ns(),
+            cpu0: CpuTime::now(),
+        }
+    }
+
+    /// This run's session nonce.
+    pub fn nonce(&self) -> u64 {
+        self.nonce
+    }
+
+    /// Data or Ping frames handed out so far (the sequence number of the next one).
+    pub fn sent(&self) -> u64 {
+        self.seq
+    }
+
+    /// What to do next; a frame to send is built in `buf`.
+    ///
+    /// The clock is read here: `sent_ns` of each frame, and the start of the timed part
+    /// when the first frame after the warm-up is built.
+    pub fn next<'b>(&mut self, buf: &'b mut FrameBuf) -> Result<Next<'b>> {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Running => {
+                self.phase = Phase::Running;
+                match self.mode {
+                    Mode::Text => self.next_text(buf),
+                    Mode::Stream | Mode::Pingpong => self.next_timed(buf),
+                }
+            }
+            Phase::EndDue => {
+                self.phase = Phase::EndSent;
+                self.encode_end(buf, self.text_bytes)
+            }
+            Phase::Refusing(why) => {
+                // End goes out first, so every line sent before is accounted for.
+                self.phase = Phase::Failed(why);
+                self.encode_end(buf, self.text_bytes)
+            }
+            Phase::Failed(why) => Err(anyhow!("{why}")),
+            Phase::EndSent => {
+                self.report.elapsed_ns = now_ns().saturating_sub(self.t0);
+                self.report.set_rates(CpuTime::now().since(self.cpu0));
+                Ok(Next::Done)
+            }
+            Phase::Done => Ok(Next::Done),
+        }
+    }
+
+    fn next_text<'b>(&mut self, buf: &'b mut FrameBuf) -> Result<Next<'b>> {
+        let Some(line) = self.line.take() else {
+            return Ok(Next::NeedLine);
+        };
+        buf.data = line;
+        self.encode(buf, Kind::Data, false)?;
+        self.text_bytes += buf.data.len() as u64;
+        self.report.size_bytes = self.report.size_bytes.max(buf.data.len() as u64);
+        self.seq += 1;
+        Ok(Next::Send(buf.data_frame(Kind::Data)))
+    }
+
+    fn next_timed<'b>(&mut self, buf: &'b mut FrameBuf) -> Result<Next<'b>> {
+        if self.awaiting {
+            return Ok(Next::AwaitAnswer);
+        }
+        let total = self.warmup + self.count;
+        if self.seq == total {
+            self.phase = Phase::EndSent;
+            return self.encode_end(buf, total * self.size as u64);
+        }
+        if buf.data.len() != self.size {
+            buf.data = pattern(self.size);
+        }
+        if self.seq == self.warmup {
+            // The timed part starts with the first frame after the warm-up.
+            self.t0 = now_ns();
+            self.cpu0 = CpuTime::now();
+        }
+        let n = self.size.min(8);
+        buf.data[..n].copy_from_slice(&self.seq.to_le_bytes()[..n]);
+        let kind = if self.mode == Mode::Pingpong {
+            self.awaiting = true;
+            Kind::Ping
+        } else {
+            Kind::Data
+        };
+        self.encode(buf, kind, self.seq < self.warmup)?;
+        if kind == Kind::Data {
+            self.seq += 1;
+        }
+        Ok(Next::Send(buf.data_frame(kind)))
+    }
+
+    fn encode(&mut self, buf: &mut FrameBuf, kind: Kind, warmup: bool) -> Result<()> {
+        let fields = Fields {
+            kind,
+            flags: if warmup { FLAG_WARMUP } else { 0 },
+            nonce: self.nonce,
+            seq: self.seq,
+            sent_ns: now_ns(),
+        };
+        buf.header = encode_header(fields, &buf.data)?;
+        self.last_seq = self.seq;
+        Ok(())
+    }
+
+    fn encode_end<'b>(&mut self, buf: &'b mut FrameBuf, bytes: u64) -> Result<Next<'b>> {
+        buf.end = end_payload(self.seq, bytes);
+        let fields = Fields {
+            kind: Kind::End,
+            flags: 0,
+            nonce: self.nonce,
+            seq: self.seq,
+            sent_ns: now_ns(),
+        };
+        buf.header = encode_header(fields, &buf.end)?;
+        self.last_seq = self.seq;
+        self.fill_report();
+        Ok(Next::Send(buf.end_frame()))
+    }
+
+    /// Text mode: the next line read from input, with or without its line ending. A line
+    /// longer than the mechanism carries is refused: End goes out first (so every line
+    /// before it is accounted for), then [`WriterSession::next`] returns the error.
+    pub fn push_line(&mut self, line: &[u8]) {
+        let mut end = line.len();
+        while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+            end -= 1;
+        }
+        if end > self.max_payload {
+            self.phase = Phase::Refusing(format!(
+                "line {} is {end} bytes; the largest message this mechanism carries is {} bytes",
+                self.seq + 1,
+                self.max_payload
+            ));
+            return;
+        }
+        self.line = Some(line[..end].to_vec());
+    }
+
+    /// Text mode: input ended (Ctrl-D); the End frame goes next.
+    pub fn end_of_input(&mut self) {
+        self.phase = Phase::EndDue;
+    }
+
+    /// Pingpong: the Pong that came back. It must answer the Ping just sent (same seq and
+    /// session) and carry its payload back. The round trip is measured here.
+    pub fn answer(&mut self, pong: &Header, payload: &[u8]) -> Result<()> {
+        let now = now_ns();
+        let (seq, nonce, size) = (self.seq, self.nonce, self.size);
+        if !self.awaiting {
+            bail!(
+                "got a Pong (seq {}) when no Ping was waiting for one",
+                pong.seq
+            );
+        }
+        if pong.kind != Kind::Pong || pong.seq != seq || pong.nonce != nonce {
+            bail!(
+                "expected Pong seq {seq} of session {nonce:#x}, got {:?} seq {} of session {:#x}",
+                pong.kind,
+                pong.seq,
+                pong.nonce
+            );
+        }
+        let n = size.min(8);
+        if payload.len() != size || payload[..n] != seq.to_le_bytes()[..n] {
+            bail!(
+                "Pong seq {seq} does not carry the payload that was sent ({} bytes back, {size} sent)",
+                payload.len()
+            );
+        }
+        if seq >= self.warmup {
+            self.rtt.record(now.saturating_sub(pong.sent_ns));
+        }
+        self.awaiting = false;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// The error for a reader that went away: "reader {how} after N messages; stopping".
+    pub fn reader_left(&self, how: &str) -> anyhow::Error {
+        anyhow!("reader {how} after {} messages; stopping", self.last_seq)
+    }
+
+    fn fill_report(&mut self) {
+        let r = &mut self.report;
+        if self.mode == Mode::Text {
+            r.count = self.seq;
+            r.bytes = self.text_bytes;
+        } else {
+            r.size_bytes = self.size as u64;
+            r.count = self.count;
+            r.warmup = self.warmup;
+            r.bytes = self.count * self.size as u64;
+        }
+        if self.mode == Mode::Pingpong {
+            r.latency_kind = "round_trip".into();
+            r.latency_ns = self.rtt.summary();
+        }
+        r.verified = true;
+    }
+
+    /// The report, once [`WriterSession::next`] returned [`Next::Done`].
+    pub fn finish(self) -> Report {
+        self.report
+    }
+}
+
+/// The stream payload: a fixed pattern whose first 8 bytes are overwritten with the
+/// sequence number of each message, so the reader checks content as well as the checksum.
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+        .collect()
+}
