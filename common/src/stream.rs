@@ -1,4 +1,4 @@
-//! Byte streams (pipe, FIFO, TCP, Unix stream): one-call wrappers for the role files.
+//! Byte streams (pipe, FIFO, TCP, Unix stream, stdin): one-call wrappers for the role files.
 //!
 //! A byte stream keeps no message boundaries (K5), so a frame leaves as its header and
 //! payload in one `writev(2)` and arrives through a [`Reassembler`] that finds the frames
@@ -6,7 +6,7 @@
 //! calls (`F_GETPIPE_SZ`, `F_SETPIPE_SZ`) and the non-blocking write that notices a full
 //! pipe (P6) instead of just stalling in it.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result};
@@ -59,6 +59,14 @@ pub fn read<R: Read>(r: &mut R, frames: &mut Reassembler) -> Result<usize> {
             Err(e) => return Err(e).context("read"),
         }
     }
+}
+
+/// Text mode's input: reads one line of stdin (`read(2)` blocks until a line is typed)
+/// into `line`; `None` at end of input (Ctrl-D).
+pub fn read_line<'a, R: BufRead>(stdin: &mut R, line: &'a mut Vec<u8>) -> Result<Option<&'a [u8]>> {
+    line.clear();
+    let n = stdin.read_until(b'\n', line).context("reading stdin")?;
+    Ok((n > 0).then_some(&line[..]))
 }
 
 /// EPIPE and a reset connection mean the peer is gone: a value, not an error.

@@ -212,18 +212,19 @@ pub enum Verdict {
 /// 3. no size or no creator pid for [`SETUP_GRACE`] is stale, sooner is not ready;
 /// 4. a header whose `ready` word is not 1 yet is not ready; otherwise it is ready.
 pub fn judge(view: Option<&HeaderView>, unready_for: Duration) -> Verdict {
+    // `what` the creator writes early: missing past the grace, the creator died.
     let grace = |what: &str| {
         if unready_for >= SETUP_GRACE {
             Verdict::Stale(format!(
-                "it has {what} after {:.1} s: left by a run that died while creating it",
+                "it has no {what} after {:.1} s: left by a run that died while creating it",
                 unready_for.as_secs_f64()
             ))
         } else {
-            Verdict::NotReady(format!("its creator has not written {what} yet"))
+            Verdict::NotReady(format!("its creator has not written its {what} yet"))
         }
     };
     let Some(v) = view else {
-        return grace("no header");
+        return grace("header");
     };
     if v.magic != RING_MAGIC && v.magic != 0 {
         return Verdict::Foreign(v.magic);
@@ -238,7 +239,7 @@ pub fn judge(view: Option<&HeaderView>, unready_for: Duration) -> Verdict {
         return Verdict::Stale(format!("its creator (pid {}) is gone{peer}", v.creator_pid));
     }
     if v.creator_pid <= 0 {
-        return grace("no creator pid");
+        return grace("creator pid");
     }
     if !v.ready || v.magic == 0 {
         return Verdict::NotReady(format!(
