@@ -10,25 +10,31 @@
 //! named-pipe-writer --mode pingpong --count 100000  # two FIFOs: NAME and NAME.back (N6)
 //! ```
 //!
-//! System calls, in order:
-//! - `lstat` of `<runtime dir>/NAME`: missing -> `mkfifo(0600)`; a FIFO of ours -> reuse it;
-//!   anything else -> refuse (never unlink what is not ours). Pingpong: the same for `NAME.back`.
-//! - `open(NAME, O_WRONLY|O_NONBLOCK)`: succeeds if a reader already has the FIFO open,
-//!   fails with ENXIO if not. Then, if needed, the real `open(NAME, O_WRONLY)`, which blocks
-//!   until a reader opens the other end (N7); a watchdog ends the wait at `--timeout`.
-//! - `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`.
-//! - Pingpong: `open(NAME.back, O_RDONLY)`, which blocks until the reader opens it for
-//!   writing: the way back is a second FIFO, because this descriptor only writes (N4, N6).
-//! - `fcntl(F_SETFL, O_NONBLOCK)` so a full FIFO is noticed (N7) and waited for in `poll`;
-//!   then one `writev` per frame (and a `read` of each Pong); `close`.
+//! System calls, in order (the numbers mark them in the code below):
+//! 1. `lstat` of `<runtime dir>/NAME`: missing -> `mkfifo(0600)`; a FIFO of ours -> reuse
+//!    it; anything else -> refuse (never unlink what is not ours). Pingpong: the same for
+//!    `NAME.back` ([`prepare_fifo`]).
+//! 2. `open(NAME, O_WRONLY|O_NONBLOCK)`: succeeds if a reader already has the FIFO open,
+//!    fails with ENXIO if not. Then, if needed, the real `open(NAME, O_WRONLY)`, which
+//!    blocks until a reader opens the other end (N7); a watchdog ends the wait at
+//!    `--timeout` ([`open_for_writing`]).
+//! 3. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`.
+//! 4. Pingpong: `open(NAME.back, O_RDONLY)`, which blocks until the reader opens it for
+//!    writing: the way back is a second FIFO, because this descriptor only writes (N4, N6).
+//! 5. `fcntl(F_SETFL, O_NONBLOCK)`, so a full FIFO is noticed (N7) and waited for in `poll`.
+//! 6. The loop: one `writev` per frame, `poll(POLLOUT)` when it finds the FIFO full; in
+//!    pingpong a `read` of each Pong from `NAME.back`; in text mode a `read` of stdin.
+//! 7. `close`, which the reader sees as end of input after End.
 //!
 //! Start order: either. Whoever comes first makes the FIFO(s); the other finds them.
 //! Cleanup: the reader removes the names when the pair is done. This side removes a FIFO
 //! it created only if it never got as far as a connected reader (error or Ctrl-C while
 //! waiting in `open`). If the reader goes away, `write` fails with EPIPE (Rust ignores
 //! SIGPIPE, so it is an error value, not a death): "reader closed the FIFO", exit 1.
+//!
+//! [`prepare_fifo`]: crate::rendezvous::prepare_fifo
+//! [`open_for_writing`]: crate::rendezvous::open_for_writing
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -36,16 +42,17 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode};
-use common::frame::MAX_PAYLOAD;
+use common::cli::{parse_size, CommonArgs, Mode, Program};
+use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
-use common::protocol::{conclude, run_writer, Setup, StreamSink, StreamSource};
+use common::session::{conclude, FrameBuf, Next, WriterSession};
+use common::setup::{Flavour, Setup, Wait};
+use common::stream::{self, check_pipe_size, Delivery, FullWatch};
+use common::timing::Report;
 use nix::fcntl::OFlag;
 
-use crate::{
-    check_pipe_size, fifo_paths, open_with_timeout, own_fifo, prepare_fifo, show_capacity,
-    try_open_for_writing, MECHANISM,
-};
+use crate::rendezvous::{open_for_writing, open_with_timeout, own_fifo, prepare_fifo};
+use crate::{blocked_note, fifo_paths, show_capacity, MECHANISM};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "named-pipe-writer";
@@ -66,19 +73,10 @@ pub struct Args {
     pub pipe_size: Option<usize>,
 }
 
-/// Entry point of the `named-pipe-writer` binary.
-pub fn main() -> ExitCode {
-    main_from(std::env::args_os())
-}
-
-/// Runs named-pipe-writer with an explicit argument list (the `bench` runner uses this).
-pub fn main_from<I, T>(argv: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args = Args::parse_from(argv);
-    common::cli::run_main(PROGRAM, args.common.quiet, || run(args))
+impl Program for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// The program: make or find the FIFO(s), open them, run the mode, report.
@@ -88,17 +86,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
     let pingpong = c.mode == Mode::Pingpong;
     let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: "fifo".into(),
-        wait: "blocking".into(),
+        program: PROGRAM,
+        mechanism: MECHANISM,
+        flavour: Flavour::Fifo,
+        wait: Wait::Block,
         args: c.clone(),
         max_payload: MAX_PAYLOAD,
     };
     let (there_path, back_path) = fifo_paths(c.name.as_deref())?;
-
-    // The names. What this side creates it owns until a reader has opened it: Ctrl-C
-    // while waiting below removes it, and so does an error on the way.
+    // 1. The names. What this side creates it owns until a reader has opened it: Ctrl-C
+    //    while waiting below removes it, and so does an error on the way.
     let mut owned = Vec::new();
     if prepare_fifo(&there_path)? {
         owned.push(own_fifo(&there_path));
@@ -106,89 +103,91 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if pingpong && prepare_fifo(&back_path)? {
         owned.push(own_fifo(&back_path));
     }
-
-    // The way there. First ask without blocking: ENXIO means nobody reads yet.
-    let there: File = match try_open_for_writing(&there_path)? {
-        Some(fd) => {
-            narrate!(
-                "a reader already has {} open: open(O_WRONLY) did not need to wait",
-                there_path.display()
-            );
-            File::from(fd)
-        }
-        None => {
-            narrate!(
-                "no reader has {} open yet (open with O_NONBLOCK gives ENXIO); open(O_WRONLY) blocks until named-pipe-reader opens it for reading (N7); waiting up to {:?}",
-                there_path.display(),
-                c.timeout
-            );
-            match open_with_timeout(&there_path, OFlag::O_WRONLY, c.timeout)? {
-                Some(f) => f,
-                None => bail!(
-                    "no reader opened {} within {:?} (open blocks until both ends exist, N7): start named-pipe-reader{} or raise --timeout",
-                    there_path.display(),
-                    c.timeout,
-                    name_hint(c)
-                ),
-            }
-        }
-    };
-    narrate!(
-        "opened {} for writing: this descriptor can only write (N1, N4)",
-        there_path.display()
-    );
-    let mut notes = vec![show_capacity(there.as_fd(), args.pipe_size)?];
-
-    // The way back (pingpong): a second FIFO, opened for reading (N6).
+    // 2. The way there: blocks until a reader opens the other end (N7).
+    let mut fifo = open_for_writing(&there_path, c)?;
+    // 3. The buffer belongs to the open FIFO, so it is sized now, not at mkfifo.
+    let mut notes = vec![show_capacity(fifo.as_fd(), args.pipe_size)?];
+    // 4. The way back (pingpong): a second FIFO, opened for reading (N6).
     let back = if pingpong {
         narrate!(
             "opening {} for reading: the answers need a second FIFO, because each open end goes one way (N6); open(O_RDONLY) blocks until the reader opens it for writing (N7)",
             back_path.display()
         );
-        match open_with_timeout(&back_path, OFlag::O_RDONLY, c.timeout)? {
-            Some(f) => Some(f),
-            None => bail!(
+        let Some(f) = open_with_timeout(&back_path, OFlag::O_RDONLY, c.timeout)? else {
+            bail!(
                 "the reader did not open {} for writing within {:?}: is it running in pingpong mode?",
                 back_path.display(),
                 c.timeout
-            ),
-        }
+            );
+        };
+        Some(f)
     } else {
         None
     };
     // Both ends are connected: from here on the reader owns the names and removes them.
-    for o in owned {
-        o.release();
-    }
-
-    let mut sink = StreamSink::noticing_full(there, "FIFO")?;
-    let mut stdin = io::stdin().lock();
-    let end = match back {
-        Some(f) => {
-            let mut src = StreamSource::new(f, MAX_PAYLOAD);
-            run_writer(&setup, &mut sink, Some(&mut src), &mut stdin)?
-        }
-        None => run_writer::<_, StreamSource<File>>(&setup, &mut sink, None, &mut stdin)?,
-    };
-    let blocked = sink.blocked;
-    // Closing the write end is what the reader sees as end of input after End.
-    drop(sink);
-    let mut report = end.into_report("closed the FIFO (write failed with EPIPE)")?;
-    if blocked > 0 {
-        narrate!("the FIFO was full {blocked} times: the reader was slower than this writer (N7)");
-    }
-    notes.push(format!(
-        "a write found the FIFO full {blocked} times and waited (N7)"
-    ));
+    owned.into_iter().for_each(|o| o.release());
+    // 5. Non-blocking, so that a full FIFO is seen rather than slept in.
+    let mut full = FullWatch::new(fifo.as_fd(), "FIFO")?;
+    // 6. The loop.
+    let result = send_all(&setup, &mut fifo, &mut full, back);
+    // 7. Closing the write end is what the reader sees as end of input after End.
+    drop(fifo);
+    let mut report = result?;
+    notes.push(blocked_note(full.blocked));
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
 }
 
-/// " --name X" when a name was given, so the hint can be pasted.
-pub(crate) fn name_hint(c: &CommonArgs) -> String {
-    c.name
-        .as_deref()
-        .map(|n| format!(" --name {n}"))
-        .unwrap_or_default()
+/// The send loop: the session says what goes next, this function makes the calls.
+fn send_all(
+    setup: &Setup,
+    fifo: &mut File,
+    full: &mut FullWatch,
+    back: Option<File>,
+) -> Result<Report> {
+    // EPIPE on a write, or EOF on the way back: the reader is gone.
+    const GONE: &str = "closed the FIFO (write failed with EPIPE)";
+    let mut session = WriterSession::new(setup);
+    let mut frame = FrameBuf::new();
+    // The Pongs come back as a byte stream too, through NAME.back.
+    let mut answers = back.map(|f| (f, Reassembler::new(MAX_PAYLOAD)));
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
+    if setup.mode() == Mode::Text {
+        narrate!(
+            "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
+        );
+    }
+    loop {
+        match session.next(&mut frame)? {
+            // writev(2): header and payload in one call; EAGAIN (full, N7) waits in poll.
+            Next::Send(out) => {
+                if full.writev(fifo, out)? == Delivery::PeerGone {
+                    return Err(session.reader_left(GONE));
+                }
+            }
+            // read(2) from NAME.back until the Pong is whole; it blocks while empty.
+            Next::AwaitAnswer => {
+                let Some((back, pongs)) = answers.as_mut() else {
+                    bail!("pingpong needs a way back from the reader, and this setup has none");
+                };
+                loop {
+                    if let Some((header, payload)) = pongs.next_frame()? {
+                        session.answer(&header, payload)?;
+                        break;
+                    }
+                    if stream::read(back, pongs)? == 0 {
+                        return Err(session.reader_left(GONE));
+                    }
+                }
+            }
+            // Text mode: read(2) of stdin up to a newline; 0 bytes is Ctrl-D.
+            Next::NeedLine => match stream::read_line(&mut stdin, &mut line)? {
+                Some(l) => session.push_line(l),
+                None => session.end_of_input(),
+            },
+            Next::Done => return Ok(session.finish()),
+        }
+    }
 }

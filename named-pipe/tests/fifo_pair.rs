@@ -105,6 +105,12 @@ fn stream_mode_is_verified_in_both_start_orders() {
         let rep = rd.report("reader", false);
         assert!(rep.verified, "{rep:?}");
         assert_eq!((rep.count, rep.bytes), (3000, 3000 * 4096));
+        let named = (
+            rep.mechanism.as_str(),
+            rep.flavour.as_str(),
+            rep.wait.as_str(),
+        );
+        assert_eq!(named, ("named-pipe", "fifo", "block"), "{rep:?}");
         d.assert_empty();
     }
 }

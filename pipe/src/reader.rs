@@ -10,30 +10,39 @@
 //! and one-way latency (stream mode). In pingpong it answers each Ping through the second
 //! pipe the writer gave it (`--back-fd N`, P5).
 //!
-//! System calls, in order: `fstat(0)` to see that stdin is a pipe, a scan of `/proc/*/fd`
-//! to show which processes hold its two ends and their PPIDs (P1, P4); `fcntl(F_GETFD)` on
-//! `--back-fd`; then `read` into a 1 MiB buffer, as many frames per call as have arrived;
-//! `writev` of each Pong on the way back. `read` blocks while the pipe is empty (P6) and
-//! returns 0 once every write end is closed: after End that is a clean finish, before it
-//! the writer died (exit 1, "truncated stream" if it died mid-frame).
+//! System calls, in order (the numbers mark them in the code below):
+//! 1. `fcntl(F_GETFD)` and `fstat` on `--back-fd`: the way back, inherited from
+//!    `pipe-writer --spawn`, checked before it is trusted ([`take_inherited_pipe`]).
+//! 2. `dup(0)` and `fstat` to see that stdin is a pipe, then a scan of `/proc/*/fd` to show
+//!    which processes hold its two ends and their PPIDs (P1, P4; [`show_pipe_ends`]).
+//! 3. The loop: `read` into a 1 MiB buffer, as many frames per call as have arrived, and
+//!    `writev` of each Pong on the way back. `read` blocks while the pipe is empty (P6)
+//!    and returns 0 once every write end is closed: after End that is a clean finish,
+//!    before it the writer died (exit 1, "truncated stream" if it died mid-frame).
 //!
 //! Start order: whatever the shell does; or started by `pipe-writer --spawn`.
 //! Cleanup: nothing to remove: an anonymous pipe disappears with its last descriptor.
+//!
+//! [`take_inherited_pipe`]: crate::rendezvous::take_inherited_pipe
+//! [`show_pipe_ends`]: crate::rendezvous::show_pipe_ends
 
-use std::ffi::OsString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode};
-use common::frame::MAX_PAYLOAD;
+use common::cli::{parse_size, CommonArgs, Mode, Program};
+use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
-use common::protocol::{conclude, run_reader, NoWayBack, Setup, StreamSink, StreamSource};
+use common::session::{conclude, Action, ReaderSession};
+use common::setup::{Flavour, Setup, Wait};
+use common::stream::{self, Delivery};
+use common::timing::Report;
 
-use crate::{fd_kind, pipe_ends, take_inherited_pipe, FdKind, MECHANISM};
+use crate::rendezvous::{fd_kind, show_pipe_ends, take_inherited_pipe, FdKind};
+use crate::MECHANISM;
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "pipe-reader";
@@ -62,24 +71,15 @@ pub struct Args {
     pub max_size: usize,
 }
 
-/// Entry point of the `pipe-reader` binary.
-pub fn main() -> ExitCode {
-    main_from(std::env::args_os())
+impl Program for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
-/// Runs pipe-reader with an explicit argument list (the `bench` runner uses this).
-pub fn main_from<I, T>(argv: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args = Args::parse_from(argv);
-    common::cli::run_main(PROGRAM, args.common.quiet, || run(args))
-}
-
-/// The program: look at stdin, take the way back if given, read until End.
+/// The program: take the way back if given, look at stdin, read until End.
 pub fn run(args: Args) -> Result<ExitCode> {
-    // The way back is taken first, before anything else could open a descriptor.
+    // 1. The way back is taken first, before anything else could open a descriptor.
     let back: Option<OwnedFd> = args.back_fd.map(take_inherited_pipe).transpose()?;
     if args.common.mode == Mode::Pingpong && back.is_none() {
         bail!(
@@ -87,10 +87,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
              run `pipe-writer --spawn --mode pingpong`, which makes both pipes and starts this program"
         );
     }
+    // 2. stdin: what it is, and who holds the pipe's ends.
     let stdin: OwnedFd = nix::unistd::dup(io::stdin()).context("dup stdin")?;
     let mut notes = Vec::new();
     match fd_kind(stdin.as_fd())? {
-        FdKind::Pipe => notes.extend(show_pipe_ends(&stdin)?),
+        FdKind::Pipe => notes.extend(show_pipe_ends(stdin.as_fd())?),
         FdKind::Fifo => narrate!("stdin is a named pipe (FIFO); see the named-pipe pair for those"),
         FdKind::File => narrate!("stdin is a regular file: replaying frames saved from pipe-writer"),
         FdKind::Terminal => bail!(
@@ -98,56 +99,53 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ),
         FdKind::Other => narrate!("stdin is neither a pipe nor a file; reading frames from it anyway"),
     }
-
     let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: if args.spawned { "spawn" } else { "shell" }.into(),
-        wait: "blocking".into(),
+        program: PROGRAM,
+        mechanism: MECHANISM,
+        flavour: if args.spawned {
+            Flavour::Spawn
+        } else {
+            Flavour::Shell
+        },
+        wait: Wait::Block,
         args: args.common.clone(),
         max_payload: args.max_size.min(MAX_PAYLOAD),
     };
+    // 3. The loop.
     narrate!("reading from the pipe: read() blocks while it is empty (P6)");
-    let mut src = StreamSource::new(File::from(stdin), setup.max_payload);
-    let end = match back {
-        Some(fd) => {
-            let mut sink = StreamSink::new(File::from(fd));
-            run_reader(&setup, &mut src, Some(&mut sink))?
-        }
-        None => run_reader::<_, NoWayBack>(&setup, &mut src, None)?,
-    };
-    let mut report = end.into_report("the pipe")?;
+    let mut report = receive_all(&setup, File::from(stdin), back.map(File::from))?;
     report.notes = notes;
     conclude(&report, args.common.json)
 }
 
-/// Prints who holds the two ends of the pipe on stdin, with their PPIDs (P1, P4).
-fn show_pipe_ends(stdin: &OwnedFd) -> Result<Vec<String>> {
-    let ends = pipe_ends(stdin.as_fd())?;
-    let me = std::process::id() as i32;
-    let my_ppid = nix::unistd::getppid().as_raw();
-    let mut notes = vec![format!("reader pid {me} ppid {my_ppid}")];
-    for e in ends.iter().filter(|e| e.writes) {
-        narrate!(
-            "the write end is held by pid {} ({}), whose parent is pid {}",
-            e.pid,
-            e.comm,
-            e.ppid
-        );
-        notes.push(format!("writer pid {} ppid {}", e.pid, e.ppid));
-        if e.pid == my_ppid {
-            narrate!("the writer is this reader's parent: it made the pipe, then started us (P4)");
-        } else if e.ppid == my_ppid {
-            narrate!(
-                "writer and reader share parent pid {my_ppid}: siblings that inherited the two ends from the shell (P1)"
-            );
-        } else {
-            narrate!("writer and reader have different parents: what they share is an ancestor that made the pipe (P1 is imprecise)");
+/// The receive loop: `read` whatever has arrived, hand each whole frame to the session,
+/// do what it says.
+fn receive_all(setup: &Setup, mut pipe: File, mut back: Option<File>) -> Result<Report> {
+    let mut session = ReaderSession::new(setup);
+    // Finds the frames in whatever each read returned: a pipe keeps no boundaries.
+    let mut frames = Reassembler::new(setup.max_payload);
+    let mut stdout = io::stdout().lock();
+    'receive: loop {
+        while let Some((header, payload)) = frames.next_frame()? {
+            match session.on_frame(&header, payload)? {
+                Action::Continue => {}
+                Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
+                // writev(2) of the Pong on the second pipe (P5).
+                Action::Echo(pong) => {
+                    let Some(back) = back.as_mut() else {
+                        bail!("got a Ping (pingpong mode) but this reader has no way back to the writer");
+                    };
+                    if stream::writev(back, pong)? == Delivery::PeerGone {
+                        return Err(session.writer_left("the pipe", None));
+                    }
+                }
+                Action::Done => break 'receive,
+            }
+        }
+        // read(2) blocks while the pipe is empty; 0 once every write end is closed.
+        if stream::read(&mut pipe, &mut frames)? == 0 {
+            return Err(session.writer_left("the pipe", frames.cut()));
         }
     }
-    if !ends.iter().any(|e| e.writes) {
-        narrate!("no process holds the write end any more: the writer already finished, and what it wrote waits in the pipe");
-    }
-    narrate!("this reader is pid {me}, parent pid {my_ppid}");
-    Ok(notes)
+    Ok(session.finish())
 }

@@ -9,15 +9,19 @@
 //! ```
 //! Type lines in text mode; each line is one message. Ctrl-D ends both programs cleanly.
 //!
-//! System calls, in order:
-//! - shell mode: `fstat(1)` to see what stdout is; `fcntl(F_SETPIPE_SZ/F_GETPIPE_SZ)`;
-//!   `fcntl(F_SETFL, O_NONBLOCK)` so a full pipe is noticed (P6) and waited for in `poll`;
-//!   then one `writev` per frame. The shell already connected stdout to the reader.
-//! - spawn mode: `pipe2(O_CLOEXEC)` for the way there (and, for pingpong, a second one for
-//!   the way back, P5); `fcntl(F_SETFD, 0)` so the child inherits the back pipe's write
-//!   end; `fork`+`exec` of pipe-reader (std's `Command`) with the read end as its stdin;
-//!   `close` of the ends the parent does not use, which is what lets each side see EOF;
-//!   `writev` per frame (and `read` of each Pong); `waitpid` for the child at the end.
+//! System calls, in order (the numbers mark them in the code below):
+//! 1. The pipe. Shell mode: `dup(1)` and `fstat` to see what stdout is; the shell already
+//!    connected it to the reader. Spawn mode ([`spawn_reader`]): `pipe2(O_CLOEXEC)` for
+//!    the way there (and, for pingpong, a second one for the way back, P5); `fcntl(F_SETFD,
+//!    0)` so the child inherits the back pipe's write end; `fork`+`exec` of pipe-reader
+//!    (std's `Command`) with the read end as its stdin; `close` of the ends the parent does
+//!    not use, which is what lets each side see EOF.
+//! 2. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`.
+//! 3. `fcntl(F_SETFL, O_NONBLOCK)`, so a full pipe is noticed (P6) and waited for in `poll`.
+//! 4. The loop: one `writev` per frame, `poll(POLLOUT)` when it finds the pipe full; in
+//!    pingpong a `read` of each Pong from the way back; in text mode a `read` of stdin.
+//! 5. `close` of the write end, which the reader sees as end of input after End; in spawn
+//!    mode `waitpid` for the child.
 //!
 //! Start order: shell mode starts both at once; spawn mode starts the reader itself.
 //! Cleanup: an anonymous pipe has no name, so nothing outlives the processes: the kernel
@@ -26,24 +30,27 @@
 //! program says "reader closed the pipe after N messages" and exits 1.
 //!
 //! In shell mode stdout *is* the pipe, so this program's own report goes to stderr.
+//!
+//! [`spawn_reader`]: crate::rendezvous::spawn_reader
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode};
-use common::frame::MAX_PAYLOAD;
+use common::cli::{parse_size, CommonArgs, Mode, Program};
+use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
-use common::protocol::{conclude, run_writer, Setup, StreamSink, StreamSource};
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::unistd::pipe2;
+use common::session::{conclude, FrameBuf, Next, WriterSession};
+use common::setup::{Flavour, Setup, Wait};
+use common::stream::{self, check_pipe_size, Delivery, FullWatch};
+use common::timing::Report;
 
-use crate::{capacity, fd_kind, pipe_max_size, set_capacity, FdKind, MECHANISM};
+use crate::rendezvous::{self, FdKind};
+use crate::{blocked_note, show_capacity, MECHANISM};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "pipe-writer";
@@ -76,204 +83,121 @@ pub struct Args {
     pub reader_arg: Vec<String>,
 }
 
-/// Entry point of the `pipe-writer` binary.
-pub fn main() -> ExitCode {
-    main_from(std::env::args_os())
-}
-
-/// Runs pipe-writer with an explicit argument list (the `bench` runner uses this).
-pub fn main_from<I, T>(argv: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args = Args::parse_from(argv);
-    common::cli::run_main(PROGRAM, args.common.quiet, || run(args))
+impl Program for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// The program: check flags, set up the pipe(s), run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
+    let c = &args.common;
     // Flags are checked before any pipe exists.
-    if let Some(bytes) = args.pipe_size {
-        let max = pipe_max_size()?;
-        if !(4096..=max).contains(&bytes) {
-            bail!("--pipe-size {bytes} is out of range: 4096 to {max} bytes (/proc/sys/fs/pipe-max-size)");
-        }
-    }
+    check_pipe_size(args.pipe_size)?;
     let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: if args.spawn { "spawn" } else { "shell" }.into(),
-        wait: "blocking".into(),
-        args: args.common.clone(),
+        program: PROGRAM,
+        mechanism: MECHANISM,
+        flavour: if args.spawn {
+            Flavour::Spawn
+        } else {
+            Flavour::Shell
+        },
+        wait: Wait::Block,
+        args: c.clone(),
         max_payload: MAX_PAYLOAD,
     };
-    if args.spawn {
-        run_spawned(&args, &setup)
+    // 1. The pipe: made here and handed to a child (spawn), or the shell's on stdout.
+    let (there, back, mut child, kind) = if args.spawn {
+        let s = rendezvous::spawn_reader(&args)?;
+        (s.there, s.back, Some(s.child), FdKind::Pipe)
     } else {
-        run_in_shell(&args, &setup)
-    }
-}
-
-/// Shell mode: stdout is the pipe the shell made.
-fn run_in_shell(args: &Args, setup: &Setup) -> Result<ExitCode> {
-    if args.common.mode == Mode::Pingpong {
-        bail!(
-            "pingpong needs an answer, and a pipe carries data one way only (P3): two-way needs \
-             two pipes (P5), and `a | b` in a shell makes one. Run `pipe-writer --spawn --mode pingpong`, \
-             which makes both pipes and starts the reader itself"
-        );
-    }
-    // A duplicate of fd 1 as a File: unbuffered, and it can be made non-blocking.
-    let stdout: OwnedFd = nix::unistd::dup(io::stdout()).context("dup stdout")?;
-    match fd_kind(stdout.as_fd())? {
-        FdKind::Pipe | FdKind::Fifo => {
-            narrate!("stdout is a pipe: the shell created it and gave its read end to the next command (P1)")
-        }
-        FdKind::Terminal => bail!(
-            "stdout is a terminal, not a pipe: run `pipe-writer | pipe-reader`, or `pipe-writer --spawn`"
-        ),
-        FdKind::File => narrate!(
-            "stdout is a regular file: the frames are saved there; replay them with `pipe-reader < FILE`"
-        ),
-        FdKind::Other => narrate!("stdout is neither a pipe nor a file; writing frames to it anyway"),
-    }
+        let (stdout, kind) = rendezvous::stdout_pipe(c.mode)?;
+        (stdout, None, None, kind)
+    };
+    // 2. Its capacity (a FIFO or a file on stdout has none of ours to show).
     let mut notes = Vec::new();
-    if fd_kind(stdout.as_fd())? == FdKind::Pipe {
-        notes.push(show_capacity(stdout.as_fd(), args.pipe_size)?);
+    if kind == FdKind::Pipe {
+        notes.push(show_capacity(there.as_fd(), args.pipe_size)?);
     }
-    let mut sink = StreamSink::noticing_full(File::from(stdout), "pipe")?;
-    let mut stdin = io::stdin().lock();
-    let end = run_writer::<_, StreamSource<File>>(setup, &mut sink, None, &mut stdin)?;
-    let mut report = end.into_report("closed the pipe")?;
-    notes.push(blocked_note(sink.blocked));
-    report.notes = notes;
-    // stdout is the pipe: the report goes to stderr.
-    if args.common.json {
-        eprintln!("{}", report.to_json());
-    } else {
-        eprint!("{report}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Spawn mode: make the pipe(s), start the reader as a child, run, wait for it.
-fn run_spawned(args: &Args, setup: &Setup) -> Result<ExitCode> {
-    let pingpong = args.common.mode == Mode::Pingpong;
-    // The way there. O_CLOEXEC: no descriptor leaks into the child by accident; the one
-    // the child needs is given to it explicitly as its stdin.
-    let (there_r, there_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 (writer -> reader)")?;
-    let mut notes = vec![show_capacity(there_w.as_fd(), args.pipe_size)?];
-    // The way back, for pingpong only (P5): a second pipe, reader -> writer.
-    let back = if pingpong {
-        let (back_r, back_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 (reader -> writer)")?;
-        if let Some(bytes) = args.pipe_size {
-            set_capacity(back_w.as_fd(), bytes)?;
+    // 3. Non-blocking, so that a full pipe is seen rather than slept in.
+    let mut pipe = File::from(there);
+    let mut full = FullWatch::new(pipe.as_fd(), "pipe")?;
+    // 4. The loop.
+    let result = send_all(&setup, &mut pipe, &mut full, back.map(File::from));
+    // 5. Closing the write end is what the reader sees as end of input after End.
+    drop(pipe);
+    let Some(child) = child.as_mut() else {
+        let mut report = result?;
+        notes.push(blocked_note(full.blocked));
+        report.notes = notes;
+        // stdout is the pipe: the report goes to stderr.
+        if c.json {
+            eprintln!("{}", report.to_json());
+        } else {
+            eprint!("{report}");
         }
-        // Clear close-on-exec on the child's end only, so it survives exec in the child.
-        fcntl(back_w.as_fd(), FcntlArg::F_SETFD(FdFlag::empty())).context("fcntl F_SETFD")?;
-        Some((back_r, back_w))
-    } else {
-        None
+        return Ok(ExitCode::SUCCESS);
     };
-
-    let mut child = spawn_reader(args, there_r, back.as_ref().map(|(_, w)| w))?;
-    // Close the parent's copy of the child's end: while we held it, the way back could
-    // never report EOF, because a pipe ends only when every write end is closed.
-    let back_r = back.map(|(r, w)| {
-        drop(w);
-        r
-    });
-    narrate!(
-        "started pipe-reader as child pid {} with the pipe's read end as its stdin (P4: parent and child)",
-        child.id()
-    );
-
-    let mut sink = StreamSink::noticing_full(File::from(there_w), "pipe")?;
-    let mut stdin = io::stdin().lock();
-    let result = match back_r {
-        Some(r) => {
-            let mut src = StreamSource::new(File::from(r), MAX_PAYLOAD);
-            run_writer(setup, &mut sink, Some(&mut src), &mut stdin)
-        }
-        None => run_writer::<_, StreamSource<File>>(setup, &mut sink, None, &mut stdin),
-    };
-    let blocked = sink.blocked;
-    // Closing the write end is what the reader sees as end of input after End.
-    drop(sink);
-    let status = wait_child(&mut child)?;
-    let mut report = result?.into_report("closed the pipe")?;
+    let status = rendezvous::wait_child(child)?;
+    let mut report = result?;
     if !status.success() {
         bail!("pipe-reader (pid {}) failed: {status}", child.id());
     }
-    notes.push(blocked_note(blocked));
+    notes.push(blocked_note(full.blocked));
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
-    conclude(&report, args.common.json)
+    conclude(&report, c.json)
 }
 
-/// Starts pipe-reader with `stdin` = the pipe's read end and, for pingpong, `--back-fd`.
-fn spawn_reader(args: &Args, stdin: OwnedFd, back_w: Option<&OwnedFd>) -> Result<Child> {
-    let exe = match &args.reader_exe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("finding this program's path")?
-            .with_file_name("pipe-reader"),
-    };
-    if !exe.exists() {
-        bail!(
-            "cannot start the reader: {} does not exist (build it: cargo build -p pipe)",
-            exe.display()
+/// The send loop: the session says what goes next, this function makes the calls.
+fn send_all(
+    setup: &Setup,
+    pipe: &mut File,
+    full: &mut FullWatch,
+    back: Option<File>,
+) -> Result<Report> {
+    let mut session = WriterSession::new(setup);
+    let mut frame = FrameBuf::new();
+    // The Pongs come back as a byte stream too, through the second pipe.
+    let mut answers = back.map(|f| (f, Reassembler::new(MAX_PAYLOAD)));
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
+    if setup.mode() == Mode::Text {
+        narrate!(
+            "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
         );
     }
-    let c = &args.common;
-    let mut cmd = Command::new(&exe);
-    cmd.args(&args.reader_arg)
-        .arg("--spawned")
-        .arg("--mode")
-        .arg(c.mode.as_str())
-        .arg("--timeout")
-        .arg(format!("{}", c.timeout.as_secs_f64()));
-    if c.quiet {
-        cmd.arg("--quiet");
+    loop {
+        match session.next(&mut frame)? {
+            // writev(2): header and payload in one call; EAGAIN (full, P6) waits in poll.
+            Next::Send(out) => {
+                if full.writev(pipe, out)? == Delivery::PeerGone {
+                    // EPIPE: no read end is open any more.
+                    return Err(session.reader_left("closed the pipe"));
+                }
+            }
+            // read(2) from the way back until the Pong is whole; it blocks while empty.
+            Next::AwaitAnswer => {
+                let Some((back, pongs)) = answers.as_mut() else {
+                    bail!("pingpong needs a way back from the reader, and this setup has none");
+                };
+                loop {
+                    if let Some((header, payload)) = pongs.next_frame()? {
+                        session.answer(&header, payload)?;
+                        break;
+                    }
+                    // 0: the reader closed its end of the way back.
+                    if stream::read(back, pongs)? == 0 {
+                        return Err(session.reader_left("closed the pipe"));
+                    }
+                }
+            }
+            // Text mode: read(2) of stdin up to a newline; 0 bytes is Ctrl-D.
+            Next::NeedLine => match stream::read_line(&mut stdin, &mut line)? {
+                Some(l) => session.push_line(l),
+                None => session.end_of_input(),
+            },
+            Next::Done => return Ok(session.finish()),
+        }
     }
-    if c.json {
-        cmd.arg("--json");
-    }
-    if let Some(w) = back_w {
-        cmd.arg("--back-fd").arg(w.as_raw_fd().to_string());
-    }
-    cmd.stdin(Stdio::from(stdin));
-    cmd.spawn()
-        .with_context(|| format!("starting {}", exe.display()))
-}
-
-/// Waits for the child; if this side failed first, the child may still wait for input,
-/// but our ends are closed by now, so it sees EOF and exits on its own.
-fn wait_child(child: &mut Child) -> Result<std::process::ExitStatus> {
-    narrate!(
-        "waiting for pipe-reader (pid {}) to exit (waitpid)",
-        child.id()
-    );
-    child.wait().context("waitpid pipe-reader")
-}
-
-/// Sets the capacity if asked, and says what it is.
-fn show_capacity(fd: std::os::fd::BorrowedFd<'_>, want: Option<usize>) -> Result<String> {
-    if let Some(bytes) = want {
-        let got = set_capacity(fd, bytes)?;
-        narrate!("pipe capacity set to {got} bytes (F_SETPIPE_SZ {bytes})");
-    }
-    let cap = capacity(fd)?;
-    narrate!(
-        "pipe capacity: {cap} bytes (F_GETPIPE_SZ); a write blocks while the pipe is full (P6)"
-    );
-    Ok(format!("pipe capacity {cap} bytes"))
-}
-
-fn blocked_note(blocked: u64) -> String {
-    if blocked > 0 {
-        narrate!("the pipe was full {blocked} times: the reader was slower than this writer (P6)");
-    }
-    format!("a write found the pipe full {blocked} times and waited (P6)")
 }

@@ -67,6 +67,15 @@ fn stream_mode_in_a_shell_pipeline_is_verified_on_both_sides() {
     assert_eq!((wr.count, rr.count), (3000, 3000));
     assert_eq!(rr.bytes, 3000 * 4096);
     assert_eq!(rr.warmup, 300);
+    // Both sides name mechanism, flavour and wait strategy the same way (typed Setup).
+    for rep in [&wr, &rr] {
+        let named = (
+            rep.mechanism.as_str(),
+            rep.flavour.as_str(),
+            rep.wait.as_str(),
+        );
+        assert_eq!(named, ("pipe", "shell", "block"), "{rep:?}");
+    }
 }
 
 #[test]
@@ -112,6 +121,7 @@ fn spawn_mode_runs_text_stream_and_pingpong() {
     let wr = d.report("writer", false);
     assert!(wr.verified && wr.count == 500);
     assert_eq!(wr.latency_kind, "round_trip");
+    assert_eq!((wr.flavour.as_str(), wr.wait.as_str()), ("spawn", "block"));
     let lat = wr.latency_ns.expect("round trips were timed");
     assert!(
         lat.min > 0 && lat.min <= lat.p50 && lat.p50 <= lat.max,
@@ -237,7 +247,7 @@ fn claim_p5_two_way_needs_two_pipes() {
 fn claim_p6_writer_blocks_when_pipe_is_full() {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let (r, w) = nix::unistd::pipe().unwrap();
-    let cap = pipe::capacity(w.as_fd()).unwrap();
+    let cap = common::stream::capacity(w.as_fd()).unwrap();
     // Fill it without blocking: writes succeed until exactly `cap` bytes are queued.
     fcntl(&w, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
     let chunk = vec![7u8; 4096];

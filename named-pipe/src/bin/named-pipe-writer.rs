@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    named_pipe::writer::main()
+    common::cli::start(std::env::args_os(), named_pipe::writer::run)
 }

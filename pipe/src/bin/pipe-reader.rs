@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    pipe::reader::main()
+    common::cli::start(std::env::args_os(), pipe::reader::run)
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    pipe::writer::main()
+    common::cli::start(std::env::args_os(), pipe::writer::run)
 }
