@@ -4,48 +4,47 @@
 //! ```text
 //! terminal 1: socket-reader                         # TCP 127.0.0.1:47400
 //! terminal 2: socket-writer                         # type lines; Ctrl-D ends both
-//!
 //! socket-reader --unix --show-reads                 # per message: how many read() calls (K5)
 //! socket-reader --tcp 127.0.0.1:0                   # the kernel picks a port; printed below
 //! socket-reader --listen 0.0.0.0:47400              # reachable from other machines (K3)
 //! ```
 //!
 //! System calls, in order:
-//! - TCP: `socket(AF_INET, SOCK_STREAM)`, `setsockopt(SO_REUSEADDR)`, `bind` (EADDRINUSE:
-//!   the port is taken), `listen`. Unix: `lstat` of the path; an existing socket file is
-//!   probed with `connect` and removed only if that is refused (nobody listens: stale);
-//!   `umask(0177)` + `bind` (the file is created 0600) + `listen`.
-//! - `poll(POLLIN)` on the listening socket, so the wait ends at `--timeout`, then
-//!   `accept`: the kernel has completed the handshake, and accept hands over the connection.
-//!   The listening socket is closed right after: this reader serves one writer.
-//! - `setsockopt(TCP_NODELAY)` in pingpong (the Pongs are small), `SO_RCVBUF` if asked.
-//! - `read` into a 1 MiB buffer: whatever has arrived, which is neither one message nor
-//!   a whole number of them (K5). The frame header's length field puts the messages back
-//!   together. `writev` of each Pong on the same connection. `read` returns 0 when the
-//!   writer closes: after End that is a clean finish, before it the writer died (exit 1).
+//! 1. TCP: `socket(AF_INET, SOCK_STREAM)`, `setsockopt(SO_REUSEADDR)`, `bind` (EADDRINUSE:
+//!    the port is taken), `listen`. Unix: `lstat` of the path, a `connect` probe of an
+//!    existing socket file (removed only if refused: nobody listens, it is stale),
+//!    `umask(0177)` + `bind` (the file is created 0600) + `listen`. `getsockname`: the port.
+//! 2. `poll(POLLIN)` on the listening socket, so the wait ends at `--timeout`, then
+//!    `accept`: the kernel has completed the handshake, and accept hands over the connection.
+//!    `close` of the listening socket: one writer. `getpeername`/`SO_PEERCRED`: who it is.
+//! 3. `setsockopt(TCP_NODELAY)` in pingpong (the Pongs are small), `SO_RCVBUF` if asked
+//!    (`rendezvous::tune_reader`).
+//! 4. The loop: `read` into a 1 MiB buffer: whatever has arrived, which is neither one
+//!    message nor a whole number of them (K5); the header's length field puts the messages
+//!    back together. `writev` of each Pong on the same connection. `read` returns 0 when
+//!    the writer closes: after End a clean finish, before it the writer died (exit 1).
+//! 5. `unlink` of the Unix socket file; `close` of the connection.
 //!
 //! Start order: either (the writer retries `connect` until this side listens).
 //! Cleanup: a Unix socket file stays in the file system after `close`; this side removes
 //! it when the pair is done, on errors and on Ctrl-C. A TCP port needs no cleanup.
-//! A client that sends something other than frames is told nothing: the connection is
-//! closed and this side says why ("not an ipc-study frame ...") and exits 1.
+//! A client that sends anything but frames is disconnected, and this side says why ("not
+//! an ipc-study frame ...") and exits 1.
 
-use std::cell::Cell;
-use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::io::{self, Write};
 use std::process::ExitCode;
-use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::cli::{parse_size, CommonArgs, Mode};
-use common::frame::MAX_PAYLOAD;
+use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
-use common::protocol::{
-    conclude, run_reader, FrameSource, Incoming, NoWayBack, Setup, StreamSink, StreamSource,
-};
+use common::session::{conclude, Action, ReaderSession};
+use common::setup::{Setup, Wait};
+use common::stream::{self, Delivery};
 
-use crate::{listen, resolve, set_buffer, CountingReader, Endpoint, EndpointArgs, MECHANISM};
+use crate::rendezvous::{self, EndpointArgs};
+use crate::{Stream, MECHANISM};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "socket-reader";
@@ -77,51 +76,37 @@ pub struct Args {
     pub max_size: usize,
 }
 
-/// Entry point of the `socket-reader` binary.
-pub fn main() -> ExitCode {
-    main_from(std::env::args_os())
-}
-
-/// Runs socket-reader with an explicit argument list (the `bench` runner uses this).
-pub fn main_from<I, T>(argv: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args = Args::parse_from(argv);
-    common::cli::run_main(PROGRAM, args.common.quiet, || run(args))
+impl common::cli::Program for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// The program: listen, accept one writer, read until End, clean up.
 pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
     // Every flag is checked (and the host name resolved) before any socket exists.
-    let ep = resolve(&args.endpoint, args.listen.as_deref(), c)?;
+    let ep = rendezvous::resolve(&args.endpoint, args.listen.as_deref(), c)?;
     let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: ep.flavour().into(),
-        wait: "blocking".into(),
+        program: PROGRAM,
+        mechanism: MECHANISM,
+        flavour: ep.flavour(),
+        // read sleeps in the kernel until bytes arrive.
+        wait: Wait::Block,
         args: c.clone(),
         max_payload: args.max_size.min(MAX_PAYLOAD),
     };
-    if let Endpoint::Tcp(a) = &ep {
-        if !a.ip().is_loopback() {
-            common::warn!(
-                "warning: listening on {a}, not on loopback: anyone who can reach this machine on port {} can connect, and nothing checks who they are (K3). Stop this reader when done.",
-                a.port()
-            );
-        }
-    }
 
-    let (listener, socket_file) = listen(&ep)?;
+    // 1. socket, bind, listen (the stale-file judgement is in rendezvous.rs).
+    let (listener, socket_file) = rendezvous::listen(&ep)?;
     // For port 0 the kernel chose the port: say which (tests and scripts parse this line).
     let bound = listener.local()?;
     narrate!(
         "listening on {bound} (K2: this reader is the server); waiting for socket-writer to connect: accept() blocks until a client arrives, up to {:?}",
         c.timeout
     );
-    let Some(stream) = listener.accept_within(c.timeout)? else {
+    // 2. poll + accept.
+    let Some(conn) = listener.accept_within(c.timeout)? else {
         bail!(
             "no writer connected to {bound} within {:?}: start socket-writer with the same --tcp/--unix, or raise --timeout",
             c.timeout
@@ -129,87 +114,96 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     // One writer: close the listening socket, so a second client is refused, not queued.
     drop(listener);
-    let peer = stream.peer();
+    let peer = conn.peer();
     narrate!("accepted a connection from {peer}");
     let mut notes = vec![format!("accepted {peer} on {bound}")];
 
-    if c.mode == Mode::Pingpong && !args.endpoint.nagle {
-        // The Pongs are small answers: with Nagle's algorithm one could wait for the ACK
-        // of the previous segment (see socket-writer for the whole story).
-        stream.set_nodelay()?;
-    }
-    if let Some(bytes) = args.endpoint.sock_buf {
-        let got = set_buffer(stream.as_fd(), bytes, false)?;
-        narrate!("SO_RCVBUF set: the kernel reports {got} bytes (it doubles the request)");
-        notes.push(format!("SO_RCVBUF {got} bytes"));
-    }
+    // 3. TCP_NODELAY, SO_RCVBUF.
+    notes.extend(rendezvous::tune_reader(&conn, &args.endpoint, c)?);
 
-    // Two handles on one socket: frames are read from one, Pongs written to the other.
-    let back = stream
-        .try_clone()
-        .context("dup of the socket (try_clone)")?;
-    let (counted, reads) = CountingReader::new(stream);
-    let src = StreamSource::new(counted, setup.max_payload);
+    // 4. The loop: the session says what each frame asks for; the calls are in receive.
     narrate!("reading: read() blocks until bytes arrive, and returns whatever has arrived (K5)");
-    let mut src = ShowReads {
-        src,
-        reads: reads.clone(),
-        show: args.show_reads,
-    };
-    let end = if c.mode == Mode::Pingpong {
-        let mut sink = StreamSink::new(back);
-        run_reader(&setup, &mut src, Some(&mut sink))
-    } else {
-        drop(back);
-        run_reader::<_, NoWayBack>(&setup, &mut src, None)
-    };
-    // The pair is done (or failed): the socket file goes either way.
+    let mut session = ReaderSession::new(&setup);
+    let mut frames = Reassembler::new(setup.max_payload);
+    let ended = receive(&mut session, &mut frames, &conn, &args);
+    // 5. The pair is done (or failed): the socket file goes either way.
     if let Some(f) = socket_file {
         f.remove()?;
     }
-    let end = end.with_context(|| format!("reading from {peer}; closed the connection"))?;
-    let mut report = end.into_report("the connection")?;
+    let ended = ended.with_context(|| format!("reading from {peer}; closed the connection"))?;
+    if let Ended::WriterLeft(cut) = ended {
+        return Err(session.writer_left("the connection", cut));
+    }
+    let mut report = session.finish();
     notes.push(format!(
         "{} read() calls for {} messages (K5: a stream has no message boundaries)",
-        reads.get(),
+        frames.reads(),
         report.count + report.warmup
     ));
     report.notes = notes;
     conclude(&report, c.json)
 }
 
-/// A frame source that can tell, per message, how many `read` calls it took (K5).
-///
-/// With `show` off it only passes frames through (one branch per message).
-struct ShowReads<R> {
-    /// The framing reader over a counting socket reader.
-    src: StreamSource<R>,
-    /// How many reads returned data so far (shared with the [`CountingReader`]).
-    reads: Rc<Cell<u64>>,
-    /// `--show-reads`.
-    show: bool,
+/// How the loop ended: End came, or the writer left first (`(have, need)` mid-frame).
+enum Ended {
+    End,
+    WriterLeft(Option<(usize, usize)>),
 }
 
-impl<R: std::io::Read> FrameSource for ShowReads<R> {
-    fn recv(&mut self) -> Result<Incoming<'_>> {
-        let before = self.reads.get();
-        let incoming = self.src.recv()?;
-        if self.show {
-            if let Incoming::Frame(h, payload) = &incoming {
-                let after = self.reads.get();
-                let what = format!("message #{} ({} B + 40 B header)", h.seq, payload.len());
-                match after - before {
-                    0 => narrate!(
-                        "{what}: no new read(): it came out of read #{after} together with the message before it (K5)"
-                    ),
-                    1 => narrate!("{what}: 1 read() (#{after})"),
-                    n => narrate!(
-                        "{what}: {n} read() calls (#{}..#{after}): it arrived in pieces and was put back together by its length field (K5)",
-                        before + 1
-                    ),
+/// Step 4: `read` whatever has arrived, hand each whole frame to the session, do what it
+/// says. Pongs go back on the same socket; only in pingpong, as the mode was agreed.
+fn receive(
+    s: &mut ReaderSession,
+    frames: &mut Reassembler,
+    mut conn: &Stream,
+    args: &Args,
+) -> Result<Ended> {
+    let pingpong = args.common.mode == Mode::Pingpong;
+    let mut stdout = io::stdout().lock();
+    // Reads done when the previous frame came out (K5: how many the next one took).
+    let mut shown = 0;
+    loop {
+        let reads = frames.reads();
+        // One read may have completed no frame, one, or many.
+        while let Some((header, payload)) = frames.next_frame()? {
+            if args.show_reads {
+                show(header.seq, payload.len(), shown, reads);
+                shown = reads;
+            }
+            match s.on_frame(&header, payload)? {
+                Action::Continue => {}
+                Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
+                // writev(2) of the Pong on the connection the Ping came in on (K1).
+                Action::Echo(pong) if pingpong => {
+                    if stream::writev(&mut conn, pong)? == Delivery::PeerGone {
+                        return Ok(Ended::WriterLeft(None));
+                    }
                 }
+                Action::Echo(_) => bail!(
+                    "got a Ping (pingpong mode) but this reader has no way back to the writer"
+                ),
+                Action::Done => return Ok(Ended::End),
             }
         }
-        Ok(incoming)
+        // read(2) blocks until bytes arrive; 0 once the writer has closed (FIN) or reset.
+        if stream::read(&mut conn, frames)? == 0 {
+            return Ok(Ended::WriterLeft(frames.cut()));
+        }
+    }
+}
+
+/// `--show-reads` (K5): how many `read` calls, `before` this message and `after` it was
+/// whole, it took. Zero means it came out of the read that finished the one before.
+fn show(seq: u64, len: usize, before: u64, after: u64) {
+    let what = format!("message #{seq} ({len} B + 40 B header)");
+    match after - before {
+        0 => narrate!(
+            "{what}: no new read(): it came out of read #{after} together with the message before it (K5)"
+        ),
+        1 => narrate!("{what}: 1 read() (#{after})"),
+        n => narrate!(
+            "{what}: {n} read() calls (#{}..#{after}): it arrived in pieces and was put back together by its length field (K5)",
+            before + 1
+        ),
     }
 }

@@ -12,37 +12,43 @@
 //! ```
 //!
 //! System calls, in order:
-//! - `socket(AF_INET or AF_UNIX, SOCK_STREAM)` and `connect` to the reader's address,
-//!   retried every 20 ms while it answers ECONNREFUSED or ENOENT (nobody listens yet),
-//!   until `--timeout`. Over TCP `connect` sends the SYN and returns after the handshake.
-//! - `getsockopt(TCP_MAXSEG)`; `setsockopt(TCP_NODELAY)` in text and pingpong, and in stream
-//!   mode when a frame fills a segment (see below); `setsockopt(SO_SNDBUF)` if asked.
-//! - `dup` of the socket (`try_clone`): one handle to send, one to receive. A socket is
-//!   two-way, so the answers (pingpong) come back on the same connection.
-//! - one `writev` per frame (and `read`s for each Pong); `close`, which sends FIN: the
-//!   reader's `read` returns 0 after the End frame.
+//! 1. `socket(AF_INET or AF_UNIX, SOCK_STREAM)` and `connect` to the reader's address,
+//!    retried every 20 ms while it answers ECONNREFUSED or ENOENT (nobody listens yet),
+//!    until `--timeout`. Over TCP `connect` sends the SYN and returns after the handshake.
+//!    Then `getpeername` (or `SO_PEERCRED`) to say whom it reached.
+//! 2. TCP: `getsockopt(TCP_MAXSEG)`, and `setsockopt(TCP_NODELAY)` in text and pingpong,
+//!    and in stream mode when a frame fills a segment; `setsockopt(SO_SNDBUF)` if
+//!    `--sock-buf` asks (`rendezvous::tune_writer`, with the reasons).
+//! 3. The loop, driven by the session: text mode `read`s a line from stdin; each frame
+//!    leaves in one `writev` (header and payload); in pingpong the Pong comes back on
+//!    the same socket, a socket being two-way: `read` until the Pong is whole.
+//! 4. `close`, which sends FIN: the reader's `read` returns 0 after the End frame.
 //!
 //! Start order: either; this side waits for the server by retrying `connect`.
 //! Cleanup: a client owns no file. If the reader dies, the kernel answers further data with
 //! a reset: `write` fails with EPIPE or ECONNRESET ("reader reset or closed the
 //! connection"), exit 1.
 
-use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use common::cli::{CommonArgs, Mode};
-use common::frame::MAX_PAYLOAD;
+use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
-use common::protocol::{conclude, run_writer, Setup, StreamSink, StreamSource};
+use common::session::{conclude, FrameBuf, Next, WriterSession};
+use common::setup::{Setup, Wait};
+use common::stream::{self, Delivery};
 
-use crate::{connect_within, resolve, set_buffer, EndpointArgs, Stream, MECHANISM};
+use crate::rendezvous::{self, EndpointArgs};
+use crate::{Stream, MECHANISM};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "socket-writer";
+
+/// How the reader left, in "reader ... after N messages; stopping".
+const READER_GONE: &str = "reset or closed the connection (write failed with EPIPE or ECONNRESET)";
 
 /// Command line of socket-writer.
 #[derive(Parser, Debug, Clone)]
@@ -59,96 +65,92 @@ pub struct Args {
     pub endpoint: EndpointArgs,
 }
 
-/// Entry point of the `socket-writer` binary.
-pub fn main() -> ExitCode {
-    main_from(std::env::args_os())
-}
-
-/// Runs socket-writer with an explicit argument list (the `bench` runner uses this).
-pub fn main_from<I, T>(argv: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args = Args::parse_from(argv);
-    common::cli::run_main(PROGRAM, args.common.quiet, || run(args))
+impl common::cli::Program for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// The program: connect, run the mode over the one connection, report.
 pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
     // Every flag is checked (and the host name resolved) before any socket exists.
-    let ep = resolve(&args.endpoint, None, c)?;
+    let ep = rendezvous::resolve(&args.endpoint, None, c)?;
     let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: ep.flavour().into(),
-        wait: "blocking".into(),
+        program: PROGRAM,
+        mechanism: MECHANISM,
+        flavour: ep.flavour(),
+        // writev and read sleep in the kernel until the socket buffer has room or data.
+        wait: Wait::Block,
         args: c.clone(),
         max_payload: MAX_PAYLOAD,
     };
 
+    // 1. socket + connect, retried while nobody listens; getpeername for the narration.
     narrate!("connecting to {ep} (K2: this writer is the client, socket-reader the server)");
-    let Some(stream) = connect_within(&ep, c.timeout)? else {
+    let Some(conn) = rendezvous::connect_within(&ep, c.timeout)? else {
         bail!(
             "no reader accepted at {ep} within {:?}: start socket-reader with the same --tcp/--unix, or raise --timeout",
             c.timeout
         );
     };
-    narrate!(
-        "connected to {}: one connection, both directions (K1)",
-        stream.peer()
-    );
-    let mut notes = vec![format!("connected to {}", stream.peer())];
+    let peer = conn.peer();
+    narrate!("connected to {peer}: one connection, both directions (K1)");
+    let mut notes = vec![format!("connected to {peer}")];
 
-    if let Stream::Tcp(_) = &stream {
-        let frame = c.size + common::frame::HEADER_LEN;
-        let mss = stream.max_segment().unwrap_or(0);
-        // Nagle's algorithm holds a segment smaller than the MSS back while an earlier one
-        // is unacknowledged, hoping to merge it with more data, and the peer delays its
-        // ACK (40 to 200 ms on Linux) hoping to piggyback it on an answer. A message that
-        // someone waits for (pingpong, text) must never be held: TCP_NODELAY. (With one
-        // writev per frame Nagle seldom bites there, since each Pong acknowledges its
-        // Ping, but the tail of a frame larger than a segment could be held.) In stream
-        // mode, frames smaller than a segment gain from the merging (many per segment,
-        // fewer packets and reads); a frame of a segment or more gains nothing, and Nagle
-        // would only hold back its last, partial segment: TCP_NODELAY too.
-        let nodelay = !args.endpoint.nagle && (c.mode != Mode::Stream || frame >= mss as usize);
-        if nodelay {
-            stream.set_nodelay()?;
-            narrate!("TCP_NODELAY set (MSS {mss} bytes, frames {frame} bytes): each message leaves at once, no Nagle delay");
-        } else {
-            narrate!("Nagle's algorithm on (MSS {mss} bytes, frames {frame} bytes): small frames are merged into full segments");
-        }
-        notes.push(format!(
-            "TCP_NODELAY {}",
-            if nodelay { "on" } else { "off (Nagle)" }
-        ));
-    }
-    if let Some(bytes) = args.endpoint.sock_buf {
-        let got = set_buffer(stream.as_fd(), bytes, true)?;
-        narrate!("SO_SNDBUF set: the kernel reports {got} bytes (it doubles the request)");
-        notes.push(format!("SO_SNDBUF {got} bytes"));
-    }
+    // 2. TCP_MAXSEG, TCP_NODELAY (Nagle's algorithm off unless it helps), SO_SNDBUF.
+    notes.extend(rendezvous::tune_writer(&conn, &args.endpoint, c)?);
 
-    // Two handles on one socket: the sink writes frames, the source reads Pongs.
-    let back = stream
-        .try_clone()
-        .context("dup of the socket (try_clone)")?;
-    let mut sink = StreamSink::new(stream);
-    let mut stdin = io::stdin().lock();
-    let end = if c.mode == Mode::Pingpong {
-        let mut src = StreamSource::new(back, MAX_PAYLOAD);
-        run_writer(&setup, &mut sink, Some(&mut src), &mut stdin)?
-    } else {
-        drop(back);
-        run_writer::<_, StreamSource<Stream>>(&setup, &mut sink, None, &mut stdin)?
-    };
-    // Closing sends FIN: the reader's read() returns 0 after End.
-    drop(sink);
-    let mut report =
-        end.into_report("reset or closed the connection (write failed with EPIPE or ECONNRESET)")?;
+    // 3. The loop: the session says what to send; the calls are below, in send_all.
+    if c.mode == Mode::Text {
+        narrate!(
+            "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
+        );
+    }
+    let mut session = WriterSession::new(&setup);
+    send_all(&mut session, &conn)?;
+    // 4. close sends FIN: the reader's read() returns 0 after End.
+    drop(conn);
+
+    let mut report = session.finish();
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
+}
+
+/// Step 3: the session's frames out through `writev`, its Pongs in through `read`, both
+/// on the one socket; text lines from stdin. Returns once End has left.
+fn send_all(session: &mut WriterSession, mut conn: &Stream) -> Result<()> {
+    let mut frame = FrameBuf::new();
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
+    // Pongs arrive as bytes like everything on a stream (K5); this finds them.
+    let mut pongs = Reassembler::new(MAX_PAYLOAD);
+    loop {
+        match session.next(&mut frame)? {
+            // Text: read(2) of stdin blocks until a line is typed; 0 bytes is Ctrl-D.
+            Next::NeedLine => match stream::read_line(&mut stdin, &mut line)? {
+                Some(l) => session.push_line(l),
+                None => session.end_of_input(),
+            },
+            // writev(2): header and payload in one call. A reader that is gone shows
+            // as EPIPE (it closed) or ECONNRESET (its kernel answered with a reset).
+            Next::Send(out) => {
+                if stream::writev(&mut conn, out)? == Delivery::PeerGone {
+                    return Err(session.reader_left(READER_GONE));
+                }
+            }
+            // Pingpong: read(2) on the same socket blocks until the Pong's bytes arrive.
+            Next::AwaitAnswer => loop {
+                if let Some((header, payload)) = pongs.next_frame()? {
+                    session.answer(&header, payload)?;
+                    break;
+                }
+                if stream::read(&mut conn, &mut pongs)? == 0 {
+                    return Err(session.reader_left(READER_GONE));
+                }
+            },
+            Next::Done => return Ok(()),
+        }
+    }
 }

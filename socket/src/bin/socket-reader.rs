@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    socket::reader::main()
+    common::cli::start(std::env::args_os(), socket::reader::run)
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    socket::writer::main()
+    common::cli::start(std::env::args_os(), socket::writer::run)
 }

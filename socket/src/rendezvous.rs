@@ -1,0 +1,464 @@
+//! How the two ends meet: addresses, bind and listen, accept, connect, socket options.
+//!
+//! **A first reading may skip this file.** The programs call it to find the address
+//! ([`resolve`]), to meet ([`listen`] then [`Listener::accept_within`] on the server,
+//! [`connect_within`] on the client) and to set the options of the connected [`Stream`]
+//! ([`tune_writer`], [`tune_reader`]); what they do with the connection is in `writer.rs`
+//! and `reader.rs`. Come back here for K2 and K4: everything that makes "network
+//! programming" more than `read` and `write`:
+//! - the endpoint: `--tcp HOST:PORT` resolved through the system resolver, `--unix PATH`
+//!   checked against the 107 bytes of `sun_path`, `--listen` for other machines (K3), all
+//!   before any socket exists;
+//! - the server: `SO_REUSEADDR` and a named `EADDRINUSE` (TCP); a socket file that exists
+//!   already is judged (type, owner, a `connect` probe) and replaced only when stale, and
+//!   the new one is made 0600 (Unix); `accept` bounded by `poll` so it ends at `--timeout`;
+//! - the client: `connect` retried while nobody listens, narrated once, until `--timeout`;
+//! - the options: when to switch off Nagle's algorithm (`TCP_NODELAY`, [`wants_nodelay`]),
+//!   and `SO_SNDBUF`/`SO_RCVBUF` when `--sock-buf` asks.
+//!
+//! Man pages: socket(7), tcp(7), unix(7), bind(2), listen(2), accept(2), connect(2), poll(2).
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use common::cleanup::Owned;
+use common::cli::{CommonArgs, Mode};
+use common::frame::HEADER_LEN;
+use common::narrate;
+use common::setup::Flavour;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self as sock, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::sys::stat::{umask, Mode as FileMode};
+
+use crate::{Stream, DEFAULT_NAME, DEFAULT_PORT, DEFAULT_TCP, MAX_UNIX_PATH};
+
+/// Where the two programs meet: the flags both sides share.
+#[derive(Args, Clone, Debug, Default)]
+pub struct EndpointArgs {
+    /// TCP address (K1, K3) [default when neither --tcp nor --unix: 127.0.0.1:47400].
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = DEFAULT_TCP, conflicts_with = "unix")]
+    pub tcp: Option<String>,
+
+    /// Unix domain socket file; with no PATH, `<runtime dir>/<--name or socket>.sock`.
+    // The help text is spelled out so that --help shows the path without backticks.
+    #[arg(
+        long,
+        value_name = "PATH",
+        num_args = 0..=1,
+        help = "Unix domain socket file [default with no PATH: <runtime dir>/<--name or socket>.sock]"
+    )]
+    pub unix: Option<Option<PathBuf>>,
+
+    /// Socket buffer size (SO_SNDBUF on the writer, SO_RCVBUF on the reader; the kernel doubles it) [default: the kernel's, autotuned for TCP].
+    #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
+    pub sock_buf: Option<usize>,
+
+    /// TCP: leave Nagle's algorithm on (no TCP_NODELAY) whatever the mode, to see what it costs.
+    #[arg(long)]
+    pub nagle: bool,
+}
+
+/// A resolved address of either family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// An IP address and port.
+    Tcp(SocketAddr),
+    /// A path in the file system.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "tcp {a}"),
+            Endpoint::Unix(p) => write!(f, "unix {}", p.display()),
+        }
+    }
+}
+
+impl Endpoint {
+    /// The report's flavour: tcp or unix.
+    pub fn flavour(&self) -> Flavour {
+        match self {
+            Endpoint::Tcp(_) => Flavour::Tcp,
+            Endpoint::Unix(_) => Flavour::Unix,
+        }
+    }
+}
+
+/// Resolves `--tcp`/`--unix` (and the reader's `--listen`, passed as `listen`), checking
+/// every value before any socket exists.
+pub fn resolve(ep: &EndpointArgs, listen: Option<&str>, c: &CommonArgs) -> Result<Endpoint> {
+    if let Some(path) = &ep.unix {
+        let path = match path {
+            Some(p) => p.clone(),
+            None => {
+                let name = c.name_or(DEFAULT_NAME);
+                common::runtime::runtime_dir()?.join(format!("{name}.sock"))
+            }
+        };
+        let len = path.as_os_str().len();
+        if len > MAX_UNIX_PATH {
+            bail!(
+                "--unix {}: the path is {len} bytes, and a Unix socket path may be at most {MAX_UNIX_PATH} (sun_path, unix(7)); choose a shorter path",
+                path.display()
+            );
+        }
+        return Ok(Endpoint::Unix(path));
+    }
+    let (flag, text) = match (listen, ep.tcp.as_deref()) {
+        (Some(l), _) => ("--listen", l),
+        (None, Some(t)) => ("--tcp", t),
+        (None, None) => ("--tcp", DEFAULT_TCP),
+    };
+    // getaddrinfo(3) through std: a name is looked up, an IP literal is only parsed.
+    let addr = text
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("{flag} {text}: expected HOST:PORT (like 127.0.0.1:{DEFAULT_PORT})")
+        })?
+        .next()
+        .with_context(|| format!("{flag} {text}: the name resolves to no address"))?;
+    if let Some(n) = &c.name {
+        narrate!("--name {n} is not used over TCP: the address and port are the rendezvous");
+    }
+    Ok(Endpoint::Tcp(addr))
+}
+
+/// A listening socket of either family.
+#[derive(Debug)]
+pub enum Listener {
+    /// Bound to an IP address and port.
+    Tcp(TcpListener),
+    /// Bound to a path.
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// The address actually bound (`getsockname`: the port the kernel chose for port 0).
+    pub fn local(&self) -> Result<Endpoint> {
+        Ok(match self {
+            Listener::Tcp(l) => Endpoint::Tcp(l.local_addr().context("getsockname")?),
+            Listener::Unix(l) => {
+                let a = l.local_addr().context("getsockname")?;
+                Endpoint::Unix(a.as_pathname().map(Path::to_path_buf).unwrap_or_default())
+            }
+        })
+    }
+
+    /// Waits up to `timeout` for a client and accepts it. `Ok(None)` on timeout.
+    ///
+    /// `accept` itself has no timeout; `poll` for POLLIN on a listening socket says that
+    /// a connection is waiting in the backlog, so the `accept` after it does not block.
+    pub fn accept_within(&self, timeout: Duration) -> Result<Option<Stream>> {
+        let deadline = Instant::now() + timeout;
+        let fd = match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            match poll(&mut fds, ms) {
+                Ok(0) => continue,
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("poll on the listening socket"),
+            }
+        }
+        Ok(Some(match self {
+            Listener::Tcp(l) => Stream::Tcp(l.accept().context("accept")?.0),
+            Listener::Unix(l) => Stream::Unix(l.accept().context("accept")?.0),
+        }))
+    }
+}
+
+/// Binds and listens at `ep`. For a Unix socket, also returns the guard that removes the
+/// socket file on every way out (Ctrl-C included). A TCP address that is not loopback
+/// is warned about first: nothing checks who connects (K3).
+pub fn listen(ep: &Endpoint) -> Result<(Listener, Option<Owned>)> {
+    match ep {
+        Endpoint::Tcp(addr) => {
+            if !addr.ip().is_loopback() {
+                common::warn!(
+                    "warning: listening on {addr}, not on loopback: anyone who can reach this machine on port {} can connect, and nothing checks who they are (K3). Stop this reader when done.",
+                    addr.port()
+                );
+            }
+            Ok((Listener::Tcp(listen_tcp(*addr)?), None))
+        }
+        Endpoint::Unix(path) => {
+            let (l, owned) = listen_unix(path)?;
+            Ok((Listener::Unix(l), Some(owned)))
+        }
+    }
+}
+
+/// socket + SO_REUSEADDR + bind + listen, each step named in its error.
+fn listen_tcp(addr: SocketAddr) -> Result<TcpListener> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = sock::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .context("socket(AF_INET, SOCK_STREAM)")?;
+    // SO_REUSEADDR: a port whose last connection is in TIME_WAIT (the 60 s the kernel keeps
+    // a closed connection to catch late packets) can be bound again at once. Without it, a
+    // reader started right after the previous run would fail with EADDRINUSE.
+    sock::setsockopt(&fd, sockopt::ReuseAddr, &true).context("setsockopt SO_REUSEADDR")?;
+    let sa = SockaddrStorage::from(addr);
+    match sock::bind(fd.as_raw_fd(), &sa) {
+        Ok(()) => {}
+        Err(Errno::EADDRINUSE) => bail!(
+            "bind {addr}: EADDRINUSE: port {} is already in use (another socket-reader, or another program listens there); choose another port with --tcp {}:PORT on both sides, or port 0 to let the kernel pick one (this reader prints it)",
+            addr.port(),
+            addr.ip()
+        ),
+        Err(Errno::EADDRNOTAVAIL) => bail!(
+            "bind {addr}: EADDRNOTAVAIL: {} is not an address of this machine",
+            addr.ip()
+        ),
+        Err(Errno::EACCES) => bail!(
+            "bind {addr}: EACCES: ports below 1024 need privilege; choose a port above 1023"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("bind {addr}")),
+    }
+    // Backlog 1: this reader serves one writer; the kernel completes handshakes up to the
+    // backlog even before accept is called.
+    sock::listen(&fd, sock::Backlog::new(1).context("listen backlog")?)
+        .with_context(|| format!("listen {addr}"))?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Checks a path that exists where the socket should be; removes it only if it is our own
+/// socket file that nobody listens on.
+fn clear_stale_socket(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("lstat {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket: refusing to use it (and not removing it); choose another --unix path or --name",
+            path.display()
+        );
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "socket {} belongs to uid {}, not to you (uid {me}): refusing to use or remove it",
+            path.display(),
+            meta.uid()
+        );
+    }
+    // The probe: if a connect succeeds, a live reader owns this file.
+    match UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "another reader is already listening at {} (a connect to it succeeded): stop it or choose another --name",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            fs::remove_file(path).with_context(|| format!("unlink {}", path.display()))?;
+            narrate!(
+                "removed stale socket file {} (connect gave ECONNREFUSED: nobody listens; an earlier reader was killed)",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("connect probe of {}", path.display())),
+    }
+}
+
+/// Stale-file check, then bind with mode 0600 and listen.
+fn listen_unix(path: &Path) -> Result<(UnixListener, Owned)> {
+    clear_stale_socket(path)?;
+    // bind creates the file with 0777 & ~umask; a umask of 0177 makes it 0600, so no other
+    // user may connect (connecting needs write permission on the file, unix(7)).
+    let old = umask(FileMode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = match bound {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => bail!(
+            "bind {}: EADDRINUSE: a file appeared there just now; is another reader starting?",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("bind {}", path.display())),
+    };
+    let p = path.to_path_buf();
+    let owned = common::cleanup::own(format!("socket file {}", path.display()), move || {
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    });
+    Ok((listener, owned))
+}
+
+/// Connects to `ep`, retrying while nobody listens, until `timeout`. `Ok(None)` on timeout.
+///
+/// A server that is not there yet is normal (the writer may start first): TCP answers
+/// ECONNREFUSED, a Unix path that does not exist ENOENT, a stale socket file
+/// ECONNREFUSED. Those are retried every 20 ms; anything else is an error at once.
+pub fn connect_within(ep: &Endpoint, timeout: Duration) -> Result<Option<Stream>> {
+    let deadline = Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let attempt = match ep {
+            // connect_timeout bounds a SYN that gets no answer (a remote host that drops it).
+            Endpoint::Tcp(a) => TcpStream::connect_timeout(a, left).map(Stream::Tcp),
+            Endpoint::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
+        };
+        match attempt {
+            Ok(s) => return Ok(Some(s)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                ) =>
+            {
+                if !said {
+                    narrate!(
+                        "waiting for a reader at {ep}: connect() failed ({e}): nobody listens yet; retrying every 20 ms for up to {timeout:?} (start socket-reader)"
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(20).min(left));
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("connect {ep}")),
+        }
+    }
+}
+
+/// Whether the writer switches Nagle's algorithm off (`TCP_NODELAY`) for frames of
+/// `frame` bytes (header included) over a connection whose segments carry `mss` bytes.
+///
+/// Nagle's algorithm holds a segment smaller than the MSS back while an earlier one is
+/// unacknowledged, hoping to merge it with more data, and the peer delays its ACK (40 to
+/// 200 ms on Linux) hoping to piggyback it on an answer. A message that someone waits for
+/// (pingpong, text) must never be held: TCP_NODELAY. (With one writev per frame Nagle
+/// seldom bites there, since each Pong acknowledges its Ping, but the tail of a frame
+/// larger than a segment could be held.) In stream mode, frames smaller than a segment
+/// gain from the merging (many per segment, fewer packets and reads); a frame of a segment
+/// or more gains nothing, and Nagle would only hold back its last, partial segment:
+/// TCP_NODELAY too. `--nagle` leaves it on whatever the mode, to see what it costs.
+pub fn wants_nodelay(mode: Mode, frame: usize, mss: u32, nagle: bool) -> bool {
+    !nagle && (mode != Mode::Stream || frame >= mss as usize)
+}
+
+/// The writer's socket options, narrated: `TCP_NODELAY` by [`wants_nodelay`] (TCP), and
+/// `SO_SNDBUF` if `--sock-buf` asks. Returns the report's notes about them.
+pub fn tune_writer(conn: &Stream, ep: &EndpointArgs, c: &CommonArgs) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    // Only a TCP connection has segments (getsockopt TCP_MAXSEG) and Nagle's algorithm.
+    if let Stream::Tcp(_) = conn {
+        let (frame, mss) = (c.size + HEADER_LEN, conn.max_segment().unwrap_or(0));
+        let nodelay = wants_nodelay(c.mode, frame, mss, ep.nagle);
+        if nodelay {
+            conn.set_nodelay()?;
+            narrate!("TCP_NODELAY set (MSS {mss} bytes, frames {frame} bytes): each message leaves at once, no Nagle delay");
+        } else {
+            narrate!("Nagle's algorithm on (MSS {mss} bytes, frames {frame} bytes): small frames are merged into full segments");
+        }
+        let state = if nodelay { "on" } else { "off (Nagle)" };
+        notes.push(format!("TCP_NODELAY {state}"));
+    }
+    if let Some(bytes) = ep.sock_buf {
+        let got = conn.set_send_buffer(bytes)?;
+        narrate!("SO_SNDBUF set: the kernel reports {got} bytes (it doubles the request)");
+        notes.push(format!("SO_SNDBUF {got} bytes"));
+    }
+    Ok(notes)
+}
+
+/// The reader's socket options: `TCP_NODELAY` in pingpong, `SO_RCVBUF` if asked.
+pub fn tune_reader(conn: &Stream, ep: &EndpointArgs, c: &CommonArgs) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    // The Pongs are small answers: with Nagle's algorithm one could wait for the ACK of
+    // the previous segment (see wants_nodelay for the whole story).
+    if c.mode == Mode::Pingpong && !ep.nagle {
+        conn.set_nodelay()?;
+    }
+    if let Some(bytes) = ep.sock_buf {
+        let got = conn.set_receive_buffer(bytes)?;
+        narrate!("SO_RCVBUF set: the kernel reports {got} bytes (it doubles the request)");
+        notes.push(format!("SO_RCVBUF {got} bytes"));
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        c: CommonArgs,
+        #[command(flatten)]
+        e: EndpointArgs,
+    }
+
+    #[test]
+    fn endpoints_resolve_and_long_paths_are_refused() {
+        let t = T::parse_from(["t"]);
+        assert_eq!(
+            resolve(&t.e, None, &t.c).unwrap(),
+            Endpoint::Tcp(DEFAULT_TCP.parse().unwrap())
+        );
+        let t = T::parse_from(["t", "--tcp", "127.0.0.1:0"]);
+        assert_eq!(
+            resolve(&t.e, None, &t.c).unwrap().to_string(),
+            "tcp 127.0.0.1:0"
+        );
+        let long = format!("/tmp/{}", "x".repeat(120));
+        let t = T::parse_from(["t", "--unix", &long]);
+        let e = resolve(&t.e, None, &t.c).unwrap_err().to_string();
+        assert!(e.contains("at most 107"), "{e}");
+        assert!(T::try_parse_from(["t", "--tcp", "--unix"]).is_err());
+    }
+
+    #[test]
+    fn nagle_stays_on_only_for_stream_frames_below_one_segment() {
+        assert!(!wants_nodelay(Mode::Stream, 104, 1460, false));
+        assert!(wants_nodelay(Mode::Stream, 1460, 1460, false));
+        assert!(wants_nodelay(Mode::Pingpong, 104, 1460, false));
+        assert!(wants_nodelay(Mode::Text, 104, 1460, false));
+        assert!(!wants_nodelay(Mode::Pingpong, 1 << 20, 1460, true));
+    }
+
+    #[test]
+    fn eaddrinuse_names_the_port() {
+        let first = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = first.local_addr().unwrap();
+        let e = listen_tcp(taken).unwrap_err().to_string();
+        assert!(
+            e.contains("EADDRINUSE") && e.contains(&format!("port {}", taken.port())),
+            "{e}"
+        );
+        assert!(e.contains("--tcp"), "{e}");
+    }
+}
