@@ -10,33 +10,41 @@
 //! ```
 //! While they run, `ls -l /dev/shm` (POSIX) or `ipcs -m` (System V) shows the object (S3).
 //!
-//! System calls, in order (POSIX; System V in brackets):
-//! 1. `shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)` [`shmget(IPC_CREAT|IPC_EXCL|0600)`]: create
+//! System calls, in order (POSIX, with System V in parentheses):
+//! 1. `shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)` (`shmget(IPC_CREAT|IPC_EXCL|0600)`): create
 //!    the object exclusively. If it exists (the reader came first): `shm_open(O_RDWR)` +
-//!    `fstat` for owner and size [`shmget(key, 0)` + `shmctl(IPC_STAT)`].
-//! 2. Creator: `ftruncate` to the fixed size (S2), `mmap(MAP_SHARED)` [`shmat`], write the
+//!    `fstat` for owner and size (`shmget(key, 0)` + `shmctl(IPC_STAT)`).
+//! 2. Creator: `ftruncate` to the fixed size (S2), `mmap(MAP_SHARED)` (`shmat`), write the
 //!    header, publish it, `futex(FUTEX_WAIT)` on the header's `opener_pid` until the reader
-//!    attaches. Opener: `mmap` [`shmat`], wait for `ready`, write our pid, `futex(FUTEX_WAKE)`.
-//! 3. The mode: each frame is copied into ring 0 and published with a Release store; no
-//!    system call unless the reader sleeps (then one `FUTEX_WAKE`) or the ring is full and
-//!    we sleep (`FUTEX_WAIT` on the reader's index). Pingpong reads Pongs from ring 1.
-//! 4. `munmap` [`shmdt`] when the program ends.
+//!    attaches. Opener: `mmap` (`shmat`), wait for `ready`, write our pid, `futex(FUTEX_WAKE)`.
+//!    Steps 1 and 2 are [`rendezvous`](crate::rendezvous()), which a first reading may skip.
+//! 3. The loop, per frame, in ring 0 ([`common::ring::spsc`]): `reserve` waits for room
+//!    (no system call while there is room; spin, or `futex(FUTEX_WAIT)` on the reader's
+//!    index while the ring is full), `copy_in` copies header and payload into the shared
+//!    pages (`copy_nonoverlapping`, no system call), `publish` stores our index with
+//!    Release and calls `futex(FUTEX_WAKE)` only if the reader said it sleeps. Pingpong:
+//!    each Pong is taken from ring 1 with `recv` (an Acquire load of the reader's index,
+//!    `FUTEX_WAIT` while there is none). Text mode reads each line from stdin (`read`).
+//! 4. `munmap` (`shmdt`) when the last handle on the region goes; the object stays.
 //!
 //! Start order: either. Cleanup: the reader removes the object when the pair is done; this
 //! program removes it itself only on an error or Ctrl-C (then the reader sees the writer
 //! gone). A run killed with `kill -9` leaves the object; the next run finds it stale.
 
-use std::ffi::OsString;
 use std::io;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
 use common::cli::{CommonArgs, Mode};
-use common::protocol::{conclude, run_writer, Setup};
-use common::ring::{self, Direction, Role};
+use common::ring::{self, Consumer, Direction, Producer, RingError, Role};
+use common::session::{conclude, FrameBuf, Next, WriterSession};
+use common::setup::{Mechanism, Setup};
+use common::stream;
+use common::timing::Report;
+use common::{narrate, warn};
 
-use crate::{rendezvous, ShmArgs, DEFAULT_NAME, MECHANISM};
+use crate::{rendezvous, ShmArgs, DEFAULT_NAME};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "shm-writer";
@@ -56,19 +64,10 @@ pub struct Args {
     pub shm: ShmArgs,
 }
 
-/// Entry point of the `shm-writer` binary.
-pub fn main() -> ExitCode {
-    main_from(std::env::args_os())
-}
-
-/// Runs shm-writer with an explicit argument list (the `bench` runner uses this).
-pub fn main_from<I, T>(argv: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let args = Args::parse_from(argv);
-    common::cli::run_main(PROGRAM, args.common.quiet, || run(args))
+impl common::cli::Program for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// The program: check flags, meet the reader, run the mode, report.
@@ -76,32 +75,37 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
     // Flags first, before any object exists: a frame must fit half a ring.
     if c.mode != Mode::Text {
-        if let Err(e) = ring::check_size(c.size, args.shm.capacity) {
-            bail!(e);
-        }
+        ring::check_size(c.size, args.shm.capacity).map_err(anyhow::Error::msg)?;
     }
-    let name = c.name_or(DEFAULT_NAME);
-    let shared = rendezvous(&args.shm, name, Role::Writer, c.timeout)?;
+    // 1-2. Create or open the object, map it, meet the reader.
+    let shared = rendezvous(&args.shm, c.name_or(DEFAULT_NAME), Role::Writer, c.timeout)?;
 
     // Text mode waits for a person typing, so only a dead peer ends a wait there.
     let idle = (c.mode != Mode::Text).then_some(c.timeout);
+    // Every wait also checks, each 100 ms, that the reader's pid still exists (kill -9).
     let opts = shared.end_opts(args.shm.wait, idle);
-    let mut sink = shared.region.producer(Direction::WriterToReader, opts)?;
+    // The producer end of ring 0: our frames go there.
+    let mut tx = shared.region.producer(Direction::WriterToReader, opts)?;
     // Pingpong's way back is ring 1 (S4: both processes read and write the region).
-    let mut back = match c.mode {
+    let mut rx = match c.mode {
         Mode::Pingpong => Some(shared.region.consumer(Direction::ReaderToWriter, opts)?),
         _ => None,
     };
+    // What the report says about this run; a text line may take at most half a ring.
     let setup = Setup {
-        program: PROGRAM.into(),
-        mechanism: MECHANISM.into(),
-        flavour: args.shm.flavour().into(),
-        wait: args.shm.wait.as_str().into(),
+        program: PROGRAM,
+        mechanism: Mechanism::Shm,
+        flavour: args.shm.flavour(),
+        wait: args.shm.wait,
         args: c.clone(),
         max_payload: shared.region.max_payload(),
     };
-    if c.mode != Mode::Text {
-        common::narrate!(
+    if c.mode == Mode::Text {
+        narrate!(
+            "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
+        );
+    } else {
+        narrate!(
             "{} mode: {} messages of {} bytes (+{} warm-up), waiting strategy {}",
             c.mode.as_str(),
             c.count,
@@ -110,10 +114,64 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.shm.wait
         );
     }
-    let end = run_writer(&setup, &mut sink, back.as_mut(), &mut io::stdin().lock())?;
-    let mut report = end.into_report(&format!("(pid {}) is gone", shared.peer_pid))?;
+    // 3. The loop.
+    let mut report = send_frames(&setup, &mut tx, rx.as_mut())?;
     report.notes.push(shared.note());
-    drop((sink, back));
+    // 4. Our endpoints and then the region go: munmap (shmdt). The reader removes the object.
+    drop((tx, rx));
     shared.leave();
     conclude(&report, c.json)
+}
+
+/// Step 3: the session says what to send; each frame goes into ring 0 with the ring's
+/// three calls, and each Pong comes back from ring 1.
+fn send_frames(setup: &Setup, tx: &mut Producer, mut rx: Option<&mut Consumer>) -> Result<Report> {
+    // The session builds each frame in `frame`, our own memory, and says what comes next.
+    let mut session = WriterSession::new(setup);
+    let mut frame = FrameBuf::new();
+    // Text mode's lines come from stdin, locked once rather than per line.
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
+    loop {
+        match session.next(&mut frame)? {
+            Next::Send(out) => {
+                // Room for the frame: free already (no system call), or wait for the reader
+                // to consume (spin, or FUTEX_WAIT on its index in the shared page).
+                let slot = tx
+                    .reserve(out.payload.len())
+                    .map_err(|e| reader_gone(&session, e))?;
+                // Plain copies into the shared pages; the reader cannot see them yet.
+                tx.copy_in(&slot, out.header, out.payload)?;
+                // Release store of our index: the bytes above are visible to an Acquire load
+                // of it. FUTEX_WAKE only if the reader said it sleeps.
+                tx.publish(slot);
+            }
+            Next::AwaitAnswer => {
+                let Some(rx) = rx.as_deref_mut() else {
+                    bail!("pingpong needs a way back from the reader, and this setup has none");
+                };
+                // Acquire load of the reader's index in ring 1, copy out, check, release.
+                let (pong, payload) = rx.recv().map_err(|e| reader_gone(&session, e))?;
+                session.answer(&pong, payload)?;
+            }
+            // Text mode: read(2) on stdin blocks until a line is typed; None is Ctrl-D.
+            Next::NeedLine => match stream::read_line(&mut stdin, &mut line)? {
+                Some(l) => session.push_line(l),
+                None => session.end_of_input(),
+            },
+            Next::Done => break,
+        }
+    }
+    Ok(session.finish())
+}
+
+/// A reader that died is an expected end, not a bug: say so, then stop with the count.
+fn reader_gone(session: &WriterSession, e: RingError) -> anyhow::Error {
+    match e {
+        RingError::PeerGone { pid } => {
+            warn!("peer (pid {pid}) is gone");
+            session.reader_left(&format!("(pid {pid}) is gone"))
+        }
+        e => e.into(),
+    }
 }

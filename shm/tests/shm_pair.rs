@@ -385,6 +385,69 @@ fn stale_sysv_segment_is_replaced() {
     stale_is_replaced(&["--sysv"]);
 }
 
+/// An object left by a run that died while creating it (no size, or a size but no header
+/// and no creator pid) is judged by the rule shm shares with mmap (`common::ring::judge`):
+/// not ready at first, stale after `SETUP_GRACE`, then replaced with a narrated line.
+#[test]
+fn half_created_objects_are_replaced_after_the_grace() {
+    let s = Scene::new("half");
+    for len in [0, region_len(64 << 10)] {
+        std::fs::write(s.posix_path(), vec![0u8; len]).unwrap();
+        let args = [
+            "--json",
+            "--mode",
+            "stream",
+            "--capacity",
+            "64K",
+            "--timeout",
+            "20",
+        ];
+        let mut wargs = args.to_vec();
+        wargs.extend_from_slice(&["--count", "100"]);
+        let (w, r) = pair(&s, &wargs, &args, false);
+        assert_verified(&w, &r);
+        assert!(
+            w.stderr
+                .contains("exists but its creator has not published the header yet"),
+            "{}",
+            w.stderr
+        );
+        let why = if len == 0 {
+            "it has no header after"
+        } else {
+            "it has no creator pid after"
+        };
+        assert!(
+            w.stderr.contains("is stale: ") && w.stderr.contains(why),
+            "{}",
+            w.stderr
+        );
+        s.assert_clean();
+    }
+}
+
+/// A non-empty object smaller than a header page was never one of ours (a creator sizes
+/// its object in one call): refused, and left alone, however long it has been there.
+#[test]
+fn too_small_object_is_refused() {
+    let s = Scene::new("small");
+    std::fs::write(s.posix_path(), vec![0u8; 100]).unwrap();
+    let r = s.reader(&["--timeout", "2"]).finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("is 100 bytes, too small to be an ipc-study ring; refusing"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        std::path::Path::new(&s.posix_path()).exists(),
+        "not ours: left alone"
+    );
+    std::fs::remove_file(s.posix_path()).unwrap();
+    s.assert_clean();
+}
+
 /// A bogus object under our name (not a ring) is refused, and left alone.
 #[test]
 fn hostile_bogus_object_is_refused() {

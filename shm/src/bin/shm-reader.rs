@@ -1,4 +1,4 @@
 //! shm-reader: see `shm::reader`.
 fn main() -> std::process::ExitCode {
-    shm::reader::main()
+    common::cli::start(std::env::args_os(), shm::reader::run)
 }

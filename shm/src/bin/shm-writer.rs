@@ -1,4 +1,4 @@
 //! shm-writer: see `shm::writer`.
 fn main() -> std::process::ExitCode {
-    shm::writer::main()
+    common::cli::start(std::env::args_os(), shm::writer::run)
 }

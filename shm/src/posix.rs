@@ -1,0 +1,97 @@
+//! POSIX shared memory: [`shm_open(3)`], [`ftruncate(2)`], [`mmap(2)`], [`shm_unlink(3)`].
+//! Part of the rendezvous (a first reading may skip it).
+//!
+//! A POSIX object is a file in the `tmpfs` mounted at `/dev/shm` (S3): `shm_open` is
+//! `open` there, `ftruncate` gives it its size (S2), and `mmap(MAP_SHARED)` maps its pages,
+//! which the peer maps too (S1). Once mapped, the descriptor may close: the mapping keeps
+//! the pages, and the name keeps the object until `shm_unlink`.
+//!
+//! [`shm_open(3)`]: https://man7.org/linux/man-pages/man3/shm_open.3.html
+//! [`ftruncate(2)`]: https://man7.org/linux/man-pages/man2/ftruncate.2.html
+//! [`mmap(2)`]: https://man7.org/linux/man-pages/man2/mmap.2.html
+//! [`shm_unlink(3)`]: https://man7.org/linux/man-pages/man3/shm_unlink.3.html
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use anyhow::{bail, Context, Result};
+use common::narrate;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{shm_open, shm_unlink};
+use nix::sys::stat::{fstat, Mode};
+use nix::unistd::{ftruncate, geteuid};
+
+use crate::rendezvous::{Found, Mapped};
+
+/// `shm_unlink`; an object already gone (the peer removed it) is not an error.
+pub(crate) fn remove(kname: &str) -> io::Result<()> {
+    match shm_unlink(kname) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Maps `len` bytes of `fd` shared, read-write.
+fn map(fd: &OwnedFd, len: usize, kname: &str) -> Result<Mapped> {
+    let map = memmap2::MmapOptions::new()
+        .len(len)
+        .map_raw(fd)
+        .with_context(|| format!("mmap MAP_SHARED {len} bytes of {kname}"))?;
+    Ok(Mapped {
+        base: map.as_mut_ptr(),
+        len,
+        // memmap2 unmaps (munmap) when this is dropped.
+        keeper: Some(Box::new(map)),
+        kernel_says_stale: false,
+        sysv_id: None,
+        ino: None,
+    })
+}
+
+/// One exclusive-create attempt: creates, sizes and maps the object, or opens and maps
+/// the one that exists.
+pub(crate) fn try_create(kname: &str, len: usize) -> Result<Found> {
+    // O_EXCL: exactly one process creates; the other gets EEXIST and opens what exists.
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    match shm_open(kname, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+        Ok(fd) => {
+            narrate!("shm_open {kname} O_CREAT|O_EXCL|O_RDWR 0600: created (a file in the tmpfs at /dev/shm, S3)");
+            ftruncate(&fd, len as libc::off_t)
+                .with_context(|| format!("ftruncate {kname} to {len} bytes"))?;
+            narrate!("ftruncate {kname} to {len} bytes: the size is fixed now (S2)");
+            let m = map(&fd, len, kname)?;
+            narrate!("mmap MAP_SHARED {len} bytes: our stores land in the object's pages, which the peer maps too (S1)");
+            Ok(Found::Created(m))
+        }
+        Err(Errno::EEXIST) => open_existing(kname),
+        Err(e) => Err(e).with_context(|| format!("shm_open {kname} O_CREAT|O_EXCL|O_RDWR 0600")),
+    }
+}
+
+/// The object exists: open it, check its owner, map it at its own size (0: not mapped).
+fn open_existing(kname: &str) -> Result<Found> {
+    let fd = match shm_open(kname, OFlag::O_RDWR, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(Found::Vanished),
+        Err(e) => return Err(e).with_context(|| format!("shm_open {kname} O_RDWR")),
+    };
+    let st = fstat(&fd).with_context(|| format!("fstat {kname}"))?;
+    // Refuse an object another user owns: we would be sharing memory with them.
+    let me = geteuid().as_raw();
+    if st.st_uid != me {
+        bail!(
+            "{kname} belongs to uid {}, not to you (uid {me}); refusing to use or remove it",
+            st.st_uid
+        );
+    }
+    let size = usize::try_from(st.st_size).unwrap_or(0);
+    let ino = Some(st.st_ino);
+    if size == 0 {
+        // Created but not yet sized: the creator is between shm_open and ftruncate.
+        return Ok(Found::Existing(Mapped::unmapped(None, ino, false)));
+    }
+    let mut m = map(&fd, size, kname)?;
+    m.ino = ino;
+    Ok(Found::Existing(m))
+}
