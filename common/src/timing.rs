@@ -242,6 +242,22 @@ pub fn fmt_rate(bytes_per_s: f64) -> String {
     format!("{v:.2} {}", UNITS[u])
 }
 
+impl fmt::Display for LatencyNs {
+    /// `min 1.2 us  p50 ...  max ...`, as the report's latency line shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            fmt_ns(self.min),
+            fmt_ns(self.p50),
+            fmt_ns(self.p90),
+            fmt_ns(self.p99),
+            fmt_ns(self.p999),
+            fmt_ns(self.max)
+        )
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.verified {
@@ -271,17 +287,7 @@ impl fmt::Display for Report {
             )?;
         }
         if let Some(l) = &self.latency_ns {
-            writeln!(
-                f,
-                "  latency      {}: min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-                self.latency_kind.replace('_', "-"),
-                fmt_ns(l.min),
-                fmt_ns(l.p50),
-                fmt_ns(l.p90),
-                fmt_ns(l.p99),
-                fmt_ns(l.p999),
-                fmt_ns(l.max)
-            )?;
+            writeln!(f, "  latency      {}: {}", self.latency_kind.replace('_', "-"), l)?;
         }
         if self.count > 0 {
             writeln!(

@@ -313,21 +313,14 @@ impl Consumer {
         let h = match frame::decode_header(&self.buf[..first], self.max_payload) {
             Ok(Some(h)) => h,
             Ok(None) => unreachable_need_more(at)?,
-            Err(e) => {
-                return Err(RingError::Corrupt(format!(
-                    "frame at ring {} position {at}: {e}",
-                    self.d as usize
-                )))
-            }
+            Err(e) => return Err(self.corrupt(at, &e)),
         };
         let total = HEADER_LEN + h.payload_len();
         let rec = record_len(h.payload_len()) as u64;
         // check: the frame must lie within what the producer published.
         if rec > avail {
-            return Err(RingError::Corrupt(format!(
-                "frame at ring {} position {at} claims {total} bytes, but only {avail} are published",
-                self.d as usize
-            )));
+            let why = format!("claims {total} bytes, but only {avail} are published");
+            return Err(self.corrupt(at, &why));
         }
         if total > first {
             // total <= max_record == buf.len(): decode_header limited the payload.
@@ -350,15 +343,17 @@ impl Consumer {
                 self.release();
                 Ok(header)
             }
-            Ok(_) => Err(RingError::Corrupt(format!(
-                "frame at ring {} position {at} changed while it was being read",
-                self.d as usize
-            ))),
-            Err(e) => Err(RingError::Corrupt(format!(
-                "frame at ring {} position {at}: {e}",
-                self.d as usize
-            ))),
+            Ok(_) => Err(self.corrupt(at, &"changed while it was being read")),
+            Err(e) => Err(self.corrupt(at, &e)),
         }
+    }
+
+    /// "corrupt shared region: frame at ring D position P: why".
+    fn corrupt(&self, at: u64, why: &dyn std::fmt::Display) -> RingError {
+        RingError::Corrupt(format!(
+            "frame at ring {} position {at}: {why}",
+            self.d as usize
+        ))
     }
 
     /// Publishes `tail` (the bytes are free again), waking the producer only if it sleeps.

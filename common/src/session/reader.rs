@@ -128,7 +128,35 @@ impl ReaderSession {
             ),
             Kind::Data | Kind::Ping => {}
         }
-        // Sequence check: a gap means lost messages, a step back a repeat.
+        self.count(h, payload, now);
+        if h.kind == Kind::Ping {
+            let pong = Fields {
+                kind: Kind::Pong,
+                flags: h.flags,
+                nonce: h.nonce,
+                seq: h.seq,
+                sent_ns: h.sent_ns,
+            };
+            self.pong = encode_header(pong, payload)?;
+            return Ok(Action::Echo(Outgoing {
+                kind: Kind::Pong,
+                header: &self.pong,
+                payload,
+            }));
+        }
+        if self.text {
+            return Ok(Action::Print(TextLine {
+                seq: h.seq,
+                latency_ns: now.saturating_sub(h.sent_ns),
+                text: payload,
+            }));
+        }
+        Ok(Action::Continue)
+    }
+
+    /// The bookkeeping of one Data or Ping frame: sequence (a gap means lost messages, a
+    /// step back a repeat), content, warm-up or timed, one-way latency.
+    fn count(&mut self, h: &Header, payload: &[u8], now: u64) {
         if h.seq != self.expected {
             if h.seq > self.expected {
                 self.missing += h.seq - self.expected;
@@ -157,29 +185,6 @@ impl ReaderSession {
             self.lat.record(now.saturating_sub(h.sent_ns));
             self.report.size_bytes = self.report.size_bytes.max(payload.len() as u64);
         }
-        if h.kind == Kind::Ping {
-            let pong = Fields {
-                kind: Kind::Pong,
-                flags: h.flags,
-                nonce: h.nonce,
-                seq: h.seq,
-                sent_ns: h.sent_ns,
-            };
-            self.pong = encode_header(pong, payload)?;
-            return Ok(Action::Echo(Outgoing {
-                kind: Kind::Pong,
-                header: &self.pong,
-                payload,
-            }));
-        }
-        if self.text {
-            return Ok(Action::Print(TextLine {
-                seq: h.seq,
-                latency_ns: now.saturating_sub(h.sent_ns),
-                text: payload,
-            }));
-        }
-        Ok(Action::Continue)
     }
 
     /// A new session began (seq 0 of another nonce): what came before was left by an
