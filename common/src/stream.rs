@@ -30,12 +30,25 @@ pub enum Delivery {
 /// kernel stopped after a short write, so a frame is never interleaved or resent in part.
 /// See [writev(2)](https://man7.org/linux/man-pages/man2/writev.2.html).
 pub fn writev<W: Write>(w: &mut W, frame: Outgoing<'_>) -> Result<Delivery> {
+    writev_or(w, frame, |_| {
+        // A blocking descriptor never answers EAGAIN; a non-blocking one belongs in FullWatch.
+        Err(io::Error::from(io::ErrorKind::WouldBlock)).context("writev")
+    })
+}
+
+/// The writev loop; `full` is what to do when a non-blocking descriptor has no room.
+fn writev_or<W: Write>(
+    w: &mut W,
+    frame: Outgoing<'_>,
+    mut full: impl FnMut(&mut W) -> Result<()>,
+) -> Result<Delivery> {
     let (mut bufs, n) = frame.iovecs();
     let mut slices: &mut [IoSlice<'_>] = &mut bufs[..n];
     while !slices.is_empty() {
         match w.write_vectored(slices) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context("writev"),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => full(w)?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return gone_or(e, "writev"),
         }
@@ -100,18 +113,7 @@ impl FullWatch {
     /// `writev(2)` of one frame on the non-blocking descriptor: what fits goes at once;
     /// on EAGAIN the pipe is full, and `poll(POLLOUT)` sleeps until there is room again.
     pub fn writev<W: Write + AsFd>(&mut self, w: &mut W, frame: Outgoing<'_>) -> Result<Delivery> {
-        let (mut bufs, n) = frame.iovecs();
-        let mut slices: &mut [IoSlice<'_>] = &mut bufs[..n];
-        while !slices.is_empty() {
-            match w.write_vectored(slices) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context("writev"),
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_for_room(w.as_fd())?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return gone_or(e, "writev"),
-            }
-        }
-        Ok(Delivery::Sent)
+        writev_or(w, frame, |w| self.wait_for_room(w.as_fd()))
     }
 
     /// Waits with poll(2) until the descriptor has room again.

@@ -4,7 +4,7 @@ mod util;
 
 use std::os::unix::fs::FileExt;
 
-use util::{report, TestDir, READER, WRITER};
+use util::{DoneExt, TestDir, READER, WRITER};
 
 #[test]
 fn writer_then_reader_later_with_compare_read() {
@@ -15,9 +15,9 @@ fn writer_then_reader_later_with_compare_read() {
             &["--mode", "bulk", "--file-size", "4M", "--json"],
             None,
         )
-        .wait();
+        .finish();
     w.assert_ok("writer");
-    let wr = report(&w.stdout);
+    let wr = w.any_report();
     assert_eq!(
         (wr.mode.as_str(), wr.bytes, wr.count),
         ("bulk", 4 << 20, 64)
@@ -25,9 +25,9 @@ fn writer_then_reader_later_with_compare_read() {
     assert!(dir.file().exists(), "the data outlives the writer (F2)");
     let r = dir
         .spawn(READER, &["--bulk", "--compare-read", "--json"], None)
-        .wait();
+        .finish();
     r.assert_ok("reader");
-    let rr = report(&r.stdout);
+    let rr = r.any_report();
     assert!(rr.verified);
     assert_eq!(rr.bytes, 4 << 20);
     assert!(
@@ -41,6 +41,12 @@ fn writer_then_reader_later_with_compare_read() {
         rr.notes
     );
     assert!(r.stderr.contains("has exited"), "{}", r.stderr);
+    // Neither side spins: the writer waits for no one, the reader sleeps between looks.
+    assert_eq!((wr.wait.as_str(), rr.wait.as_str()), ("block", "block"));
+    assert_eq!(
+        (wr.mechanism.as_str(), rr.flavour.as_str()),
+        ("mmap", wr.flavour.as_str())
+    );
     dir.finish();
 }
 
@@ -51,12 +57,12 @@ fn reader_first_waits_for_the_completion_marker() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let w = dir
         .spawn(WRITER, &["--mode", "bulk", "--file-size", "32M"], None)
-        .wait();
+        .finish();
     w.assert_ok("writer");
-    let r = r.wait();
+    let r = r.finish();
     r.assert_ok("reader");
     assert!(r.stderr.contains("waiting for"), "{}", r.stderr);
-    assert_eq!(report(&r.stdout).bytes, 32 << 20);
+    assert_eq!(r.any_report().bytes, 32 << 20);
     dir.finish();
 }
 
@@ -64,14 +70,14 @@ fn reader_first_waits_for_the_completion_marker() {
 fn keep_leaves_the_file_for_another_reader() {
     let dir = TestDir::new("bulk_keep");
     dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
-        .wait()
+        .finish()
         .assert_ok("writer");
     dir.spawn(READER, &["--bulk", "--keep"], None)
-        .wait()
+        .finish()
         .assert_ok("reader 1");
     assert!(dir.file().exists());
     dir.spawn(READER, &["--bulk"], None)
-        .wait()
+        .finish()
         .assert_ok("reader 2");
     dir.finish();
 }
@@ -80,7 +86,7 @@ fn keep_leaves_the_file_for_another_reader() {
 fn a_corrupted_block_fails_verification_with_its_place() {
     let dir = TestDir::new("bulk_corrupt");
     dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
-        .wait()
+        .finish()
         .assert_ok("writer");
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -88,7 +94,7 @@ fn a_corrupted_block_fails_verification_with_its_place() {
         .unwrap();
     // Block 3 starts at 4096 + 3 * 65536; flip a byte 800 bytes in.
     f.write_all_at(&[0x5a], 4096 + 3 * 65536 + 800).unwrap();
-    let r = dir.spawn(READER, &["--bulk"], None).wait();
+    let r = dir.spawn(READER, &["--bulk"], None).finish();
     assert!(!r.ok());
     assert!(r.stderr.contains("block 3"), "{}", r.stderr);
     dir.finish();
@@ -98,7 +104,7 @@ fn a_corrupted_block_fails_verification_with_its_place() {
 fn a_hostile_header_is_refused_cleanly() {
     let dir = TestDir::new("bulk_hostile");
     dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
-        .wait()
+        .finish()
         .assert_ok("writer");
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -106,7 +112,7 @@ fn a_hostile_header_is_refused_cleanly() {
         .unwrap();
     // data_len at offset 24: claim far more data than the file holds.
     f.write_all_at(&(1u64 << 39).to_le_bytes(), 24).unwrap();
-    let r = dir.spawn(READER, &["--bulk"], None).wait();
+    let r = dir.spawn(READER, &["--bulk"], None).finish();
     assert!(!r.ok());
     assert!(
         r.status.code() == Some(1),
@@ -124,7 +130,7 @@ fn a_hostile_header_is_refused_cleanly() {
     std::fs::write(dir.file(), b"not a bulk file, somebody's data").unwrap();
     let w = dir
         .spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
-        .wait();
+        .finish();
     assert!(!w.ok());
     assert!(w.stderr.contains("not ours to replace"), "{}", w.stderr);
     assert!(dir.file().exists());
@@ -143,7 +149,7 @@ fn writer_killed_midway_leaves_a_stale_file_that_is_detected() {
     // A reader sees the dead writer pid with no completion marker: error, file removed.
     let r = dir
         .spawn(READER, &["--bulk", "--timeout", "10"], None)
-        .wait();
+        .finish();
     assert!(!r.ok());
     assert!(r.stderr.contains("died before finishing"), "{}", r.stderr);
     // And a writer replaces a stale file with a narrated line.
@@ -153,11 +159,11 @@ fn writer_killed_midway_leaves_a_stale_file_that_is_detected() {
     w.kill9();
     let w = dir
         .spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
-        .wait();
+        .finish();
     w.assert_ok("writer after a killed one");
     assert!(w.stderr.contains("is stale"), "{}", w.stderr);
     dir.spawn(READER, &["--bulk"], None)
-        .wait()
+        .finish()
         .assert_ok("reader");
     dir.finish();
 }

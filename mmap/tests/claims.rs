@@ -6,7 +6,7 @@ mod util;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use util::{report, TestDir, READER, WRITER};
+use util::{DoneExt, ProcExt, TestDir, READER, WRITER};
 
 /// F1: the file is part of the process's memory: its line in /proc/self/maps, MAP_SHARED.
 #[test]
@@ -14,8 +14,8 @@ fn claim_f1_the_file_appears_in_the_process_memory_map() {
     let dir = TestDir::new("f1");
     let w = dir.spawn(WRITER, &[], Some(b"one line\n"));
     dir.wait_for(&dir.file());
-    let r = dir.spawn(READER, &[], None).wait();
-    w.wait().assert_ok("writer");
+    let r = dir.spawn(READER, &[], None).finish();
+    w.finish().assert_ok("writer");
     r.assert_ok("reader");
     let file = std::fs::canonicalize(&dir.path)
         .unwrap()
@@ -35,16 +35,16 @@ fn claim_f2_bulk_data_outlives_the_writer() {
     let dir = TestDir::new("f2");
     let w = dir
         .spawn(WRITER, &["--bulk", "--file-size", "16M"], None)
-        .wait();
+        .finish();
     w.assert_ok("writer");
     assert_eq!(
         std::fs::metadata(dir.file()).unwrap().len(),
         4096 + (16 << 20)
     );
-    let r = dir.spawn(READER, &["--bulk", "--json"], None).wait();
+    let r = dir.spawn(READER, &["--bulk", "--json"], None).finish();
     r.assert_ok("reader");
     assert!(r.stderr.contains("which has exited"), "{}", r.stderr);
-    assert!(report(&r.stdout).verified);
+    assert!(r.any_report().verified);
     dir.finish();
 }
 
@@ -53,13 +53,13 @@ fn claim_f2_bulk_data_outlives_the_writer() {
 fn claim_f3_map_and_read_are_both_measured() {
     let dir = TestDir::new("f3");
     dir.spawn(WRITER, &["--bulk", "--file-size", "8M"], None)
-        .wait()
+        .finish()
         .assert_ok("writer");
     let r = dir
         .spawn(READER, &["--bulk", "--compare-read", "--json"], None)
-        .wait();
+        .finish();
     r.assert_ok("reader");
-    let rr = report(&r.stdout);
+    let rr = r.any_report();
     let figures = rr
         .notes
         .iter()
@@ -95,10 +95,10 @@ fn claim_f5_a_second_process_sees_stores_without_msync() {
     let dir = TestDir::new("f5");
     // Without --sync: the reader verifies every block right after the writer exits.
     dir.spawn(WRITER, &["--bulk", "--file-size", "8M"], None)
-        .wait()
+        .finish()
         .assert_ok("writer");
     dir.spawn(READER, &["--bulk"], None)
-        .wait()
+        .finish()
         .assert_ok("reader");
     // With --sync: the writer reports the msync it made.
     let w = dir
@@ -107,14 +107,15 @@ fn claim_f5_a_second_process_sees_stores_without_msync() {
             &["--bulk", "--file-size", "8M", "--sync", "--json"],
             None,
         )
-        .wait();
+        .finish();
     w.assert_ok("writer --sync");
-    assert!(report(&w.stdout)
+    assert!(w
+        .any_report()
         .notes
         .iter()
         .any(|n| n.starts_with("msync(MS_SYNC) of")));
     dir.spawn(READER, &["--bulk"], None)
-        .wait()
+        .finish()
         .assert_ok("reader");
     dir.finish();
 }
@@ -129,7 +130,7 @@ fn claim_f6_a_64_bit_process_maps_more_than_4_gib() {
     let dir = TestDir::new("f6");
     let p = dir.path.join("big.map");
     let len: u64 = 5 << 30;
-    let (f, owned) = mmap::create_file(&p, len).unwrap();
+    let (f, owned) = mmap::rendezvous::create_file(&p, len).unwrap();
     match mmap::Map::open(&f, &p, len as usize, false) {
         Ok(m) => {
             let mut last = [1u8; 8];
@@ -150,7 +151,7 @@ fn claim_f6_a_64_bit_process_maps_more_than_4_gib() {
 #[test]
 fn claim_f7_ftruncate_succeeds_while_mapped_and_access_past_the_end_is_sigbus() {
     let dir = TestDir::new("f7");
-    let d = dir.spawn(WRITER, &["--demo-truncate"], None).wait();
+    let d = dir.spawn(WRITER, &["--demo-truncate"], None).finish();
     d.assert_ok("demo");
     assert!(
         d.stdout.contains("ftruncate on the mapped file: succeeded"),
@@ -239,9 +240,9 @@ fn claim_f7_a_short_file_is_refused_before_mapping() {
         .unwrap();
     let r = dir
         .spawn(READER, &["--mode", "stream", "--timeout", "3"], None)
-        .wait();
+        .finish();
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("SIGBUS (F7)"), "{}", r.stderr);
-    assert!(!w.wait().ok());
+    assert!(!w.finish().ok());
     dir.finish();
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::ring::{self, offsets};
-use util::{TestDir, READER, WRITER};
+use util::{DoneExt, ProcExt, TestDir, READER, WRITER};
 
 const ENDLESS: [&str; 8] = [
     "--mode",
@@ -32,6 +32,9 @@ fn writer_killed_reader_notices_and_exits_nonzero() {
     let r = r.wait_within(Duration::from_secs(10));
     assert!(!r.ok(), "{}", r.stderr);
     assert!(r.stderr.contains("is gone"), "{}", r.stderr);
+    // Gone without End: the run failed, and the error says so.
+    assert!(r.stderr.contains("without sending End"), "{}", r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     dir.finish();
 }
 
@@ -46,6 +49,8 @@ fn reader_killed_writer_notices_and_exits_nonzero() {
     let w = w.wait_within(Duration::from_secs(10));
     assert!(!w.ok(), "{}", w.stderr);
     assert!(w.stderr.contains("is gone"), "{}", w.stderr);
+    assert!(w.stderr.contains("messages; stopping"), "{}", w.stderr);
+    assert_eq!(w.status.code(), Some(1), "{}", w.stderr);
     dir.finish();
 }
 
@@ -91,8 +96,8 @@ fn a_stale_ring_file_of_a_killed_run_is_replaced() {
     let args = ["--mode", "stream", "--count", "100", "--timeout", "20"];
     let r = dir.spawn(READER, &args, None);
     std::thread::sleep(Duration::from_millis(200));
-    let w = dir.spawn(WRITER, &args, None).wait();
-    let r = r.wait();
+    let w = dir.spawn(WRITER, &args, None).finish();
+    let r = r.finish();
     w.assert_ok("writer");
     r.assert_ok("reader");
     assert!(
@@ -134,7 +139,7 @@ fn a_hostile_header_is_a_clean_error() {
     forge_ring_file(&dir.file(), std::process::id(), 9);
     let r = dir
         .spawn(READER, &["--mode", "stream", "--timeout", "5"], None)
-        .wait();
+        .finish();
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(
         r.stderr.contains("corrupt shared region") && r.stderr.contains("creator_role 9"),
@@ -147,7 +152,7 @@ fn a_hostile_header_is_a_clean_error() {
     std::fs::write(dir.file(), vec![0xAB; 8192]).unwrap();
     let w = dir
         .spawn(WRITER, &["--mode", "stream", "--timeout", "5"], None)
-        .wait();
+        .finish();
     assert_eq!(w.status.code(), Some(1));
     assert!(w.stderr.contains("not a ring file"), "{}", w.stderr);
     assert!(dir.file().exists());
@@ -197,7 +202,7 @@ fn a_symlink_in_place_of_the_file_is_refused() {
     std::os::unix::fs::symlink(&target, dir.file()).unwrap();
     let w = dir
         .spawn(WRITER, &["--mode", "stream", "--timeout", "2"], None)
-        .wait();
+        .finish();
     assert_eq!(w.status.code(), Some(1));
     assert!(w.stderr.contains("symlink"), "{}", w.stderr);
     std::fs::remove_file(dir.file()).unwrap();

@@ -2,7 +2,7 @@
 
 mod util;
 
-use util::{report, TestDir, READER, WRITER};
+use util::{DoneExt, TestDir, READER, WRITER};
 
 #[derive(Clone, Copy, PartialEq)]
 enum First {
@@ -35,10 +35,10 @@ fn pair(test: &str, mode: &str, wait: &str, first: First, count: &str, size: &st
         dir.wait_for(&dir.file());
         (dir.spawn(WRITER, &args, None), r)
     };
-    let (w, r) = (w.wait(), r.wait());
+    let (w, r) = (w.finish(), r.finish());
     w.assert_ok("writer");
     r.assert_ok("reader");
-    let (wr, rr) = (report(&w.stdout), report(&r.stdout));
+    let (wr, rr) = (w.any_report(), r.any_report());
     assert!(wr.verified && rr.verified);
     assert_eq!(rr.mechanism, "mmap");
     assert_eq!(rr.mode, mode);
@@ -86,7 +86,7 @@ fn text(test: &str, first: First) {
         dir.wait_for(&dir.file());
         (dir.spawn(WRITER, &[], Some(input)), r)
     };
-    let (w, r) = (w.wait(), r.wait());
+    let (w, r) = (w.finish(), r.finish());
     w.assert_ok("writer");
     r.assert_ok("reader");
     assert!(r.stdout.contains("#0 (5 B"), "{}", r.stdout);
@@ -121,10 +121,10 @@ fn path_on_tmpfs_and_sync_reports_msync() {
     ];
     let w = dir.spawn_raw(WRITER, &args);
     let r = dir.spawn_raw(READER, &args);
-    let (w, r) = (w.wait(), r.wait());
+    let (w, r) = (w.finish(), r.finish());
     w.assert_ok("writer");
     r.assert_ok("reader");
-    let wr = report(&w.stdout);
+    let wr = w.any_report();
     if shm.is_dir() {
         assert_eq!(wr.flavour, "tmpfs");
     }
@@ -155,14 +155,14 @@ fn capacity_mismatch_is_refused_before_mapping() {
             &["--mode", "stream", "--capacity", "64K", "--timeout", "5"],
             None,
         )
-        .wait();
+        .finish();
     assert!(!r.ok());
     assert!(
         r.stderr.contains("--capacity 1048576") && r.stderr.contains("--capacity 65536"),
         "{}",
         r.stderr
     );
-    let w = w.wait();
+    let w = w.finish();
     assert!(!w.ok(), "the writer times out waiting for a reader");
     assert!(w.stderr.contains("timed out"), "{}", w.stderr);
     dir.finish();
@@ -185,10 +185,10 @@ fn a_second_writer_is_refused() {
             &["--mode", "stream", "--count", "10", "--timeout", "3"],
             None,
         )
-        .wait();
+        .finish();
     assert!(!w2.ok());
     assert!(w2.stderr.contains("created by a writer"), "{}", w2.stderr);
-    assert!(!w1.wait().ok());
+    assert!(!w1.finish().ok());
     dir.finish();
 }
 
@@ -202,7 +202,7 @@ fn a_size_larger_than_half_the_ring_is_refused_first() {
             &["--mode", "stream", "--size", "64K", "--capacity", "64K"],
             None,
         )
-        .wait();
+        .finish();
     assert!(!w.ok());
     assert!(w.stderr.contains("--capacity"), "{}", w.stderr);
     dir.finish();

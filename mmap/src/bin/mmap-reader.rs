@@ -1,3 +1,7 @@
+//! The `mmap-reader` binary: the program is `mmap::reader` (src/reader.rs).
+
 fn main() -> std::process::ExitCode {
-    mmap::reader::main()
+    // `--mode bulk` is this pair's own spelling of `--bulk` (common's `--mode` has three).
+    let argv = mmap::rewrite_bulk_mode(std::env::args_os());
+    common::cli::start(argv, mmap::reader::run)
 }

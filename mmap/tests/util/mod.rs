@@ -1,36 +1,37 @@
-//! Helpers for the process-level tests: a private runtime dir per test, the real binaries
-//! under a deadline, their output collected.
+//! The mmap tests' harness: `common::testing` (every child under a deadline, its output
+//! collected by threads) plus what is this pair's own: each test's `--name` and private
+//! runtime directory, the file a pair meets at, and the check at the end that nothing
+//! was left in that directory.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::process::{ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use common::testing::{Done, Proc};
 
 pub const WRITER: &str = env!("CARGO_BIN_EXE_mmap-writer");
 pub const READER: &str = env!("CARGO_BIN_EXE_mmap-reader");
 
-/// Longest any child may run before the test kills it and fails.
-pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A private runtime directory (IPC_STUDY_DIR), checked empty and removed at the end.
+/// A private runtime directory (`IPC_STUDY_DIR`) and `--name` for one test, checked
+/// empty by [`TestDir::finish`] and removed when dropped.
 pub struct TestDir {
+    dir: common::testing::TestDir,
     pub path: PathBuf,
     pub name: String,
 }
 
 impl TestDir {
     pub fn new(test: &str) -> TestDir {
-        let path =
-            std::env::temp_dir().join(format!("ipc-study-test-mmap-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let dir = common::testing::TestDir::new("mmap", test);
+        std::fs::create_dir_all(&dir.path).unwrap();
+        std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700)).unwrap();
         TestDir {
-            path,
+            path: dir.path.clone(),
             name: format!("t-{test}"),
+            dir,
         }
     }
 
@@ -39,58 +40,42 @@ impl TestDir {
         self.path.join(format!("{}.map", self.name))
     }
 
-    /// Starts `exe` with `args` plus `--name`, IPC_STUDY_DIR set, stdin as given.
+    /// `exe args --name NAME`, with IPC_STUDY_DIR set and stdin from /dev/null.
+    fn cmd(&self, exe: &str, args: &[&str]) -> Command {
+        let mut c = self.dir.cmd(exe, args);
+        c.arg("--name").arg(&self.name);
+        c
+    }
+
+    /// Starts `exe` with `args` plus `--name`; `stdin` is written by a thread, then closed.
     pub fn spawn(&self, exe: &str, args: &[&str], stdin: Option<&[u8]>) -> Proc {
-        let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .arg("--name")
-            .arg(&self.name)
-            .env("IPC_STUDY_DIR", &self.path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
-        let mut child = cmd.spawn().unwrap();
+        let mut c = self.cmd(exe, args);
+        if stdin.is_some() {
+            c.stdin(Stdio::piped());
+        }
+        let mut p = Proc::spawn(label(exe), &mut c);
         if let Some(input) = stdin {
-            let mut si = child.stdin.take().unwrap();
+            let mut si = p.stdin.take().unwrap();
             let input = input.to_vec();
             std::thread::spawn(move || {
                 let _ = si.write_all(&input);
             });
         }
-        Proc::new(child)
+        p
     }
 
     /// Starts `exe` with `--name` and a stdin the test writes to (and closes) itself.
-    pub fn spawn_typing(&self, exe: &str, args: &[&str]) -> (Proc, std::process::ChildStdin) {
-        let mut child = Command::new(exe)
-            .args(args)
-            .arg("--name")
-            .arg(&self.name)
-            .env("IPC_STUDY_DIR", &self.path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        (Proc::new(child), stdin)
+    pub fn spawn_typing(&self, exe: &str, args: &[&str]) -> (Proc, ChildStdin) {
+        let mut c = self.cmd(exe, args);
+        c.stdin(Stdio::piped());
+        let mut p = Proc::spawn(label(exe), &mut c);
+        let stdin = p.stdin.take().unwrap();
+        (p, stdin)
     }
 
     /// Starts `exe` without adding `--name` (for --path runs).
     pub fn spawn_raw(&self, exe: &str, args: &[&str]) -> Proc {
-        let child = Command::new(exe)
-            .args(args)
-            .env("IPC_STUDY_DIR", &self.path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Proc::new(child)
+        Proc::spawn(label(exe), &mut self.dir.cmd(exe, args))
     }
 
     /// Waits until `path` exists (the first program created it).
@@ -106,43 +91,53 @@ impl TestDir {
         }
     }
 
-    /// Asserts nothing was left behind, then removes the directory.
+    /// Asserts nothing was left behind; the directory is removed on drop.
     pub fn finish(self) {
-        let left: Vec<_> = std::fs::read_dir(&self.path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        let _ = std::fs::remove_dir_all(&self.path);
-        assert!(left.is_empty(), "left behind in the runtime dir: {left:?}");
+        self.dir.assert_empty();
     }
 }
 
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+fn label(exe: &str) -> &str {
+    Path::new(exe)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(exe)
+}
+
+/// What this pair's tests ask of a child beyond `common::testing`.
+pub trait ProcExt {
+    /// Waits at most `limit` (less than the harness's deadline); kills the child and
+    /// fails the test if it is still running.
+    fn wait_within(self, limit: Duration) -> Done;
+}
+
+impl ProcExt for Proc {
+    fn wait_within(mut self, limit: Duration) -> Done {
+        let t = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if t.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "child {} did not finish within {limit:?}; killed. stderr:\n{}",
+                    self.pid(),
+                    self.stderr_now()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.finish()
     }
 }
 
-/// A running child whose output is collected by two threads.
-pub struct Proc {
-    pub child: Child,
-    out: Option<JoinHandle<String>>,
-    err: Option<JoinHandle<String>>,
+/// Checks on a finished child.
+pub trait DoneExt {
+    /// Fails the test with the child's output unless it exited with status 0.
+    fn assert_ok(&self, who: &str);
 }
 
-/// How a child ended.
-#[derive(Debug)]
-pub struct Done {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Done {
-    pub fn ok(&self) -> bool {
-        self.status.success()
-    }
-    pub fn assert_ok(&self, who: &str) {
+impl DoneExt for Done {
+    fn assert_ok(&self, who: &str) {
         assert!(
             self.ok(),
             "{who} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -151,83 +146,4 @@ impl Done {
             self.stderr
         );
     }
-}
-
-fn collect<R: Read + Send + 'static>(r: Option<R>) -> Option<JoinHandle<String>> {
-    r.map(|mut r| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    })
-}
-
-impl Proc {
-    fn new(mut child: Child) -> Proc {
-        let out = collect(child.stdout.take());
-        let err = collect(child.stderr.take());
-        Proc { child, out, err }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Waits at most `limit`; kills the child and panics if it is still running.
-    pub fn wait_within(mut self, limit: Duration) -> Done {
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if t.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let err = self
-                    .err
-                    .take()
-                    .map(|h| h.join().unwrap())
-                    .unwrap_or_default();
-                panic!(
-                    "child {} did not finish within {limit:?}; killed. stderr:\n{err}",
-                    self.child.id()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        Done {
-            status,
-            stdout: self
-                .out
-                .take()
-                .map(|h| h.join().unwrap())
-                .unwrap_or_default(),
-            stderr: self
-                .err
-                .take()
-                .map(|h| h.join().unwrap())
-                .unwrap_or_default(),
-        }
-    }
-
-    pub fn wait(self) -> Done {
-        self.wait_within(DEADLINE)
-    }
-
-    /// SIGKILL (kill -9): nothing runs in the child, no cleanup.
-    pub fn kill9(mut self) -> Done {
-        let _ = self.child.kill();
-        self.wait()
-    }
-}
-
-/// The `--json` report line in a program's stdout.
-pub fn report(stdout: &str) -> common::timing::Report {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON report in:\n{stdout}"));
-    common::timing::Report::from_json(line).unwrap()
 }

@@ -30,10 +30,21 @@
 //! pointers and never makes a `&[u8]` over the map (another process of the same user could
 //! still write the file; a Rust reference promises nobody does).
 //!
-//! Everything here is safe code: the pattern, the header encoding and its checks. The raw
-//! memory accesses are in `lib.rs`.
+//! ## The two programs
+//! [`writer`] (`mmap-writer --bulk`) and [`reader`] (`mmap-reader --bulk`) are their own
+//! code: the role files dispatch to them in one line. This file is the format they share,
+//! all safe code: the pattern, the header encoding and its checks. The raw memory
+//! accesses are in [`crate::map`].
+
+pub mod reader;
+pub mod writer;
 
 use std::fmt;
+
+use common::cli::CommonArgs;
+use common::ring::{Role, Wait};
+use common::setup::{Flavour, Mechanism, Setup};
+use common::timing::{CpuTime, Report};
 
 /// `IPCSBULK`.
 pub const MAGIC: [u8; 8] = *b"IPCSBULK";
@@ -199,6 +210,48 @@ impl Header {
         let len = (self.data_len - start).min(BLOCK_SIZE as u64);
         (HEADER_LEN + start as usize, len as usize)
     }
+}
+
+/// A timed pass over the file (the writer's fill, the reader's check through the map).
+pub struct Measured {
+    /// Wall time of the pass.
+    pub ns: u64,
+    /// This process's CPU time during it.
+    pub cpu: CpuTime,
+    /// What the report's notes say about it.
+    pub notes: Vec<String>,
+}
+
+/// The bulk report, typed as the ring's: one "message" per block, mode `bulk`.
+///
+/// Neither side waits in a loop that spins: the reader sleeps 10 ms between looks at the
+/// header, and the writer's one wait is `msync`, in the kernel. So the wait is `block`.
+pub fn report(
+    c: &CommonArgs,
+    program: &'static str,
+    role: Role,
+    flavour: String,
+    h: &Header,
+    m: Measured,
+) -> Report {
+    let setup = Setup {
+        program,
+        mechanism: Mechanism::Mmap,
+        flavour: Flavour::File(flavour),
+        wait: Wait::Block,
+        args: c.clone(),
+        max_payload: BLOCK_SIZE,
+    };
+    let mut report = setup.report(role);
+    report.mode = "bulk".into();
+    report.size_bytes = BLOCK_SIZE as u64;
+    report.count = h.blocks();
+    report.bytes = h.data_len;
+    report.verified = true;
+    report.elapsed_ns = m.ns;
+    report.notes = m.notes;
+    report.set_rates(m.cpu);
+    report
 }
 
 /// SplitMix64: turns (nonce, block number) into a well-mixed 64-bit seed.

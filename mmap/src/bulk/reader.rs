@@ -1,0 +1,305 @@
+//! `mmap-reader --bulk` (F2, F3): waits for a complete bulk file, verifies every block
+//! through its own map and, with `--compare-read`, again with plain `read()` calls.
+//!
+//! ```text
+//! mmap-writer --mode bulk --file-size 1G        | mmap-reader --mode bulk --compare-read   # now or later
+//! ```
+//!
+//! System calls, in order:
+//! 1. Wait for the file and its completion marker: `open(O_NOFOLLOW)` and `pread` of the
+//!    header every 10 ms (a `pread` past the end of a short file returns short, never
+//!    SIGBUS), `nanosleep` in between; `fstat` (owner, type). A file whose writer died
+//!    before the marker is `unlink`ed as stale.
+//! 2. `fstat` (the length, F7) and `mmap(MAP_SHARED)` read-only; an Acquire load of the
+//!    marker through the map, then the header again.
+//! 3. Loads from every page, no system call: the first touch of each mapped piece is a
+//!    page fault, no copy (`getrusage` counts them).
+//! 4. With `--compare-read`: `lseek` and `read()` calls of 1 MiB into a buffer over the
+//!    same file: a copy per byte, no page faults on our side. Both are timed (F3).
+//! 5. `munmap`, `close`, then `unlink`, unless `--keep`.
+//!
+//! It polls by sleeping, so the report says wait `block`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::cli::CommonArgs;
+use common::narrate;
+use common::ring::{peer_gone, Role};
+use common::session::conclude;
+use common::timing::{fmt_ns, fmt_rate, now_ns, CpuTime};
+
+use super::{Header, HeaderError, Measured};
+use crate::reader::PROGRAM;
+use crate::rendezvous::{check_file, open_existing, own_file_checked, pread_exact, remove_if_same};
+use crate::{bulk, file_path, fs_kind, page_faults, show_maps, Map, MapArgs, DEFAULT_BULK_NAME};
+
+/// mmap-reader's bulk flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Flags {
+    /// Bulk mode (F2, F3): verify the file mmap-writer --bulk filled, through the map.
+    #[arg(long = "bulk")]
+    pub on: bool,
+
+    /// Bulk: verify the file a second time with plain read() calls and compare (F3).
+    #[arg(long)]
+    pub compare_read: bool,
+
+    /// Bulk: leave the file in place after verifying it (to read it again).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// The bulk reader: steps 1 to 5 of the module docs.
+pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
+    let path = file_path(c.name_or(DEFAULT_BULK_NAME), m.path.as_deref())?;
+    // 1. The file, and its completion marker: the writer may still be at work (F2: or it
+    //    finished long ago; the data outlived it).
+    let (file, header) = wait_for_complete(&path, c.timeout)?;
+    let ino = check_file(&file, &path)?.ino;
+    let flavour = fs_kind(&file);
+    // Ours from here: removed when verified (or on an error), unless --keep.
+    let owned = (!f.keep).then(|| own_file_checked(&path, ino));
+    // 2. Map it (Map::open checks the length with fstat first, F7).
+    let map = map_complete(&file, &path, &header, m.populate)?;
+    if !c.quiet {
+        show_maps(&path);
+    }
+    let age = now_ns().saturating_sub(header.done_ns);
+    let gone = if peer_gone(header.writer_pid) {
+        "has exited"
+    } else {
+        "is still running"
+    };
+    narrate!(
+        "the writer (pid {}, which {gone}) finished this file {} ago; the data is in the file, not in the writer (F2)",
+        header.writer_pid,
+        fmt_ns(age)
+    );
+    // 3. Through the map.
+    let first = format!(
+        "file {} on {flavour}, {} bytes of data, every block verified",
+        path.display(),
+        header.data_len
+    );
+    let mut verified = verify_map(&map, &header, first)?;
+    drop(map);
+    // 4. The same check with read(): the kernel copies each page into our buffer (F3).
+    if f.compare_read {
+        let read = compare_read(&file, &path, &header, verified.ns)?;
+        verified.notes.extend(read);
+    }
+    // 5. close, unlink.
+    drop(file);
+    if let Some(o) = owned {
+        o.remove()?;
+    } else {
+        narrate!("--keep: {} stays for another run", path.display());
+    }
+    let report = bulk::report(c, PROGRAM, Role::Reader, flavour, &header, verified);
+    conclude(&report, c.json)
+}
+
+/// Step 2: maps the complete file read-only and checks, through the map, that it is still
+/// the file whose header `pread` showed.
+fn map_complete(file: &File, path: &Path, header: &Header, populate: bool) -> Result<Map> {
+    let len = usize::try_from(header.file_len())
+        .context("the file does not fit the address space (F6)")?;
+    let map = Map::open(file, path, len, populate)?;
+    // The Acquire load that pairs with the writer's Release store of the marker: after it,
+    // every block the writer stored is visible through our map.
+    if map.load_u32_acquire(bulk::STATE_OFFSET)? != bulk::STATE_COMPLETE {
+        bail!(
+            "{}: the completion marker went back to 0 after we saw 1",
+            path.display()
+        );
+    }
+    let mut fields = [0u8; bulk::FIELDS_LEN];
+    map.read_bytes(0, &mut fields)?;
+    if Header::decode(&fields).ok().as_ref() != Some(header) {
+        bail!(
+            "{}: the header changed between pread and mmap; another program is writing this file",
+            path.display()
+        );
+    }
+    Ok(map)
+}
+
+/// Step 3: loads straight from the page cache, no copy, a page fault the first time each
+/// page (or group of pages) is touched.
+fn verify_map(map: &Map, h: &Header, first: String) -> Result<Measured> {
+    narrate!("verifying {} blocks through the map ...", h.blocks());
+    let (minor0, major0) = page_faults();
+    let cpu0 = CpuTime::now();
+    let t0 = now_ns();
+    for b in 0..h.blocks() {
+        let (off, blen) = h.block_range(b);
+        if let Some(m) = map.verify_pattern(off, blen, bulk::block_seed(h.nonce, b))? {
+            bail!(
+                "block {b} (file offset {}) differs from the writer's pattern: expected {:#018x}, found {:#018x}",
+                off + m.offset,
+                m.expected,
+                m.found
+            );
+        }
+    }
+    let map_ns = now_ns() - t0;
+    let cpu = CpuTime::now().since(cpu0);
+    let (minor1, major1) = page_faults();
+    let line = format!(
+        "through the map (mmap + loads): {} in {} ({} minor, {} major page faults, one per {} KiB read)",
+        fmt_rate(rate(h.data_len, map_ns)),
+        fmt_ns(map_ns),
+        minor1 - minor0,
+        major1 - major0,
+        h.data_len / 1024 / (minor1 - minor0 + major1 - major0).max(1)
+    );
+    narrate!("{line}");
+    Ok(Measured {
+        ns: map_ns,
+        cpu,
+        notes: vec![first, line],
+    })
+}
+
+/// Bytes per second.
+fn rate(bytes: u64, ns: u64) -> f64 {
+    bytes as f64 / (ns.max(1) as f64 / 1e9)
+}
+
+/// Step 4 (`--compare-read`): the read() figures, as report notes.
+fn compare_read(file: &File, path: &Path, h: &Header, map_ns: u64) -> Result<Vec<String>> {
+    let (read_ns, calls) = verify_with_read(file, path, h)?;
+    let (read_rate, map_rate) = (rate(h.data_len, read_ns), rate(h.data_len, map_ns));
+    let line = format!(
+        "with read() (1 MiB per call, {calls} calls): {} in {}; map/read = {:.2}",
+        fmt_rate(read_rate),
+        fmt_ns(read_ns),
+        map_rate / read_rate
+    );
+    narrate!("{line}");
+    Ok(vec![
+        line,
+        format!("read_bytes_per_s={read_rate:.0} map_bytes_per_s={map_rate:.0}"),
+    ])
+}
+
+/// Step 1: waits for the file to exist and carry a complete header; looks every 10 ms.
+///
+/// The header is read with `pread`, not through a map: a file that is still 0 bytes long,
+/// or shorter than it should be, cannot SIGBUS a `pread` (F7).
+fn wait_for_complete(path: &Path, timeout: Duration) -> Result<(File, Header)> {
+    let deadline = Instant::now() + timeout;
+    let mut said = "";
+    loop {
+        let waiting_for = match open_existing(path, false)? {
+            None => {
+                if said != "file" {
+                    narrate!(
+                        "waiting for {} to appear: mmap-writer --mode bulk creates it",
+                        path.display()
+                    );
+                    said = "file";
+                }
+                "the writer to create the file"
+            }
+            Some(file) => match read_header(&file, path)? {
+                (_, Ok(h)) if h.state == bulk::STATE_COMPLETE => return Ok((file, h)),
+                (ino, Ok(h)) if peer_gone(h.writer_pid) => {
+                    // The writer died before its completion marker: the file is stale.
+                    remove_if_same(path, ino)
+                        .with_context(|| format!("unlink {}", path.display()))?;
+                    bail!(
+                        "the writer (pid {}) died before finishing {}: the file is incomplete; removed it as stale",
+                        h.writer_pid,
+                        path.display()
+                    );
+                }
+                (_, Ok(h)) => {
+                    if said != "marker" {
+                        narrate!(
+                            "writer pid {} is still filling the file; waiting for its completion marker (polling the header)",
+                            h.writer_pid
+                        );
+                        said = "marker";
+                    }
+                    "the writer to finish the file"
+                }
+                (_, Err(HeaderError::NoHeaderYet | HeaderError::Short(_))) => {
+                    "the writer to finish the file"
+                }
+                (_, Err(e)) => bail!("{}: {e}", path.display()),
+            },
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {:.1} s waiting for {waiting_for} (--timeout)",
+                timeout.as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `fstat` (owner, type) and `pread` of the header fields: the inode and what they say.
+fn read_header(file: &File, path: &Path) -> Result<(u64, Result<Header, HeaderError>)> {
+    let facts = check_file(file, path)?;
+    let mut buf = [0u8; bulk::FIELDS_LEN];
+    let h = if pread_exact(file, path, 0, &mut buf)? {
+        Header::decode(&buf)
+    } else {
+        Err(HeaderError::Short(facts.len as usize))
+    };
+    Ok((facts.ino, h))
+}
+
+/// Verifies the data again with plain `read()` calls into a 1 MiB buffer; returns the time
+/// and the number of calls.
+fn verify_with_read(file: &File, path: &Path, h: &Header) -> Result<(u64, u64)> {
+    const CHUNK_BLOCKS: usize = 16;
+    let mut f = file;
+    let mut buf = vec![0u8; bulk::BLOCK_SIZE * CHUNK_BLOCKS];
+    f.seek(SeekFrom::Start(bulk::HEADER_LEN as u64))
+        .with_context(|| format!("lseek {}", path.display()))?;
+    let mut calls = 0u64;
+    let t0 = now_ns();
+    let mut b = 0u64;
+    while b < h.blocks() {
+        // One read() of up to 16 blocks; the last chunk may be shorter.
+        let (first_off, _) = h.block_range(b);
+        let n = (h.data_len as usize + bulk::HEADER_LEN - first_off).min(buf.len());
+        let chunk = &mut buf[..n];
+        let mut got = 0;
+        while got < n {
+            let r = f
+                .read(&mut chunk[got..])
+                .with_context(|| format!("read {}", path.display()))?;
+            if r == 0 {
+                bail!(
+                    "{}: end of file after {} bytes; it was truncated (F7)",
+                    path.display(),
+                    first_off + got
+                );
+            }
+            got += r;
+            calls += 1;
+        }
+        for (i, blk) in chunk.chunks(bulk::BLOCK_SIZE).enumerate() {
+            let bi = b + i as u64;
+            if let Some(m) = bulk::verify_slice(blk, bulk::block_seed(h.nonce, bi)) {
+                bail!(
+                    "read(): block {bi} differs at byte {}: expected {:#018x}, found {:#018x}",
+                    m.offset,
+                    m.expected,
+                    m.found
+                );
+            }
+        }
+        b += n.div_ceil(bulk::BLOCK_SIZE) as u64;
+    }
+    Ok((now_ns() - t0, calls))
+}
