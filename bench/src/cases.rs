@@ -78,211 +78,193 @@ pub const MECHANISMS: &[&str] = &["pipe", "named-pipe", "msgqueue", "shm", "mmap
 
 /// The cases of one mechanism for one mode and size.
 pub fn cases_for(ctx: &Ctx, mechanism: &str, mode: Mode, size: usize, count: u64) -> Vec<Case> {
-    let base = |flavour: &str, wait: &str, floor: FloorKind, procs: Vec<Launch>| Case {
-        mechanism: MECHANISMS
-            .iter()
-            .copied()
-            .find(|m| *m == mechanism)
-            .unwrap_or("?"),
-        flavour: flavour.into(),
-        wait: wait.into(),
+    let Some(mechanism) = MECHANISMS.iter().copied().find(|m| *m == mechanism) else {
+        return Vec::new();
+    };
+    let plan = Plan {
+        ctx,
+        mechanism,
         mode,
         size,
         count,
-        procs,
-        floor,
-    };
-    let bytes_floor = |blocking: FloorKind| {
-        if mode == Mode::Stream {
-            FloorKind::Memcpy
-        } else {
-            blocking
-        }
     };
     match mechanism {
-        "pipe" => {
-            // Spawn mode: the writer makes both pipes and starts the reader (this
-            // executable in the pipe-reader role, pinned to the second CPU).
-            let mut reader = vec!["__role".to_string()];
-            if let Some(cpu) = ctx.cpu(1) {
-                reader.extend(["--pin".into(), cpu.to_string()]);
-            }
-            reader.push("pipe-reader".into());
-            let mut args = vec!["--spawn".into(), "--reader-exe".into(), ctx.exe.clone()];
-            for a in reader {
-                args.push(format!("--reader-arg={a}"));
-            }
-            if mode == Mode::Stream {
-                // 1 MiB (pipe-max-size): fewer wake-ups per byte; see pipe/README.md.
-                args.extend(["--pipe-size".into(), "1M".into()]);
-            }
-            vec![base(
-                "spawn",
-                "block",
-                bytes_floor(FloorKind::Futex),
-                vec![Launch {
-                    program: "pipe-writer",
-                    cpu_slot: 0,
-                    args,
-                }],
-            )]
-        }
-        "msgqueue" => {
-            let mut out = Vec::new();
-            for (flavour, posix) in [("sysv", false), ("posix", true)] {
-                // The kernel bounds a message (kernel.msgmax, fs.mqueue.msgsize_max): the
-                // case carries the largest payload that fits, and the table says so.
-                let Ok(limits) = msgqueue::Limits::read() else {
-                    continue;
-                };
-                let fitted = size.min(limits.max_payload(posix));
-                let args: Vec<String> = if posix {
-                    vec!["--posix".into()]
-                } else {
-                    vec![]
-                };
-                let mut c = base(
-                    flavour,
-                    "block",
-                    bytes_floor(FloorKind::Futex),
-                    vec![
-                        Launch {
-                            program: "msgqueue-reader",
-                            cpu_slot: 1,
-                            args: args.clone(),
-                        },
-                        Launch {
-                            program: "msgqueue-writer",
-                            cpu_slot: 0,
-                            args,
-                        },
-                    ],
-                );
-                c.size = fitted;
-                out.push(c);
-            }
-            out
-        }
-        "named-pipe" => {
-            let mut wargs = Vec::new();
-            if mode == Mode::Stream {
-                // As for the anonymous pipe: a 1 MiB FIFO buffer (see named-pipe/README.md).
-                wargs.extend(["--pipe-size".into(), "1M".into()]);
-            }
-            vec![base(
-                "fifo",
-                "block",
-                bytes_floor(FloorKind::Futex),
-                vec![
-                    Launch {
-                        program: "named-pipe-reader",
-                        cpu_slot: 1,
-                        args: vec![],
-                    },
-                    Launch {
-                        program: "named-pipe-writer",
-                        cpu_slot: 0,
-                        args: wargs,
-                    },
-                ],
-            )]
-        }
-        "socket" => {
-            let mut out = Vec::new();
-            for flavour in ["tcp", "unix"] {
-                let addr = if flavour == "tcp" {
-                    vec!["--tcp".to_string(), format!("127.0.0.1:{}", free_port())]
-                } else {
-                    // The default path: <runtime dir>/<name>.sock, unique per case.
-                    vec!["--unix".to_string()]
-                };
-                out.push(base(
-                    flavour,
-                    "block",
-                    bytes_floor(FloorKind::Futex),
-                    vec![
-                        Launch {
-                            program: "socket-reader",
-                            cpu_slot: 1,
-                            args: addr.clone(),
-                        },
-                        Launch {
-                            program: "socket-writer",
-                            cpu_slot: 0,
-                            args: addr,
-                        },
-                    ],
-                ));
-            }
-            out
-        }
-        "shm" | "mmap" => {
-            // The ring needs room for two of the largest frames: 1 MiB or 4x the message.
-            let capacity = (4 * size).next_power_of_two().max(1 << 20);
-            let backings: Vec<(&str, Vec<String>)> = if mechanism == "shm" {
-                vec![("posix", vec![]), ("sysv", vec!["--sysv".into()])]
-            } else {
-                // tmpfs: the same page cache as shm, so the two compare fairly; "disk":
-                // the default runtime directory's file system.
-                let uid = nix::unistd::geteuid();
-                let tmpfs = format!(
-                    "/dev/shm/ipc-study-{uid}-bench-{}-{size}.map",
-                    std::process::id()
-                );
-                vec![("tmpfs", vec!["--path".into(), tmpfs]), ("disk", vec![])]
-            };
-            let (writer, reader) = if mechanism == "shm" {
-                ("shm-writer", "shm-reader")
-            } else {
-                ("mmap-writer", "mmap-reader")
-            };
-            let mut out = Vec::new();
-            for (flavour, extra) in backings {
-                // The disk-backed map runs with the default wait only: it differs from
-                // tmpfs in its backing, not in how the two sides wait.
-                let waits: &[&str] = if flavour == "disk" {
-                    &["adaptive"]
-                } else {
-                    &["spin", "block", "adaptive"]
-                };
-                for &wait in waits {
-                    // Adaptive spins before it sleeps, so when messages come quickly its bound
-                    // is the cache line, like spin; only `block` always pays a wake-up.
-                    let floor = if wait == "block" {
-                        FloorKind::Futex
-                    } else {
-                        FloorKind::Cacheline
-                    };
-                    let mut args = extra.clone();
-                    args.extend([
-                        "--wait".into(),
-                        wait.into(),
-                        "--capacity".into(),
-                        capacity.to_string(),
-                    ]);
-                    out.push(base(
-                        flavour,
-                        wait,
-                        bytes_floor(floor),
-                        vec![
-                            Launch {
-                                program: reader,
-                                cpu_slot: 1,
-                                args: args.clone(),
-                            },
-                            Launch {
-                                program: writer,
-                                cpu_slot: 0,
-                                args,
-                            },
-                        ],
-                    ));
-                }
-            }
-            out
-        }
-        _ => Vec::new(),
+        "pipe" => plan.pipe(),
+        "msgqueue" => plan.msgqueue(),
+        "named-pipe" => plan.named_pipe(),
+        "socket" => plan.socket(),
+        _ => plan.ring(),
     }
+}
+
+/// What every case of one mechanism, mode and size shares.
+struct Plan<'a> {
+    ctx: &'a Ctx,
+    mechanism: &'static str,
+    mode: Mode,
+    size: usize,
+    count: u64,
+}
+
+impl Plan<'_> {
+    fn case(&self, flavour: &str, wait: &str, floor: FloorKind, procs: Vec<Launch>) -> Case {
+        Case {
+            mechanism: self.mechanism,
+            flavour: flavour.into(),
+            wait: wait.into(),
+            mode: self.mode,
+            size: self.size,
+            count: self.count,
+            procs,
+            // A stream is bounded by copying bytes; a round trip by the wake-up.
+            floor: if self.mode == Mode::Stream {
+                FloorKind::Memcpy
+            } else {
+                floor
+            },
+        }
+    }
+
+    /// Spawn mode: the writer makes both pipes and starts the reader (this executable in
+    /// the pipe-reader role, pinned to the second CPU).
+    fn pipe(&self) -> Vec<Case> {
+        let mut reader = vec!["__role".to_string()];
+        if let Some(cpu) = self.ctx.cpu(1) {
+            reader.extend(["--pin".into(), cpu.to_string()]);
+        }
+        reader.push("pipe-reader".into());
+        let mut args = vec![
+            "--spawn".into(),
+            "--reader-exe".into(),
+            self.ctx.exe.clone(),
+        ];
+        for a in reader {
+            args.push(format!("--reader-arg={a}"));
+        }
+        if self.mode == Mode::Stream {
+            // 1 MiB (pipe-max-size): fewer wake-ups per byte; see pipe/README.md.
+            args.extend(["--pipe-size".into(), "1M".into()]);
+        }
+        let writer = Launch {
+            program: "pipe-writer",
+            cpu_slot: 0,
+            args,
+        };
+        vec![self.case("spawn", "block", FloorKind::Futex, vec![writer])]
+    }
+
+    fn msgqueue(&self) -> Vec<Case> {
+        let mut out = Vec::new();
+        for (flavour, posix) in [("sysv", false), ("posix", true)] {
+            // The kernel bounds a message (kernel.msgmax, fs.mqueue.msgsize_max): the case
+            // carries the largest payload that fits, and the table says so.
+            let Ok(limits) = msgqueue::Limits::read() else {
+                continue;
+            };
+            let args: Vec<String> = if posix {
+                vec!["--posix".into()]
+            } else {
+                vec![]
+            };
+            let procs = pair("msgqueue", args.clone(), args);
+            let mut c = self.case(flavour, "block", FloorKind::Futex, procs);
+            c.size = self.size.min(limits.max_payload(posix));
+            out.push(c);
+        }
+        out
+    }
+
+    fn named_pipe(&self) -> Vec<Case> {
+        let mut wargs = Vec::new();
+        if self.mode == Mode::Stream {
+            // As for the anonymous pipe: a 1 MiB FIFO buffer (see named-pipe/README.md).
+            wargs.extend(["--pipe-size".into(), "1M".into()]);
+        }
+        let procs = pair("named-pipe", vec![], wargs);
+        vec![self.case("fifo", "block", FloorKind::Futex, procs)]
+    }
+
+    fn socket(&self) -> Vec<Case> {
+        let mut out = Vec::new();
+        for flavour in ["tcp", "unix"] {
+            let addr = if flavour == "tcp" {
+                vec!["--tcp".to_string(), format!("127.0.0.1:{}", free_port())]
+            } else {
+                // The default path: <runtime dir>/<name>.sock, unique per case.
+                vec!["--unix".to_string()]
+            };
+            let procs = pair("socket", addr.clone(), addr);
+            out.push(self.case(flavour, "block", FloorKind::Futex, procs));
+        }
+        out
+    }
+
+    /// shm and mmap: the shared ring, over each backing and each wait strategy.
+    fn ring(&self) -> Vec<Case> {
+        // The ring needs room for two of the largest frames: 1 MiB or 4x the message.
+        let capacity = (4 * self.size).next_power_of_two().max(1 << 20);
+        let backings: Vec<(&str, Vec<String>)> = if self.mechanism == "shm" {
+            vec![("posix", vec![]), ("sysv", vec!["--sysv".into()])]
+        } else {
+            // tmpfs: the same page cache as shm, so the two compare fairly; "disk": the
+            // default runtime directory's file system.
+            let uid = nix::unistd::geteuid();
+            let tmpfs = format!(
+                "/dev/shm/ipc-study-{uid}-bench-{}-{}.map",
+                std::process::id(),
+                self.size
+            );
+            vec![("tmpfs", vec!["--path".into(), tmpfs]), ("disk", vec![])]
+        };
+        let mut out = Vec::new();
+        for (flavour, extra) in backings {
+            // The disk-backed map runs with the default wait only: it differs from tmpfs
+            // in its backing, not in how the two sides wait.
+            let waits: &[&str] = if flavour == "disk" {
+                &["adaptive"]
+            } else {
+                &["spin", "block", "adaptive"]
+            };
+            for &wait in waits {
+                // Adaptive spins before it sleeps, so when messages come quickly its bound
+                // is the cache line, like spin; only `block` always pays a wake-up.
+                let floor = if wait == "block" {
+                    FloorKind::Futex
+                } else {
+                    FloorKind::Cacheline
+                };
+                let mut args = extra.clone();
+                args.extend(["--wait".into(), wait.into()]);
+                args.extend(["--capacity".into(), capacity.to_string()]);
+                let procs = pair(self.mechanism, args.clone(), args);
+                out.push(self.case(flavour, wait, floor, procs));
+            }
+        }
+        out
+    }
+}
+
+/// The reader (started first, on the second CPU) and the writer of `mechanism`.
+fn pair(mechanism: &'static str, rargs: Vec<String>, wargs: Vec<String>) -> Vec<Launch> {
+    let (reader, writer) = match mechanism {
+        "msgqueue" => ("msgqueue-reader", "msgqueue-writer"),
+        "named-pipe" => ("named-pipe-reader", "named-pipe-writer"),
+        "socket" => ("socket-reader", "socket-writer"),
+        "shm" => ("shm-reader", "shm-writer"),
+        _ => ("mmap-reader", "mmap-writer"),
+    };
+    vec![
+        Launch {
+            program: reader,
+            cpu_slot: 1,
+            args: rargs,
+        },
+        Launch {
+            program: writer,
+            cpu_slot: 0,
+            args: wargs,
+        },
+    ]
 }
 
 /// A TCP port on 127.0.0.1 that nobody listens on right now (the kernel picks it for a

@@ -77,8 +77,12 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub deadline: u64,
 
-    /// Output directory [default: target/ipc-bench/<UTC time>].
-    #[arg(long, value_name = "DIR")]
+    // Output directory; `help` rather than a doc comment, which rustdoc would read as HTML.
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "Output directory [default: target/ipc-bench/<UTC time>]."
+    )]
     pub out: Option<PathBuf>,
 
     /// Print all results as one JSON object on stdout instead of the table.

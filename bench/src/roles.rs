@@ -19,16 +19,28 @@ type Entry = fn(Vec<OsString>) -> ExitCode;
 pub const PROGRAMS: &[(&str, Entry)] = &[
     ("pipe-writer", |a| common::cli::start(a, pipe::writer::run)),
     ("pipe-reader", |a| common::cli::start(a, pipe::reader::run)),
-    ("named-pipe-writer", |a| common::cli::start(a, named_pipe::writer::run)),
-    ("named-pipe-reader", |a| common::cli::start(a, named_pipe::reader::run)),
-    ("msgqueue-writer", |a| common::cli::start(a, msgqueue::writer::run)),
-    ("msgqueue-reader", |a| common::cli::start(a, msgqueue::reader::run)),
+    ("named-pipe-writer", |a| {
+        common::cli::start(a, named_pipe::writer::run)
+    }),
+    ("named-pipe-reader", |a| {
+        common::cli::start(a, named_pipe::reader::run)
+    }),
+    ("msgqueue-writer", |a| {
+        common::cli::start(a, msgqueue::writer::run)
+    }),
+    ("msgqueue-reader", |a| {
+        common::cli::start(a, msgqueue::reader::run)
+    }),
     ("shm-writer", |a| common::cli::start(a, shm::writer::run)),
     ("shm-reader", |a| common::cli::start(a, shm::reader::run)),
     ("mmap-writer", |a| common::cli::start(a, mmap::writer::run)),
     ("mmap-reader", |a| common::cli::start(a, mmap::reader::run)),
-    ("socket-writer", |a| common::cli::start(a, socket::writer::run)),
-    ("socket-reader", |a| common::cli::start(a, socket::reader::run)),
+    ("socket-writer", |a| {
+        common::cli::start(a, socket::writer::run)
+    }),
+    ("socket-reader", |a| {
+        common::cli::start(a, socket::reader::run)
+    }),
 ];
 
 /// Whether a program is known to this build.

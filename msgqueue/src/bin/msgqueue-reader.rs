@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    msgqueue::reader::main()
+    common::cli::start(std::env::args_os(), msgqueue::reader::run)
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    msgqueue::writer::main()
+    common::cli::start(std::env::args_os(), msgqueue::writer::run)
 }
