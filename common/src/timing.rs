@@ -287,7 +287,12 @@ impl fmt::Display for Report {
             )?;
         }
         if let Some(l) = &self.latency_ns {
-            writeln!(f, "  latency      {}: {}", self.latency_kind.replace('_', "-"), l)?;
+            writeln!(
+                f,
+                "  latency      {}: {}",
+                self.latency_kind.replace('_', "-"),
+                l
+            )?;
         }
         if self.count > 0 {
             writeln!(
