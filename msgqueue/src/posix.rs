@@ -88,15 +88,20 @@ pub fn deadline(slice: Duration) -> Result<TimeSpec> {
     Ok(now + TimeSpec::from_duration(slice))
 }
 
-/// Copies a frame into `buf`, which has the queue's `mq_msgsize` bytes (a larger frame is
-/// refused before `mq_send`, which would fail with EMSGSIZE). Returns the message.
-pub fn load<'b>(buf: &'b mut [u8], frame: &Outgoing<'_>) -> Result<&'b [u8]> {
+/// The message for a frame: the frame itself when its header and payload are already one
+/// slice (every frame the writer session builds), else a copy into `buf`. `buf` has the
+/// queue's `mq_msgsize` bytes: a larger frame is refused before `mq_send`, which would fail
+/// with EMSGSIZE.
+pub fn load<'b>(buf: &'b mut [u8], frame: &Outgoing<'b>) -> Result<&'b [u8]> {
     let len = frame.len();
     if len > buf.len() {
         bail!(
             "a frame of {len} bytes does not fit the queue's mq_msgsize of {} bytes",
             buf.len()
         );
+    }
+    if let Some(whole) = frame.whole {
+        return Ok(whole);
     }
     let (header, payload) = buf.split_at_mut(frame.header.len());
     header.copy_from_slice(frame.header);

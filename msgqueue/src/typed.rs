@@ -410,6 +410,7 @@ mod tests {
             kind,
             header: &header,
             payload,
+            whole: None,
         };
         let text = Tagging {
             text: true,

@@ -142,6 +142,7 @@ impl ReaderSession {
                 kind: Kind::Pong,
                 header: &self.pong,
                 payload,
+                whole: None,
             }));
         }
         if self.text {

@@ -12,8 +12,10 @@ use crate::setup::{Role, Setup};
 use crate::timing::{now_ns, CpuTime, Latency, Report};
 
 /// One frame ready to leave: the 40-byte header and the payload, in two pieces so a
-/// byte stream can send them with one `writev(2)` and a queue can copy them into one
-/// message without joining them first.
+/// byte stream can send them with one `writev(2)` and the shared ring can copy them in
+/// two steps; and, when the two lie back to back in memory (every frame a writer session
+/// builds), the whole frame as one slice, which a message queue sends as one message with
+/// no copy of its own.
 #[derive(Clone, Copy, Debug)]
 pub struct Outgoing<'a> {
     /// What kind of frame this is (message queues give Pings and Pongs their own types).
@@ -22,6 +24,9 @@ pub struct Outgoing<'a> {
     pub header: &'a [u8; HEADER_LEN],
     /// The payload the checksum covers.
     pub payload: &'a [u8],
+    /// Header and payload as one contiguous slice, when they are (`None` for a Pong,
+    /// whose payload is the received Ping's).
+    pub whole: Option<&'a [u8]>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -45,30 +50,40 @@ impl<'a> Outgoing<'a> {
     pub fn to_vec(&self) -> Vec<u8> {
         [&self.header[..], self.payload].concat()
     }
+
+    /// A frame whose header and payload are in one buffer, `HEADER_LEN` bytes of header
+    /// first; `None` when the buffer is shorter than a header.
+    pub fn from_bytes(kind: Kind, bytes: &'a [u8]) -> Option<Outgoing<'a>> {
+        let (header, payload) = bytes.split_first_chunk::<HEADER_LEN>()?;
+        Some(Outgoing {
+            kind,
+            header,
+            payload,
+            whole: Some(bytes),
+        })
+    }
 }
 
-/// The caller's buffer for the frame being sent: a header, a payload, and the End
-/// frame's small payload. [`WriterSession::next`] fills it; the caller sends from it.
+/// The caller's buffer for the frame being sent. [`WriterSession::next`] fills it; the
+/// caller sends from it. Header and payload are kept back to back, so the frame is one
+/// contiguous message as well as two pieces ([`Outgoing::whole`]).
 ///
 /// In stream and pingpong modes the payload is written once (a fixed pattern) and then
 /// only its first 8 bytes change per message (the sequence number), so building a frame
 /// costs a header and a checksum, not a fresh payload.
 #[derive(Debug)]
 pub struct FrameBuf {
-    /// The encoded header of the current frame.
-    header: [u8; HEADER_LEN],
-    /// Data or Ping payload (or a text line).
+    /// Data or Ping frame (or a text line): header, then payload.
     data: Vec<u8>,
-    /// The End frame's payload (count and bytes).
-    end: [u8; END_PAYLOAD_LEN],
+    /// The End frame: header, then its payload (count and bytes).
+    end: [u8; HEADER_LEN + END_PAYLOAD_LEN],
 }
 
 impl Default for FrameBuf {
     fn default() -> FrameBuf {
         FrameBuf {
-            header: [0; HEADER_LEN],
-            data: Vec::new(),
-            end: [0; END_PAYLOAD_LEN],
+            data: vec![0; HEADER_LEN],
+            end: [0; HEADER_LEN + END_PAYLOAD_LEN],
         }
     }
 }
@@ -80,19 +95,24 @@ impl FrameBuf {
     }
 
     fn data_frame(&self, kind: Kind) -> Outgoing<'_> {
-        Outgoing {
-            kind,
-            header: &self.header,
-            payload: &self.data,
-        }
+        Outgoing::from_bytes(kind, &self.data)
+            .unwrap_or_else(|| unreachable!("data holds a header"))
     }
 
     fn end_frame(&self) -> Outgoing<'_> {
-        Outgoing {
-            kind: Kind::End,
-            header: &self.header,
-            payload: &self.end,
-        }
+        Outgoing::from_bytes(Kind::End, &self.end)
+            .unwrap_or_else(|| unreachable!("end holds a header"))
+    }
+
+    /// The payload part of the data frame.
+    fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.data[HEADER_LEN..]
+    }
+
+    /// Makes the data frame's payload `payload` (its header is written by `encode`).
+    fn set_payload(&mut self, payload: &[u8]) {
+        self.data.truncate(HEADER_LEN);
+        self.data.extend_from_slice(payload);
     }
 }
 
@@ -238,10 +258,10 @@ impl WriterSession {
         let Some(line) = self.line.take() else {
             return Ok(Next::NeedLine);
         };
-        buf.data = line;
+        buf.set_payload(&line);
         self.encode(buf, Kind::Data, false)?;
-        self.text_bytes += buf.data.len() as u64;
-        self.report.size_bytes = self.report.size_bytes.max(buf.data.len() as u64);
+        self.text_bytes += line.len() as u64;
+        self.report.size_bytes = self.report.size_bytes.max(line.len() as u64);
         self.seq += 1;
         Ok(Next::Send(buf.data_frame(Kind::Data)))
     }
@@ -255,8 +275,8 @@ impl WriterSession {
             self.phase = Phase::EndSent;
             return self.encode_end(buf, total * self.size as u64);
         }
-        if buf.data.len() != self.size {
-            buf.data = pattern(self.size);
+        if buf.data.len() != HEADER_LEN + self.size {
+            buf.set_payload(&pattern(self.size));
         }
         if self.seq == self.warmup {
             // The timed part starts with the first frame after the warm-up.
@@ -264,7 +284,7 @@ impl WriterSession {
             self.cpu0 = CpuTime::now();
         }
         let n = self.size.min(8);
-        buf.data[..n].copy_from_slice(&self.seq.to_le_bytes()[..n]);
+        buf.payload_mut()[..n].copy_from_slice(&self.seq.to_le_bytes()[..n]);
         let kind = if self.mode == Mode::Pingpong {
             self.awaiting = true;
             Kind::Ping
@@ -286,13 +306,14 @@ impl WriterSession {
             seq: self.seq,
             sent_ns: now_ns(),
         };
-        buf.header = encode_header(fields, &buf.data)?;
+        let header = encode_header(fields, &buf.data[HEADER_LEN..])?;
+        buf.data[..HEADER_LEN].copy_from_slice(&header);
         self.last_seq = self.seq;
         Ok(())
     }
 
     fn encode_end<'b>(&mut self, buf: &'b mut FrameBuf, bytes: u64) -> Result<Next<'b>> {
-        buf.end = end_payload(self.seq, bytes);
+        buf.end[HEADER_LEN..].copy_from_slice(&end_payload(self.seq, bytes));
         let fields = Fields {
             kind: Kind::End,
             flags: 0,
@@ -300,7 +321,8 @@ impl WriterSession {
             seq: self.seq,
             sent_ns: now_ns(),
         };
-        buf.header = encode_header(fields, &buf.end)?;
+        let header = encode_header(fields, &buf.end[HEADER_LEN..])?;
+        buf.end[..HEADER_LEN].copy_from_slice(&header);
         self.last_seq = self.seq;
         self.fill_report();
         Ok(Next::Send(buf.end_frame()))
