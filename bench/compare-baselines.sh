@@ -40,7 +40,7 @@ pair() { # label writer reader "writer-only flags" common flags...
 spawned() { # label: pipe-writer --spawn with the reader pinned to CPU 1
   local label=$1; shift
   taskset -c 0 $B/pipe-writer --spawn "$@" --json -q --reader-exe /usr/bin/taskset \
-    --reader-arg=-c --reader-arg=1 --reader-arg "$PWD/$B/pipe-reader" > "$rt/p.json"
+    --reader-arg=-c --reader-arg=1 --reader-arg "$(realpath "$B")/pipe-reader" > "$rt/p.json"
   if [[ $* == *pingpong* ]]; then report writer "$label" < "$rt/p.json"; else report reader "$label" < "$rt/p.json"; fi
 }
 c() { echo "  C    $*"; }

@@ -291,6 +291,54 @@ pub fn run_bench(args: &Args) -> Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe().context("finding this program's path")?;
+    let pins = choose_pins(args)?;
+    if cfg!(debug_assertions) {
+        eprintln!("bench: this is a debug build: figures are not representative (use --release)");
+    }
+    // A private runtime directory for this run's rendezvous files, removed at the end.
+    let runtime = std::env::temp_dir().join(format!("ipc-study-bench-{}", std::process::id()));
+    common::runtime::ensure_private_dir(&runtime)?;
+    let ctx = Ctx {
+        exe: exe.to_string_lossy().into_owned(),
+        pins,
+        runtime: runtime.clone(),
+    };
+    let cases = plan(args, &ctx)?;
+    let floor_jobs = floor_jobs(args, pins, &cases);
+    let (floors, outcomes) = measure(args, &ctx, &floor_jobs, &cases)?;
+
+    let rows = output::rows(&outcomes);
+    let table = output::table(&rows, &floors);
+    let env = environment(args, &ctx);
+    let dir = args.out.clone().unwrap_or_else(default_out);
+    output::write_all(&dir, &outcomes, &rows, &floors, &env, &table)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"environment": env, "floors": floors, "rows": rows, "outcomes": outcomes})
+        );
+    } else {
+        print!("{table}");
+    }
+    eprintln!("bench: results, charts and index.html in {}", dir.display());
+
+    let leftovers: Vec<_> = std::fs::read_dir(&runtime)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if !leftovers.is_empty() {
+        eprintln!("bench: warning: the pairs left {leftovers:?} in the runtime directory");
+    }
+    let _ = std::fs::remove_dir_all(&runtime);
+    let failed = rows.iter().filter(|r| r.status != "ok").count();
+    if failed > 0 {
+        bail!("{failed} of {} cases FAILED (see the table)", rows.len());
+    }
+    Ok(())
+}
+
+/// The two CPUs writers and readers are pinned to: `--pin A,B`, else 0 and 1 where the
+/// machine has two, else none; said on stderr.
+fn choose_pins(args: &Args) -> Result<Option<(usize, usize)>> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -321,70 +369,55 @@ pub fn run_bench(args: &Args) -> Result<()> {
             "bench: not pinning (one CPU, or --no-pin): figures will move more between runs"
         ),
     }
-    if cfg!(debug_assertions) {
-        eprintln!("bench: this is a debug build: figures are not representative (use --release)");
-    }
-    // A private runtime directory for this run's rendezvous files, removed at the end.
-    let runtime = std::env::temp_dir().join(format!("ipc-study-bench-{}", std::process::id()));
-    common::runtime::ensure_private_dir(&runtime)?;
-    let ctx = Ctx {
-        exe: exe.to_string_lossy().into_owned(),
-        pins,
-        runtime: runtime.clone(),
-    };
-    let cases = plan(args, &ctx)?;
-    let reps = args.reps.unwrap_or(if args.full { 3 } else { 1 });
-    let deadline = Duration::from_secs(args.deadline);
+    Ok(pins)
+}
 
-    // Floors first: cache line, futex, and memcpy at each stream size.
+/// The floors to measure first: the cache-line and futex round trips, and memcpy at every
+/// message size (streams are compared with it, and a pingpong round trip's floor includes
+/// two copies of its message). Each job is `bench __floor`'s argument list.
+fn floor_jobs(args: &Args, pins: Option<(usize, usize)>, cases: &[Case]) -> Vec<Vec<String>> {
+    let quick = args.count.is_some();
     let (fa, fb) = match pins {
         Some((a, b)) => (a.to_string(), b.to_string()),
         None => (String::new(), String::new()),
     };
-    let mut floor_jobs: Vec<Vec<String>> = vec![
+    let rounds = |quick_n: &str, n: &str| if quick { quick_n } else { n }.to_string();
+    let mut jobs: Vec<Vec<String>> = vec![
         vec![
             "cacheline".into(),
-            if args.count.is_some() {
-                "20000".into()
-            } else {
-                "200000".into()
-            },
+            rounds("20000", "200000"),
             fa.clone(),
             fb.clone(),
         ],
-        vec![
-            "futex".into(),
-            if args.count.is_some() {
-                "5000".into()
-            } else {
-                "50000".into()
-            },
-            fa.clone(),
-            fb.clone(),
-        ],
+        vec!["futex".into(), rounds("5000", "50000"), fa.clone(), fb],
     ];
-    // memcpy at every message size: streams are compared with it, and a pingpong round
-    // trip's floor includes two copies of its message.
     let mut sizes: Vec<usize> = cases.iter().map(|c| c.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let per_run = if args.count.is_some() {
-        64 << 20
-    } else {
-        1 << 30
-    };
+    let per_run: usize = if quick { 64 << 20 } else { 1 << 30 };
     for s in sizes {
-        floor_jobs.push(vec![
+        jobs.push(vec![
             "memcpy".into(),
             s.to_string(),
             per_run.to_string(),
             fa.clone(),
         ]);
     }
-    for j in &mut floor_jobs {
+    for j in &mut jobs {
         j.retain(|a| !a.is_empty());
     }
+    jobs
+}
 
+/// Runs the floors, then every case `--reps` times, with a progress bar.
+fn measure(
+    args: &Args,
+    ctx: &Ctx,
+    floor_jobs: &[Vec<String>],
+    cases: &[Case],
+) -> Result<(Vec<floors::Floor>, Vec<run::Outcome>)> {
+    let reps = args.reps.unwrap_or(if args.full { 3 } else { 1 });
+    let deadline = Duration::from_secs(args.deadline);
     let total = (floor_jobs.len() + cases.len() * reps as usize) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -392,50 +425,23 @@ pub fn run_bench(args: &Args) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut floors = Vec::new();
-    for job in &floor_jobs {
+    for job in floor_jobs {
         bar.set_message(format!("floor {}", job[0]));
         floors.push(run::run_floor(&ctx.exe, job, deadline)?);
         bar.inc(1);
     }
     let mut outcomes = Vec::new();
     for rep in 0..reps {
-        for case in &cases {
+        for case in cases {
             bar.set_message(case.label());
-            let mut o = run::run_case(&ctx, case, rep, deadline)?;
+            let mut o = run::run_case(ctx, case, rep, deadline)?;
             run::apply_floor(&mut o, case.floor, &floors);
             outcomes.push(o);
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
-
-    let rows = output::rows(&outcomes);
-    let table = output::table(&rows, &floors);
-    let env = environment(args, &ctx);
-    let dir = args.out.clone().unwrap_or_else(default_out);
-    output::write_all(&dir, &outcomes, &rows, &floors, &env, &table)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"environment": env, "floors": floors, "rows": rows, "outcomes": outcomes})
-        );
-    } else {
-        print!("{table}");
-    }
-    eprintln!("bench: results, charts and index.html in {}", dir.display());
-
-    let leftovers: Vec<_> = std::fs::read_dir(&runtime)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    if !leftovers.is_empty() {
-        eprintln!("bench: warning: the pairs left {leftovers:?} in the runtime directory");
-    }
-    let _ = std::fs::remove_dir_all(&runtime);
-    let failed = rows.iter().filter(|r| r.status != "ok").count();
-    if failed > 0 {
-        bail!("{failed} of {} cases FAILED (see the table)", rows.len());
-    }
-    Ok(())
+    Ok((floors, outcomes))
 }
 
 #[cfg(test)]

@@ -76,45 +76,50 @@ pub fn rows(outcomes: &[Outcome]) -> Vec<Row> {
         .into_iter()
         .map(|key| {
             let g = &groups[&key];
-            let ok: Vec<&&Outcome> = g.iter().filter(|o| o.status == "ok").collect();
-            let failed = g.iter().find(|o| o.status != "ok");
-            let u = |f: fn(&Outcome) -> u64| median_u(ok.iter().map(|o| f(o)).collect());
-            let fl = |f: fn(&Outcome) -> f64| median_f(ok.iter().map(|o| f(o)).collect());
-            let p50s: Vec<u64> = ok.iter().map(|o| o.p50_ns).collect();
-            let bps: Vec<f64> = ok.iter().map(|o| o.bytes_per_s).collect();
-            Row {
-                mechanism: key.0,
-                flavour: key.1,
-                wait: key.2,
-                mode: key.3,
-                size_bytes: key.4,
-                repetitions: g.len() as u32,
-                status: if failed.is_some() { "FAILED" } else { "ok" }.into(),
-                failure: failed.and_then(|o| o.failure.clone()),
-                p50_ns: u(|o| o.p50_ns),
-                p99_ns: u(|o| o.p99_ns),
-                p999_ns: u(|o| o.p999_ns),
-                p50_min_ns: p50s.iter().copied().min().unwrap_or(0),
-                p50_max_ns: p50s.iter().copied().max().unwrap_or(0),
-                msgs_per_s: fl(|o| o.msgs_per_s),
-                bytes_per_s: fl(|o| o.bytes_per_s),
-                bytes_per_s_min: bps
-                    .iter()
-                    .copied()
-                    .fold(f64::INFINITY, f64::min)
-                    .min(f64::MAX),
-                bytes_per_s_max: bps.iter().copied().fold(0.0, f64::max),
-                cpu_ns_per_msg: fl(|o| o.cpu_ns_per_msg),
-                floor: g[0].floor.clone(),
-                x_floor: fl(|o| o.x_floor),
-                max_rss_kib: ok
-                    .iter()
-                    .map(|o| o.writer_rss_kib.max(o.reader_rss_kib))
-                    .max()
-                    .unwrap_or(0),
-            }
+            fold(key, g)
         })
         .collect()
+}
+
+/// One row from the repetitions of a case: medians, and the spread of p50 and bytes/s.
+fn fold(key: (String, String, String, String, u64), g: &[&Outcome]) -> Row {
+    let ok: Vec<&&Outcome> = g.iter().filter(|o| o.status == "ok").collect();
+    let failed = g.iter().find(|o| o.status != "ok");
+    let u = |f: fn(&Outcome) -> u64| median_u(ok.iter().map(|o| f(o)).collect());
+    let fl = |f: fn(&Outcome) -> f64| median_f(ok.iter().map(|o| f(o)).collect());
+    let p50s: Vec<u64> = ok.iter().map(|o| o.p50_ns).collect();
+    let bps: Vec<f64> = ok.iter().map(|o| o.bytes_per_s).collect();
+    Row {
+        mechanism: key.0,
+        flavour: key.1,
+        wait: key.2,
+        mode: key.3,
+        size_bytes: key.4,
+        repetitions: g.len() as u32,
+        status: if failed.is_some() { "FAILED" } else { "ok" }.into(),
+        failure: failed.and_then(|o| o.failure.clone()),
+        p50_ns: u(|o| o.p50_ns),
+        p99_ns: u(|o| o.p99_ns),
+        p999_ns: u(|o| o.p999_ns),
+        p50_min_ns: p50s.iter().copied().min().unwrap_or(0),
+        p50_max_ns: p50s.iter().copied().max().unwrap_or(0),
+        msgs_per_s: fl(|o| o.msgs_per_s),
+        bytes_per_s: fl(|o| o.bytes_per_s),
+        bytes_per_s_min: bps
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(f64::MAX),
+        bytes_per_s_max: bps.iter().copied().fold(0.0, f64::max),
+        cpu_ns_per_msg: fl(|o| o.cpu_ns_per_msg),
+        floor: g[0].floor.clone(),
+        x_floor: fl(|o| o.x_floor),
+        max_rss_kib: ok
+            .iter()
+            .map(|o| o.writer_rss_kib.max(o.reader_rss_kib))
+            .max()
+            .unwrap_or(0),
+    }
 }
 
 fn size_label(b: u64) -> String {
@@ -175,12 +180,23 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
             format!("{:.2}x {}", r.x_floor, r.floor),
         );
     }
-    let _ = writeln!(s, "\nfloors measured in this run:");
+    floor_lines(&mut s, floors);
+    s.push_str(
+        "\nlatency: pingpong = round trip on the writer's clock; stream = one-way (includes queueing).\n\
+         cpu/msg: writer + reader CPU time per message.\n\
+         x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n",
+    );
+    s
+}
+
+/// The floors measured in this run, under the table.
+fn floor_lines(s: &mut String, floors: &[Floor]) {
+    let _ = writeln!(*s, "\nfloors measured in this run:");
     for f in floors {
         match &f.latency_ns {
             Some(l) => {
                 let _ = writeln!(
-                    s,
+                    *s,
                     "  {:<10} round trip p50 {}  p99 {}",
                     f.name,
                     fmt_ns(l.p50),
@@ -189,7 +205,7 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
             }
             None => {
                 let _ = writeln!(
-                    s,
+                    *s,
                     "  {:<10} bandwidth at {}: {} (min {}, max {})",
                     f.name,
                     size_label(f.size_bytes),
@@ -200,12 +216,6 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
             }
         }
     }
-    s.push_str(
-        "\nlatency: pingpong = round trip on the writer's clock; stream = one-way (includes queueing).\n\
-         cpu/msg: writer + reader CPU time per message.\n\
-         x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n",
-    );
-    s
 }
 
 /// CSV of the raw outcomes (one line per repetition).

@@ -81,7 +81,6 @@ struct Running {
 /// Runs a case once. Failures of the mechanism are an outcome with `status = FAILED`;
 /// only a failure of the runner itself (cannot spawn) is an error.
 pub fn run_case(ctx: &Ctx, case: &Case, repetition: u32, deadline: Duration) -> Result<Outcome> {
-    let name = unique_name();
     let mut outcome = Outcome {
         mechanism: case.mechanism.into(),
         flavour: case.flavour.clone(),
@@ -93,88 +92,13 @@ pub fn run_case(ctx: &Ctx, case: &Case, repetition: u32, deadline: Duration) -> 
         status: "FAILED".into(),
         ..Outcome::default()
     };
+    let name = unique_name();
     let mut running = Vec::new();
     for p in &case.procs {
-        let mut cmd = Command::new(&ctx.exe);
-        cmd.arg("__role");
-        if let Some((a, b)) = ctx.pins {
-            cmd.args(["--pin", &(if p.cpu_slot == 0 { a } else { b }).to_string()]);
-        }
-        cmd.arg(p.program)
-            .args(&p.args)
-            .args(["--mode", case.mode.as_str()])
-            .args(["--count", &case.count.to_string()])
-            .args(["--size", &case.size.to_string()])
-            .args(["--name", &name])
-            .args(["--timeout", &deadline.as_secs().to_string()])
-            .args(["--json", "--quiet"])
-            .env(common::runtime::DIR_ENV, &ctx.runtime)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", p.program))?;
-        let out = collect(child.stdout.take().context("stdout")?);
-        let err = collect(child.stderr.take().context("stderr")?);
-        running.push(Running {
-            program: p.program,
-            child,
-            out,
-            err,
-        });
+        running.push(spawn(ctx, case, p, &name, deadline)?);
     }
-    // Wait for all, under one deadline for the case.
-    let start = Instant::now();
-    let mut timed_out = false;
-    let mut statuses = Vec::new();
-    for r in &mut running {
-        let st = loop {
-            if let Some(st) = r.child.try_wait()? {
-                break Some(st);
-            }
-            if start.elapsed() > deadline {
-                timed_out = true;
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        statuses.push(st);
-        if timed_out {
-            break;
-        }
-    }
-    if timed_out {
-        for r in &mut running {
-            // The whole group: a writer's child reader goes too.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(r.child.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = r.child.wait();
-        }
-    }
-    let mut reports = Vec::new();
-    let mut errors = Vec::new();
-    for (i, r) in running.into_iter().enumerate() {
-        let out = r.out.join().unwrap_or_default();
-        let err = r.err.join().unwrap_or_default();
-        reports.extend(out.lines().filter_map(|l| Report::from_json(l).ok()));
-        let failed = statuses
-            .get(i)
-            .copied()
-            .flatten()
-            .is_none_or(|s| !s.success());
-        if failed {
-            let last = err
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no message");
-            errors.push(format!("{}: {}", r.program, last.trim()));
-        }
-    }
+    let (statuses, timed_out) = wait_all(&mut running, deadline)?;
+    let (reports, errors) = collect_all(running, &statuses);
     if timed_out {
         outcome.failure = Some(format!(
             "timed out after {}s; {}",
@@ -207,8 +131,119 @@ pub fn run_case(ctx: &Ctx, case: &Case, repetition: u32, deadline: Duration) -> 
         ));
         return Ok(outcome);
     }
-    // Pingpong: the writer's round trips. Stream: the reader's view of what arrived.
-    let (lat_src, rate_src) = match case.mode {
+    fill(&mut outcome, case.mode, w, r);
+    Ok(outcome)
+}
+
+/// Starts one program of a case as `bench __role [--pin CPU] PROGRAM ...`, in its own
+/// process group, with its output collected by two threads.
+fn spawn(
+    ctx: &Ctx,
+    case: &Case,
+    p: &crate::cases::Launch,
+    name: &str,
+    deadline: Duration,
+) -> Result<Running> {
+    let mut cmd = Command::new(&ctx.exe);
+    cmd.arg("__role");
+    if let Some((a, b)) = ctx.pins {
+        cmd.args(["--pin", &(if p.cpu_slot == 0 { a } else { b }).to_string()]);
+    }
+    cmd.arg(p.program)
+        .args(&p.args)
+        .args(["--mode", case.mode.as_str()])
+        .args(["--count", &case.count.to_string()])
+        .args(["--size", &case.size.to_string()])
+        .args(["--name", name])
+        .args(["--timeout", &deadline.as_secs().to_string()])
+        .args(["--json", "--quiet"])
+        .env(common::runtime::DIR_ENV, &ctx.runtime)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {}", p.program))?;
+    let out = collect(child.stdout.take().context("stdout")?);
+    let err = collect(child.stderr.take().context("stderr")?);
+    Ok(Running {
+        program: p.program,
+        child,
+        out,
+        err,
+    })
+}
+
+/// Waits for every program under one deadline for the case; past it, kills them all
+/// (each whole process group: a writer's child reader goes too). `None`: not finished.
+fn wait_all(
+    running: &mut [Running],
+    deadline: Duration,
+) -> Result<(Vec<Option<std::process::ExitStatus>>, bool)> {
+    let start = Instant::now();
+    let mut timed_out = false;
+    let mut statuses = Vec::new();
+    for r in running.iter_mut() {
+        let st = loop {
+            if let Some(st) = r.child.try_wait()? {
+                break Some(st);
+            }
+            if start.elapsed() > deadline {
+                timed_out = true;
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        statuses.push(st);
+        if timed_out {
+            break;
+        }
+    }
+    if timed_out {
+        for r in running.iter_mut() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(r.child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = r.child.wait();
+        }
+    }
+    Ok((statuses, timed_out))
+}
+
+/// The programs' JSON reports, and for each one that failed its last line of stderr.
+fn collect_all(
+    running: Vec<Running>,
+    statuses: &[Option<std::process::ExitStatus>],
+) -> (Vec<Report>, Vec<String>) {
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    for (i, r) in running.into_iter().enumerate() {
+        let out = r.out.join().unwrap_or_default();
+        let err = r.err.join().unwrap_or_default();
+        reports.extend(out.lines().filter_map(|l| Report::from_json(l).ok()));
+        let failed = statuses
+            .get(i)
+            .copied()
+            .flatten()
+            .is_none_or(|s| !s.success());
+        if failed {
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message");
+            errors.push(format!("{}: {}", r.program, last.trim()));
+        }
+    }
+    (reports, errors)
+}
+
+/// The figures of a verified case: pingpong from the writer's round trips, a stream from
+/// the reader's view of what arrived; CPU of both sides.
+fn fill(outcome: &mut Outcome, mode: common::cli::Mode, w: &Report, r: &Report) {
+    let (lat_src, rate_src) = match mode {
         common::cli::Mode::Pingpong => (w, w),
         _ => (r, r),
     };
@@ -228,7 +263,6 @@ pub fn run_case(ctx: &Ctx, case: &Case, repetition: u32, deadline: Duration) -> 
         outcome.wait = w.wait.clone();
     }
     outcome.status = "ok".into();
-    Ok(outcome)
 }
 
 /// Fills the floor columns of an outcome from the floors measured in this run.

@@ -268,3 +268,31 @@ impl Drop for TestDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Environment variable naming a file where [`skip`] records each skipped test, one line
+/// each, so `.ci/run` can count and print them (a skip is never a silent pass).
+pub const SKIPS_ENV: &str = "IPC_STUDY_SKIPS";
+
+/// Marks the calling test as skipped for `why` (it cannot run on this machine: no root,
+/// no `ip`, a 32-bit build). Prints `skipped: TEST: why` on stderr, which `cargo test`
+/// shows with `--nocapture`, and appends the same line to the file named by
+/// [`SKIPS_ENV`], which `.ci/run` counts. The test then returns, so call it as
+/// `return testing::skip("...")`.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let line = format!("skipped: {test}: {why}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIPS_ENV) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Ok(mut f) = file {
+            // One write of one line: parallel tests appending to the file never interleave.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+}
