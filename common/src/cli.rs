@@ -207,6 +207,19 @@ pub trait Program: clap::Parser {
     fn common(&self) -> &CommonArgs;
 }
 
+/// `common::program!(Args);` declares a role's `Args` (a clap `Parser` with a field
+/// `common: CommonArgs`) a [`Program`], for [`start`].
+#[macro_export]
+macro_rules! program {
+    ($args:ty) => {
+        impl $crate::cli::Program for $args {
+            fn common(&self) -> &$crate::cli::CommonArgs {
+                &self.common
+            }
+        }
+    };
+}
+
 /// The entry point of every writer and reader: parses `argv` (a bad flag value is printed
 /// by clap with the flag and its limit, exit status 2), then runs the program as
 /// [`run_main`] does. The binaries call it with `std::env::args_os()`, the `bench` runner

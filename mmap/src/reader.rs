@@ -38,7 +38,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::cli::{CommonArgs, Mode, Program};
+use common::cli::{CommonArgs, Mode};
 use common::ring::{Direction, EndOpts, RingError, Role};
 use common::session::{conclude, Action, ReaderSession};
 use common::setup::Setup;
@@ -69,11 +69,7 @@ pub struct Args {
     pub bulk: bulk::reader::Flags,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: bulk or a ring mode (steps 1 to 6 of the module docs).
 pub fn run(args: Args) -> Result<ExitCode> {

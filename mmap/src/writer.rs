@@ -45,7 +45,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use common::cli::{CommonArgs, Mode, Program};
+use common::cli::{CommonArgs, Mode};
 use common::ring::{peer_gone, Direction, EndOpts, RingError, Role};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::Setup;
@@ -80,11 +80,7 @@ pub struct Args {
     pub demo_truncate: bool,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: the F7 demo, bulk, or a ring mode (steps 1 to 8 of the module docs).
 pub fn run(args: Args) -> Result<ExitCode> {

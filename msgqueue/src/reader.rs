@@ -36,7 +36,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Parser;
 use common::cleanup::Owned;
-use common::cli::{CommonArgs, Mode, Program};
+use common::cli::{CommonArgs, Mode};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
 use common::setup::{Role, Setup};
@@ -73,11 +73,7 @@ pub struct Args {
     pub mtype: Option<i64>,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: check flags, show the limits, open the queue, receive, remove it, report.
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -39,7 +39,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{CommonArgs, Mode, Program};
+use common::cli::{CommonArgs, Mode};
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Role, Setup};
@@ -84,11 +84,7 @@ pub struct Args {
     pub nowait: bool,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: check flags, show the limits, open the queue, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -41,7 +41,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode, Program};
+use common::cli::{parse_size, CommonArgs, Mode};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
@@ -72,11 +72,7 @@ pub struct Args {
     pub max_size: usize,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: make or find the FIFO(s), open them, read until End, remove the names.
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -42,7 +42,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode, Program};
+use common::cli::{parse_size, CommonArgs, Mode};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
@@ -73,11 +73,7 @@ pub struct Args {
     pub pipe_size: Option<usize>,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: make or find the FIFO(s), open them, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -33,7 +33,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode, Program};
+use common::cli::{parse_size, CommonArgs, Mode};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
@@ -71,11 +71,7 @@ pub struct Args {
     pub max_size: usize,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: take the way back if given, look at stdin, read until End.
 pub fn run(args: Args) -> Result<ExitCode> {

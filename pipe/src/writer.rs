@@ -41,7 +41,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode, Program};
+use common::cli::{parse_size, CommonArgs, Mode};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
@@ -83,11 +83,7 @@ pub struct Args {
     pub reader_arg: Vec<String>,
 }
 
-impl Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: check flags, set up the pipe(s), run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {

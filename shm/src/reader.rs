@@ -63,11 +63,7 @@ pub struct Args {
     pub shm: ShmArgs,
 }
 
-impl common::cli::Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: meet the writer, take what arrives, remove the object, report.
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -64,11 +64,7 @@ pub struct Args {
     pub shm: ShmArgs,
 }
 
-impl common::cli::Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: check flags, meet the reader, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {

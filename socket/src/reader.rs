@@ -76,11 +76,7 @@ pub struct Args {
     pub max_size: usize,
 }
 
-impl common::cli::Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: listen, accept one writer, read until End, clean up.
 pub fn run(args: Args) -> Result<ExitCode> {

@@ -65,11 +65,7 @@ pub struct Args {
     pub endpoint: EndpointArgs,
 }
 
-impl common::cli::Program for Args {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-}
+common::program!(Args);
 
 /// The program: connect, run the mode over the one connection, report.
 pub fn run(args: Args) -> Result<ExitCode> {
