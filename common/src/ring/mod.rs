@@ -281,7 +281,7 @@ impl Region {
             cap,
             head: 0,
             tail_seen: 0,
-            pacer: Pacer::new(opts),
+            pacer: Pacer::new(opts, &self.inner),
         })
     }
 
@@ -298,7 +298,7 @@ impl Region {
             head_seen: 0,
             buf: vec![0; max_record(cap)],
             max_payload: max_payload(cap),
-            pacer: Pacer::new(opts),
+            pacer: Pacer::new(opts, &self.inner),
             frame_len: 0,
         })
     }

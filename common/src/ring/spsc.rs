@@ -96,6 +96,7 @@ impl Producer {
     /// reads nothing shared: the consumer's index seen last time may already leave room.
     pub fn reserve(&mut self, payload_len: usize) -> Result<Reserved, RingError> {
         let rec = self.record_for(payload_len)?;
+        self.pacer.tick(&self.region)?;
         if self.room() < rec && self.refresh_room()? < rec {
             let mut waiting = self.pacer.begin();
             loop {
@@ -251,6 +252,7 @@ impl Consumer {
 
     /// Takes the next frame into the private buffer if one is published; its header.
     pub fn try_recv(&mut self) -> Result<Option<Header>, RingError> {
+        self.pacer.tick(&self.region)?;
         let mut avail = self.head_seen - self.tail;
         if avail == 0 {
             avail = self.refresh_available()?;
@@ -264,6 +266,7 @@ impl Consumer {
     /// Waits for the next frame (configured strategy); returns its header and payload.
     /// The payload is this consumer's private copy, valid until the next call.
     pub fn recv(&mut self) -> Result<(Header, &[u8]), RingError> {
+        self.pacer.tick(&self.region)?;
         let mut avail = self.head_seen - self.tail;
         if avail == 0 {
             avail = self.refresh_available()?;

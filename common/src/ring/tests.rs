@@ -567,3 +567,70 @@ fn the_decoder_reads_what_initialize_wrote_and_judge_follows_the_rules() {
         Verdict::Foreign(0x1234)
     );
 }
+
+/// A scribble on the header while frames flow is noticed within AUDIT_EVERY frames.
+#[test]
+fn a_header_scribbled_mid_stream_is_reported_within_a_bounded_number_of_frames() {
+    for (word, off) in [
+        ("capacity", offsets::CAPACITY),
+        ("session", offsets::SESSION),
+    ] {
+        let (r, base) = region(4096);
+        r.initialize(Role::Writer, 0x5e55);
+        let mut tx = r
+            .producer(Direction::WriterToReader, opts(Wait::Spin))
+            .unwrap();
+        let mut rx = r
+            .consumer(Direction::WriterToReader, opts(Wait::Spin))
+            .unwrap();
+        let p = payload(0, 8);
+        let mut moved = 0u64;
+        let err = loop {
+            if moved == 5 {
+                poke_u64(base, off, 0xdead_beef);
+            }
+            if let Err(e) = tx.send(&hdr(Kind::Data, moved, &p), &p) {
+                break e;
+            }
+            if let Err(e) = rx.recv() {
+                break e;
+            }
+            moved += 1;
+            assert!(
+                moved < 5 + 2 * wait::AUDIT_EVERY,
+                "the scribble on {word} went unnoticed"
+            );
+        };
+        let e = err.to_string();
+        assert!(
+            e.starts_with("corrupt shared region: the header's") && e.contains(word),
+            "{e}"
+        );
+    }
+}
+
+/// A waiter re-checks the header at each periodic check, so a scribble on a pid word while
+/// nothing moves is reported within about one SLEEP_SLICE, not at the idle timeout.
+#[test]
+fn a_header_scribbled_while_waiting_is_reported_at_the_next_check() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 0x5e55);
+    let mut rx = r
+        .consumer(Direction::WriterToReader, opts(Wait::Block))
+        .unwrap();
+    let poker = {
+        let base = base as usize;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            // creator_pid (u32) and opener_pid (u32) share one u64 at offset 40.
+            poke_u64(base as *mut u8, offsets::CREATOR_PID, 0x0000_0001_0000_0001);
+        })
+    };
+    let e = rx.recv().unwrap_err().to_string();
+    poker.join().unwrap();
+    assert!(
+        e.starts_with("corrupt shared region: the header's creator_pid changed")
+            && e.contains("while waiting for"),
+        "{e}"
+    );
+}

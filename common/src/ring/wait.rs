@@ -34,12 +34,13 @@
 //! carries the magic, and the idle limit, so a peer killed with `kill -9` is reported as
 //! [`RingError::PeerGone`] instead of a hang.
 
+use std::cell::Cell;
 use std::hint::spin_loop;
 use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::layout::{Inner, LOW_HALF, RING_MAGIC};
+use super::layout::{view_of, HeaderView, Inner, LOW_HALF, RING_MAGIC};
 use super::{EndOpts, RingError, Wait};
 use crate::timing::now_ns;
 
@@ -141,14 +142,83 @@ pub(super) struct Waiting {
 pub(super) struct Pacer {
     /// What the side was configured with.
     opts: EndOpts,
+    /// The header's invariant words as first seen complete: what every audit compares.
+    expect: Cell<Option<HeaderView>>,
+    /// Frames this endpoint moved, to audit the header every [`AUDIT_EVERY`].
+    frames: Cell<u64>,
 }
+
+/// Every this many frames an endpoint re-reads the header's invariant words (and on every
+/// periodic check of a wait), so a scribbled header is reported within a bounded time.
+pub const AUDIT_EVERY: u64 = 1024;
 
 /// Spins between two clock reads: the clock costs ~20 ns, a pause hint ~10-40 ns.
 const SPINS_PER_CLOCK: u64 = 64;
 
 impl Pacer {
-    pub(super) fn new(opts: EndOpts) -> Pacer {
-        Pacer { opts }
+    /// A pacer for an endpoint of `region`; a header already complete is the one every
+    /// audit compares with (else the first complete one an audit sees).
+    pub(super) fn new(opts: EndOpts, region: &Inner) -> Pacer {
+        let now = view_of(region.header());
+        let complete = now.magic == RING_MAGIC && now.ready;
+        Pacer {
+            opts,
+            expect: Cell::new(complete.then_some(now)),
+            frames: Cell::new(0),
+        }
+    }
+
+    /// Counts one frame; every [`AUDIT_EVERY`] frames, audits the header.
+    pub(super) fn tick(&self, region: &Inner) -> Result<(), RingError> {
+        let n = self.frames.get() + 1;
+        self.frames.set(n);
+        if n.is_multiple_of(AUDIT_EVERY) {
+            return self.audit(region, "while frames were moving");
+        }
+        Ok(())
+    }
+
+    /// check: the header's invariant words (magic, version, ready, capacity, length,
+    /// session, role, pids) are what they were when this endpoint first saw the header
+    /// complete; only the opener's pid may change, once, from 0 when the peer attaches.
+    /// Anything else is a scribble by a buggy or hostile process: "corrupt shared region".
+    pub(super) fn audit(&self, region: &Inner, when: &str) -> Result<(), RingError> {
+        let now = view_of(region.header());
+        let Some(mut was) = self.expect.get() else {
+            if now.magic == RING_MAGIC && now.ready {
+                self.expect.set(Some(now));
+            }
+            return Ok(());
+        };
+        if was.opener_pid == 0 && now.opener_pid != 0 {
+            was.opener_pid = now.opener_pid;
+            self.expect.set(Some(was));
+        }
+        let words: [(&str, u64, u64); 9] = [
+            ("magic", was.magic, now.magic),
+            ("version", was.version.into(), now.version.into()),
+            ("ready word", was.ready.into(), now.ready.into()),
+            ("capacity", region.capacity as u64, now.capacity),
+            ("region_len", was.region_len, now.region_len),
+            ("session", was.session, now.session),
+            (
+                "creator_role",
+                was.creator_role.into(),
+                now.creator_role.into(),
+            ),
+            (
+                "creator_pid",
+                was.creator_pid as u64,
+                now.creator_pid as u64,
+            ),
+            ("opener_pid", was.opener_pid as u64, now.opener_pid as u64),
+        ];
+        match words.iter().find(|(_, a, b)| a != b) {
+            Some((word, a, b)) => Err(RingError::Corrupt(format!(
+                "the header's {word} changed from {a:#x} to {b:#x} {when}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn begin(&self) -> Waiting {
@@ -231,6 +301,7 @@ impl Pacer {
                 "the header's magic became {magic:#018x} while waiting for {what}"
             )));
         }
+        self.audit(region, &format!("while waiting for {what}"))?;
         let pid = self.opts.peer_pid;
         if pid > 0 && peer_gone(pid) {
             return Err(RingError::PeerGone { pid });
