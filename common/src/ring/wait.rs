@@ -30,9 +30,11 @@
 //! the kernel keys them by the physical page, which two processes' mappings share.
 //!
 //! Every sleep lasts at most [`SLEEP_SLICE`] (100 ms), and every such slice (also while
-//! spinning) the waiter checks that the peer process still exists, that the header still
-//! carries the magic, and the idle limit, so a peer killed with `kill -9` is reported as
-//! [`RingError::PeerGone`] instead of a hang.
+//! spinning) the waiter checks that the peer process still exists, that the header's
+//! invariant words (magic, version, capacity, session, role, pids) are unchanged, and the
+//! idle limit, so a peer killed with `kill -9` is reported as [`RingError::PeerGone`]
+//! instead of a hang, and a scribbled header as [`RingError::Corrupt`]. While frames flow,
+//! every endpoint audits the header every [`AUDIT_EVERY`] frames too.
 
 use std::cell::Cell;
 use std::hint::spin_loop;
