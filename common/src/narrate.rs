@@ -33,13 +33,20 @@ pub fn prefix() -> String {
 /// Prints one narration line unless `--quiet`. Use the [`narrate!`](macro@crate::narrate) macro.
 pub fn line(msg: std::fmt::Arguments<'_>) {
     if !quiet() {
-        eprintln!("{} {msg}", prefix());
+        always(msg);
     }
 }
 
 /// Prints a line even under `--quiet`: warnings and errors a user must see.
+///
+/// The line is formatted first and leaves in one `write(2)`: stderr is unbuffered, so
+/// `eprintln!` would write each formatted piece on its own, and two programs sharing one
+/// terminal (`pipe-writer | pipe-reader`) would mix their lines mid-line. A single write
+/// of a line to a terminal or a pipe is not split by another process's write.
 pub fn always(msg: std::fmt::Arguments<'_>) {
-    eprintln!("{} {msg}", prefix());
+    use std::io::Write;
+    let line = format!("{} {msg}\n", prefix());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// `narrate!("waiting for {}", what)`: one line on stderr, unless `--quiet`.

@@ -210,12 +210,29 @@ impl Report {
         Ok(serde_json::from_str(line.trim())?)
     }
 
-    /// Prints the report on stdout: JSON with `json`, else the human form.
+    /// Prints the report on stdout: JSON with `json`, else the human form, in one write.
     pub fn print(&self, json: bool) {
+        use std::io::Write;
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(self.render(json).as_bytes());
+    }
+
+    /// Prints the report on stderr in one write (a program whose stdout is the pipe, as
+    /// `pipe-writer | pipe-reader`), so it never mixes with the other program's lines.
+    pub fn eprint(&self, json: bool) {
+        use std::io::Write;
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(self.render(json).as_bytes());
+    }
+
+    /// The report as printed: one JSON line, or the human form.
+    pub fn render(&self, json: bool) -> String {
         if json {
-            println!("{}", self.to_json());
+            format!("{}\n", self.to_json())
         } else {
-            print!("{self}");
+            self.to_string()
         }
     }
 }
