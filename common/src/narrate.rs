@@ -60,3 +60,71 @@ macro_rules! narrate {
 macro_rules! warn {
     ($($arg:tt)*) => { $crate::narrate::always(format_args!($($arg)*)) };
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    /// Set in the children of the test below: they narrate instead of testing.
+    const CHILD_ENV: &str = "IPC_STUDY_NARRATE_CHILD";
+
+    /// Two processes narrating at once into one stderr (a shared terminal or pipe) never
+    /// produce a line that mixes them: every line is one whole line of one program.
+    #[test]
+    fn two_programs_sharing_stderr_never_mix_within_a_line() {
+        if let Ok(name) = std::env::var(CHILD_ENV) {
+            super::init(&name, false);
+            for i in 0..2000 {
+                crate::narrate!(
+                    "line {i} of {name}, long enough to be written in several pieces: {}",
+                    "x".repeat(60)
+                );
+            }
+            return;
+        }
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let spawn = |name: &str| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "narrate::tests::two_programs_sharing_stderr_never_mix_within_a_line",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD_ENV, name)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(w.try_clone().unwrap()))
+                .spawn()
+                .unwrap()
+        };
+        let (mut a, mut b) = (spawn("alpha"), spawn("beta"));
+        drop(w);
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut all).unwrap();
+            all
+        });
+        assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+        let all = reader.join().unwrap();
+        let ours: Vec<&str> = all
+            .lines()
+            .filter(|l| l.contains(" of alpha") || l.contains(" of beta"))
+            .collect();
+        assert_eq!(ours.len(), 4000, "every line arrived");
+        for l in ours {
+            let who = if l.starts_with("[alpha ") {
+                "alpha"
+            } else {
+                "beta"
+            };
+            assert!(l.starts_with(&format!("[{who} ")), "{l}");
+            assert_eq!(l.matches('[').count(), 1, "a line mixes two programs: {l}");
+            assert!(
+                l.ends_with(&"x".repeat(60)) && l.contains(&format!(" of {who}, ")),
+                "{l}"
+            );
+        }
+    }
+}
