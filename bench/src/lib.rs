@@ -29,6 +29,7 @@ pub mod floors;
 pub mod output;
 pub mod roles;
 pub mod run;
+pub mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,11 @@ pub struct Args {
     /// Print all results as one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+
+    /// Soak: N verified 64-byte messages through every mechanism and flavour; prints what
+    /// the readers counted (lost, repeated, corrupt) and RSS at the start and the end.
+    #[arg(long, value_name = "N", value_parser = common::cli::parse_count, conflicts_with_all = ["full", "replot"])]
+    pub soak: Option<u64>,
 
     /// Redraw the charts of an earlier run's output directory from its results.json; run nothing.
     #[arg(long, value_name = "DIR")]
@@ -154,14 +160,7 @@ fn count_for(args: &Args, mode: Mode, size: usize) -> u64 {
 
 /// Every case of this run, in the note's order of mechanisms.
 fn plan(args: &Args, ctx: &Ctx) -> Result<Vec<Case>> {
-    for m in &args.only {
-        if !MECHANISMS.contains(&m.as_str()) {
-            bail!(
-                "--only {m}: unknown mechanism (known: {})",
-                MECHANISMS.join(", ")
-            );
-        }
-    }
+    check_only(args)?;
     let selected = |m: &str| args.only.is_empty() || args.only.iter().any(|o| o == m);
     let mut out = Vec::new();
     for &mech in MECHANISMS.iter().filter(|m| selected(m)) {
@@ -200,6 +199,19 @@ fn plan(args: &Args, ctx: &Ctx) -> Result<Vec<Case>> {
         }
     }
     Ok(out)
+}
+
+/// `--only`: every name must be a mechanism.
+fn check_only(args: &Args) -> Result<()> {
+    for m in &args.only {
+        if !MECHANISMS.contains(&m.as_str()) {
+            bail!(
+                "--only {m}: unknown mechanism (known: {})",
+                MECHANISMS.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Facts a reader of the results needs to judge them.
@@ -303,6 +315,13 @@ pub fn run_bench(args: &Args) -> Result<()> {
         pins,
         runtime: runtime.clone(),
     };
+    if let Some(n) = args.soak {
+        check_only(args)?;
+        let result = soak::run(&ctx, n, &args.only, Duration::from_secs(args.deadline));
+        let _ = std::fs::remove_dir_all(&runtime);
+        print!("{}", result?);
+        return Ok(());
+    }
     let cases = plan(args, &ctx)?;
     let floor_jobs = floor_jobs(args, pins, &cases);
     let (floors, outcomes) = measure(args, &ctx, &floor_jobs, &cases)?;

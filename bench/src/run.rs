@@ -50,6 +50,14 @@ pub struct Outcome {
     pub x_floor: f64,
     /// Frames from an earlier session the reader skipped (should be 0 in a bench).
     pub stale_skipped: u64,
+    /// What the reader found: messages received, missing, repeated, with wrong content.
+    pub received: u64,
+    pub missing: u64,
+    pub repeated: u64,
+    pub corrupt: u64,
+    /// Peak RSS of each side when its timed part began (the `_rss_kib` fields: at the end).
+    pub writer_rss_start_kib: u64,
+    pub reader_rss_start_kib: u64,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -117,6 +125,13 @@ pub fn run_case(ctx: &Ctx, case: &Case, repetition: u32, deadline: Duration) -> 
         outcome.failure = Some("a report is missing".into());
         return Ok(outcome);
     };
+    // The reader's account, kept even when it does not verify (the soak prints it).
+    outcome.received = r.count;
+    (outcome.missing, outcome.repeated, outcome.corrupt) = (r.missing, r.repeated, r.corrupt);
+    outcome.writer_rss_start_kib = w.rss_start_kib;
+    outcome.reader_rss_start_kib = r.rss_start_kib;
+    outcome.writer_rss_kib = w.max_rss_kib;
+    outcome.reader_rss_kib = r.max_rss_kib;
     if !(w.verified && r.verified) || r.count != case.count || w.count != case.count {
         outcome.failure = Some(format!(
             "not verified: writer sent {} ({}), reader got {} ({})",

@@ -88,3 +88,49 @@ fn runner_produces_verified_results_and_every_file() {
     assert!(file("index.html").contains("latency.svg"));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `--soak N` runs every mechanism and flavour and prints what each reader counted: every
+/// message received, none lost, repeated or corrupt, and RSS at the start and the end.
+#[test]
+fn soak_counts_every_message_of_every_mechanism() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--soak", "3000", "--deadline", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bench --soak");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!("bench --soak did not finish in 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    for mech in ["pipe", "named-pipe", "msgqueue", "shm", "mmap", "socket"] {
+        assert!(
+            rows.iter().any(|r| r.starts_with(mech)),
+            "{mech} missing:\n{stdout}"
+        );
+    }
+    for r in &rows {
+        let cols: Vec<&str> = r.split_whitespace().collect();
+        // mechanism flavour wait sent received lost rep. corrupt ...
+        assert_eq!((cols[3], cols[4]), ("3000", "3000"), "{r}");
+        assert_eq!(&cols[5..8], ["0", "0", "0"], "{r}");
+        assert!(r.ends_with("ok"), "{r}");
+    }
+}

@@ -179,6 +179,20 @@ pub struct Report {
     pub max_rss_kib: u64,
     /// Frames from another session (a crashed earlier run) that were skipped.
     pub stale_skipped: u64,
+    /// Reader: messages that never arrived (gaps in the sequence).
+    #[serde(default)]
+    pub missing: u64,
+    /// Reader: messages that arrived twice or out of order.
+    #[serde(default)]
+    pub repeated: u64,
+    /// Reader: messages whose payload was not the one sent (the checksum passed, the
+    /// content check did not).
+    #[serde(default)]
+    pub corrupt: u64,
+    /// Peak resident set size when the timed part began, in KiB: with `max_rss_kib` at
+    /// the end it shows whether memory grows with the message count.
+    #[serde(default)]
+    pub rss_start_kib: u64,
     /// Mechanism-specific facts worth a line (pipe capacity, times a write blocked, ...).
     pub notes: Vec<String>,
 }

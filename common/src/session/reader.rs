@@ -242,6 +242,8 @@ impl ReaderSession {
         }
         let r = &mut self.report;
         r.verified = end_ok && missing == 0 && repeated == 0 && bad == 0;
+        (r.missing, r.repeated, r.corrupt) = (missing, repeated, bad);
+        r.rss_start_kib = self.cpu0.max_rss_kib;
         r.elapsed_ns = self.t0.map_or(0, |t| now.saturating_sub(t));
         r.count = if self.text { received } else { self.timed };
         r.bytes = if self.text {

@@ -246,6 +246,7 @@ impl WriterSession {
             }
             Phase::Failed(why) => Err(anyhow!("{why}")),
             Phase::EndSent => {
+                self.report.rss_start_kib = self.cpu0.max_rss_kib;
                 self.report.elapsed_ns = now_ns().saturating_sub(self.t0);
                 self.report.set_rates(CpuTime::now().since(self.cpu0));
                 Ok(Next::Done)
