@@ -6,7 +6,9 @@
 //! use well: the kernel only provides the memory.
 //!
 //! - **S2, a fixed size.** The creator chooses the size once: `ftruncate` of a POSIX object,
-//!   the `size` argument of `shmget` for System V. Here the region is one header page plus
+//!   the `size` argument of `shmget` for System V. Only System V fixes it for good: any
+//!   process with a POSIX object open read-write may `ftruncate` it again (these programs
+//!   never do, and an opener that finds another size refuses it). Here the region is one header page plus
 //!   two rings of `--capacity` bytes each ([`common::ring`] has the byte-by-byte layout).
 //! - **S3, managed by the kernel.** The object outlives the processes that use it: a POSIX
 //!   object is a file in the `tmpfs` mounted at `/dev/shm` (`ls -l /dev/shm` shows it, with
@@ -17,9 +19,11 @@
 //!   reader in ring 0, and in pingpong the reader's answers come back in ring 1.
 //! - **S5, the same size.** Each side is started with `--capacity` and both must agree.
 //!   System V checks it in the kernel: `shmget` of an existing key with a *larger* size
-//!   fails with EINVAL (a smaller one is accepted, and the header check catches it). POSIX
-//!   does not check anything: an opener learns the size with `fstat`, so this program
-//!   compares it with its own and explains a mismatch.
+//!   fails with EINVAL (a smaller one is accepted and attaches the whole segment). POSIX
+//!   does not check anything (an `mmap` longer than the object succeeds, and touching past
+//!   its end is SIGBUS). So the opener compares the size the kernel reports (`fstat`,
+//!   `shm_segsz`) with the one its own `--capacity` needs and explains a mismatch; the
+//!   header's capacity is checked after that, for an object of the right size.
 //! - **What the note leaves out: synchronisation.** Shared memory gives neither ordering
 //!   nor wake-ups. The ring publishes each frame with a Release store of an index and the
 //!   other side reads the index with Acquire; a side with nothing to do spins, sleeps in a

@@ -2,7 +2,8 @@
 //! Part of the rendezvous (a first reading may skip it).
 //!
 //! A POSIX object is a file in the `tmpfs` mounted at `/dev/shm` (S3): `shm_open` is
-//! `open` there, `ftruncate` gives it its size (S2), and `mmap(MAP_SHARED)` maps its pages,
+//! `open` there, `ftruncate` gives it its size (S2: the kernel would let any process that
+//! has it open read-write `ftruncate` it again; these programs never do), and `mmap(MAP_SHARED)` maps its pages,
 //! which the peer maps too (S1). Once mapped, the descriptor may close: the mapping keeps
 //! the pages, and the name keeps the object until `shm_unlink`.
 //!
@@ -59,7 +60,7 @@ pub(crate) fn try_create(kname: &str, len: usize) -> Result<Found> {
             narrate!("shm_open {kname} O_CREAT|O_EXCL|O_RDWR 0600: created (a file in the tmpfs at /dev/shm, S3)");
             ftruncate(&fd, len as libc::off_t)
                 .with_context(|| format!("ftruncate {kname} to {len} bytes"))?;
-            narrate!("ftruncate {kname} to {len} bytes: the size is fixed now (S2)");
+            narrate!("ftruncate {kname} to {len} bytes: this program never resizes it, though POSIX would let any opener ftruncate it again (S2)");
             let m = map(&fd, len, kname)?;
             narrate!("mmap MAP_SHARED {len} bytes: our stores land in the object's pages, which the peer maps too (S1)");
             Ok(Found::Created(m))

@@ -13,8 +13,10 @@
 //!    not ours), then [`ring::judge`], the one rule this crate shares with `mmap`;
 //! 3. stale: it is removed (after checking that the name still holds the same object) and
 //!    the loop tries again; not ready: it looks again in 2 ms, up to `--timeout`; foreign:
-//!    it is refused and left alone; ready: it checks the header against its own
-//!    `--capacity` (S5), writes its pid and wakes the creator ([`Region::attach`]).
+//!    it is refused and left alone; ready: it compares the object's size with the one its
+//!    own `--capacity` needs (S5: the kernel checks nothing for POSIX and only a larger
+//!    size for System V), then the header, writes its pid and wakes the creator
+//!    ([`Region::attach`]).
 
 use std::time::{Duration, Instant};
 
@@ -294,7 +296,8 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
     let id = m.sysv_id;
     let expected = ring::region_len(cap);
     if m.len != expected {
-        // S5: POSIX does not check sizes; we compare what fstat said with our own.
+        // S5: POSIX does not check sizes, and System V accepts a smaller one (the whole
+        // segment is attached); we compare what fstat or shm_segsz said with our own.
         // SAFETY: m maps m.len bytes and is alive; no reference to the memory exists.
         let theirs = unsafe { ring::peek_header(m.base, m.len) }.map_or(0, |v| v.capacity);
         bail!(

@@ -1,6 +1,6 @@
 //! Process-level tests of shm-writer and shm-reader: every mode, both flavours, both start
-//! orders, every wait strategy, each claim S1-S5 a program can show, and the faults (a
-//! peer killed with -9, a hostile or bogus object, a stale one, another user's one).
+//! orders, every wait strategy, and the faults (a peer killed with -9, a hostile or bogus
+//! object, a stale one, another user's one). The claim tests (S1-S5) are in `claims.rs`.
 //! Each test has its own `--name` and runtime directory and checks that nothing is left
 //! in /dev/shm, `ipcs -m` or that directory. No test asserts a timing.
 
@@ -10,29 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::process::Stdio;
 
 use common::ring::{offsets, region_len};
-use harness::{Done, Scene, WRITER};
+use harness::{assert_verified, pair, Scene, WRITER};
 use nix::sys::signal::Signal;
-
-/// Runs a pair, `first` started and waiting before `second`; returns (writer, reader).
-fn pair(s: &Scene, wargs: &[&str], rargs: &[&str], reader_first: bool) -> (Done, Done) {
-    if reader_first {
-        let mut r = s.reader(rargs);
-        r.wait_for("waiting up to");
-        let w = s.writer(wargs);
-        (w.finish(), r.finish())
-    } else {
-        let mut w = s.writer(wargs);
-        w.wait_for("waiting up to");
-        let r = s.reader(rargs);
-        (w.finish(), r.finish())
-    }
-}
-
-fn assert_verified(w: &Done, r: &Done) {
-    assert!(w.ok(), "writer failed:\n{}", w.stderr);
-    assert!(r.ok(), "reader failed:\n{}", r.stderr);
-    assert!(w.any_report().verified && r.any_report().verified);
-}
 
 fn stream_and_pingpong(flavour: &[&str], wait: &str, reader_first: bool) {
     let tag = format!("sp-{}-{wait}-{reader_first}", flavour.len());
@@ -149,129 +128,6 @@ fn text_mode_posix_writer_first() {
 #[test]
 fn text_mode_sysv_reader_first() {
     text_mode(&["--sysv"], true);
-}
-
-/// S1: both processes map the same object; /proc/<pid>/maps of each names it.
-#[test]
-fn claim_s1_both_processes_map_the_same_pages() {
-    let s = Scene::new("s1");
-    let mut r = s.reader(&["--mode", "pingpong"]);
-    r.wait_for("waiting up to");
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", r.pid())).unwrap();
-    let object = s.posix_path();
-    assert!(
-        maps.lines()
-            .any(|l| l.ends_with(&object) && l.contains("rw-s")),
-        "{maps}"
-    );
-    let w = s.writer(&["--mode", "pingpong", "--count", "200", "--json"]);
-    let (w, r) = (w.finish(), r.finish());
-    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
-    s.assert_clean();
-}
-
-/// S2 and S3: a fixed-size object the kernel keeps, visible in /dev/shm (0600) and in
-/// `ipcs -m` with nattch, and gone after the pair is done.
-#[test]
-fn claim_s2_s3_fixed_size_object_kept_by_the_kernel() {
-    use std::os::unix::fs::MetadataExt;
-    let s = Scene::new("s23");
-    let mut r = s.reader(&["--capacity", "64K", "--timeout", "20"]);
-    r.wait_for("waiting up to");
-    let meta = std::fs::metadata(s.posix_path()).unwrap();
-    assert_eq!(meta.len() as usize, region_len(64 << 10));
-    assert_eq!(meta.mode() & 0o777, 0o600);
-    let w = s.writer(&["--capacity", "64K"]).finish();
-    let r = r.finish();
-    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
-    assert!(
-        r.stderr.contains("removed POSIX shared memory"),
-        "{}",
-        r.stderr
-    );
-    s.assert_clean();
-
-    let mut r = s.reader(&["--sysv", "--capacity", "64K", "--timeout", "20"]);
-    r.wait_for("waiting up to");
-    let id = s
-        .sysv_id()
-        .expect("the segment exists while the reader waits");
-    let ipcs = std::process::Command::new("ipcs").arg("-m").output();
-    if let Ok(out) = ipcs {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains(&id.to_string()),
-            "ipcs -m does not list shmid {id}:\n{text}"
-        );
-    }
-    let w = s.writer(&["--sysv", "--capacity", "64K"]).finish();
-    let r = r.finish();
-    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
-    // The writer (the opener) looks after attaching, while the reader is attached and
-    // waiting for End: two processes. (The reader may look after the writer left.)
-    assert!(w.stderr.contains("nattch = 2"), "{}", w.stderr);
-    assert!(r.stderr.contains("nattch = "), "{}", r.stderr);
-    s.assert_clean();
-}
-
-/// S4: both sides read and write: Pongs come back through the second ring.
-#[test]
-fn claim_s4_both_sides_read_and_write() {
-    let s = Scene::new("s4");
-    let (w, r) = pair(
-        &s,
-        &[
-            "--mode", "pingpong", "--count", "300", "--size", "1000", "--json",
-        ],
-        &["--mode", "pingpong", "--json"],
-        false,
-    );
-    assert_verified(&w, &r);
-    assert_eq!(r.any_report().count, 300, "the reader received every Ping");
-    assert_eq!(w.any_report().count, 300, "the writer received every Pong");
-    s.assert_clean();
-}
-
-/// S5, POSIX: nothing in the kernel checks the size; the opener compares and explains.
-#[test]
-fn claim_s5_posix_sizes_must_match() {
-    let s = Scene::new("s5p");
-    let mut r = s.reader(&["--capacity", "64K", "--timeout", "20"]);
-    r.wait_for("waiting up to");
-    let w = s.writer(&["--capacity", "128K"]).finish();
-    assert!(!w.ok());
-    assert!(
-        w.stderr.contains("S5") && w.stderr.contains("--capacity"),
-        "{}",
-        w.stderr
-    );
-    r.signal(Signal::SIGTERM);
-    let r = r.finish();
-    assert_eq!(r.status.code(), Some(130), "{}", r.stderr);
-    s.assert_clean();
-}
-
-/// S5, System V: a larger size than the segment's is EINVAL from shmget itself.
-#[test]
-fn claim_s5_sysv_larger_size_is_einval() {
-    let s = Scene::new("s5s");
-    let mut r = s.reader(&["--sysv", "--capacity", "64K", "--timeout", "20"]);
-    r.wait_for("waiting up to");
-    let w = s.writer(&["--sysv", "--capacity", "1M"]).finish();
-    assert!(!w.ok());
-    assert!(
-        w.stderr.contains("EINVAL") && w.stderr.contains("S5"),
-        "{}",
-        w.stderr
-    );
-    // A smaller size passes shmget; the header check catches it.
-    let w = s.writer(&["--sysv", "--capacity", "16K"]).finish();
-    assert!(!w.ok());
-    assert!(w.stderr.contains("S5"), "{}", w.stderr);
-    r.signal(Signal::SIGINT);
-    let r = r.finish();
-    assert_eq!(r.status.code(), Some(130), "{}", r.stderr);
-    s.assert_clean();
 }
 
 #[test]
@@ -502,8 +358,7 @@ fn hostile_scribble_while_the_reader_waits() {
 #[test]
 fn another_users_object_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to chown an object to another user");
-        return;
+        return common::testing::skip("needs root to chown an object to another user");
     }
     let s = Scene::new("foreign");
     std::fs::write(s.posix_path(), b"").unwrap();
@@ -539,8 +394,7 @@ fn ctrl_c_removes_what_each_side_owns() {
 #[test]
 fn another_users_sysv_segment_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to give a segment to another user");
-        return;
+        return common::testing::skip("needs root to give a segment to another user");
     }
     let s = Scene::new("foreign-sysv");
     let key = shm::sysv_key(&s.name);
