@@ -11,8 +11,9 @@
 //!
 //! System calls, in order:
 //! 1. TCP: `socket(AF_INET, SOCK_STREAM)`, `setsockopt(SO_REUSEADDR)`, `bind` (EADDRINUSE:
-//!    the port is taken), `listen`. Unix: `lstat` of the path, a `connect` probe of an
-//!    existing socket file (removed only if refused: nobody listens, it is stale),
+//!    the port is taken), `listen`. Unix: `lstat` of the path; for an existing socket
+//!    file, a read of /proc/net/unix (is a listening socket bound there?), then a
+//!    `connect` probe (removed only if refused: nobody listens, it is stale);
 //!    `umask(0177)` + `bind` (the file is created 0600) + `listen`. `getsockname`: the port.
 //! 2. `poll(POLLIN)` on the listening socket, so the wait ends at `--timeout`, then
 //!    `accept`: the kernel has completed the handshake, and accept hands over the connection.

@@ -10,8 +10,9 @@
 //!   checked against the 107 bytes of `sun_path`, `--listen` for other machines (K3), all
 //!   before any socket exists;
 //! - the server: `SO_REUSEADDR` and a named `EADDRINUSE` (TCP); a socket file that exists
-//!   already is judged (type, owner, a `connect` probe) and replaced only when stale, and
-//!   the new one is made 0600 (Unix); `accept` bounded by `poll` so it ends at `--timeout`;
+//!   already is judged (type, owner, /proc/net/unix, a `connect` probe) and replaced only
+//!   when stale, and the new one is made 0600 (Unix); `accept` bounded by `poll` so it
+//!   ends at `--timeout`;
 //! - the client: `connect` retried while nobody listens, narrated once, until `--timeout`;
 //! - the options: when to switch off Nagle's algorithm (`TCP_NODELAY`, [`wants_nodelay`]),
 //!   and `SO_SNDBUF`/`SO_RCVBUF` when `--sock-buf` asks.
@@ -268,10 +269,18 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
             meta.uid()
         );
     }
+    // A live reader would accept the connect probe below as its writer, and its run would
+    // end when the probe closes: the kernel's list of listening sockets is asked first.
+    if listed_as_listening(path) == Some(true) {
+        bail!(
+            "another reader is already listening at {} (/proc/net/unix lists a listening socket bound there): stop it or choose another --name or --unix PATH",
+            path.display()
+        );
+    }
     // The probe: if a connect succeeds, a live reader owns this file.
     match UnixStream::connect(path) {
         Ok(_) => bail!(
-            "another reader is already listening at {} (a connect to it succeeded): stop it or choose another --name",
+            "another reader is already listening at {} (a connect to it succeeded, and that reader took it for its writer): stop it or choose another --name or --unix PATH",
             path.display()
         ),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -284,6 +293,22 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
         }
         Err(e) => Err(e).with_context(|| format!("connect probe of {}", path.display())),
     }
+}
+
+/// Whether this network namespace has a listening Unix stream socket bound at `path`:
+/// /proc/net/unix lists every Unix socket, with Flags 00010000 (`__SO_ACCEPTCON`) for a
+/// listening one, Type 0001 (SOCK_STREAM) and the path as it was bound. `None` when the
+/// list cannot be read or `path` is relative (a relative path is listed as it was given,
+/// from whatever directory that reader ran in); the connect probe decides then.
+fn listed_as_listening(path: &Path) -> Option<bool> {
+    let want = path.to_str().filter(|_| path.is_absolute())?;
+    let table = fs::read_to_string("/proc/net/unix").ok()?;
+    Some(table.lines().skip(1).any(|line| {
+        // Num RefCount Protocol Flags Type St Inode Path (a path with runs of spaces
+        // does not match: the connect probe decides then).
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && f[4] == "0001" && f[7..].join(" ") == want
+    }))
 }
 
 /// Stale-file check, then bind with mode 0600 and listen.
@@ -448,6 +473,21 @@ mod tests {
         assert!(wants_nodelay(Mode::Pingpong, 104, 1460, false));
         assert!(wants_nodelay(Mode::Text, 104, 1460, false));
         assert!(!wants_nodelay(Mode::Pingpong, 1 << 20, 1460, true));
+    }
+
+    #[test]
+    fn proc_net_unix_lists_a_listening_socket_by_its_path() {
+        let dir =
+            std::env::temp_dir().join(format!("ipc-study-unit-socket-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("listed.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        assert_eq!(listed_as_listening(&path), Some(true));
+        drop(l);
+        // The file stays, the listening socket is gone: stale.
+        assert_eq!(listed_as_listening(&path), Some(false));
+        assert_eq!(listed_as_listening(Path::new("listed.sock")), None);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

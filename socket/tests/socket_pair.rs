@@ -1,11 +1,14 @@
 //! Process-level tests of socket-writer and socket-reader over TCP and Unix domain sockets:
-//! every mode in both start orders, claims K1-K5 (K3 across two network namespaces when
-//! root), stale and foreign socket files, faults, garbage clients and Ctrl-C.
+//! every mode in both start orders, claims K1-K5 (with what /proc/PID/fd and /proc/net/tcp
+//! say while a pair runs; K3 across two network namespaces when root, skipped through
+//! common::testing::skip otherwise), stale, live and foreign socket files, faults, garbage
+//! clients and Ctrl-C. The raw-socket side of K1, K4 and K5 is in claims.rs.
 //!
 //! Parallel tests never share an address: a TCP reader started first binds port 0 and the
 //! test reads the port the kernel chose from its narration; a TCP writer started first is
 //! given a port the kernel has just handed out as free; Unix sockets live in each test's
-//! own runtime directory (IPC_STUDY_DIR), which must be empty at the end.
+//! own runtime directory (IPC_STUDY_DIR), which must be empty at the end. K3's fixed ports
+//! live in the test's own network namespaces, named after its pid.
 
 mod harness;
 
@@ -17,7 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::frame::{encode_header, end_payload, Fields, Kind, HEADER_LEN};
-use harness::{Proc, TestDir};
+use harness::kernel::{self, TcpSocket, ESTABLISHED, LISTEN};
+use harness::{skip, Proc, TestDir};
 use nix::sys::signal::Signal;
 
 const WRITER: &str = env!("CARGO_BIN_EXE_socket-writer");
@@ -185,6 +189,35 @@ fn claim_k1_pingpong_answers_on_the_same_connection() {
     }
 }
 
+/// The one TCP socket `p` holds (signal-hook's socketpair is not TCP), as its namespace's
+/// /proc/net/tcp lists it.
+fn one_tcp_socket(p: &Proc) -> TcpSocket {
+    let mut s = kernel::tcp_sockets_of(p.pid());
+    assert_eq!(s.len(), 1, "pid {}: TCP sockets {s:?}", p.pid());
+    s.remove(0)
+}
+
+#[test]
+fn claim_k1_each_side_holds_one_tcp_socket_the_two_ends_of_one_connection() {
+    let d = dir("k1-proc");
+    // Pingpong that lasts: the pair is looked at while Pings and Pongs cross.
+    let args = ["--mode", "pingpong", "--count", "1e9", "--size", "16"];
+    let (mut w, mut r) = start_pair(&d, Via::Tcp, true, &args, &args, false);
+    r.wait_for("accepted a connection");
+    w.wait_for("connected to");
+    // What the kernel says: each process holds exactly one TCP socket (the reader closed
+    // its listening socket after accept), both ESTABLISHED, each one's local address the
+    // other's remote: the Pings and the Pongs share that one connection.
+    let (ws, rs) = (one_tcp_socket(&w), one_tcp_socket(&r));
+    assert_eq!((ws.state, rs.state), (ESTABLISHED, ESTABLISHED));
+    assert_eq!((ws.local, ws.remote), (rs.remote, rs.local));
+    w.signal(Signal::SIGINT);
+    let (wd, rd) = (w.finish(), r.finish());
+    assert_eq!(wd.status.code(), Some(130), "{}", wd.stderr);
+    assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
+    d.assert_empty();
+}
+
 #[test]
 fn claim_k2_reader_is_the_server_writer_the_client() {
     let d = dir("k2");
@@ -218,6 +251,46 @@ fn claim_k2_reader_is_the_server_writer_the_client() {
     d.assert_empty();
 }
 
+#[test]
+fn claim_k2_the_kernel_shows_a_listening_server_then_one_connection() {
+    let d = dir("k2-proc");
+    // Before any server: the kernel refuses a connect (it answers the SYN with a reset).
+    let port = free_port();
+    let e = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+    // The server: one socket in LISTEN at the port it printed.
+    let mut r = start(&d, READER, &["--tcp", "127.0.0.1:0"]);
+    let addr: std::net::SocketAddrV4 = bound_addr(&mut r).parse().unwrap();
+    let l = one_tcp_socket(&r);
+    assert_eq!((l.state, l.local), (LISTEN, addr), "{l:?}");
+    // The client connects (text mode keeps the pair alive until its stdin closes).
+    let mut wc = d.cmd(WRITER, &["--tcp", &addr.to_string()]);
+    let mut w = Proc::spawn("socket-writer", wc.stdin(Stdio::piped()));
+    r.wait_for("accepted a connection");
+    w.wait_for("connected to");
+    // After accept: the listening socket is gone (one writer), the two connected sockets
+    // mirror each other, and the client's port is an ephemeral one the kernel chose at
+    // connect. A second client is refused, not queued.
+    let (ws, rs) = (one_tcp_socket(&w), one_tcp_socket(&r));
+    assert_eq!((rs.state, rs.local), (ESTABLISHED, addr), "{rs:?}");
+    assert_eq!(
+        (ws.state, ws.local, ws.remote),
+        (ESTABLISHED, rs.remote, addr)
+    );
+    assert!(
+        kernel::ephemeral_ports().contains(&ws.local.port()),
+        "{ws:?}"
+    );
+    let e = std::net::TcpStream::connect(addr).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+    w.write_stdin(b"after accept the two ends are equal\n");
+    r.wait_for("the two ends are equal");
+    let (wd, rd) = (w.finish(), r.finish());
+    assert_ok(&wd, "writer");
+    assert_ok(&rd, "reader");
+    d.assert_empty();
+}
+
 /// Runs `ip ARGS`, returning whether it succeeded.
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
@@ -242,77 +315,84 @@ impl Drop for Netns {
     }
 }
 
+impl Netns {
+    /// Namespaces A (10.77.0.1) and B (10.77.0.2) joined by a veth pair, names unique to
+    /// this test process; `Err(why)` where this machine cannot make them.
+    fn create() -> Result<Netns, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root to create network namespaces".into());
+        }
+        if !ip(&["-V"]) {
+            return Err("the `ip` command (iproute2) is not installed".into());
+        }
+        let pid = std::process::id();
+        let ns = Netns {
+            names: [format!("ipcs-k3a-{pid}"), format!("ipcs-k3b-{pid}")],
+        };
+        let (a, b) = (&ns.names[0], &ns.names[1]);
+        // Interface names are at most 15 bytes; the pid keeps them unique on this host.
+        let (va, vb) = (format!("ka{pid}"), format!("kb{pid}"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+            vec!["-n", a, "addr", "add", "10.77.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.77.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for s in &steps {
+            if !ip(s) {
+                // Leave nothing half made: the veth may exist here if a move failed.
+                ip(&["link", "del", &va]);
+                return Err(format!(
+                    "`ip {}` failed (no network namespace support here?)",
+                    s.join(" ")
+                ));
+            }
+        }
+        Ok(ns)
+    }
+
+    /// `ip netns exec NS BIN ARGS`, with the test's runtime directory. `ip netns exec`
+    /// execs BIN after `setns`, so the child's pid is the program's.
+    fn exec(&self, which: usize, bin: &str, args: &[&str], d: &TestDir) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.names[which], bin])
+            .args(args)
+            .env("IPC_STUDY_DIR", &d.path)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
 #[test]
 fn claim_k3_two_network_namespaces_as_two_machines() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
-    if !ip(&["-V"]) {
-        eprintln!("skipped: the `ip` command (iproute2) is not installed");
-        return;
-    }
-    let pid = std::process::id();
-    let ns = Netns {
-        names: [format!("ipcs-k3a-{pid}"), format!("ipcs-k3b-{pid}")],
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => return skip(&why),
     };
-    let (a, b) = (&ns.names[0], &ns.names[1]);
-    // Interface names are at most 15 bytes; the pid keeps them unique on this host.
-    let (va, vb) = (format!("ka{pid}"), format!("kb{pid}"));
-    let steps: Vec<Vec<&str>> = vec![
-        vec!["netns", "add", a],
-        vec!["netns", "add", b],
-        vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
-        vec!["link", "set", &va, "netns", a],
-        vec!["link", "set", &vb, "netns", b],
-        vec!["-n", a, "addr", "add", "10.77.0.1/24", "dev", &va],
-        vec!["-n", b, "addr", "add", "10.77.0.2/24", "dev", &vb],
-        vec!["-n", a, "link", "set", &va, "up"],
-        vec!["-n", b, "link", "set", &vb, "up"],
-        vec!["-n", a, "link", "set", "lo", "up"],
-        vec!["-n", b, "link", "set", "lo", "up"],
-    ];
-    for s in &steps {
-        if !ip(s) {
-            // Leave nothing half made: the veth may exist in this namespace if a move failed.
-            ip(&["link", "del", &va]);
-            eprintln!(
-                "skipped: `ip {}` failed (no network namespace support here?)",
-                s.join(" ")
-            );
-            return;
-        }
-    }
     let d = dir("k3");
     // "Machine" B listens on all its interfaces; "machine" A connects to B's address.
-    let mut r = Command::new("ip");
-    r.args(["netns", "exec", b, READER])
-        .args([
-            "--listen",
-            "0.0.0.0:47400",
-            "--mode",
-            "pingpong",
-            "--count",
-            "200",
-            "--json",
-        ])
-        .env("IPC_STUDY_DIR", &d.path)
-        .stdin(Stdio::null());
+    let pp = ["--mode", "pingpong", "--count", "200", "--json"];
+    let mut r = ns.exec(
+        1,
+        READER,
+        &[&["--listen", "0.0.0.0:47400"], &pp[..]].concat(),
+        &d,
+    );
     let mut r = Proc::spawn("socket-reader in netns B", &mut r);
     r.wait_for("listening on tcp 0.0.0.0:47400");
-    let mut w = Command::new("ip");
-    w.args(["netns", "exec", a, WRITER])
-        .args([
-            "--tcp",
-            "10.77.0.2:47400",
-            "--mode",
-            "pingpong",
-            "--count",
-            "200",
-            "--json",
-        ])
-        .env("IPC_STUDY_DIR", &d.path)
-        .stdin(Stdio::null());
+    let mut w = ns.exec(
+        0,
+        WRITER,
+        &[&["--tcp", "10.77.0.2:47400"], &pp[..]].concat(),
+        &d,
+    );
     let w = Proc::spawn("socket-writer in netns A", &mut w);
     let (wd, rd) = (w.finish(), r.finish());
     assert_ok(&wd, "writer");
@@ -325,8 +405,60 @@ fn claim_k3_two_network_namespaces_as_two_machines() {
         rd.stderr
     );
     assert!(wd.report("writer", false).verified);
+    k3_what_the_kernel_shows(&ns, &d);
     d.assert_empty();
     drop(ns);
+}
+
+/// K3's kernel facts, on a text-mode pair kept alive: each program in a network namespace
+/// of its own (not the test's), with its own loopback, its own TCP table holding its end of
+/// the connection across the veth link, and the host's table holding neither end.
+fn k3_what_the_kernel_shows(ns: &Netns, d: &TestDir) {
+    let mut r = ns.exec(1, READER, &["--listen", "0.0.0.0:47401"], d);
+    let mut r = Proc::spawn("socket-reader in netns B", &mut r);
+    r.wait_for("listening on tcp 0.0.0.0:47401");
+    // A's loopback is A's own: B listens on all its addresses, yet 127.0.0.1 in A has
+    // nobody at that port, and the kernel refuses the connection.
+    let mut lo = ns.exec(
+        0,
+        WRITER,
+        &["--tcp", "127.0.0.1:47401", "--timeout", "0.3"],
+        d,
+    );
+    let lo = Proc::spawn("socket-writer to A's loopback", &mut lo).finish();
+    assert_eq!(lo.status.code(), Some(1), "{}", lo.stderr);
+    assert!(lo.stderr.contains("Connection refused"), "{}", lo.stderr);
+    let mut w = ns.exec(0, WRITER, &["--tcp", "10.77.0.2:47401"], d);
+    let mut w = Proc::spawn("socket-writer in netns A", w.stdin(Stdio::piped()));
+    r.wait_for("accepted a connection");
+    w.wait_for("connected to");
+    let (wn, rn, host) = (
+        kernel::net_ns(&w.pid().to_string()),
+        kernel::net_ns(&r.pid().to_string()),
+        kernel::net_ns("self"),
+    );
+    assert!(wn != rn && wn != host && rn != host, "{wn} {rn} {host}");
+    let (ws, rs) = (one_tcp_socket(&w), one_tcp_socket(&r));
+    let b: std::net::SocketAddrV4 = "10.77.0.2:47401".parse().unwrap();
+    assert_eq!(
+        (ws.state, ws.remote, ws.local.ip()),
+        (ESTABLISHED, b, &[10, 77, 0, 1].into())
+    );
+    assert_eq!((rs.state, rs.local, rs.remote), (ESTABLISHED, b, ws.local));
+    let inodes =
+        |pid: &str| -> Vec<u64> { kernel::tcp_table(pid).iter().map(|s| s.inode).collect() };
+    let (in_a, in_b, in_host) = (
+        inodes(&w.pid().to_string()),
+        inodes(&r.pid().to_string()),
+        inodes("self"),
+    );
+    assert!(!in_a.contains(&rs.inode) && !in_b.contains(&ws.inode));
+    assert!(!in_host.contains(&ws.inode) && !in_host.contains(&rs.inode));
+    w.write_stdin(b"across the veth link\n");
+    r.wait_for("across the veth link");
+    let (wd, rd) = (w.finish(), r.finish());
+    assert_ok(&wd, "writer");
+    assert_ok(&rd, "reader");
 }
 
 #[test]
@@ -539,6 +671,41 @@ fn a_stale_socket_file_is_replaced_and_a_live_one_is_not() {
     assert_ok(&rd, "reader");
     assert!(
         rd.stderr.contains("removed stale socket file"),
+        "{}",
+        rd.stderr
+    );
+    d.assert_empty();
+}
+
+#[test]
+fn a_second_unix_reader_refuses_without_disturbing_the_live_one() {
+    let d = dir("second-reader");
+    let mut live = start(&d, READER, &["--unix"]);
+    live.wait_for("listening on unix");
+    // The second reader finds the live one in /proc/net/unix and refuses without the
+    // connect probe, which the live reader would have accepted as its writer.
+    let second = start(&d, READER, &["--unix", "--timeout", "0.5"]).finish();
+    assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("already listening")
+            && second
+                .stderr
+                .contains("/proc/net/unix lists a listening socket"),
+        "{}",
+        second.stderr
+    );
+    // The live reader still waits for its writer, and gets it.
+    let mut wc = d.cmd(WRITER, &["--unix"]);
+    let mut w = Proc::spawn("socket-writer", wc.stdin(Stdio::piped()));
+    live.wait_for("accepted a connection");
+    w.write_stdin(b"still here\n");
+    live.wait_for("still here");
+    let (wd, rd) = (w.finish(), live.finish());
+    assert_ok(&wd, "writer");
+    assert_ok(&rd, "reader");
+    assert_eq!(
+        rd.stderr.matches("accepted a connection").count(),
+        1,
         "{}",
         rd.stderr
     );
