@@ -30,17 +30,24 @@
 //! | [`map`]        | the mapping: raw pointers only, every range checked                      |
 //! | [`bulk`]       | the bulk file's layout and pattern; its writer and reader                |
 //! | [`truncate`]   | the F7 demonstration                                                     |
+//! | [`pagecache`]  | what the page cache holds of a file: `cachestat(2)`, dirty pages (F5)    |
 //! | this file      | names, the shared flags, `msync` timing, the SIGBUS handler, `/proc` facts |
 //!
 //! ## The claims, in one place each
-//! - F1 (part of a file mapped into memory): [`Map::create`] / [`Map::open`], and the
-//!   reader prints its own `/proc/self/maps` line for the file ([`maps_lines_for`]).
+//! - F1 (part of a file mapped into memory): [`Map::create`] / [`Map::open`] map a whole
+//!   file, [`Map::open_window`] only a part of it from a page-aligned offset
+//!   (`mmap-reader --bulk --offset BYTES --length BYTES`); the programs print their own
+//!   `/proc/self/maps` lines for the file ([`maps_lines_for`]), with the file bytes each
+//!   line maps ([`maps_file_range`]: its offset column and its length).
 //! - F2 (large data through a file): [`bulk`], the writer exits and the data stays.
 //! - F3 (good when file I/O is slow): measured by `mmap-reader --bulk --compare-read`. The
 //!   page cache serves both; the map avoids the copy into a buffer but pays page faults.
 //! - F4 (executables are mapped files): [`maps_lines_for`] on the program's own path.
-//! - F5 (memory and file out of sync): `--sync` ([`Msync`]) and the `Dirty:` line of
-//!   /proc/meminfo ([`dirty_kib`]) before and after `msync`.
+//! - F5 (memory and file out of sync): every process mapping the file sees a store at
+//!   once (the ring modes depend on it); what lags is the copy on the disk. [`cachestat`]
+//!   counts the file's dirty pages, which `msync` (`--sync`, [`Msync`]) writes back; the
+//!   bulk writer prints the count after filling and after `msync`, and the `Dirty:` line of
+//!   /proc/meminfo ([`dirty_kib`]) for the whole machine.
 //! - F6 (4 GB on IA-32): [`address_space_facts`]; on x86_64 a process maps terabytes.
 //! - F7 (size fixed while mapped): wrong as stated. [`truncate::truncate_while_mapped`]
 //!   shows that `ftruncate` succeeds on a mapped file and that touching the map past the
@@ -60,7 +67,7 @@
 //!   not writable by others). A file is replaced only when its header proves it ours and
 //!   stale.
 //!
-//! Man pages: mmap(2), msync(2), ftruncate(2), mincore(2), proc(5) (`/proc/<pid>/maps`),
+//! Man pages: mmap(2), msync(2), ftruncate(2), cachestat(2), proc(5) (`/proc/<pid>/maps`),
 //! and the kernel's Documentation/filesystems/proc.rst for `Dirty:`.
 //!
 //! [`Producer::reserve`]: common::ring::Producer::reserve
@@ -70,12 +77,14 @@
 
 pub mod bulk;
 pub mod map;
+pub mod pagecache;
 pub mod reader;
 pub mod rendezvous;
 pub mod truncate;
 pub mod writer;
 
 pub use map::Map;
+pub use pagecache::{cachestat, dirty_kib, CacheStat};
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -249,7 +258,11 @@ pub fn explain_sigbus() -> Result<()> {
 pub fn show_maps(path: &Path) {
     if let Ok(lines) = maps_lines_for(path) {
         for l in lines {
-            common::narrate!("/proc/self/maps: {l}  <- the shared file, part of our memory (F1)");
+            let part =
+                maps_file_range(&l).map_or(String::new(), |(a, b)| format!(" bytes {a}..{b} of"));
+            common::narrate!(
+                "/proc/self/maps: {l}  <-{part} the shared file, part of our memory (F1)"
+            );
         }
     }
     if let Ok(exe) = std::env::current_exe() {
@@ -283,6 +296,16 @@ pub fn maps_lines_for(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The file bytes a `/proc/<pid>/maps` line maps: from its offset column (the third,
+/// hex) for as many bytes as its address range (the first, `start-end`, hex) covers (F1).
+pub fn maps_file_range(line: &str) -> Option<(u64, u64)> {
+    let mut f = line.split_whitespace();
+    let (start, end) = f.next()?.split_once('-')?;
+    let len = u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
+    let off = u64::from_str_radix(f.nth(1)?, 16).ok()?;
+    Some((off, off + len))
+}
+
 /// F6: the address-space facts of this process, as lines to print.
 pub fn address_space_facts() -> Vec<String> {
     use nix::sys::resource::{getrlimit, Resource};
@@ -301,18 +324,6 @@ pub fn address_space_facts() -> Vec<String> {
     }
     v.push("on IA-32 a process has 4 GiB of virtual addresses, 3 GiB for user space with Linux's default split; PAE widens physical memory (64 GiB), not a process's address space".into());
     v
-}
-
-/// `Dirty:` from /proc/meminfo in KiB: page-cache data not yet written back (F5).
-pub fn dirty_kib() -> Option<u64> {
-    let s = fs::read_to_string("/proc/meminfo").ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Dirty:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Minor and major page faults of this process so far (getrusage): what a map costs.
@@ -335,5 +346,12 @@ mod tests {
         assert_eq!(v, ["w", "--bulk"]);
         let v = rewrite_bulk_mode(["w", "--mode", "stream"]);
         assert_eq!(v, ["w", "--mode", "stream"]);
+    }
+
+    #[test]
+    fn a_maps_line_says_which_file_bytes_it_maps() {
+        let l = "7f5dbec00000-7f5dbee00000 r--s 00100000 fe:00 10010988  /tmp/x.map";
+        assert_eq!(maps_file_range(l), Some((1 << 20, 3 << 20)));
+        assert_eq!(maps_file_range("garbage"), None);
     }
 }

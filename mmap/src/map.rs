@@ -1,5 +1,6 @@
-//! The mapping itself: a whole file mapped `MAP_SHARED`, reached only through raw pointers
-//! whose every range is checked against the length this process mapped (F1).
+//! The mapping itself: a file, or a window of one from a page-aligned offset, mapped
+//! `MAP_SHARED`, reached only through raw pointers whose every range is checked against
+//! the length this process mapped (F1).
 //!
 //! memmap2's `MmapRaw` hands out a pointer, never a `&[u8]`: memory another process may
 //! write must not be seen through a Rust reference, which would promise the compiler that
@@ -16,16 +17,39 @@ use memmap2::{MmapOptions, MmapRaw};
 use crate::bulk;
 use crate::rendezvous::check_length;
 
-/// A shared mapping of a whole file, handed out only as raw pointers.
+/// What to map: `len` bytes from file byte `offset` of a file that must be `file_len` long.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    offset: u64,
+    len: usize,
+    file_len: u64,
+}
+
+impl Window {
+    /// All of a file of `len` bytes.
+    fn whole(len: usize) -> Window {
+        Window {
+            offset: 0,
+            len,
+            file_len: len as u64,
+        }
+    }
+}
+
+/// A shared mapping of a file, whole or a window of it, handed out only as raw pointers.
 ///
 /// All access goes through methods that check the range against `len`, which is taken
-/// from our own `fstat` before mapping, never from the file's contents.
+/// from our own `fstat` before mapping, never from the file's contents. Offsets given to
+/// the methods count from the start of the map, i.e. from file byte [`Map::offset`].
 #[derive(Debug)]
 pub struct Map {
     /// memmap2's raw mapping: unmapped on drop; never dereferenced as a slice.
     raw: MmapRaw,
     /// Length of the mapping, fixed at map time.
     len: usize,
+    /// The file offset of the map's first byte: 0 for a whole file, a multiple of the page
+    /// size for a window (F1). `/proc/self/maps` shows it in its third column.
+    offset: u64,
     /// Whether it was mapped PROT_WRITE (a store into a read-only map is SIGSEGV).
     writable: bool,
 }
@@ -34,24 +58,55 @@ impl Map {
     /// Maps `len` bytes of `file` read-write, `MAP_SHARED` (F1), after checking the length
     /// (F7). `populate` adds `MAP_POPULATE`: the kernel faults every page in at map time.
     pub fn create(file: &File, path: &Path, len: usize, populate: bool) -> Result<Map> {
-        Self::map_file(file, path, len, populate, true)
+        Self::map_file(file, path, Window::whole(len), populate, true)
     }
 
     /// Maps `len` bytes of `file` read-only, `MAP_SHARED`, after checking the length.
     pub fn open(file: &File, path: &Path, len: usize, populate: bool) -> Result<Map> {
-        Self::map_file(file, path, len, populate, false)
+        Self::map_file(file, path, Window::whole(len), populate, false)
+    }
+
+    /// Maps only `len` bytes of `file` from byte `offset`, read-only, `MAP_SHARED`: a part
+    /// of a file (F1). `file_len` is the length the file must have (checked with `fstat`
+    /// first, F7); the window must lie inside it and `offset` must be a multiple of the
+    /// page size, as `mmap(2)` requires (it returns EINVAL otherwise).
+    pub fn open_window(
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: usize,
+        file_len: u64,
+        populate: bool,
+    ) -> Result<Map> {
+        let w = Window {
+            offset,
+            len,
+            file_len,
+        };
+        Self::map_file(file, path, w, populate, false)
     }
 
     fn map_file(
         file: &File,
         path: &Path,
-        len: usize,
+        w: Window,
         populate: bool,
         writable: bool,
     ) -> Result<Map> {
-        check_length(file, path, len as u64)?;
+        check_length(file, path, w.file_len)?;
+        let page = crate::page_size() as u64;
+        let end = w.offset.checked_add(w.len as u64);
+        if !w.offset.is_multiple_of(page) || end.is_none_or(|e| e > w.file_len) || w.len == 0 {
+            bail!(
+                "mmap {}: a window of {} bytes at offset {} does not lie in the {}-byte file at a multiple of the page size ({page})",
+                path.display(),
+                w.len,
+                w.offset,
+                w.file_len
+            );
+        }
         let mut opts = MmapOptions::new();
-        opts.len(len);
+        opts.offset(w.offset).len(w.len);
         if populate {
             opts.populate();
         }
@@ -63,12 +118,24 @@ impl Map {
         }
         .with_context(|| {
             format!(
-                "mmap {} ({len} bytes, MAP_SHARED, {})",
+                "mmap {} ({} bytes at offset {}, MAP_SHARED, {})",
                 path.display(),
+                w.len,
+                w.offset,
                 if writable { "read-write" } else { "read-only" }
             )
         })?;
-        Ok(Map { raw, len, writable })
+        Ok(Map {
+            raw,
+            len: w.len,
+            offset: w.offset,
+            writable,
+        })
+    }
+
+    /// The file offset of the map's first byte (0 unless mapped with [`Map::open_window`]).
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Length in bytes.
@@ -167,8 +234,22 @@ impl Map {
         len: usize,
         seed: u64,
     ) -> Result<Option<bulk::Mismatch>> {
+        self.verify_pattern_from(off, len, seed, 0)
+    }
+
+    /// As [`Map::verify_pattern`] for a part of a block whose first word is word
+    /// `first_word` of the block's pattern (a window that starts inside a block, F1).
+    /// A mismatch's `offset` counts from `off`.
+    pub fn verify_pattern_from(
+        &self,
+        off: usize,
+        len: usize,
+        seed: u64,
+        first_word: u64,
+    ) -> Result<Option<bulk::Mismatch>> {
         let p = self.span(off, len, 8)?.cast::<u64>().cast_const();
         let words = len / 8;
+        let seed_at = |i: usize| bulk::word(seed, first_word + i as u64);
         let at = |i: usize| {
             // SAFETY: callers pass `i < words`, so `p + i` is an aligned word inside the
             // checked span. The writer finished before we read (the caller saw the
@@ -177,12 +258,12 @@ impl Map {
         };
         let mut diff = 0u64;
         for i in 0..words {
-            diff |= at(i) ^ bulk::word(seed, i as u64);
+            diff |= at(i) ^ seed_at(i);
         }
         if diff == 0 {
             return Ok(None);
         }
-        Ok(bulk::first_mismatch(words, seed, at))
+        Ok(bulk::first_mismatch(words, seed, first_word, at))
     }
 
     /// `msync(MS_SYNC)` over the whole map: returns once the dirty pages are on the disk (F5).

@@ -210,10 +210,46 @@ impl Header {
         let len = (self.data_len - start).min(BLOCK_SIZE as u64);
         (HEADER_LEN + start as usize, len as usize)
     }
+
+    /// The data of file bytes `[start, end)`, block by block: each block's part that lies
+    /// in the range (all of it for the whole file; a window may begin or end inside one).
+    pub fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = Piece> + '_ {
+        let data_start = HEADER_LEN as u64;
+        let (start, end) = (start.max(data_start), end.min(self.file_len()));
+        let first = start.saturating_sub(data_start) / BLOCK_SIZE as u64;
+        (first..self.blocks()).map_while(move |b| {
+            let (off, len) = self.block_range(b);
+            let (bs, be) = (off as u64, (off + len) as u64);
+            let (s, e) = (bs.max(start), be.min(end));
+            (s < e).then(|| Piece {
+                block: b,
+                file_off: s,
+                len: (e - s) as usize,
+                first_word: (s - bs) / 8,
+            })
+        })
+    }
+}
+
+/// A block, or the part of one that lies in a window of the file ([`Header::pieces`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The block's number: its pattern's seed is `block_seed(nonce, block)`.
+    pub block: u64,
+    /// File offset of the piece's first byte.
+    pub file_off: u64,
+    /// Bytes in the piece (a multiple of 8).
+    pub len: usize,
+    /// Which word of the block's pattern the piece starts at.
+    pub first_word: u64,
 }
 
 /// A timed pass over the file (the writer's fill, the reader's check through the map).
 pub struct Measured {
+    /// Blocks (or parts of blocks, for a window) the pass went over.
+    pub blocks: u64,
+    /// Data bytes it went over.
+    pub bytes: u64,
     /// Wall time of the pass.
     pub ns: u64,
     /// This process's CPU time during it.
@@ -231,7 +267,6 @@ pub fn report(
     program: &'static str,
     role: Role,
     flavour: String,
-    h: &Header,
     m: Measured,
 ) -> Report {
     let setup = Setup {
@@ -245,8 +280,8 @@ pub fn report(
     let mut report = setup.report(role);
     report.mode = "bulk".into();
     report.size_bytes = BLOCK_SIZE as u64;
-    report.count = h.blocks();
-    report.bytes = h.data_len;
+    report.count = m.blocks;
+    report.bytes = m.bytes;
     report.verified = true;
     report.elapsed_ns = m.ns;
     report.notes = m.notes;
@@ -302,17 +337,23 @@ pub fn verify_slice(buf: &[u8], seed: u64) -> Option<Mismatch> {
     if diff == 0 {
         return None;
     }
-    first_mismatch(buf.len() / 8, seed, |i| {
+    first_mismatch(buf.len() / 8, seed, 0, |i| {
         let mut a = [0u8; 8];
         a.copy_from_slice(&buf[i * 8..i * 8 + 8]);
         u64::from_le_bytes(a)
     })
 }
 
-/// Slow path shared by both readers: the first word that differs.
-pub fn first_mismatch(words: usize, seed: u64, at: impl Fn(usize) -> u64) -> Option<Mismatch> {
+/// Slow path shared by both readers: the first of `words` words that differs from the
+/// pattern, `at(i)` being word `first_word + i` of the block.
+pub fn first_mismatch(
+    words: usize,
+    seed: u64,
+    first_word: u64,
+    at: impl Fn(usize) -> u64,
+) -> Option<Mismatch> {
     (0..words).find_map(|i| {
-        let (expected, found) = (word(seed, i as u64), at(i));
+        let (expected, found) = (word(seed, first_word + i as u64), at(i));
         (expected != found).then_some(Mismatch {
             offset: i * 8,
             expected,
@@ -321,14 +362,15 @@ pub fn first_mismatch(words: usize, seed: u64, at: impl Fn(usize) -> u64) -> Opt
     })
 }
 
-/// `--file-size`: 4 KiB to 1 TiB, a multiple of 4 KiB; K, M, G suffixes (powers of 1024).
-pub fn parse_file_size(s: &str) -> Result<u64, String> {
+/// A byte count with an optional K, M or G suffix (powers of 1024); `example` goes into
+/// the error for what is not a number.
+fn parse_bytes(s: &str, example: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("'{s}' is not a size (examples: 64M, 1G, 4096)"))?;
+        .map_err(|_| format!("'{s}' is not a size (examples: {example})"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -336,9 +378,13 @@ pub fn parse_file_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown unit '{other}' (use K, M or G)")),
     };
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// `--file-size`: 4 KiB to 1 TiB, a multiple of 4 KiB; K, M, G suffixes (powers of 1024).
+pub fn parse_file_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s, "64M, 1G, 4096")?;
     if !(MIN_FILE_SIZE..=MAX_FILE_SIZE).contains(&bytes) {
         return Err(format!(
             "must be between {MIN_FILE_SIZE} bytes (one page) and {MAX_FILE_SIZE} bytes (1 TiB)"
@@ -346,6 +392,26 @@ pub fn parse_file_size(s: &str) -> Result<u64, String> {
     }
     if bytes % 4096 != 0 {
         return Err(format!("{bytes} is not a multiple of 4096 (the page size)"));
+    }
+    Ok(bytes)
+}
+
+/// `--offset` and `--length` of `mmap-reader --bulk` (F1): bytes with K, M, G suffixes, a
+/// multiple of the page size, since `mmap(2)` maps whole pages from a page-aligned offset.
+/// How they must fit the file is checked once its length is known ([`reader`]).
+pub fn parse_window_bytes(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s, "0, 64K, 1M")?;
+    if bytes > MAX_FILE_SIZE + HEADER_LEN as u64 {
+        return Err(format!(
+            "'{s}' is larger than any bulk file (1 TiB of data)"
+        ));
+    }
+    let page = crate::page_size() as u64;
+    if bytes % page != 0 {
+        return Err(format!(
+            "{bytes} is not a multiple of the page size ({page} bytes): mmap(2) maps whole pages, \
+             and its offset must be page-aligned (the kernel returns EINVAL otherwise)"
+        ));
     }
     Ok(bytes)
 }
@@ -376,6 +442,41 @@ mod tests {
         assert_eq!(h.blocks(), 4);
         assert_eq!(h.block_range(3), (HEADER_LEN + 3 * BLOCK_SIZE, 4096));
         assert_eq!(h.file_len(), 4096 + h.data_len);
+    }
+
+    #[test]
+    fn a_window_is_cut_into_the_parts_of_its_blocks() {
+        let h = header();
+        let all: Vec<Piece> = h.pieces(0, h.file_len()).collect();
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|p| p.first_word == 0));
+        assert_eq!(all[3].len, 4096);
+        // A window from the second page of block 0 to the middle of block 2.
+        let start = (HEADER_LEN + 4096) as u64;
+        let end = (HEADER_LEN + 2 * BLOCK_SIZE + 8192) as u64;
+        let w: Vec<Piece> = h.pieces(start, end).collect();
+        assert_eq!(w.len(), 3);
+        assert_eq!(
+            (w[0].block, w[0].file_off, w[0].first_word),
+            (0, start, 512)
+        );
+        assert_eq!(w[0].len, BLOCK_SIZE - 4096);
+        assert_eq!((w[1].block, w[1].len, w[1].first_word), (1, BLOCK_SIZE, 0));
+        assert_eq!((w[2].block, w[2].len), (2, 8192));
+        assert_eq!(
+            h.pieces(0, HEADER_LEN as u64).count(),
+            0,
+            "the header page only"
+        );
+    }
+
+    #[test]
+    fn window_bytes_must_be_whole_pages() {
+        assert_eq!(parse_window_bytes("0").unwrap(), 0);
+        assert_eq!(parse_window_bytes("1M").unwrap(), 1 << 20);
+        let e = parse_window_bytes("5000").unwrap_err();
+        assert!(e.contains("page size") && e.contains("EINVAL"), "{e}");
+        assert!(parse_window_bytes("2048G").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! mmap-writer --mode bulk --file-size 1G        | mmap-reader --mode bulk --compare-read   # now or later
+//!                                               | mmap-reader --mode bulk --offset 1M --length 2M   # a window (F1)
 //! ```
 //!
 //! System calls, in order:
@@ -10,8 +11,10 @@
 //!    header every 10 ms (a `pread` past the end of a short file returns short, never
 //!    SIGBUS), `nanosleep` in between; `fstat` (owner, type). A file whose writer died
 //!    before the marker is `unlink`ed as stale.
-//! 2. `fstat` (the length, F7) and `mmap(MAP_SHARED)` read-only; an Acquire load of the
-//!    marker through the map, then the header again.
+//! 2. `fstat` (the length, F7) and `mmap(MAP_SHARED)` read-only: the whole file, or with
+//!    `--offset`/`--length` only that window of it (F1: `mmap`'s offset, a multiple of the
+//!    page size), plus a one-page map of the header; an Acquire load of the marker through
+//!    the map, then the header again.
 //! 3. Loads from every page, no system call: the first touch of each mapped piece is a
 //!    page fault, no copy (`getrusage` counts them).
 //! 4. With `--compare-read`: `lseek` and `read()` calls of 1 MiB into a buffer over the
@@ -52,6 +55,63 @@ pub struct Flags {
     /// Bulk: leave the file in place after verifying it (to read it again).
     #[arg(long)]
     pub keep: bool,
+
+    /// Bulk: map only a window of the file from this byte offset, a multiple of the page size (F1).
+    #[arg(long, value_name = "BYTES", requires = "on", conflicts_with = "compare_read",
+          value_parser = bulk::parse_window_bytes)]
+    pub offset: Option<u64>,
+
+    /// Bulk: bytes in the window, a multiple of the page size [default: to the end of the file] (F1).
+    #[arg(long, value_name = "BYTES", requires = "on", conflicts_with = "compare_read",
+          value_parser = bulk::parse_window_bytes)]
+    pub length: Option<u64>,
+}
+
+/// The file bytes `[start, end)` this reader maps and verifies: all of it, or the window
+/// `--offset`/`--length` asked for (F1).
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u64,
+    end: u64,
+}
+
+impl Span {
+    /// Whether it is the whole file.
+    fn whole(&self, h: &Header) -> bool {
+        self.start == 0 && self.end == h.file_len()
+    }
+}
+
+/// Checks `--offset`/`--length` against the file's real length, before anything is mapped
+/// (and before this reader owns the file, so a mistyped flag never removes the data).
+fn window(f: &Flags, path: &Path, h: &Header) -> Result<Span> {
+    let file_len = h.file_len();
+    let page = crate::page_size() as u64;
+    let start = f.offset.unwrap_or(0);
+    if start >= file_len {
+        bail!(
+            "--offset {start} is not inside {} ({file_len} bytes): the window must start at a multiple of {page} below {file_len}",
+            path.display()
+        );
+    }
+    let end = match f.length {
+        None => file_len,
+        Some(0) => bail!("--length 0: a window holds at least one page ({page} bytes)"),
+        Some(len) if len > file_len - start => bail!(
+            "--length {len} at --offset {start} ends past the end of {} ({file_len} bytes); at most {} fits: \
+             touching a map past the end of its file is SIGBUS (F7)",
+            path.display(),
+            file_len - start
+        ),
+        Some(len) => start + len,
+    };
+    if end <= bulk::HEADER_LEN as u64 {
+        bail!(
+            "--offset {start} --length {}: the window holds only the header page, no data to verify",
+            end - start
+        );
+    }
+    Ok(Span { start, end })
 }
 
 /// The bulk reader: steps 1 to 5 of the module docs.
@@ -61,11 +121,12 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     //    finished long ago; the data outlived it).
     let (file, header) = wait_for_complete(&path, c.timeout)?;
     let ino = check_file(&file, &path)?.ino;
+    let span = window(f, &path, &header)?;
     let flavour = fs_kind(&file);
     // Ours from here: removed when verified (or on an error), unless --keep.
     let owned = (!f.keep).then(|| own_file_checked(&path, ino));
     // 2. Map it (Map::open checks the length with fstat first, F7).
-    let map = map_complete(&file, &path, &header, m.populate)?;
+    let map = map_complete(&file, &path, &header, span, m.populate)?;
     if !c.quiet {
         show_maps(&path);
     }
@@ -82,11 +143,16 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     );
     // 3. Through the map.
     let first = format!(
-        "file {} on {flavour}, {} bytes of data, every block verified",
+        "file {} on {flavour}, {} bytes of data, every {} verified",
         path.display(),
-        header.data_len
+        span.end - span.start.max(bulk::HEADER_LEN as u64),
+        if span.whole(&header) {
+            "block"
+        } else {
+            "byte of the window"
+        }
     );
-    let mut verified = verify_map(&map, &header, first)?;
+    let mut verified = verify_map(&map, &header, span, first)?;
     drop(map);
     // 4. The same check with read(): the kernel copies each page into our buffer (F3).
     if f.compare_read {
@@ -100,26 +166,57 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     } else {
         narrate!("--keep: {} stays for another run", path.display());
     }
-    let report = bulk::report(c, PROGRAM, Role::Reader, flavour, &header, verified);
+    let report = bulk::report(c, PROGRAM, Role::Reader, flavour, verified);
     conclude(&report, c.json)
 }
 
-/// Step 2: maps the complete file read-only and checks, through the map, that it is still
-/// the file whose header `pread` showed.
-fn map_complete(file: &File, path: &Path, header: &Header, populate: bool) -> Result<Map> {
-    let len = usize::try_from(header.file_len())
+/// Step 2: maps the complete file read-only (or only the window `span` of it, F1) and
+/// checks, through a map of the header page, that it is still the file `pread` showed.
+fn map_complete(
+    file: &File,
+    path: &Path,
+    header: &Header,
+    span: Span,
+    populate: bool,
+) -> Result<Map> {
+    let file_len = header.file_len();
+    let len = usize::try_from(span.end - span.start)
         .context("the file does not fit the address space (F6)")?;
-    let map = Map::open(file, path, len, populate)?;
+    let map = Map::open_window(file, path, span.start, len, file_len, populate)?;
+    if !span.whole(header) {
+        narrate!(
+            "mapped bytes {}..{} of {} only ({len} of its {file_len} bytes): mmap(fd, offset {}) makes a part of a file part of our memory (F1)",
+            span.start,
+            span.end,
+            path.display(),
+            span.start
+        );
+    }
+    // A window that starts past the header page cannot see the marker: a second, one-page
+    // map of the header, unmapped again at the end of this function.
+    let head = if span.start > 0 {
+        Some(Map::open_window(
+            file,
+            path,
+            0,
+            bulk::HEADER_LEN,
+            file_len,
+            false,
+        )?)
+    } else {
+        None
+    };
+    let marker = head.as_ref().unwrap_or(&map);
     // The Acquire load that pairs with the writer's Release store of the marker: after it,
     // every block the writer stored is visible through our map.
-    if map.load_u32_acquire(bulk::STATE_OFFSET)? != bulk::STATE_COMPLETE {
+    if marker.load_u32_acquire(bulk::STATE_OFFSET)? != bulk::STATE_COMPLETE {
         bail!(
             "{}: the completion marker went back to 0 after we saw 1",
             path.display()
         );
     }
     let mut fields = [0u8; bulk::FIELDS_LEN];
-    map.read_bytes(0, &mut fields)?;
+    marker.read_bytes(0, &mut fields)?;
     if Header::decode(&fields).ok().as_ref() != Some(header) {
         bail!(
             "{}: the header changed between pread and mmap; another program is writing this file",
@@ -130,36 +227,47 @@ fn map_complete(file: &File, path: &Path, header: &Header, populate: bool) -> Re
 }
 
 /// Step 3: loads straight from the page cache, no copy, a page fault the first time each
-/// page (or group of pages) is touched.
-fn verify_map(map: &Map, h: &Header, first: String) -> Result<Measured> {
-    narrate!("verifying {} blocks through the map ...", h.blocks());
+/// page (or group of pages) is touched. `map` holds file bytes `span`; each block's part
+/// in it is checked against that part of the block's pattern.
+fn verify_map(map: &Map, h: &Header, span: Span, first: String) -> Result<Measured> {
+    narrate!(
+        "verifying {} blocks through the map ...",
+        h.pieces(span.start, span.end).count()
+    );
     let (minor0, major0) = page_faults();
     let cpu0 = CpuTime::now();
     let t0 = now_ns();
-    for b in 0..h.blocks() {
-        let (off, blen) = h.block_range(b);
-        if let Some(m) = map.verify_pattern(off, blen, bulk::block_seed(h.nonce, b))? {
+    let (mut blocks, mut bytes) = (0u64, 0u64);
+    for p in h.pieces(span.start, span.end) {
+        let off = (p.file_off - span.start) as usize;
+        let seed = bulk::block_seed(h.nonce, p.block);
+        if let Some(m) = map.verify_pattern_from(off, p.len, seed, p.first_word)? {
             bail!(
-                "block {b} (file offset {}) differs from the writer's pattern: expected {:#018x}, found {:#018x}",
-                off + m.offset,
+                "block {} (file offset {}) differs from the writer's pattern: expected {:#018x}, found {:#018x}",
+                p.block,
+                p.file_off + m.offset as u64,
                 m.expected,
                 m.found
             );
         }
+        blocks += 1;
+        bytes += p.len as u64;
     }
     let map_ns = now_ns() - t0;
     let cpu = CpuTime::now().since(cpu0);
     let (minor1, major1) = page_faults();
     let line = format!(
         "through the map (mmap + loads): {} in {} ({} minor, {} major page faults, one per {} KiB read)",
-        fmt_rate(rate(h.data_len, map_ns)),
+        fmt_rate(rate(bytes, map_ns)),
         fmt_ns(map_ns),
         minor1 - minor0,
         major1 - major0,
-        h.data_len / 1024 / (minor1 - minor0 + major1 - major0).max(1)
+        bytes / 1024 / (minor1 - minor0 + major1 - major0).max(1)
     );
     narrate!("{line}");
     Ok(Measured {
+        blocks,
+        bytes,
         ns: map_ns,
         cpu,
         notes: vec![first, line],

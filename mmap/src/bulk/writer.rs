@@ -15,12 +15,15 @@
 //! 4. Stores into every page, no system call: each first store to a page is a page fault
 //!    in which the kernel allocates it; `getrusage` counts the faults.
 //! 5. The completion marker: `state = 1`, stored last with Release.
-//! 6. With `--sync`, `msync(MS_SYNC)`: waits until the dirty pages are on the disk (F5).
+//! 6. `cachestat`: how many of the file's pages are dirty (stored, seen by every process,
+//!    not yet on the disk); with `--sync`, `msync(MS_SYNC)`, which waits until they are
+//!    written (F5), and `cachestat` again.
 //! 7. `munmap` and `close`; the file is not removed.
 //!
 //! The writer waits for no one (the report says wait `block`: its one wait is `msync`,
 //! which sleeps in the kernel). The reader removes the file after verifying it.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -33,8 +36,9 @@ use common::timing::{fmt_ns, fmt_rate, now_ns, CpuTime};
 
 use super::{Header, HeaderError, Measured};
 use crate::rendezvous::{check_file, create_file, ensure_room, open_existing, pread_exact};
+use crate::show_maps;
 use crate::writer::PROGRAM;
-use crate::{address_space_facts, bulk, dirty_kib, file_path, fs_kind, page_faults, show_maps};
+use crate::{address_space_facts, bulk, cachestat, dirty_kib, file_path, fs_kind, page_faults};
 use crate::{Map, MapArgs, DEFAULT_BULK_NAME};
 
 /// mmap-writer's bulk flags.
@@ -90,7 +94,7 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
         "file {} on {flavour}, {file_len} bytes (header page + data)",
         path.display()
     );
-    let filled = fill_and_mark(&map, &mut header, m.sync, first)?;
+    let filled = fill_and_mark(&file, &map, &mut header, m.sync, first)?;
     // 7. munmap, close. The data outlives this process (F2): stop owning the file.
     drop(map);
     drop(file);
@@ -100,13 +104,19 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
         path.display(),
         reader_hint(m.path.as_deref(), c.name.as_deref())
     );
-    let report = bulk::report(c, PROGRAM, Role::Writer, flavour, &header, filled);
+    let report = bulk::report(c, PROGRAM, Role::Writer, flavour, filled);
     conclude(&report, c.json)
 }
 
 /// Steps 4 to 6: fill every block, store the completion marker, msync with `--sync`.
-/// The notes say what the fill cost; `first` leads them.
-fn fill_and_mark(map: &Map, header: &mut Header, sync: bool, first: String) -> Result<Measured> {
+/// The notes say what the fill cost and what reached the disk; `first` leads them.
+fn fill_and_mark(
+    file: &File,
+    map: &Map,
+    header: &mut Header,
+    sync: bool,
+    first: String,
+) -> Result<Measured> {
     let data_len = header.data_len;
     let dirty0 = dirty_kib();
     let (minor0, major0) = page_faults();
@@ -138,31 +148,57 @@ fn fill_and_mark(map: &Map, header: &mut Header, sync: bool, first: String) -> R
         ),
     ];
     if let (Some(a), Some(b)) = (dirty0, dirty_kib()) {
-        let line = format!(
-            "/proc/meminfo Dirty: {a} kB before, {b} kB after filling: stored, not yet on the disk (F5)"
-        );
-        narrate!("{line}");
-        notes.push(line);
+        notes.push(format!(
+            "/proc/meminfo Dirty: {a} kB before, {b} kB after filling (the whole machine's dirty page cache) (F5)"
+        ));
+    }
+    notes.extend(cache_line(file, "after filling"));
+    for n in &notes[2..] {
+        narrate!("{n}");
     }
     // 6. --sync.
     if sync {
-        narrate!("msync(MS_SYNC): waits until every dirty page of the map is written to the file's storage (F5)");
-        let t = now_ns();
-        map.sync()?;
-        let sync_ns = now_ns() - t;
-        let after = dirty_kib().map_or(String::new(), |d| format!("; Dirty: {d} kB after"));
-        let line = format!(
-            "msync(MS_SYNC) of {data_len} bytes took {}{after}",
-            fmt_ns(sync_ns)
-        );
-        narrate!("{line}");
-        notes.push(line);
+        notes.extend(sync_now(file, map, data_len)?);
     }
     Ok(Measured {
+        blocks: header.blocks(),
+        bytes: data_len,
         ns: fill_ns,
         cpu,
         notes,
     })
+}
+
+/// What `cachestat(2)` says of the file's pages: dirty ones are stored (every process
+/// that maps or reads the file sees them) but not yet on the disk (F5).
+fn cache_line(file: &File, when: &str) -> Option<String> {
+    let c = cachestat(file, 0, 0)?;
+    let why = if c.dirty > 0 {
+        "the stores are in the page cache, which every process sees; the disk copy is older until writeback or msync"
+    } else if fs_kind(file) == "tmpfs" {
+        "tmpfs has no disk behind it: there is nothing to write back"
+    } else {
+        "the copy on the disk is up to date"
+    };
+    Some(format!("cachestat {when}: {c}: {why} (F5)"))
+}
+
+/// Step 6: `msync(MS_SYNC)` of the whole map, timed, and the dirty pages after it.
+fn sync_now(file: &File, map: &Map, data_len: u64) -> Result<Vec<String>> {
+    narrate!("msync(MS_SYNC): waits until every dirty page of the map is written to the file's storage (F5)");
+    let t = now_ns();
+    map.sync()?;
+    let sync_ns = now_ns() - t;
+    let after = dirty_kib().map_or(String::new(), |d| format!("; Dirty: {d} kB after"));
+    let mut v = vec![format!(
+        "msync(MS_SYNC) of {data_len} bytes took {}{after}",
+        fmt_ns(sync_ns)
+    )];
+    v.extend(cache_line(file, "after msync"));
+    for n in &v {
+        narrate!("{n}");
+    }
+    Ok(v)
 }
 
 /// The flags a reader needs to find the same file.
