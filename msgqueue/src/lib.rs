@@ -21,7 +21,10 @@
 //!   selection; it has priorities instead (0 to 32767, highest first). See [`typed`].
 //! - **M5** "many kinds of communication": one queue carries any number of senders and
 //!   receivers, related or not; pingpong here runs requests and replies over one System V
-//!   queue by giving them two types ([`types`]).
+//!   queue by giving them two types ([`types`]), and `--shared` ([`shared`]) runs several
+//!   writers and several readers on one queue at once: many to one, and dispatch by type,
+//!   each reader taking its own type, each message taken by exactly one `msgrcv`, the
+//!   queue removed by the last member to leave ([`members`]).
 //! - **M6** "limits": System V: `kernel.msgmax` (largest message), `kernel.msgmnb` (bytes in
 //!   one queue), `kernel.msgmni` (number of queues). POSIX: `fs.mqueue.msgsize_max`,
 //!   `fs.mqueue.msg_max` (messages per queue), `fs.mqueue.queues_max`, and the
@@ -60,6 +63,9 @@
 //! - **Cleanup.** The reader removes the queue(s) and the file when done, and on Ctrl-C. A
 //!   writer that created the queue removes it on an error or Ctrl-C unless a live reader is
 //!   recorded; after a clean finish it leaves the queue for the reader (M1).
+//! - **One of each.** The pair file records one writer and one reader: a second live
+//!   writer, or a second live reader, is refused and pointed to `--shared` (M5), which has
+//!   its own registry, key and rules ([`members`]).
 //!
 //! ## Module map
 //! | module | what it holds |
@@ -70,6 +76,8 @@
 //! | [`posix`] | the POSIX names and the one call nix lacks (`mq_timedsend`, the other `unsafe`) |
 //! | [`limits`] | M6: the kernel's limits, and the first full queue |
 //! | [`typed`] | M4 in text mode: `N: text` lines, `--type`, the typed reader |
+//! | [`shared`] | M5: `--shared`, several writers and typed readers on one queue at once, each with its own loop |
+//! | [`members`] | M5's registry: who uses a shared queue, and the last one out removes it (a first reading skips it) |
 //! | [`rendezvous`] | create-or-open, stale messages, ownership, cleanup (a first reading skips it) |
 //! | [`watch`] | the peer watch: who the peer is, whether it lives, what a wait does when it dies (a first reading skips it) |
 //!
@@ -78,9 +86,11 @@
 //! mq_unlink(3).
 
 pub mod limits;
+pub mod members;
 pub mod posix;
 pub mod reader;
 pub mod rendezvous;
+pub mod shared;
 pub mod sysv;
 pub mod typed;
 pub mod watch;
@@ -144,6 +154,11 @@ pub struct QueueArgs {
     /// System V key (decimal or 0x hex) instead of ftok on the pair file.
     #[arg(long, value_name = "KEY", value_parser = rendezvous::parse_key)]
     pub key: Option<i32>,
+
+    /// M5: several writers and several readers on one System V queue at once; each writer
+    /// sends, and each reader takes, one --type (see shared.rs).
+    #[arg(long)]
+    pub shared: bool,
 }
 
 /// What both programs' reports say about them: a message queue of either flavour, whose

@@ -58,7 +58,7 @@ pub const PROGRAM: &str = "msgqueue-reader";
 #[command(
     name = PROGRAM,
     about = "Receive messages from a System V or POSIX message queue (claims M1-M6).",
-    after_help = "Examples:\n  msgqueue-reader\n  msgqueue-reader --type 2      (only type 2, M4)\n  msgqueue-reader --type -3     (lowest type <= 3 first)\n  msgqueue-reader --posix"
+    after_help = "Examples:\n  msgqueue-reader\n  msgqueue-reader --type 2      (only type 2, M4)\n  msgqueue-reader --type -3     (lowest type <= 3 first)\n  msgqueue-reader --posix\n  msgqueue-reader --shared --type 1 --writers 2   (M5: type 1, from two writers)"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -67,16 +67,24 @@ pub struct Args {
     #[command(flatten)]
     pub queue: QueueArgs,
 
-    /// System V text mode: msgrcv's msgtyp: 0 any, T > 0 only type T, T < 0 the lowest type <= |T| (-99 to 99).
+    /// System V text mode: msgrcv's msgtyp: 0 any, T > 0 only type T, T < 0 the lowest type <= |T| (-99 to 99; --shared: one type, 1 to 99).
     #[arg(long = "type", value_name = "T", allow_negative_numbers = true,
           value_parser = clap::value_parser!(i64).range(-types::MAX_USER..=types::MAX_USER))]
     pub mtype: Option<i64>,
+
+    /// --shared: how many writers' sessions of this --type to take before finishing (M5).
+    #[arg(long, value_name = "N", requires = "shared", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub writers: Option<u64>,
 }
 
 common::program!(Args);
 
 /// The program: check flags, show the limits, open the queue, receive, remove it, report.
 pub fn run(args: Args) -> Result<ExitCode> {
+    // M5: several writers and readers on one queue at once is shared.rs's program.
+    if args.queue.shared {
+        return crate::shared::read(&args);
+    }
     let (c, posix) = (&args.common, args.queue.posix);
     // Flags first, before anything exists: --type is msgrcv's msgtyp (typed.rs).
     let msgtyp = typed::msgtyp(&args.queue, c.mode, args.mtype)?;

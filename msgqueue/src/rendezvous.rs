@@ -79,16 +79,13 @@ pub struct OpenArgs {
     pub msgsize: usize,
     /// A POSIX queue is created to hold this many messages.
     pub maxmsg: usize,
-    /// Another reader of the same queue is allowed (System V text mode, M4).
-    pub shared_reader: bool,
     /// `--timeout`: how long a wait gives a peer that has not shown up.
     pub timeout: Duration,
 }
 
 impl OpenArgs {
     /// What `role` asks for, from its flags and the limits: a POSIX queue is created for the
-    /// largest frame that fits and at most 10 messages; a text-mode reader may share the
-    /// queue with other readers (M4).
+    /// largest frame that fits and at most 10 messages.
     pub fn new(role: Role, q: &QueueArgs, c: &CommonArgs, limits: &Limits) -> OpenArgs {
         let posix = q.posix;
         OpenArgs {
@@ -99,7 +96,6 @@ impl OpenArgs {
             pingpong: c.mode == common::cli::Mode::Pingpong,
             msgsize: limits.max_frame(posix).0,
             maxmsg: limits.mq_msg_max.clamp(1, 10),
-            shared_reader: role == Role::Reader && c.mode == common::cli::Mode::Text,
             timeout: c.timeout,
         }
     }
@@ -206,9 +202,12 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
         _ => None,
     };
     match watch.read(a.role) {
-        Slot::Running(pid) if pid != me && common::peer::alive(pid) && !a.shared_reader => {
+        // One writer and one reader at a time: two readers at once would remove the
+        // queue under each other, and a second writer would mix two sessions. Several of
+        // each is the shared mode's (M5), with its own registry and queue.
+        Slot::Running(pid) if pid != me && common::peer::alive(pid) => {
             bail!(
-                "another {} (pid {pid}) is using this queue ({}); wait for it or pick another --name",
+                "another {} (pid {pid}) is using this queue ({}); wait for it, pick another --name, or run every writer and reader with --shared (several of each at once, M5)",
                 a.role,
                 path.display()
             )
@@ -218,7 +217,8 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
     let (queues, created) = if a.posix {
         open_posix(a)?
     } else {
-        open_sysv(a, &path)?
+        let (q, created) = open_sysv(a, &path)?;
+        (Queues::Sysv(q), created)
     };
     let mut opened = Opened {
         queues,
@@ -332,7 +332,9 @@ pub fn reader_owns(o: &Opened) -> Owned {
     )
 }
 
-fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(Queues, bool)> {
+/// The System V queue of `path` (its `ftok` key, or `--key`): created or opened, and
+/// checked to be ours. Also the shared queue's (M5, `members.rs`).
+pub(crate) fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(SysvQueue, bool)> {
     let key = match a.key {
         Some(k) => {
             narrate!("System V key {k:#x} from --key");
@@ -373,7 +375,7 @@ fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(Queues, bool)> {
         "the queue holds at most {} bytes (msg_qbytes, from kernel.msgmnb): a msgsnd that does not fit blocks (M6)",
         st.qbytes
     );
-    Ok((Queues::Sysv(q), created))
+    Ok((q, created))
 }
 
 fn open_posix(a: &OpenArgs) -> Result<(Queues, bool)> {

@@ -126,9 +126,45 @@ pub fn msgrcv(q: SysvQueue, msg: &mut Message, msgtyp: i64, flags: c_int) -> io:
     Ok(n as usize)
 }
 
-/// Whether an error means "the queue was removed" (EIDRM while waiting, EINVAL after).
+/// Whether an `IPC_RMID` error means "already removed" (EIDRM, or EINVAL: no such msqid).
 pub fn is_removed(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIDRM) | Some(libc::EINVAL))
+}
+
+/// The name of the errno an error carries (`EIDRM`, `EINVAL`), from its number, so a
+/// message never names an errno the call did not return.
+pub fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
+        None => "no errno".into(),
+    }
+}
+
+/// Whether a failed `msgsnd`/`msgrcv` on `q` means the queue is gone: EIDRM (it was
+/// removed while the call waited in it), or EINVAL while `msgctl(IPC_STAT)` no longer finds
+/// the msqid (it was removed between two calls; EINVAL also means a bad size or type, and
+/// then the queue is still there).
+pub fn queue_gone(q: SysvQueue, e: &io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(libc::EIDRM) => true,
+        Some(libc::EINVAL) => q.stat().is_err(),
+        _ => false,
+    }
+}
+
+/// What a failed `call` on `q` says, with the errno's real name: EIDRM and EINVAL, the two
+/// ways a removed queue shows, are told apart.
+pub fn failure(call: &str, q: SysvQueue, e: &io::Error) -> String {
+    let name = errno_name(e);
+    let what = match e.raw_os_error() {
+        Some(libc::EIDRM) => format!("the queue was removed while {call} was waiting in it"),
+        Some(libc::EINVAL) if q.stat().is_err() => format!(
+            "msqid {} no longer names a queue: it was removed before this call",
+            q.id
+        ),
+        _ => format!("msqid {}", q.id),
+    };
+    format!("{call}: {name}: {what} ({e})")
 }
 
 /// What `msgctl(IPC_STAT)` says about a queue.
@@ -257,6 +293,23 @@ mod tests {
             std::mem::offset_of!(Message, mtext),
             std::mem::size_of::<c_long>()
         );
+    }
+
+    #[test]
+    fn errno_names_match_their_numbers() {
+        let e = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(errno_name(&e(libc::EIDRM)), "EIDRM");
+        assert_eq!(errno_name(&e(libc::EINVAL)), "EINVAL");
+        assert_eq!(errno_name(&e(libc::EAGAIN)), "EAGAIN");
+        // A queue removed before the call: msgrcv says EINVAL, and so does the message.
+        let (q, _) = SysvQueue::create_or_open(libc::IPC_PRIVATE).unwrap();
+        SysvQueue::remove(q.id).unwrap();
+        let err = msgrcv(q, &mut Message::boxed(), 0, libc::IPC_NOWAIT).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert!(queue_gone(q, &err));
+        let text = failure("msgrcv", q, &err);
+        assert!(text.starts_with("msgrcv: EINVAL: msqid"), "{text}");
+        assert!(!text.contains("EIDRM"), "{text}");
     }
 
     #[test]

@@ -237,7 +237,7 @@ fn poll(
             }
             Err(e) => {
                 let what = || format!("msgrcv msqid {} msgtyp {msgtyp}", q.id);
-                if watch.sysv_failed("msgrcv", e, what)? == After::PeerGone {
+                if watch.sysv_failed("msgrcv", q, e, what)? == After::PeerGone {
                     return Ok(None);
                 }
             }

@@ -38,7 +38,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::limits::Full;
 use crate::posix::deadline;
-use crate::sysv::{is_removed, SysvQueue};
+use crate::sysv::{errno_name, failure, queue_gone, SysvQueue};
 
 /// How often liveness is checked while blocked.
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -325,25 +325,28 @@ impl PeerWatch {
         r
     }
 
-    /// A failed System V call: EINTR retries; EIDRM (or EINVAL) means the queue was
-    /// removed: by the watchdog, because the peer is gone, or by someone else (an error).
+    /// A failed System V call on `q`: EINTR retries; a removed queue (EIDRM if the call
+    /// was waiting in it, EINVAL if it was gone before the call) is the watchdog's doing
+    /// when the peer is gone, else someone else's (an error naming the real errno).
     pub(crate) fn sysv_failed(
         &self,
         call: &str,
+        q: SysvQueue,
         e: io::Error,
         what: impl FnOnce() -> String,
     ) -> Result<After> {
         if e.raw_os_error() == Some(libc::EINTR) {
             return Ok(After::Retry);
         }
-        if !is_removed(&e) {
+        if !queue_gone(q, &e) {
             return Err(e).with_context(what);
         }
         match self.verdict() {
             Some(g) => {
                 narrate!(
-                    "{}; the watchdog removed the queue, which woke {call} ({e})",
-                    g.describe(self.peer)
+                    "{}; the watchdog removed the queue, which woke {call} ({}: {e})",
+                    g.describe(self.peer),
+                    errno_name(&e)
                 );
                 Ok(After::PeerGone)
             }
@@ -351,7 +354,8 @@ impl PeerWatch {
             // before it removes anything, and `common::cli::run_main` then leaves the exit
             // (status 130) to it, so this error is not printed as the verdict.
             None => bail!(
-                "{call}: EIDRM: the queue was removed while this process was using it ({e}): someone ran ipcrm, or another program removed it"
+                "{}: someone ran ipcrm, or another program removed it",
+                failure(call, q, &e)
             ),
         }
     }
@@ -371,7 +375,7 @@ impl PeerWatch {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => full.sysv(q, self.peer)?,
                 Err(e) => {
                     let what = || format!("msgsnd msqid {}", q.id);
-                    if self.sysv_failed("msgsnd", e, what)? == After::PeerGone {
+                    if self.sysv_failed("msgsnd", q, e, what)? == After::PeerGone {
                         return Ok(Delivery::PeerGone);
                     }
                 }
@@ -392,7 +396,7 @@ impl PeerWatch {
                 Ok(n) => return Ok(Some(n)),
                 Err(e) => {
                     let what = || format!("msgrcv msqid {} msgtyp {msgtyp}", q.id);
-                    if self.sysv_failed("msgrcv", e, what)? == After::PeerGone {
+                    if self.sysv_failed("msgrcv", q, e, what)? == After::PeerGone {
                         return Ok(None);
                     }
                 }

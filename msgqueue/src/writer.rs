@@ -62,7 +62,7 @@ pub const PROGRAM: &str = "msgqueue-writer";
 #[command(
     name = PROGRAM,
     about = "Send messages into a System V or POSIX message queue (claims M1-M6).",
-    after_help = "Examples:\n  msgqueue-writer            (then type: hello / 2: a type-2 line)\n  msgqueue-writer --posix    (then type: 5: a priority-5 line)\n  msgqueue-writer --mode pingpong --count 100000"
+    after_help = "Examples:\n  msgqueue-writer            (then type: hello / 2: a type-2 line)\n  msgqueue-writer --posix    (then type: 5: a priority-5 line)\n  msgqueue-writer --mode pingpong --count 100000\n  msgqueue-writer --shared --type 2   (M5: one of several writers on one queue)"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -71,7 +71,7 @@ pub struct Args {
     #[command(flatten)]
     pub queue: QueueArgs,
 
-    /// System V text mode: the type of lines without an "N: " prefix, 1 to 99.
+    /// System V text mode: the type of lines without an "N: " prefix, 1 to 99 (--shared: of every message).
     #[arg(long = "type", value_name = "N", value_parser = clap::value_parser!(i64).range(1..=types::MAX_USER))]
     pub mtype: Option<i64>,
 
@@ -88,6 +88,10 @@ common::program!(Args);
 
 /// The program: check flags, show the limits, open the queue, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
+    // M5: several writers and readers on one queue at once is shared.rs's program.
+    if args.queue.shared {
+        return crate::shared::write(&args);
+    }
     let (c, posix) = (&args.common, args.queue.posix);
     // Flags first, before anything exists; a line's "N: " prefix, or --type / --priority,
     // picks its type or priority (typed.rs).

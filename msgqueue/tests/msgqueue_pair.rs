@@ -488,6 +488,8 @@ fn a_queue_removed_under_a_waiting_reader_is_reported_as_eidrm() {
     let env = Env::new("eidrm");
     let mut rd = env.reader(&["--mode", "stream"]);
     rd.wait_for("waiting in msgrcv");
+    // Removed while msgrcv sleeps in it (not just before the call): the kernel says EIDRM.
+    harness::wait_in_syscall(rd.pid(), libc::SYS_msgrcv);
     let err = rd.stderr_now();
     let id: i32 = err
         .split("created queue msqid ")
@@ -506,16 +508,71 @@ fn a_queue_removed_under_a_waiting_reader_is_reported_as_eidrm() {
         "{}",
         d.stderr
     );
+    // The name is the errno's: EIDRM is 43, and the message quotes the kernel's text for it.
+    assert!(
+        d.stderr.contains("msgrcv: EIDRM: ") && d.stderr.contains("(os error 43)"),
+        "{}",
+        d.stderr
+    );
     env.assert_clean(&[&d.stderr]);
+}
+
+#[test]
+fn a_queue_removed_between_two_calls_is_reported_as_einval_not_eidrm() {
+    // A typed reader polls msgrcv(IPC_NOWAIT): it is never inside msgrcv when the queue
+    // goes, so its next call finds no such msqid: EINVAL (22), and the message says so.
+    let env = Env::new("einval");
+    let mut w = env.writer(&[]);
+    w.write_stdin(b"2: first\n");
+    w.wait_for("the session starts");
+    let mut r = env.reader(&["--type", "2"]);
+    r.wait_for(": first");
+    let id = harness::msqids_in(&r.stderr_now())[0];
+    msgqueue::SysvQueue::remove(id).unwrap();
+    let rd = r.finish();
+    let wd = w.finish();
+    assert!(!rd.status.success());
+    assert!(
+        rd.stderr.contains("msgrcv: EINVAL: msqid") && rd.stderr.contains("(os error 22)"),
+        "{}",
+        rd.stderr
+    );
+    assert!(!rd.stderr.contains("EIDRM"), "{}", rd.stderr);
+    env.assert_clean(&[&wd.stderr, &rd.stderr]);
+}
+
+#[test]
+fn two_typed_readers_at_once_without_shared_the_second_is_refused_and_told_of_shared() {
+    // One-to-one mode has one reader at a time (two would remove the queue under each
+    // other); several at once is --shared (M5).
+    let env = Env::new("two-readers");
+    let mut w = env.writer(&[]);
+    w.write_stdin(b"1: one\n2: two\n");
+    w.wait_for("the session starts");
+    let mut r1 = env.reader(&["--type", "1"]);
+    r1.wait_for(": one");
+    let r2 = env.reader(&["--type", "2"]).finish();
+    assert!(!r2.status.success());
+    assert!(
+        r2.stderr.contains("another reader (pid") && r2.stderr.contains("--shared"),
+        "{}",
+        r2.stderr
+    );
+    // The first reader is unharmed; a reader of type 2 after it gets its message.
+    let wd = w.finish();
+    let r1d = r1.finish();
+    ok(&wd, "writer");
+    ok(&r1d, "reader --type 1");
+    let r3 = env.reader(&["--type", "2"]).finish();
+    ok(&r3, "the next reader");
+    assert!(r3.stdout.contains(": two"), "{}", r3.stdout);
+    env.assert_clean(&[&wd.stderr, &r1d.stderr, &r2.stderr, &r3.stderr]);
 }
 
 #[test]
 fn another_users_queue_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipped: another_users_queue_is_refused needs root to give a queue to another user"
-        );
-        return;
+        return common::testing::skip("needs root to give a queue to another user");
     }
     let env = Env::new("owner");
     let key = 0x5eed_0000 | (std::process::id() as i32 & 0xffff);
@@ -594,8 +651,7 @@ fn ctrl_c_on_a_writer_alone_removes_the_queue_it_created() {
 #[test]
 fn another_users_posix_queue_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: another_users_posix_queue_is_refused needs root to give a queue to another user");
-        return;
+        return common::testing::skip("needs root to give a queue to another user");
     }
     if !posix_or_skip("another_users_posix_queue_is_refused") {
         return;

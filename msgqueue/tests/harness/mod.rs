@@ -111,14 +111,35 @@ pub fn keys_in(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether POSIX message queues work here; prints "skipped: ..." when they do not.
-pub fn posix_or_skip(test: &str) -> bool {
+/// Whether POSIX message queues work here; when they do not, the test (or its POSIX
+/// part, `what`) is recorded as skipped (`common::testing::skip`), never a silent pass.
+pub fn posix_or_skip(what: &str) -> bool {
     match msgqueue::posix_available() {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("skipped: {test}: POSIX message queues are unavailable here (mq_open: {e})");
+            common::testing::skip(&format!(
+                "{what}: POSIX message queues are unavailable here (mq_open: {e})"
+            ));
             false
         }
+    }
+}
+
+/// Waits until the main thread of `pid` is inside system call `nr`
+/// (`/proc/<pid>/syscall` starts with its number): blocked there, not just about to call.
+pub fn wait_in_syscall(pid: i32, nr: libc::c_long) {
+    let path = format!("/proc/{pid}/syscall");
+    let start = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        if now.split_whitespace().next() == Some(nr.to_string().as_str()) {
+            return;
+        }
+        assert!(
+            start.elapsed() < common::testing::DEADLINE,
+            "pid {pid} never blocked in system call {nr}: {path} says {now:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
