@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.add(64), n) };
     let opts = EndOpts {
         wait: Wait::Spin,
-        peer_pid: std::process::id() as i32,
+        peer: common::peer::Identity::me(),
         idle_timeout: Some(Duration::from_millis(1)),
     };
     let Ok(mut rx) = region.consumer(Direction::WriterToReader, opts) else {

@@ -50,8 +50,11 @@ pub struct RingFile {
     pub path: PathBuf,
     /// Whether this process created the file (and initialised the header).
     pub created: bool,
-    /// The peer's pid, watched while waiting.
+    /// The peer's pid, for messages.
     pub peer_pid: i32,
+    /// The peer as the header records it (pid and start time), watched while waiting:
+    /// a reused pid does not keep a dead pair open.
+    pub peer: common::peer::Identity,
     /// Removal of the file: on error paths, Ctrl-C, or `.remove()` at the end.
     pub owned: Owned,
     /// The file system it lives on (`tmpfs`, `ext4`): the report's flavour.
@@ -97,7 +100,7 @@ pub fn open_ring(
     // modes also give up after --timeout without progress.
     let opts = EndOpts {
         wait: map.wait,
-        peer_pid: rf.peer_pid,
+        peer: rf.peer,
         idle_timeout: (c.mode != Mode::Text).then_some(c.timeout),
     };
     Ok(OpenRing { rf, setup, opts })
@@ -240,16 +243,17 @@ fn become_creator(
         "mapped {} ({len} bytes, MAP_SHARED, on {flavour}) and published the ring header; waiting for a {other} to open it (sleeping on a futex in the file's page; its attach wakes us)",
         path.display()
     );
-    let peer_pid = region
+    let peer = region
         .wait_for_opener(timeout)
         .map_err(|e| anyhow::anyhow!("{e}: start the {other} with the same --name/--path"))?;
-    narrate!("{other} pid {peer_pid} opened the file and attached");
+    narrate!("{other} pid {} opened the file and attached", peer.pid);
     Ok(RingFile {
         region,
         map,
         path: path.to_path_buf(),
         created: true,
-        peer_pid,
+        peer_pid: peer.pid,
+        peer,
         owned,
         flavour,
     })
@@ -268,19 +272,21 @@ fn become_opener(path: &Path, role: Role, m: &MapArgs, file: File, ino: u64) -> 
             path.display()
         );
     }
-    let peer_pid = region.attach(role)?;
+    let peer = region.attach(role)?;
     // From now on both sides own the file: whoever ends first on an error removes it.
     let owned = own_file_checked(path, ino);
     narrate!(
-        "opened {} ({len} bytes, MAP_SHARED, on {flavour}) created by pid {peer_pid}, and attached",
-        path.display()
+        "opened {} ({len} bytes, MAP_SHARED, on {flavour}) created by pid {}, and attached",
+        path.display(),
+        peer.pid
     );
     Ok(RingFile {
         region,
         map,
         path: path.to_path_buf(),
         created: false,
-        peer_pid,
+        peer_pid: peer.pid,
+        peer,
         owned,
         flavour,
     })

@@ -46,7 +46,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use common::cli::{CommonArgs, Mode};
-use common::ring::{peer_gone, Direction, EndOpts, RingError, Role};
+use common::ring::{Direction, EndOpts, RingError, Role};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::Setup;
 use common::timing::Report;
@@ -128,7 +128,7 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
     let mut tx = rf.region.producer(Direction::WriterToReader, opts)?;
     let mut rx = rf.region.consumer(Direction::ReaderToWriter, opts)?;
     // Lines come slowly and the ring holds many, so text mode watches the reader itself.
-    let watch = (setup.mode() == Mode::Text).then_some(rf.peer_pid);
+    let watch = (setup.mode() == Mode::Text).then_some(rf.peer);
     if watch.is_some() {
         narrate!(
             "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
@@ -141,8 +141,9 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
     loop {
         match session.next(&mut frame)? {
             Next::Send(out) => {
-                // 3. kill(pid, 0): no signal is sent, the kernel only says whether it exists.
-                if let Some(pid) = watch.filter(|&pid| peer_gone(pid)) {
+                // 3. kill(pid, 0) and /proc/PID/stat: the reader exists and is the process
+                // that attached (same start time), not a later one that got its pid.
+                if let Some(pid) = watch.filter(|who| !who.alive()).map(|who| who.pid) {
                     return Err(session.reader_left(&format!("(pid {pid}) is gone")));
                 }
                 // 4. Wait for room, store header and payload into the map, publish.

@@ -223,3 +223,48 @@ fn sigterm_removes_what_the_program_owns_and_exits_130() {
     assert!(!dir.file().exists(), "the signal thread removed the file");
     dir.finish();
 }
+
+/// Liveness by identity: a ring file left by a killed writer whose recorded creator pid now
+/// names a live, unrelated process (simulated: a `sleep` child's pid written into the
+/// header, the dead writer's start time left as recorded) is still judged stale and
+/// replaced; a pid alone would have kept it "alive" and the new pair would have failed.
+#[test]
+fn a_reused_creator_pid_does_not_keep_a_stale_ring_file_alive() {
+    use std::os::unix::fs::FileExt;
+    let dir = TestDir::new("reused_pid");
+    let w = dir.spawn(WRITER, &["--mode", "stream", "--count", "100"], None);
+    dir.wait_for(&dir.file());
+    std::thread::sleep(Duration::from_millis(200));
+    w.kill9();
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = unrelated.id();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.file())
+        .unwrap();
+    file.write_all_at(
+        &pid.to_le_bytes(),
+        common::ring::offsets::CREATOR_PID as u64,
+    )
+    .unwrap();
+    drop(file);
+    let args = ["--mode", "stream", "--count", "100", "--timeout", "20"];
+    let r = dir.spawn(READER, &args, None);
+    std::thread::sleep(Duration::from_millis(200));
+    let w = dir.spawn(WRITER, &args, None).finish();
+    let r = r.finish();
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+    w.assert_ok("writer");
+    r.assert_ok("reader");
+    assert!(
+        r.stderr
+            .contains(&format!("its creator (pid {pid}) is gone")),
+        "the live pid with another start time is not the creator:\n{}",
+        r.stderr
+    );
+    dir.finish();
+}

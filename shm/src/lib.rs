@@ -134,6 +134,9 @@ pub struct Shared {
     pub region: Region,
     /// The other process.
     pub peer_pid: i32,
+    /// The other process as the header records it (pid and start time): what every wait
+    /// checks is still alive, so a reused pid does not keep a dead pair open.
+    pub peer: common::peer::Identity,
     /// Whether this side created the object.
     pub created: bool,
     /// `POSIX shared memory /ipc-study-0-shm` or `System V segment key 0x.. (shmid N)`.
@@ -149,7 +152,7 @@ impl Shared {
     pub fn end_opts(&self, wait: Wait, idle_timeout: Option<Duration>) -> EndOpts {
         EndOpts {
             wait,
-            peer_pid: self.peer_pid,
+            peer: self.peer,
             idle_timeout,
         }
     }

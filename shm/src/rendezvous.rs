@@ -267,8 +267,8 @@ fn create_side(
         timeout.as_secs_f64(),
         if obj.sysv { " and --sysv" } else { "" }
     );
-    let peer_pid = match region.wait_for_opener(timeout) {
-        Ok(pid) => pid,
+    let opener = match region.wait_for_opener(timeout) {
+        Ok(who) => who,
         Err(RingError::TimedOut { waited, .. }) => bail!(
             "no {peer} opened {} within {:.1} s (--timeout); start shm-{peer} with the same --name",
             obj.describe(id),
@@ -277,11 +277,13 @@ fn create_side(
         Err(e) => return Err(e).context(obj.describe(id)),
     };
     narrate!(
-        "the {peer} (pid {peer_pid}) attached: the two processes now share the same pages (S1)"
+        "the {peer} (pid {}) attached: the two processes now share the same pages (S1)",
+        opener.pid
     );
     let shared = Shared {
         region,
-        peer_pid,
+        peer_pid: opener.pid,
+        peer: opener,
         created: true,
         object: obj.describe(id),
         sysv_id: id,
@@ -317,13 +319,15 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
         .attach(role)
         .with_context(|| format!("attaching to {}", obj.describe(id)))?;
     narrate!(
-        "opened {}: the header is valid (magic, version, capacity {cap}); wrote our pid {} into it and woke its creator (pid {creator})",
+        "opened {}: the header is valid (magic, version, capacity {cap}); wrote our pid {} into it and woke its creator (pid {})",
         obj.describe(id),
-        std::process::id()
+        std::process::id(),
+        creator.pid
     );
     let shared = Shared {
         region,
-        peer_pid: creator,
+        peer_pid: creator.pid,
+        peer: creator,
         created: false,
         object: obj.describe(id),
         sysv_id: id,

@@ -416,3 +416,48 @@ fn another_users_sysv_segment_is_refused() {
     unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
     s.assert_clean();
 }
+
+/// Liveness by identity: the header of a region left by a killed run records a creator
+/// whose pid now names a live, unrelated process (simulated: the pid of a `sleep` child is
+/// written into it, with the dead creator's start time left as recorded). The pid alone
+/// would keep the pair "alive"; pid and start time together say it is stale, so the next
+/// pair replaces it and runs.
+#[test]
+fn a_reused_creator_pid_does_not_keep_a_stale_region_alive() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new("reused-pid");
+    let mut r = s.reader(&[]);
+    r.wait_for("waiting up to");
+    r.kill9();
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.posix_path())
+        .unwrap();
+    let pid = unrelated.id();
+    file.write_all_at(
+        &pid.to_le_bytes(),
+        common::ring::offsets::CREATOR_PID as u64,
+    )
+    .unwrap();
+    drop(file);
+    let (w, r) = pair(
+        &s,
+        &["--mode", "stream", "--count", "100"],
+        &["--mode", "stream"],
+        false,
+    );
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+    assert!(w.ok() && r.ok(), "{}\n{}", w.stderr, r.stderr);
+    assert!(
+        w.stderr
+            .contains(&format!("its creator (pid {pid}) is gone")),
+        "the live pid with another start time is not the creator:\n{}",
+        w.stderr
+    );
+    s.assert_clean();
+}

@@ -7,17 +7,21 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::layout::{region_len, view_of, HeaderView, RING_MAGIC, RING_VERSION};
-use super::wait::{futex_wait, futex_wake, peer_gone, SLEEP_SLICE};
+use super::wait::{futex_wait, futex_wake, SLEEP_SLICE};
 use super::{Direction, Region, RingError, Role};
+use crate::peer::Identity;
 use crate::timing::now_ns;
 
 impl Region {
-    /// The creator's first act: claims the region with its pid, before anything else,
-    /// so that a crash during set-up leaves a region whose creator is visibly dead.
+    /// The creator's first act: claims the region with its identity (start time, then
+    /// pid), before anything else, so that a crash during set-up leaves a region whose
+    /// creator is visibly dead, even once its pid is reused.
     pub fn begin_init(&self) {
         let h = self.inner.header();
+        let me = Identity::me();
         h.ready.store(0, Ordering::Relaxed);
-        h.creator_pid.store(std::process::id(), Ordering::Relaxed);
+        h.creator_start.store(me.start, Ordering::Relaxed);
+        h.creator_pid.store(me.pid as u32, Ordering::Relaxed);
     }
 
     /// Creator: writes the header and empty rings, then publishes `ready` last (Release),
@@ -39,6 +43,7 @@ impl Region {
             .store(region_len(inner.capacity) as u64, Ordering::Relaxed);
         h.session.store(session, Ordering::Relaxed);
         h.opener_pid.store(0, Ordering::Relaxed);
+        h.opener_start.store(0, Ordering::Relaxed);
         h.creator_role.store(role as u32, Ordering::Relaxed);
         h.magic.store(RING_MAGIC, Ordering::Relaxed);
         // Publish: everything above happens-before an Acquire load that reads this 1.
@@ -99,10 +104,11 @@ impl Region {
         Ok(Some(v))
     }
 
-    /// Opener: writes its pid into `opener_pid` (compare-and-swap from 0) and wakes the
-    /// creator. Refuses a region created by a process of the same role, or already paired.
-    /// Returns the creator's pid. Call after [`Region::check_header`] returned a view.
-    pub fn attach(&self, role: Role) -> Result<i32, RingError> {
+    /// Opener: writes its start time, then its pid into `opener_pid` (compare-and-swap
+    /// from 0), and wakes the creator. Refuses a region created by a process of the same
+    /// role, or already paired. Returns the creator's identity. Call after
+    /// [`Region::check_header`] returned a view.
+    pub fn attach(&self, role: Role) -> Result<Identity, RingError> {
         let v = self.check_header()?.ok_or_else(|| {
             RingError::Invalid("attach called before the header was ready".into())
         })?;
@@ -113,27 +119,33 @@ impl Region {
             });
         }
         let h = self.inner.header();
-        let me = std::process::id();
+        let me = Identity::me();
         if let Err(other) =
             h.opener_pid
-                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(0, me.pid as u32, Ordering::AcqRel, Ordering::Acquire)
         {
             return Err(RingError::Busy { pid: other as i32 });
         }
+        // Only the winner of the compare-and-swap writes the start time; the creator waits
+        // for it after it sees our pid (see `wait_for_opener`).
+        h.opener_start.store(me.start, Ordering::Release);
         // SAFETY: `opener_pid` is an aligned u32 inside the live region (see `Inner::header`).
         unsafe { futex_wake(h.opener_pid.as_ptr().cast_const()) };
-        Ok(v.creator_pid)
+        Ok(v.creator())
     }
 
     /// Creator: waits until an opener attaches, sleeping on `opener_pid` as a futex word.
-    /// Returns the opener's pid, or [`RingError::TimedOut`] after `timeout`.
-    pub fn wait_for_opener(&self, timeout: Duration) -> Result<i32, RingError> {
+    /// Returns the opener's identity, or [`RingError::TimedOut`] after `timeout`.
+    pub fn wait_for_opener(&self, timeout: Duration) -> Result<Identity, RingError> {
         let h = self.inner.header();
         let start = now_ns();
         loop {
             let pid = h.opener_pid.load(Ordering::Acquire);
             if pid != 0 {
-                return Ok(pid as i32);
+                return Ok(Identity {
+                    pid: pid as i32,
+                    start: opener_start(h),
+                });
             }
             let waited = Duration::from_nanos(now_ns().saturating_sub(start));
             if waited >= timeout {
@@ -154,6 +166,19 @@ impl Region {
             unsafe { futex_wait(h.opener_pid.as_ptr().cast_const(), 0, slice)? };
         }
     }
+}
+
+/// The opener's start time, which it stores right after its pid: a few loads at most.
+/// 0 (the pid alone identifies it) if it died in between.
+fn opener_start(h: &super::layout::SharedHeader) -> u64 {
+    for _ in 0..100_000 {
+        let start = h.opener_start.load(Ordering::Acquire);
+        if start != 0 {
+            return start;
+        }
+        std::hint::spin_loop();
+    }
+    0
 }
 
 /// How long an existing region may stay without a creator pid or a size before it counts
@@ -183,6 +208,8 @@ impl HeaderView {
             creator_pid: u32_at(offsets::CREATOR_PID)? as i32,
             opener_pid: u32_at(offsets::OPENER_PID)? as i32,
             creator_role: u32_at(offsets::CREATOR_ROLE)?,
+            creator_start: u64_at(offsets::CREATOR_START)?,
+            opener_start: u64_at(offsets::OPENER_START)?,
         })
     }
 }
@@ -208,7 +235,8 @@ pub enum Verdict {
 /// (how long this side has watched it, or a file's age by its modification time). The
 /// rules, in order:
 /// 1. a foreign magic is [`Verdict::Foreign`];
-/// 2. a creator pid that is gone, with no live opener, is [`Verdict::Stale`];
+/// 2. a creator that is gone (no process with its pid, or one that started at another
+///    time: the pid was reused), with no live opener, is [`Verdict::Stale`];
 /// 3. no size or no creator pid for [`SETUP_GRACE`] is stale, sooner is not ready;
 /// 4. a header whose `ready` word is not 1 yet is not ready; otherwise it is ready.
 pub fn judge(view: Option<&HeaderView>, unready_for: Duration) -> Verdict {
@@ -229,8 +257,10 @@ pub fn judge(view: Option<&HeaderView>, unready_for: Duration) -> Verdict {
     if v.magic != RING_MAGIC && v.magic != 0 {
         return Verdict::Foreign(v.magic);
     }
-    let dead = |pid: i32| pid > 0 && peer_gone(pid);
-    if dead(v.creator_pid) && (v.opener_pid <= 0 || dead(v.opener_pid)) {
+    // A recorded process is dead when no process has its pid, or the one that has it
+    // started at another time (the pid was reused by an unrelated process).
+    let dead = |who: Identity| who.pid > 0 && !who.alive();
+    if dead(v.creator()) && (v.opener_pid <= 0 || dead(v.opener())) {
         let peer = if v.opener_pid > 0 {
             format!(" and so is its peer (pid {})", v.opener_pid)
         } else {

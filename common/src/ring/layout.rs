@@ -16,6 +16,8 @@
 //! |               40 |    4 | `creator_pid`, stored **first** (stale-object detection)     | creator    |
 //! |               44 |    4 | `opener_pid`: 0 until the peer attaches (a futex word)       | opener     |
 //! |               48 |    4 | `creator_role`: 1 writer, 2 reader                           | creator    |
+//! |               56 |    8 | `creator_start`: the creator's start time (/proc stat field 22) | creator |
+//! |               64 |    8 | `opener_start`: the opener's start time, stored before its pid | opener  |
 //! |        52..  256 |      | zero                                                         |            |
 //! |  256 + 512 d     |    8 | ring `d` producer index `head` (bytes ever published)        | producer   |
 //! |  384 + 512 d     |    8 | ring `d` consumer index `tail` (bytes ever consumed)         | consumer   |
@@ -50,13 +52,14 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::frame::{HEADER_LEN, MAX_PAYLOAD};
+use crate::peer::Identity;
 
 use super::Direction;
 
 /// `b"IPCSRING"` read as a little-endian `u64`: this region holds an ipc-study ring.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"IPCSRING");
 /// Version of the region layout. Bump it when an offset or a rule changes.
-pub const RING_VERSION: u32 = 1;
+pub const RING_VERSION: u32 = 2;
 /// Bytes before the first data area: the header and the index lines, padded to a page.
 pub const HEADER_PAGE: usize = 4096;
 /// Every record starts at a multiple of this: one cache line.
@@ -98,6 +101,13 @@ pub(super) struct SharedHeader {
     pub(super) opener_pid: AtomicU32,
     /// [`Role`] of the creator, so a second writer (or reader) is refused.
     pub(super) creator_role: AtomicU32,
+    /// Zero (keeps the start times 8-aligned).
+    pub(super) _pad: AtomicU32,
+    /// The creator's start time in clock ticks after boot: with its pid, its identity
+    /// (a pid alone may be reused by an unrelated process after the creator died).
+    pub(super) creator_start: AtomicU64,
+    /// The opener's start time, stored before it publishes its pid.
+    pub(super) opener_start: AtomicU64,
 }
 
 /// One shared word alone on a 128-byte block (two cache lines, see the module docs).
@@ -132,6 +142,8 @@ const _: () = {
     assert!(std::mem::offset_of!(SharedHeader, creator_pid) == 40);
     assert!(std::mem::offset_of!(SharedHeader, opener_pid) == 44);
     assert!(std::mem::offset_of!(SharedHeader, creator_role) == 48);
+    assert!(std::mem::offset_of!(SharedHeader, creator_start) == 56);
+    assert!(std::mem::offset_of!(SharedHeader, opener_start) == 64);
     assert!(std::mem::size_of::<SharedHeader>() <= LINES_AT);
     assert!(std::mem::offset_of!(Control, tail) == 128);
     assert!(std::mem::offset_of!(Control, consumer_sleeping) == 256);
@@ -160,8 +172,12 @@ pub mod offsets {
     pub const OPENER_PID: usize = 44;
     /// `creator_role` (u32).
     pub const CREATOR_ROLE: usize = 48;
+    /// `creator_start` (u64).
+    pub const CREATOR_START: usize = 56;
+    /// `opener_start` (u64).
+    pub const OPENER_START: usize = 64;
     /// Bytes of the header fields: what [`HeaderView::decode`](super::HeaderView::decode) reads.
-    pub const HEADER_FIELDS: usize = 52;
+    pub const HEADER_FIELDS: usize = 72;
     /// Producer index `head` (u64) of direction `d`.
     pub const fn head(d: usize) -> usize {
         256 + 512 * d
@@ -271,6 +287,28 @@ pub struct HeaderView {
     pub opener_pid: i32,
     /// `creator_role` as found (0 or garbage when not ready).
     pub creator_role: u32,
+    /// `creator_start` as found.
+    pub creator_start: u64,
+    /// `opener_start` as found.
+    pub opener_start: u64,
+}
+
+impl HeaderView {
+    /// The creator as the header records it: pid and start time.
+    pub fn creator(&self) -> Identity {
+        Identity {
+            pid: self.creator_pid,
+            start: self.creator_start,
+        }
+    }
+
+    /// The opener as the header records it (pid 0: nobody attached yet).
+    pub fn opener(&self) -> Identity {
+        Identity {
+            pid: self.opener_pid,
+            start: self.opener_start,
+        }
+    }
 }
 
 /// Reads every header field; `ready` first with Acquire, so if it is 1 the creator's
@@ -287,6 +325,9 @@ pub(super) fn view_of(h: &SharedHeader) -> HeaderView {
         creator_pid: h.creator_pid.load(Ordering::Relaxed) as i32,
         opener_pid: h.opener_pid.load(Ordering::Acquire) as i32,
         creator_role: h.creator_role.load(Ordering::Relaxed),
+        creator_start: h.creator_start.load(Ordering::Relaxed),
+        // After the Acquire load of opener_pid: the opener stored its start time first.
+        opener_start: h.opener_start.load(Ordering::Relaxed),
     }
 }
 

@@ -72,6 +72,7 @@ pub use layout::{
 pub use spsc::{Consumer, Producer, Reserved};
 pub use wait::{peer_gone, SLEEP_SLICE, SPIN_BEFORE_SLEEP};
 
+use crate::peer::Identity;
 use layout::Inner;
 use wait::Pacer;
 
@@ -183,7 +184,7 @@ impl std::error::Error for RingError {}
 /// // no reference to them exists.
 /// let region = unsafe { Region::from_raw(base, region_len(cap), cap, ()) }.unwrap();
 /// region.initialize(Role::Writer, 1);
-/// let opts = EndOpts { wait: Wait::Spin, peer_pid: 0, idle_timeout: None };
+/// let opts = EndOpts { wait: Wait::Spin, peer: common::peer::Identity { pid: 0, start: 0 }, idle_timeout: None };
 /// let mut tx = region.producer(Direction::WriterToReader, opts).unwrap();
 /// let mut rx = region.consumer(Direction::WriterToReader, opts).unwrap();
 ///
@@ -270,7 +271,7 @@ impl Region {
         max_payload(self.inner.capacity)
     }
 
-    /// The producing end of direction `d`. `opts.peer_pid` is watched while waiting.
+    /// The producing end of direction `d`. `opts.peer` is watched while waiting.
     pub fn producer(&self, d: Direction, opts: EndOpts) -> Result<Producer, RingError> {
         let claim = self.claim(d, 0)?;
         let cap = self.inner.capacity as u64;
@@ -320,8 +321,9 @@ impl Region {
 pub struct EndOpts {
     /// The wait strategy.
     pub wait: Wait,
-    /// The peer process, checked every [`SLEEP_SLICE`] while waiting; 0 = do not check.
-    pub peer_pid: i32,
+    /// The peer process (pid and start time), checked every [`SLEEP_SLICE`] while
+    /// waiting; pid 0 = do not check.
+    pub peer: Identity,
     /// Give up after waiting this long without progress (`None`: wait while the peer lives,
     /// as a text-mode reader must while someone thinks about what to type).
     pub idle_timeout: Option<Duration>,

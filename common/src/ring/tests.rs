@@ -3,6 +3,7 @@
 use super::*;
 use crate::frame::{self, HEADER_LEN};
 use crate::frame::{encode_header, Fields, Kind};
+use crate::peer::Identity;
 use crate::timing::now_ns;
 use proptest::prelude::*;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -41,7 +42,7 @@ fn region(cap: usize) -> (Region, *mut u8) {
 fn opts(wait: Wait) -> EndOpts {
     EndOpts {
         wait,
-        peer_pid: std::process::id() as i32,
+        peer: Identity::me(),
         idle_timeout: Some(Duration::from_secs(20)),
     }
 }
@@ -77,7 +78,7 @@ fn layout_offsets_match_the_table() {
     // SAFETY: reading 8-aligned words inside the region through atomics.
     let at = |off: usize| unsafe { (*base.add(off).cast::<AtomicU64>()).load(Ordering::SeqCst) };
     assert_eq!(at(offsets::MAGIC).to_le_bytes(), *b"IPCSRING");
-    assert_eq!(at(8), 1 | (1 << 32), "version 1, ready 1");
+    assert_eq!(at(8), 2 | (1 << 32), "version 2, ready 1");
     assert_eq!(at(offsets::CAPACITY), 4096);
     assert_eq!(at(24), region_len(4096) as u64);
     assert_eq!(at(32), 0xfeed);
@@ -374,7 +375,7 @@ fn a_dead_peer_is_noticed_and_idle_time_is_limited() {
         r.initialize(Role::Writer, 1);
         let o = EndOpts {
             wait,
-            peer_pid: pid,
+            peer: Identity { pid, start: 0 },
             idle_timeout: None,
         };
         let mut c = r.consumer(Direction::WriterToReader, o).unwrap();
@@ -391,7 +392,7 @@ fn a_dead_peer_is_noticed_and_idle_time_is_limited() {
     r.initialize(Role::Writer, 1);
     let o = EndOpts {
         wait: Wait::Adaptive,
-        peer_pid: 0,
+        peer: Identity { pid: 0, start: 0 },
         idle_timeout: Some(Duration::from_millis(200)),
     };
     let mut c = r.consumer(Direction::WriterToReader, o).unwrap();
@@ -409,7 +410,7 @@ fn a_dead_peers_last_frame_is_delivered() {
     r.initialize(Role::Writer, 1);
     let o = EndOpts {
         wait: Wait::Block,
-        peer_pid: pid,
+        peer: Identity { pid, start: 0 },
         idle_timeout: None,
     };
     let mut c = r.consumer(Direction::WriterToReader, o).unwrap();
@@ -454,8 +455,16 @@ fn rendezvous_attach_and_roles() {
     let r2 = r.clone();
     let t = std::thread::spawn(move || r2.wait_for_opener(Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(r.attach(Role::Writer).unwrap(), std::process::id() as i32);
-    assert_eq!(t.join().unwrap().unwrap(), std::process::id() as i32);
+    assert_eq!(
+        r.attach(Role::Writer).unwrap(),
+        Identity::me(),
+        "the creator as recorded: pid and start time"
+    );
+    assert_eq!(
+        t.join().unwrap().unwrap(),
+        Identity::me(),
+        "the opener as recorded: pid and start time"
+    );
     assert!(matches!(
         r.attach(Role::Writer),
         Err(RingError::Busy { .. })

@@ -304,9 +304,11 @@ impl Pacer {
             )));
         }
         self.audit(region, &format!("while waiting for {what}"))?;
-        let pid = self.opts.peer_pid;
-        if pid > 0 && peer_gone(pid) {
-            return Err(RingError::PeerGone { pid });
+        // check: the peer is the process we paired with: its pid exists, and the process
+        // with that pid started when the recorded one did (not a reused pid).
+        let peer = self.opts.peer;
+        if peer.pid > 0 && !peer.alive() {
+            return Err(RingError::PeerGone { pid: peer.pid });
         }
         let waited = Duration::from_nanos(now - w.start);
         if let Some(limit) = self.opts.idle_timeout {
