@@ -5,16 +5,20 @@
 
 mod harness;
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use harness::{is_fifo, Proc, TestDir};
+use common::frame::{encode_header, end_payload, Fields, Kind, Reassembler, MAX_PAYLOAD};
+use common::testing::DEADLINE;
+use harness::{is_fifo, kernel, Proc, TestDir};
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 
@@ -63,6 +67,64 @@ fn assert_ok(d: &harness::Done, who: &str) {
         d.stdout,
         d.stderr
     );
+}
+
+/// The descriptors of `pid` open on the FIFO at `path`, as their access modes (0 read, 1 write).
+fn modes_on(pid: i32, path: &Path) -> Vec<u32> {
+    kernel::fds(pid)
+        .into_iter()
+        .filter(|l| Path::new(&l.target) == path)
+        .map(|l| l.access)
+        .collect()
+}
+
+/// A FIFO path as `/proc/PID/fd` shows it: absolute, without symbolic links.
+fn real(p: &Path) -> PathBuf {
+    fs::canonicalize(p).unwrap_or_else(|e| panic!("realpath {}: {e}", p.display()))
+}
+
+/// This test's read end of a FIFO: `O_NONBLOCK` never waits in `open`, and every read of
+/// `kernel::next_frame` waits in a `poll` bounded by the deadline instead.
+fn open_read_end(p: &Path) -> File {
+    File::from(open(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap())
+}
+
+/// This test's write end of a FIFO, blocking: `open(O_WRONLY | O_NONBLOCK)` is retried
+/// until a reader has the FIFO open (ENXIO until then), failing at the deadline, instead of
+/// waiting in a blocking `open` that nothing could end.
+fn open_write_end(p: &Path) -> File {
+    let start = Instant::now();
+    loop {
+        match open(p, OFlag::O_WRONLY | OFlag::O_NONBLOCK, Mode::empty()) {
+            Ok(fd) => {
+                fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+                return File::from(fd);
+            }
+            Err(Errno::ENXIO) | Err(Errno::ENOENT) => {
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "no reader opened {}",
+                    p.display()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("open {} O_WRONLY: {e}", p.display()),
+        }
+    }
+}
+
+/// Writes one frame with this test's own `write`: header and payload in one buffer.
+fn send(f: &mut File, kind: Kind, seq: u64, payload: &[u8]) {
+    let fields = Fields {
+        kind,
+        flags: 0,
+        nonce: 0x6e36,
+        seq,
+        sent_ns: 1,
+    };
+    let mut wire = encode_header(fields, payload).unwrap().to_vec();
+    wire.extend_from_slice(payload);
+    f.write_all(&wire).unwrap();
 }
 
 #[test]
@@ -208,6 +270,144 @@ fn claim_n2_n5_unrelated_processes_meet_only_by_name() {
     d.assert_empty();
 }
 
+/// N1, what really happens: the FIFO itself is not one-way, each descriptor is. Linux
+/// accepts `O_RDWR` on a FIFO (POSIX leaves it undefined), and the process that does it is
+/// its own peer: what it writes it reads back itself (N6: one FIFO cannot carry a dialogue).
+#[test]
+fn claim_n1_n6_one_fifo_used_both_ways_reads_back_its_own_message() {
+    let d = dir("n1n6-rdwr");
+    fs::create_dir_all(&d.path).unwrap();
+    let p = d.join("f");
+    nix::unistd::mkfifo(&p, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    // O_RDWR never waits in open: this descriptor is both a reader and a writer.
+    let both = open(&p, OFlag::O_RDWR | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+    assert_eq!(
+        kernel::fd(
+            std::process::id() as i32,
+            std::os::fd::AsRawFd::as_raw_fd(&both)
+        )
+        .access,
+        2
+    );
+    assert_eq!(nix::unistd::write(&both, b"question"), Ok(8));
+    let mut buf = [0u8; 64];
+    let n = nix::unistd::read(&both, &mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"question",
+        "the sender read back its own message"
+    );
+    assert_eq!(
+        nix::unistd::read(&both, &mut buf),
+        Err(Errno::EAGAIN),
+        "nothing left for a peer"
+    );
+    drop(both);
+    fs::remove_file(&p).unwrap();
+    d.assert_empty();
+}
+
+/// N2 and N5 in the kernel's tables: the writer (started by a shell) and the reader
+/// (started by this test) each hold one descriptor on the FIFO's inode, the writer's
+/// write-only and the reader's read-only (N4); no ancestor of either holds one, so neither
+/// inherited it: each opened the name. And neither is the other's parent.
+#[test]
+fn claim_n2_n5_both_programs_open_the_named_inode_and_inherit_nothing() {
+    let d = dir("n2n5-proc");
+    let mut r = start(&d, READER, &["--json"]);
+    r.wait_for("blocks until named-pipe-writer");
+    // A background job's stdin would be /dev/null, so the shell hands its stdin over as fd 3.
+    let script = r#"exec 3<&0; "$0" --json <&3 3<&- & echo "background writer pid $!" >&2; wait"#;
+    let mut sh = Command::new("sh");
+    sh.args(["-c", script, WRITER])
+        .env("IPC_STUDY_DIR", &d.path)
+        .stdin(Stdio::piped());
+    let mut sh = Proc::spawn("sh -c named-pipe-writer", &mut sh);
+    sh.wait_for("background writer pid ");
+    let writer: i32 = sh
+        .stderr_now()
+        .lines()
+        .find_map(|l| l.strip_prefix("background writer pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the writer's pid");
+    sh.write_stdin(b"met by name only\n");
+    r.wait_for("met by name only");
+    let path = real(&d.join("fifo"));
+    let named = fs::symlink_metadata(&path).unwrap();
+    assert_eq!(
+        modes_on(writer, &path),
+        vec![1],
+        "the writer's descriptors on the FIFO"
+    );
+    assert_eq!(
+        modes_on(r.pid(), &path),
+        vec![0],
+        "the reader's descriptors on the FIFO"
+    );
+    for pid in [writer, r.pid()] {
+        let l = kernel::fds(pid)
+            .into_iter()
+            .find(|l| Path::new(&l.target) == path)
+            .unwrap();
+        let m = fs::metadata(format!("/proc/{pid}/fd/{}", l.fd)).unwrap();
+        assert_eq!((m.dev(), m.ino()), (named.dev(), named.ino()), "pid {pid}");
+    }
+    let me = std::process::id() as i32;
+    for ancestor in [me, sh.pid()] {
+        assert!(
+            modes_on(ancestor, &path).is_empty(),
+            "pid {ancestor} holds the FIFO"
+        );
+    }
+    assert_eq!(
+        (kernel::ppid(writer), kernel::ppid(r.pid())),
+        (sh.pid(), me)
+    );
+    sh.close_stdin();
+    let (shd, rd) = (sh.finish(), r.finish());
+    assert_ok(&shd, "writer");
+    assert_ok(&rd, "reader");
+    assert!(rd.report("reader", false).verified);
+    d.assert_empty();
+}
+
+/// N3 in the bytes themselves: this test is the reader, with its own `read` calls, and
+/// finds every frame in the order the writer wrote it (seq 0, 1, 2, ..., then End).
+#[test]
+fn claim_n3_the_bytes_read_are_the_frames_in_the_order_written() {
+    let d = dir("n3-bytes");
+    let args = [
+        "--mode", "stream", "--count", "20000", "--size", "100", "--warmup", "0",
+    ];
+    let mut w = start(&d, WRITER, &args);
+    w.wait_for("blocks until named-pipe-reader");
+    let mut fifo = open_read_end(&d.join("fifo"));
+    let frames = kernel::read_frames(&mut fifo);
+    assert_eq!(frames.len(), 20001);
+    for (i, (h, payload)) in frames[..20000].iter().enumerate() {
+        assert_eq!(
+            (h.kind, h.seq),
+            (Kind::Data, i as u64),
+            "frame {i} out of order"
+        );
+        assert_eq!(
+            payload[..8],
+            (i as u64).to_le_bytes(),
+            "frame {i}'s payload"
+        );
+    }
+    let (end, payload) = &frames[20000];
+    assert_eq!((end.kind, end.seq), (Kind::End, 20000));
+    assert_eq!(
+        common::frame::parse_end(payload),
+        Some((20000, 20000 * 100))
+    );
+    assert_ok(&w.finish(), "writer");
+    // This test was the reader, so it removes the name.
+    fs::remove_file(d.join("fifo")).unwrap();
+    d.assert_empty();
+}
+
 #[test]
 fn claim_n3_messages_arrive_in_fifo_order() {
     let d = dir("n3");
@@ -238,6 +438,48 @@ fn claim_n6_pingpong_uses_a_second_fifo_for_the_answers() {
     d.assert_empty();
 }
 
+/// N6 in the kernel: this test is the writer, with its own calls, and named-pipe-reader
+/// answers. Each Pong arrives on `NAME.back`, and nothing comes back on `NAME`: the FIFO
+/// this test writes is empty again after each answer (FIONREAD 0). The reader holds `NAME`
+/// read-only and `NAME.back` write-only. One FIFO for both ways would fail each of these.
+#[test]
+fn claim_n6_the_answers_come_back_on_the_second_fifo_and_none_on_the_first() {
+    let d = dir("n6-kernel");
+    let mut r = start(&d, READER, &["--mode", "pingpong", "--json"]);
+    r.wait_for("blocks until named-pipe-writer");
+    let (there_p, back_p) = (real(&d.join("fifo")), real(&d.join("fifo.back")));
+    // The pair's open order: NAME for writing, then NAME.back for reading.
+    let mut there = open_write_end(&there_p);
+    let mut back = open_read_end(&back_p);
+    let (start_t, mut pongs) = (Instant::now(), Reassembler::new(MAX_PAYLOAD));
+    for seq in 0..3u64 {
+        send(&mut there, Kind::Ping, seq, &seq.to_le_bytes());
+        let (h, payload) =
+            kernel::next_frame(&mut back, &mut pongs, start_t).expect("a Pong on NAME.back");
+        assert_eq!((h.kind, h.seq), (Kind::Pong, seq));
+        assert_eq!(payload, seq.to_le_bytes());
+        assert_eq!(
+            kernel::fionread(there.as_fd()),
+            0,
+            "bytes came back on NAME"
+        );
+    }
+    assert_eq!(modes_on(r.pid(), &there_p), vec![0], "the reader's NAME");
+    assert_eq!(
+        modes_on(r.pid(), &back_p),
+        vec![1],
+        "the reader's NAME.back"
+    );
+    send(&mut there, Kind::End, 3, &end_payload(3, 24));
+    drop(there);
+    assert!(kernel::next_frame(&mut back, &mut pongs, start_t).is_none());
+    let rd = r.finish();
+    assert_ok(&rd, "reader");
+    let rep = rd.report("reader", false);
+    assert!(rep.verified && rep.count == 3, "{rep:?}");
+    d.assert_empty();
+}
+
 #[test]
 fn claim_n7_open_blocks_until_both_ends_exist() {
     let d = dir("n7-open");
@@ -253,18 +495,106 @@ fn claim_n7_open_blocks_until_both_ends_exist() {
     let (tx, rx) = mpsc::channel();
     let p2 = p.clone();
     let t = std::thread::spawn(move || {
+        tx.send(nix::unistd::gettid().as_raw()).unwrap();
         let fd = open(&p2, OFlag::O_WRONLY, Mode::empty()).unwrap();
-        tx.send(()).unwrap();
+        tx.send(0).unwrap();
         fd
     });
+    // The kernel says the thread sleeps inside open(2), and the open has not returned.
+    let tid = rx.recv().unwrap();
+    kernel::wait_until_blocked_in(tid, &kernel::open_calls(), "open(O_WRONLY) with no reader");
     assert!(
-        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        rx.try_recv().is_err(),
         "open(O_WRONLY) returned with no reader"
     );
     let r = open(&p, OFlag::O_RDONLY, Mode::empty()).unwrap();
-    rx.recv_timeout(Duration::from_secs(30))
+    rx.recv_timeout(DEADLINE)
         .expect("open(O_WRONLY) still blocked after a reader opened");
     drop((t.join().unwrap(), r));
+    fs::remove_file(&p).unwrap();
+    d.assert_empty();
+}
+
+/// N7 for read and write, at the system-call level: `read` sleeps while the FIFO is empty
+/// and a writer has it open, returns 0 (end of file) once no writer has; `write` fails with
+/// EPIPE once no reader has it open.
+#[test]
+fn claim_n7_read_blocks_while_empty_then_eof_without_a_writer_and_epipe_without_a_reader() {
+    let d = dir("n7-read");
+    fs::create_dir_all(&d.path).unwrap();
+    let p = d.join("f");
+    nix::unistd::mkfifo(&p, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    // Open the read end without waiting, then make it blocking again, as a reader has it.
+    let r = open(&p, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+    fcntl(&r, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    let w = open(&p, OFlag::O_WRONLY, Mode::empty()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        tx.send(nix::unistd::gettid().as_raw()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(&r, &mut buf).unwrap();
+        (r, buf[..n].to_vec())
+    });
+    let tid = rx.recv().unwrap();
+    kernel::wait_until_blocked_in(tid, &[libc::SYS_read], "read on an empty FIFO");
+    assert!(!t.is_finished(), "read returned from an empty FIFO");
+    assert_eq!(nix::unistd::write(&w, b"wake up"), Ok(7));
+    let (r, got) = t.join().unwrap();
+    assert_eq!(got, b"wake up");
+    drop(w);
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        nix::unistd::read(&r, &mut buf),
+        Ok(0),
+        "no writer left: end of file"
+    );
+    // A write end opened while the reader is there; then the reader goes.
+    let w = open(&p, OFlag::O_WRONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+    drop(r);
+    assert_eq!(nix::unistd::write(&w, b"anyone?"), Err(Errno::EPIPE));
+    drop(w);
+    fs::remove_file(&p).unwrap();
+    d.assert_empty();
+}
+
+/// N7's full FIFO at the system-call level: a FIFO holds exactly its capacity
+/// (`F_GETPIPE_SZ`); then a blocking write sleeps in `write` until the reader reads.
+#[test]
+fn claim_n7_a_full_fifo_holds_its_capacity_and_then_a_write_sleeps() {
+    let d = dir("n7-cap");
+    fs::create_dir_all(&d.path).unwrap();
+    let p = d.join("f");
+    nix::unistd::mkfifo(&p, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    let r = open(&p, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+    let w = open(&p, OFlag::O_WRONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+    let cap = common::stream::capacity(w.as_fd()).unwrap();
+    let page = vec![7u8; 4096];
+    let mut queued = 0;
+    while let Ok(n) = nix::unistd::write(&w, &page) {
+        queued += n;
+    }
+    assert_eq!(nix::unistd::write(&w, &page), Err(Errno::EAGAIN));
+    assert_eq!((queued, kernel::fionread(r.as_fd())), (cap, cap));
+    // The name stays empty: the bytes are in the kernel's buffer, not in the file (N2).
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+    fcntl(&w, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        tx.send(nix::unistd::gettid().as_raw() as i64).unwrap();
+        let n = nix::unistd::write(&w, b"one more").unwrap();
+        tx.send(n as i64).unwrap();
+    });
+    let tid = rx.recv().unwrap() as i32;
+    kernel::wait_until_blocked_in(tid, &[libc::SYS_write], "write on a full FIFO");
+    assert!(
+        rx.try_recv().is_err(),
+        "write returned although the FIFO was full"
+    );
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(nix::unistd::read(&r, &mut buf), Ok(4096));
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), 8);
+    t.join().unwrap();
+    drop(r);
     fs::remove_file(&p).unwrap();
     d.assert_empty();
 }
@@ -293,8 +623,30 @@ fn claim_n7_writer_narrates_a_full_fifo_and_epipe_when_the_reader_leaves() {
     );
     w.wait_for("blocks until named-pipe-reader");
     // This test is a reader that opens the FIFO and never reads: the writer fills it.
-    let r = open(&d.join("fifo"), OFlag::O_RDONLY, Mode::empty()).unwrap();
+    let r = open_read_end(&d.join("fifo"));
     w.wait_for("the FIFO is full");
+    // The claim is N7 (the FIFO's), not P6 (the anonymous pipe's).
+    assert!(
+        w.stderr_now()
+            .contains("write() would block here until the reader reads (N7)"),
+        "{}",
+        w.stderr_now()
+    );
+    assert!(!w.stderr_now().contains("(P6)"), "{}", w.stderr_now());
+    // The kernel's view: bytes wait in the FIFO, none in the file, and the writer sleeps
+    // in poll(2), where a blocking write would have slept.
+    // Frames of 4136 bytes do not pack the 16 page slots full: "full" is at most the
+    // capacity (about 45 KB of 64 KiB here, see the README's N7).
+    let (queued, cap) = (
+        kernel::fionread(r.as_fd()),
+        common::stream::capacity(r.as_fd()).unwrap(),
+    );
+    assert!(
+        (1..=cap).contains(&queued),
+        "{queued} bytes in a FIFO of {cap}"
+    );
+    assert_eq!(fs::metadata(d.join("fifo")).unwrap().len(), 0);
+    kernel::wait_until_process_blocked_in(w.pid(), &kernel::poll_calls(), "the writer");
     // Now the reader goes away: the writer's next write fails with EPIPE.
     drop(r);
     let wd = w.finish();
@@ -382,8 +734,7 @@ fn a_path_that_is_not_a_fifo_is_refused_and_kept() {
 #[test]
 fn another_users_fifo_is_refused_and_kept() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to give a FIFO to another user");
-        return;
+        return common::testing::skip("needs root to give a FIFO to another user");
     }
     let d = dir("foreign");
     fs::create_dir_all(&d.path).unwrap();

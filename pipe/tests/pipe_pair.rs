@@ -12,7 +12,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::frame::{encode_header, Fields, Kind, HEADER_LEN};
-use harness::{shell_pair, Proc, READER, WRITER};
+use common::testing::DEADLINE;
+use harness::{kernel, shell_pair, Proc, READER, WRITER};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 
 fn spawn_writer(args: &[&str], stdin: &[u8]) -> harness::Done {
@@ -130,9 +133,10 @@ fn spawn_mode_runs_text_stream_and_pingpong() {
     assert_eq!(d.report("reader", false).count, 500);
 }
 
-/// P1: `a | b` gives two siblings with the same parent (here: this test process).
+/// P1 as the note puts it, which is a coincidence of how shells run pipelines: `a | b`
+/// gives two siblings with the same parent (here: this test process).
 #[test]
-fn claim_p1_shell_siblings_share_a_ppid() {
+fn claim_p1_coincidence_shell_siblings_share_a_ppid() {
     let (mut w, r) = shell_pair(&[], &["--json"]);
     let mut r = r;
     w.write_stdin(b"first\n");
@@ -168,6 +172,75 @@ fn claim_p1_shell_siblings_share_a_ppid() {
     );
 }
 
+/// P1, the correction: what the two ends share is the pipe's descriptors, not a parent.
+/// The writer is a grandchild (`sh -c 'pipe-writer &'`) whose parent exits before the
+/// reader even starts: the kernel re-parents it (to init or a subreaper), so writer and
+/// reader share no PPID, and the line still arrives through the pipe it inherited.
+#[test]
+fn claim_p1_a_writer_whose_parent_exited_still_talks_through_the_inherited_pipe() {
+    // The pipe is this test's (std's Command makes it): sh's stdout, inherited by the writer.
+    // A background job's stdin would be /dev/null, so sh hands its stdin over as fd 3.
+    let script = r#"exec 3<&0; "$0" --json <&3 3<&- & echo "background writer pid $!" >&2"#;
+    let mut sh = Command::new("sh");
+    sh.args(["-c", script, WRITER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut sh = sh.spawn().expect("spawn sh");
+    let read_end = sh.stdout.take().expect("sh stdout");
+    let sh_pid = sh.id() as i32;
+    let mut sh = Proc::adopt("sh -c 'pipe-writer &'", sh);
+    sh.wait_for("background writer pid ");
+    let writer = kernel::Orphan::new(
+        sh.stderr_now()
+            .lines()
+            .find_map(|l| l.strip_prefix("background writer pid "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the writer's pid"),
+    );
+    // The intermediate is gone (reaped here) before the reader starts.
+    assert!(sh.child.wait().unwrap().success());
+    let me = std::process::id() as i32;
+    let writer_ppid = kernel::ppid(writer.pid);
+    assert!(
+        writer_ppid != me && writer_ppid != sh_pid,
+        "the writer was not re-parented: ppid {writer_ppid}"
+    );
+    let mut r = Command::new(READER);
+    r.arg("--json").stdin(Stdio::from(read_end));
+    let mut r = Proc::spawn("pipe-reader", &mut r);
+    sh.write_stdin(b"through an inherited pipe\n");
+    r.wait_for("through an inherited pipe");
+    // The kernel's view: the writer's stdout and the reader's stdin are one pipe, one end
+    // each, and the two processes have different parents.
+    let (w_end, r_end) = (kernel::fd(writer.pid, 1), kernel::fd(r.pid(), 0));
+    assert!(w_end.target.starts_with("pipe:["), "{w_end:?}");
+    assert_eq!(w_end.target, r_end.target, "not the same pipe");
+    assert_eq!((w_end.access, r_end.access), (1, 0), "{w_end:?} {r_end:?}");
+    assert_eq!(kernel::ppid(r.pid()), me);
+    assert_ne!(kernel::ppid(writer.pid), kernel::ppid(r.pid()));
+    // Ctrl-D for the writer: End, close, and the reader finishes.
+    sh.close_stdin();
+    writer.wait_gone();
+    let rd = r.finish();
+    let shd = sh.finish();
+    assert!(rd.status.success(), "{}", rd.stderr);
+    let rep = rd.report("reader", false);
+    assert!(rep.verified && rep.count == 1, "{rep:?}");
+    assert!(
+        rep.notes
+            .contains(&format!("writer pid {} ppid {writer_ppid}", writer.pid)),
+        "{:?}",
+        rep.notes
+    );
+    assert!(
+        rd.stderr.contains("have different parents"),
+        "{}",
+        rd.stderr
+    );
+    assert!(shd.report("writer", true).verified, "{}", shd.stderr);
+}
+
 /// P2: 20 000 small messages arrive in the order sent; the reader checks every seq.
 #[test]
 fn claim_p2_messages_arrive_in_fifo_order() {
@@ -184,6 +257,39 @@ fn claim_p2_messages_arrive_in_fifo_order() {
         "a message was missing, repeated or out of order"
     );
     assert_eq!(rr.count, 20000);
+}
+
+/// P2 in the bytes themselves: this test reads the pipe with its own `read` calls and finds
+/// every frame in the order it was written (seq 0, 1, 2, ..., then End).
+#[test]
+fn claim_p2_the_bytes_read_are_the_frames_in_the_order_written() {
+    let mut cmd = Command::new(WRITER);
+    cmd.args(["--mode", "stream", "--count", "20000", "--size", "16"])
+        .args(["--warmup", "0", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn pipe-writer");
+    let mut pipe = child.stdout.take().expect("the pipe's read end");
+    let w = Proc::adopt("pipe-writer", child);
+    let frames = kernel::read_frames(&mut pipe);
+    assert_eq!(frames.len(), 20001);
+    for (i, (h, payload)) in frames[..20000].iter().enumerate() {
+        assert_eq!(
+            (h.kind, h.seq),
+            (Kind::Data, i as u64),
+            "frame {i} out of order"
+        );
+        assert_eq!(
+            payload[..8],
+            (i as u64).to_le_bytes(),
+            "frame {i}'s payload"
+        );
+    }
+    let (end, payload) = &frames[20000];
+    assert_eq!((end.kind, end.seq), (Kind::End, 20000));
+    assert_eq!(common::frame::parse_end(payload), Some((20000, 20000 * 16)));
+    assert!(w.finish().status.success());
 }
 
 /// P3: each end of a pipe works one way only: the kernel refuses the other direction.
@@ -223,6 +329,48 @@ fn claim_p4_spawn_mode_reader_is_the_writers_child() {
     assert!(d.stderr.contains("is this reader's parent"), "{}", d.stderr);
 }
 
+/// P4 in the kernel's tables: while `pipe-writer --spawn` runs, its child pipe-reader holds
+/// the read end of a pipe whose write end the parent holds, and each holds only its own
+/// end (the parent closed the read end it gave away, or the child could never see EOF).
+#[test]
+fn claim_p4_the_child_holds_the_read_end_and_the_parent_only_the_write_end() {
+    let mut cmd = Command::new(WRITER);
+    cmd.args(["--spawn", "--json"]).stdin(Stdio::piped());
+    let mut w = Proc::spawn("pipe-writer --spawn", &mut cmd);
+    w.write_stdin(b"from parent to child\n");
+    w.wait_for("from parent to child");
+    let children = kernel::children(w.pid());
+    assert_eq!(children.len(), 1, "{children:?}");
+    let child = children[0];
+    let stdin = kernel::fd(child, 0);
+    assert!(
+        stdin.target.starts_with("pipe:[") && stdin.access == 0,
+        "{stdin:?}"
+    );
+    let ends = |pid: i32| -> Vec<u32> {
+        kernel::fds(pid)
+            .into_iter()
+            .filter(|l| l.target == stdin.target)
+            .map(|l| l.access)
+            .collect()
+    };
+    assert_eq!(
+        ends(w.pid()),
+        vec![1],
+        "the parent's ends of {}",
+        stdin.target
+    );
+    assert_eq!(
+        ends(child),
+        vec![0, 0],
+        "the child's ends (fd 0 and its dup)"
+    );
+    w.close_stdin();
+    let d = w.finish();
+    assert!(d.status.success(), "{}", d.stderr);
+    assert_eq!(d.report("reader", false).count, 1);
+}
+
 /// P5: a shell pipeline cannot do pingpong (one pipe); spawn mode makes two and can.
 #[test]
 fn claim_p5_two_way_needs_two_pipes() {
@@ -239,6 +387,79 @@ fn claim_p5_two_way_needs_two_pipes() {
     );
     let d = spawn_writer(&["--mode", "pingpong", "--count", "50"], b"");
     assert!(d.status.success(), "{}", d.stderr);
+}
+
+/// P5, the kernel's reason: a process that writes on a pipe and then reads from the same
+/// pipe reads back its own message (the peer finds nothing); with two pipes the message
+/// stays on the way there and the answer comes on the way back.
+#[test]
+fn claim_p5_one_pipe_both_ways_reads_back_its_own_message() {
+    use nix::unistd::{pipe2, read, write};
+    let mut buf = [0u8; 64];
+    // One pipe, both ends held, as by a process that would talk and listen on it.
+    let (r, w) = pipe2(OFlag::O_NONBLOCK).unwrap();
+    assert_eq!(write(&w, b"ping from A"), Ok(11));
+    let n = read(&r, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping from A", "A read back its own message");
+    assert_eq!(
+        read(&r, &mut buf),
+        Err(Errno::EAGAIN),
+        "and nothing is left for B"
+    );
+    // Two pipes: A writes on `there` and listens on `back`; its own message is not there.
+    let (there_r, there_w) = pipe2(OFlag::O_NONBLOCK).unwrap();
+    let (back_r, back_w) = pipe2(OFlag::O_NONBLOCK).unwrap();
+    assert_eq!(write(&there_w, b"ping from A"), Ok(11));
+    assert_eq!(read(&back_r, &mut buf), Err(Errno::EAGAIN));
+    // B reads the ping from `there` and answers on `back`, which A reads.
+    let n = read(&there_r, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping from A");
+    assert_eq!(write(&back_w, b"pong from B"), Ok(11));
+    let n = read(&back_r, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"pong from B");
+}
+
+/// P5 in spawn mode, from the reader's side: a shell stands in for pipe-reader, looks at
+/// what it inherited, then `exec`s the real reader. Its stdin (the way there) and
+/// `--back-fd` (the way back) are two different pipes, one end each: read and write.
+#[test]
+fn claim_p5_spawn_pingpong_gives_the_reader_two_different_pipes() {
+    let look = r#"eval "back=\${$#}"; for fd in 0 $back; do echo "fd $fd $(readlink /proc/$$/fd/$fd) $(grep flags: /proc/$$/fdinfo/$fd)" >&2; done; exec "$0" "$@""#;
+    let d = spawn_writer(
+        &[
+            "--mode",
+            "pingpong",
+            "--count",
+            "20",
+            "--json",
+            "--reader-exe",
+            "/bin/sh",
+            "--reader-arg=-c",
+            &format!("--reader-arg={look}"),
+            &format!("--reader-arg={READER}"),
+        ],
+        b"",
+    );
+    assert!(d.status.success(), "{}", d.stderr);
+    assert!(d.report("writer", false).verified);
+    let seen: Vec<(String, u32)> = d
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("fd "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(f[4], 8).unwrap();
+            (f[2].to_string(), flags & 3)
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{}", d.stderr);
+    let ((there, there_mode), (back, back_mode)) = (&seen[0], &seen[1]);
+    assert!(
+        there.starts_with("pipe:[") && back.starts_with("pipe:["),
+        "{seen:?}"
+    );
+    assert_ne!(there, back, "both directions on one pipe");
+    assert_eq!((*there_mode, *back_mode), (0, 1), "{seen:?}");
 }
 
 /// P6 at the system-call level: a pipe holds exactly its capacity; one more byte blocks
@@ -264,18 +485,49 @@ fn claim_p6_writer_blocks_when_pipe_is_full() {
     fcntl(&w, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
     let (tx, rx) = mpsc::channel();
     let t = std::thread::spawn(move || {
+        tx.send(nix::unistd::gettid().as_raw() as i64).unwrap();
         let n = nix::unistd::write(&w, b"one more").unwrap();
-        tx.send(n).unwrap();
+        tx.send(n as i64).unwrap();
     });
+    // The kernel says the thread sleeps inside write(2), and the write has not returned.
+    let tid = rx.recv().unwrap() as i32;
+    kernel::wait_until_blocked_in(tid, &[libc::SYS_write], "write on a full pipe");
     assert!(
-        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        rx.try_recv().is_err(),
         "write returned although the pipe was full"
     );
     // ...until the reader reads a page, and then it completes.
     let mut page = vec![0u8; 4096];
     assert_eq!(nix::unistd::read(&r, &mut page).unwrap(), 4096);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), 8);
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), 8);
     t.join().unwrap();
+}
+
+/// P6, the note's own case: `read` on an empty pipe sleeps in the kernel until a write
+/// comes; once every write end is closed it returns 0 (end of file) instead of blocking.
+#[test]
+fn claim_p6_read_blocks_on_an_empty_pipe_until_a_write() {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        tx.send(nix::unistd::gettid().as_raw()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(&r, &mut buf).unwrap();
+        (r, buf[..n].to_vec())
+    });
+    let tid = rx.recv().unwrap();
+    kernel::wait_until_blocked_in(tid, &[libc::SYS_read], "read on an empty pipe");
+    assert!(!t.is_finished(), "read returned from an empty pipe");
+    assert_eq!(nix::unistd::write(&w, b"wake up"), Ok(7));
+    let (r, got) = t.join().unwrap();
+    assert_eq!(got, b"wake up");
+    drop(w);
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        nix::unistd::read(&r, &mut buf),
+        Ok(0),
+        "no writer left: end of file"
+    );
 }
 
 /// P6 as the program shows it: with the reader stopped, the writer says the pipe is full.
