@@ -97,17 +97,25 @@ fn gone_or(e: io::Error, call: &'static str) -> Result<Delivery> {
 pub struct FullWatch {
     /// What the buffer is called in narration ("pipe", "FIFO").
     what: &'static str,
+    /// The claim a full buffer shows: P6 for a pipe, N7 for a FIFO.
+    claim: &'static str,
     /// How many times a write found the buffer full and waited.
     pub blocked: u64,
 }
 
 impl FullWatch {
-    /// Makes `fd` non-blocking (`fcntl(F_SETFL, O_NONBLOCK)`) and starts counting.
-    pub fn new(fd: BorrowedFd<'_>, what: &'static str) -> Result<FullWatch> {
+    /// Makes `fd` non-blocking (`fcntl(F_SETFL, O_NONBLOCK)`) and starts counting;
+    /// `what` names the buffer and `claim` the note's claim in the narration ("pipe",
+    /// "P6"; "FIFO", "N7").
+    pub fn new(fd: BorrowedFd<'_>, what: &'static str, claim: &'static str) -> Result<FullWatch> {
         let flags = fcntl(fd, FcntlArg::F_GETFL).context("fcntl F_GETFL")?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(fd, FcntlArg::F_SETFL(flags)).context("fcntl F_SETFL O_NONBLOCK")?;
-        Ok(FullWatch { what, blocked: 0 })
+        Ok(FullWatch {
+            what,
+            claim,
+            blocked: 0,
+        })
     }
 
     /// `writev(2)` of one frame on the non-blocking descriptor: what fits goes at once;
@@ -121,8 +129,9 @@ impl FullWatch {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         if self.blocked == 0 {
             narrate!(
-                "the {} is full: write() would block here until the reader reads (P6); waiting in poll()",
-                self.what
+                "the {} is full: write() would block here until the reader reads ({}); waiting in poll()",
+                self.what,
+                self.claim
             );
         }
         self.blocked += 1;

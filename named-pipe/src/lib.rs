@@ -37,8 +37,8 @@
 //! | [`rendezvous`] | create-or-reuse, the start-order race, stale and foreign paths, ownership, the blocking `open` with a timeout, who holds a FIFO (`/proc`); a first reading may skip it |
 //!
 //! This file holds the names ([`fifo_paths`]), what the programs say about the FIFO's
-//! buffer ([`show_capacity`], [`blocked_note`]) and the writer's end that notices a full
-//! FIFO ([`FullFifo`], N7); the capacity calls themselves are `common::stream`, shared with
+//! buffer ([`show_capacity`], [`blocked_note`]); the capacity calls and the write end that
+//! notices a full FIFO (N7) are `common::stream`'s, shared with
 //! the anonymous pipe. The modes (text, stream, pingpong) are the sans-I/O sessions of
 //! `common::session`, the same for every mechanism, driven by the role files' own calls.
 //!
@@ -49,9 +49,8 @@ pub mod reader;
 pub mod rendezvous;
 pub mod writer;
 
-use std::fs::{self, File};
-use std::io::{self, IoSlice, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::fs;
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -59,9 +58,6 @@ use common::cli::CommonArgs;
 use common::narrate;
 use common::setup::Mechanism;
 use common::stream::{capacity, set_capacity};
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// Mechanism name in reports.
 pub const MECHANISM: Mechanism = Mechanism::NamedPipe;
@@ -98,74 +94,6 @@ pub fn blocked_note(blocked: u64) -> String {
         narrate!("the FIFO was full {blocked} times: the reader was slower than this writer (N7)");
     }
     format!("a write found the FIFO full {blocked} times and waited (N7)")
-}
-
-/// The writer's end of the FIFO, made non-blocking so that a full FIFO is noticed (N7)
-/// instead of just slept in: a write that finds no room gets EAGAIN; this counts it, says
-/// so once and waits in `poll(2)` until the reader has made room, which is exactly where a
-/// blocking `write` would sleep. Then it writes again, so to its caller (`stream::writev`
-/// in `send_all`) it is a plain blocking [`Write`].
-///
-/// `common::stream::FullWatch` does the same for the anonymous pipe, and its narration
-/// names P6; a FIFO's claim is N7, so the FIFO writer has this end of its own.
-#[derive(Debug)]
-pub struct FullFifo {
-    /// The FIFO, opened `O_WRONLY`, now `O_NONBLOCK`.
-    fifo: File,
-    /// How many times a write found the FIFO full and waited.
-    pub blocked: u64,
-}
-
-impl FullFifo {
-    /// Makes the FIFO's write end non-blocking (`fcntl(F_SETFL, O_NONBLOCK)`).
-    pub fn new(fifo: File) -> Result<FullFifo> {
-        let flags = fcntl(&fifo, FcntlArg::F_GETFL).context("fcntl F_GETFL")?;
-        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        fcntl(&fifo, FcntlArg::F_SETFL(flags)).context("fcntl F_SETFL O_NONBLOCK")?;
-        Ok(FullFifo { fifo, blocked: 0 })
-    }
-
-    /// Runs one write; on EAGAIN (the FIFO is full) waits for room and tries again.
-    fn retry(&mut self, mut op: impl FnMut(&mut File) -> io::Result<usize>) -> io::Result<usize> {
-        loop {
-            match op(&mut self.fifo) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_for_room()?,
-                other => return other,
-            }
-        }
-    }
-
-    /// `poll(POLLOUT)` until the reader has read enough for a write to make progress.
-    fn wait_for_room(&mut self) -> io::Result<()> {
-        if self.blocked == 0 {
-            narrate!(
-                "the FIFO is full: write() would block here until the reader reads (N7); waiting in poll()"
-            );
-        }
-        self.blocked += 1;
-        let mut fds = [PollFd::new(self.fifo.as_fd(), PollFlags::POLLOUT)];
-        loop {
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => return Ok(()),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-impl Write for FullFifo {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.retry(|f| f.write(buf))
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.retry(|f| f.write_vectored(bufs))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// " --name X" when a name was given, so a hint in an error can be pasted.

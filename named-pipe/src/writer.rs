@@ -47,12 +47,12 @@ use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Flavour, Setup, Wait};
-use common::stream::{self, check_pipe_size, Delivery};
+use common::stream::{self, check_pipe_size, Delivery, FullWatch};
 use common::timing::Report;
 use nix::fcntl::OFlag;
 
 use crate::rendezvous::{open_for_writing, open_with_timeout, own_fifo, prepare_fifo};
-use crate::{blocked_note, fifo_paths, show_capacity, FullFifo, MECHANISM};
+use crate::{blocked_note, fifo_paths, show_capacity, MECHANISM};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "named-pipe-writer";
@@ -100,7 +100,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         owned.push(own_fifo(&back_path));
     }
     // 2. The way there: blocks until a reader opens the other end (N7).
-    let fifo = open_for_writing(&there_path, c)?;
+    let mut fifo = open_for_writing(&there_path, c)?;
     // 3. The buffer belongs to the open FIFO, so it is sized now, not at mkfifo.
     let mut notes = vec![show_capacity(fifo.as_fd(), args.pipe_size)?];
     // 4. The way back (pingpong): a second FIFO, opened for reading (N6).
@@ -123,10 +123,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Both ends are connected: from here on the reader owns the names and removes them.
     owned.into_iter().for_each(|o| o.release());
     // 5. Non-blocking, so that a full FIFO is seen rather than slept in (N7).
-    let mut fifo = FullFifo::new(fifo)?;
+    let mut full = FullWatch::new(fifo.as_fd(), "FIFO", "N7")?;
     // 6. The loop.
-    let result = send_all(&setup, &mut fifo, back);
-    let blocked = fifo.blocked;
+    let result = send_all(&setup, &mut fifo, &mut full, back);
+    let blocked = full.blocked;
     // 7. Closing the write end is what the reader sees as end of input after End.
     drop(fifo);
     let mut report = result?;
@@ -137,7 +137,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// The send loop: the session says what goes next, this function makes the calls.
-fn send_all(setup: &Setup, fifo: &mut FullFifo, back: Option<File>) -> Result<Report> {
+fn send_all(
+    setup: &Setup,
+    fifo: &mut File,
+    full: &mut FullWatch,
+    back: Option<File>,
+) -> Result<Report> {
     // EPIPE on a write, or EOF on the way back: the reader is gone.
     const GONE: &str = "closed the FIFO (write failed with EPIPE)";
     let mut session = WriterSession::new(setup);
@@ -155,7 +160,7 @@ fn send_all(setup: &Setup, fifo: &mut FullFifo, back: Option<File>) -> Result<Re
         match session.next(&mut frame)? {
             // writev(2): header and payload in one call; EAGAIN (full, N7) waits in poll.
             Next::Send(out) => {
-                if stream::writev(fifo, out)? == Delivery::PeerGone {
+                if full.writev(fifo, out)? == Delivery::PeerGone {
                     return Err(session.reader_left(GONE));
                 }
             }

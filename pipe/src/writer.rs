@@ -117,7 +117,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     // 3. Non-blocking, so that a full pipe is seen rather than slept in.
     let mut pipe = File::from(there);
-    let mut full = FullWatch::new(pipe.as_fd(), "pipe")?;
+    let mut full = FullWatch::new(pipe.as_fd(), "pipe", "P6")?;
     // 4. The loop.
     let result = send_all(&setup, &mut pipe, &mut full, back.map(File::from));
     // 5. Closing the write end is what the reader sees as end of input after End.
