@@ -157,8 +157,15 @@ pub struct Report {
     pub bytes: u64,
     /// Warm-up messages sent or received before timing started.
     pub warmup: u64,
-    /// Every message arrived once, in order, intact, and the End frame's totals matched.
+    /// This side checked the messages and every one was right: a reader (each arrived
+    /// once, in order, intact, and the End frame's totals matched) or a pingpong writer
+    /// (each Pong answered its Ping with the same payload). A stream or text writer checks
+    /// nothing itself, so its report says `false` here and `"reader"` in `verified_by`.
     pub verified: bool,
+    /// Who verifies this run's messages: `reader`, or `writer` (a pingpong writer checks
+    /// the Pongs; its reader checks the Pings).
+    #[serde(default)]
+    pub verified_by: String,
     /// `round_trip` (pingpong writer) or `one_way` (reader: its clock minus `sent_ns`).
     pub latency_kind: String,
     /// Latency quantiles; `null` when nothing was timed.
@@ -211,6 +218,11 @@ impl Report {
         if self.count > 0 {
             self.cpu_ns_per_msg = (cpu.user_ns + cpu.sys_ns) as f64 / self.count as f64;
         }
+    }
+
+    /// Whether this side is the one that verifies (its `verified` means something).
+    pub fn checks_here(&self) -> bool {
+        self.verified_by.is_empty() || self.verified_by == self.role
     }
 
     /// The report as one line of JSON.
@@ -293,6 +305,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.verified {
             "verified"
+        } else if !self.checks_here() {
+            "sent (the reader verifies them)"
         } else {
             "NOT verified"
         };

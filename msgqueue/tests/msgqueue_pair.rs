@@ -700,3 +700,22 @@ fn a_typed_reader_notices_a_killed_writer() {
     );
     env.assert_clean(&[&wd.stderr, &rd.stderr]);
 }
+
+/// A writer with no reader sends a stream into the queue and exits 0, but its report does
+/// not say "verified": nobody has checked those messages yet. The reader that comes later
+/// takes them and verifies them.
+#[test]
+fn a_stream_writer_alone_reports_sent_not_verified() {
+    let env = Env::new("sent-only");
+    let wd = env.writer(&["--mode", "stream", "--count", "5"]).finish();
+    ok(&wd, "writer");
+    assert!(
+        wd.stdout.contains("sent (the reader verifies them)") && !wd.stdout.contains(", verified"),
+        "{}",
+        wd.stdout
+    );
+    let rd = env.reader(&["--mode", "stream"]).finish();
+    ok(&rd, "reader");
+    assert!(rd.stdout.contains(", verified"), "{}", rd.stdout);
+    env.assert_clean(&[&wd.stderr, &rd.stderr]);
+}

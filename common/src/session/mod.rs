@@ -69,10 +69,11 @@ pub fn new_nonce() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now_ns()))
 }
 
-/// Prints the report and turns "not verified" into a failing exit status.
+/// Prints the report and turns "not verified" into a failing exit status, where this side
+/// is the one that verifies (a stream or text writer leaves that to its reader).
 pub fn conclude(report: &Report, json: bool) -> anyhow::Result<ExitCode> {
     report.print(json);
-    if !report.verified {
+    if report.checks_here() && !report.verified {
         bail!("verification failed: messages were missing, repeated, corrupt or unaccounted for (see above)");
     }
     Ok(ExitCode::SUCCESS)

@@ -242,6 +242,7 @@ impl ReaderSession {
         }
         let r = &mut self.report;
         r.verified = end_ok && missing == 0 && repeated == 0 && bad == 0;
+        r.verified_by = "reader".into();
         (r.missing, r.repeated, r.corrupt) = (missing, repeated, bad);
         r.rss_start_kib = self.cpu0.max_rss_kib;
         r.elapsed_ns = self.t0.map_or(0, |t| now.saturating_sub(t));

@@ -246,3 +246,26 @@ fn a_pong_at_the_reader_is_refused() {
     let e = r.on_frame(&h, p).unwrap_err().to_string();
     assert!(e.contains("does not expect a Pong"), "{e}");
 }
+
+#[test]
+fn a_writer_says_verified_only_where_it_checked_something() {
+    let s = setup(&["--mode", "stream", "--count", "5", "--warmup", "0"]);
+    let (w, _) = write_all(&s, b"");
+    let wr = w.unwrap();
+    assert!(!wr.verified && wr.verified_by == "reader" && !wr.checks_here());
+    let text = wr.to_string();
+    assert!(
+        text.contains("sent (the reader verifies them)") && !text.contains(", verified"),
+        "{text}"
+    );
+    assert!(
+        conclude(&wr, true).is_ok(),
+        "sending everything is a success for a writer"
+    );
+
+    let s = setup(&["--mode", "pingpong", "--count", "5", "--warmup", "0"]);
+    let (w, _) = write_all(&s, b"");
+    let wr = w.unwrap();
+    assert!(wr.verified && wr.verified_by == "writer" && wr.checks_here());
+    assert!(wr.to_string().contains(", verified"));
+}
