@@ -269,9 +269,36 @@ pub fn run_main(
         Ok(code) => code,
         Err(e) => {
             crate::warn!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<BadFlag>().is_some() {
+                ExitCode::from(BAD_FLAG_STATUS)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Exit status of a bad flag value, as clap uses for the values it checks itself.
+pub const BAD_FLAG_STATUS: u8 = 2;
+
+/// A flag value that only the program can check (a range read from /proc, an address
+/// that must resolve, two flags that contradict each other): the error names the flag and
+/// the limit, and the program exits with status 2 like clap's own checks, before any IPC
+/// object exists.
+#[derive(Debug)]
+pub struct BadFlag(pub String);
+
+impl std::fmt::Display for BadFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadFlag {}
+
+/// `return Err(bad_flag(format!("--pipe-size {n} is out of range: ...")))`.
+pub fn bad_flag(why: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadFlag(why.into()))
 }
 
 #[cfg(test)]

@@ -185,7 +185,9 @@ pub fn check_pipe_size(bytes: Option<usize>) -> Result<()> {
     if let Some(bytes) = bytes {
         let max = pipe_max_size()?;
         if !(4096..=max).contains(&bytes) {
-            anyhow::bail!("--pipe-size {bytes} is out of range: 4096 to {max} bytes (/proc/sys/fs/pipe-max-size)");
+            return Err(crate::cli::bad_flag(format!(
+                "--pipe-size {bytes} is out of range: 4096 to {max} bytes (/proc/sys/fs/pipe-max-size)"
+            )));
         }
     }
     Ok(())
