@@ -125,13 +125,7 @@ pub fn run_case(ctx: &Ctx, case: &Case, repetition: u32, deadline: Duration) -> 
         outcome.failure = Some("a report is missing".into());
         return Ok(outcome);
     };
-    // The reader's account, kept even when it does not verify (the soak prints it).
-    outcome.received = r.count;
-    (outcome.missing, outcome.repeated, outcome.corrupt) = (r.missing, r.repeated, r.corrupt);
-    outcome.writer_rss_start_kib = w.rss_start_kib;
-    outcome.reader_rss_start_kib = r.rss_start_kib;
-    outcome.writer_rss_kib = w.max_rss_kib;
-    outcome.reader_rss_kib = r.max_rss_kib;
+    account(&mut outcome, w, r);
     // A stream writer verifies nothing (its reader does); a pingpong writer checks Pongs.
     let writer_ok = w.verified || !w.checks_here();
     if !(writer_ok && r.verified) || r.count != case.count || w.count != case.count {
@@ -150,6 +144,17 @@ pub fn run_case(ctx: &Ctx, case: &Case, repetition: u32, deadline: Duration) -> 
     }
     fill(&mut outcome, case.mode, w, r);
     Ok(outcome)
+}
+
+/// The reader's account and both sides' memory, kept even when the case does not verify
+/// (the soak prints them).
+fn account(outcome: &mut Outcome, w: &Report, r: &Report) {
+    outcome.received = r.count;
+    (outcome.missing, outcome.repeated, outcome.corrupt) = (r.missing, r.repeated, r.corrupt);
+    outcome.writer_rss_start_kib = w.rss_start_kib;
+    outcome.reader_rss_start_kib = r.rss_start_kib;
+    outcome.writer_rss_kib = w.max_rss_kib;
+    outcome.reader_rss_kib = r.max_rss_kib;
 }
 
 /// Starts one program of a case as `bench __role [--pin CPU] PROGRAM ...`, in its own
