@@ -779,13 +779,40 @@ fn bad_flag_values_name_the_flag_and_the_limit() {
     // A value only the program can check exits 2, as clap's own checks do (README).
     assert_eq!(p.status.code(), Some(2));
     assert!(
-        p.stderr.contains("--pipe-size 1024 is out of range"),
+        p.stderr
+            .contains("--pipe-size 1024 is out of range: 4096 to")
+            && p.stderr.contains("(/proc/sys/fs/pipe-max-size)"),
         "{}",
         p.stderr
     );
+    // Above the upper limit, which the program reads from /proc: exit 2 as well.
+    let max: usize = fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if max < MAX_PAYLOAD {
+        let above = (max + 1).to_string();
+        let p = start(&d, WRITER, &["--mode", "pingpong", "--pipe-size", &above]).finish();
+        assert_eq!(p.status.code(), Some(2), "{}", p.stderr);
+        assert!(
+            p.stderr.contains(&format!(
+                "--pipe-size {above} is out of range: 4096 to {max} bytes"
+            )),
+            "{}",
+            p.stderr
+        );
+    }
     let p = start(&d, READER, &["--name", "../x"]).finish();
     assert_eq!(p.status.code(), Some(2));
     assert!(p.stderr.contains("--name"), "{}", p.stderr);
+    let p = start(&d, READER, &["--max-size", "0"]).finish();
+    assert_eq!(p.status.code(), Some(2));
+    assert!(
+        p.stderr.contains("--max-size") && p.stderr.contains("between 1 byte and"),
+        "{}",
+        p.stderr
+    );
     // Nothing was created: flags are checked first.
     assert!(!d.path.join("fifo").exists());
 }
@@ -811,5 +838,98 @@ fn a_fifo_in_use_by_a_connected_pair_is_refused() {
     let (wd, rd) = (w.finish(), r.finish());
     assert_ok(&wd, "writer");
     assert_ok(&rd, "reader");
+    d.assert_empty();
+}
+
+/// Issue 12, a failure right after a create: pingpong needs two FIFOs, and here the second
+/// step is refused (a regular file, not ours to touch, sits at `fifo.back`). Each program
+/// created `fifo` first; its error path removes it, and the stranger's file is kept.
+#[test]
+fn a_refused_second_fifo_removes_the_first_one() {
+    for bin in [WRITER, READER] {
+        let d = dir(&format!("second-refused-{}", bin.ends_with("reader")));
+        fs::create_dir_all(&d.path).unwrap();
+        fs::write(d.join("fifo.back"), b"someone's file").unwrap();
+        let out = start(&d, bin, &["--mode", "pingpong", "--timeout", "0.5"]).finish();
+        assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("created FIFO")
+                && out
+                    .stderr
+                    .contains("fifo.back exists and is a regular file")
+                && out.stderr.contains(&format!(
+                    "removed FIFO {}",
+                    real(&d.path).join("fifo").display()
+                )),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(d.leftovers(), vec!["fifo.back".to_string()]);
+        assert_eq!(fs::read(d.join("fifo.back")).unwrap(), b"someone's file");
+        fs::remove_file(d.join("fifo.back")).unwrap();
+        d.assert_empty();
+    }
+}
+
+/// Issue 12: the runtime dir's file system is full after the first FIFO (a tmpfs of two
+/// inodes: its root and one FIFO), so the second `mkfifo` fails with ENOSPC; the first is
+/// removed and the file system is left empty. Needs root (skipped otherwise).
+#[test]
+fn a_full_file_system_fails_the_second_mkfifo_and_the_first_is_removed() {
+    for bin in [WRITER, READER] {
+        let tag = format!("enospc-{}", bin.ends_with("reader"));
+        let fs_ = match harness::Tmpfs::mount(&tag, 2) {
+            Ok(t) => t,
+            Err(why) => return common::testing::skip(&why),
+        };
+        let d = &fs_.dir;
+        let out = start(d, bin, &["--mode", "pingpong", "--timeout", "0.5"]).finish();
+        assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("created FIFO")
+                && out.stderr.contains("mkfifo")
+                && out.stderr.contains("ENOSPC")
+                && out.stderr.contains("removed FIFO"),
+            "{}",
+            out.stderr
+        );
+        d.assert_empty();
+    }
+}
+
+/// Issue 12: both FIFOs exist and the way there is connected, then the open of the way
+/// back times out (the peer runs in stream mode and never opens it). Whoever created
+/// what removes it; the peer fails too (EPIPE, or the writer gone without End). Each
+/// order waits on narration, so only the deliberate `--timeout` ends a wait.
+#[test]
+fn a_timed_out_second_open_leaves_no_fifo() {
+    // The reader made `fifo.back` and owns `fifo` once connected: it removes both.
+    let d = dir("back-open-timeout-reader");
+    let mut w = start(&d, WRITER, &["--mode", "stream", "--count", "1e9"]);
+    w.wait_for("blocks until named-pipe-reader opens it");
+    let r = start(&d, READER, &["--mode", "pingpong", "--timeout", "0.5"]).finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the writer did not open") && r.stderr.contains("fifo.back for reading"),
+        "{}",
+        r.stderr
+    );
+    let wd = w.finish();
+    assert_eq!(wd.status.code(), Some(1), "{}", wd.stderr);
+    d.assert_empty();
+
+    // The writer made `fifo.back` (the reader made `fifo` and removes it).
+    let d = dir("back-open-timeout-writer");
+    let mut r = start(&d, READER, &["--mode", "stream"]);
+    r.wait_for("blocks until named-pipe-writer opens it");
+    let wd = start(&d, WRITER, &["--mode", "pingpong", "--timeout", "0.5"]).finish();
+    assert_eq!(wd.status.code(), Some(1), "{}", wd.stderr);
+    assert!(
+        wd.stderr.contains("the reader did not open") && wd.stderr.contains("removed FIFO"),
+        "{}",
+        wd.stderr
+    );
+    let rd = r.finish();
+    assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
     d.assert_empty();
 }

@@ -33,7 +33,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode};
+use common::cli::{bad_flag, parse_size, CommonArgs, Mode};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
@@ -78,10 +78,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // 1. The way back is taken first, before anything else could open a descriptor.
     let back: Option<OwnedFd> = args.back_fd.map(take_inherited_pipe).transpose()?;
     if args.common.mode == Mode::Pingpong && back.is_none() {
-        bail!(
-            "pingpong needs a second pipe for the answers (P5), and this reader was not given one: \
-             run `pipe-writer --spawn --mode pingpong`, which makes both pipes and starts this program"
-        );
+        // Two flags that contradict each other: exit 2, before stdin is even looked at.
+        return Err(bad_flag(
+            "--mode pingpong needs --back-fd: pingpong needs a second pipe for the answers (P5), and this reader was not given one: \
+             run `pipe-writer --spawn --mode pingpong`, which makes both pipes and starts this program",
+        ));
     }
     // 2. stdin: what it is, and who holds the pipe's ends.
     let stdin: OwnedFd = nix::unistd::dup(io::stdin()).context("dup stdin")?;

@@ -21,9 +21,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{bail, Context, Result};
-use common::cli::Mode;
+use common::cli::{bad_flag, Mode};
 use common::narrate;
-use common::stream::set_capacity;
+use common::stream::{check_pipe_size, set_capacity};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::stat::{fstat, SFlag};
 use nix::unistd::pipe2;
@@ -66,16 +66,31 @@ pub fn fd_kind(fd: BorrowedFd<'_>) -> Result<FdKind> {
     })
 }
 
-/// Shell mode: the pipe the shell connected to stdout, as a descriptor of our own (`dup`),
-/// after saying what stdout is. Pingpong is refused first: the shell made one pipe.
-pub fn stdout_pipe(mode: Mode) -> Result<(OwnedFd, FdKind)> {
-    if mode == Mode::Pingpong {
-        bail!(
-            "pingpong needs an answer, and a pipe carries data one way only (P3): two-way needs \
-             two pipes (P5), and `a | b` in a shell makes one. Run `pipe-writer --spawn --mode pingpong`, \
-             which makes both pipes and starts the reader itself"
-        );
+/// The writer's flags that only this program can check, before any pipe exists: each bad
+/// one is a [`bad_flag`] (exit status 2, as for the values clap checks). `--pipe-size`
+/// against `/proc/sys/fs/pipe-max-size`; `--mode pingpong` without `--spawn` (the shell
+/// makes one pipe, and an answer needs a second, P5); a `--reader-exe` that does not exist.
+pub fn check_flags(args: &Args) -> Result<()> {
+    check_pipe_size(args.pipe_size)?;
+    if args.common.mode == Mode::Pingpong && !args.spawn {
+        return Err(bad_flag(
+            "--mode pingpong needs --spawn: pingpong needs an answer, and a pipe carries data one way only (P3): \
+             two-way needs two pipes (P5), and `a | b` in a shell makes one. Run `pipe-writer --spawn --mode pingpong`, \
+             which makes both pipes and starts the reader itself",
+        ));
     }
+    if let Some(exe) = args.reader_exe.as_ref().filter(|p| !p.exists()) {
+        return Err(bad_flag(format!(
+            "--reader-exe {}: no such file",
+            exe.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Shell mode: the pipe the shell connected to stdout, as a descriptor of our own (`dup`),
+/// after saying what stdout is.
+pub fn stdout_pipe() -> Result<(OwnedFd, FdKind)> {
     // A duplicate of fd 1 as a File: unbuffered, and it can be made non-blocking.
     let stdout: OwnedFd = nix::unistd::dup(io::stdout()).context("dup stdout")?;
     let kind = fd_kind(stdout.as_fd())?;
@@ -193,16 +208,20 @@ pub fn wait_child(child: &mut Child) -> Result<ExitStatus> {
 /// In spawn mode the writer leaves the write end of the way-back pipe open across `exec`
 /// and tells the reader its number with `--back-fd N`: the classic way to hand a child a
 /// descriptor other than 0, 1 and 2. The number is checked before it is trusted: not a
-/// standard stream, open, and a pipe.
+/// standard stream, open, and a pipe; a number that fails is a bad flag value (exit 2).
 pub fn take_inherited_pipe(fd: RawFd) -> Result<OwnedFd> {
     if fd <= 2 {
-        bail!("--back-fd {fd}: descriptors 0, 1 and 2 are the standard streams, not the way back");
+        return Err(bad_flag(format!(
+            "--back-fd {fd}: must be 3 or more: descriptors 0, 1 and 2 are the standard streams, not the way back"
+        )));
     }
     // SAFETY: F_GETFD only reads the descriptor's flags; on a closed or invalid number it
     // fails with EBADF and touches nothing, so any integer is a valid argument.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags < 0 {
-        bail!("--back-fd {fd}: no such open descriptor (EBADF): start pipe-reader through `pipe-writer --spawn`");
+        return Err(bad_flag(format!(
+            "--back-fd {fd}: no such open descriptor (EBADF): start pipe-reader through `pipe-writer --spawn`"
+        )));
     }
     // SAFETY: the descriptor is open (checked above) and nothing in this process owns it:
     // it was inherited across exec, no code before this point opened or wrapped it, and
@@ -211,7 +230,9 @@ pub fn take_inherited_pipe(fd: RawFd) -> Result<OwnedFd> {
     if fd_kind(owned.as_fd())? != FdKind::Pipe {
         // Give the descriptor back untouched rather than closing something we do not know.
         std::mem::forget(owned);
-        bail!("--back-fd {fd}: the descriptor is not a pipe");
+        return Err(bad_flag(format!(
+            "--back-fd {fd}: the descriptor is not a pipe"
+        )));
     }
     Ok(owned)
 }

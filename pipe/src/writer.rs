@@ -46,7 +46,7 @@ use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Flavour, Setup, Wait};
-use common::stream::{self, check_pipe_size, Delivery, FullWatch};
+use common::stream::{self, Delivery, FullWatch};
 use common::timing::Report;
 
 use crate::rendezvous::{self, FdKind};
@@ -88,8 +88,8 @@ common::program!(Args);
 /// The program: check flags, set up the pipe(s), run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
-    // Flags are checked before any pipe exists.
-    check_pipe_size(args.pipe_size)?;
+    // Flags are checked before any pipe exists; a bad value exits 2, as clap's do.
+    rendezvous::check_flags(&args)?;
     let setup = Setup {
         program: PROGRAM,
         mechanism: MECHANISM,
@@ -107,7 +107,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let s = rendezvous::spawn_reader(&args)?;
         (s.there, s.back, Some(s.child), FdKind::Pipe)
     } else {
-        let (stdout, kind) = rendezvous::stdout_pipe(c.mode)?;
+        let (stdout, kind) = rendezvous::stdout_pipe()?;
         (stdout, None, None, kind)
     };
     // 2. Its capacity (a FIFO or a file on stdout has none of ours to show).
@@ -126,12 +126,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let mut report = result?;
         notes.push(blocked_note(full.blocked));
         report.notes = notes;
-        // stdout is the pipe: the report goes to stderr.
-        if c.json {
-            eprintln!("{}", report.to_json());
-        } else {
-            eprint!("{report}");
-        }
+        // stdout is the pipe: the report goes to stderr, in one write so that it never
+        // mixes with the reader's lines on the same terminal.
+        report.eprint(c.json);
         return Ok(ExitCode::SUCCESS);
     };
     let status = rendezvous::wait_child(child)?;

@@ -5,6 +5,7 @@
 
 mod harness;
 
+use std::fs;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
@@ -379,11 +380,18 @@ fn claim_p5_two_way_needs_two_pipes() {
     let (w, r) = shell_pair(&["--mode", "pingpong"], &["--mode", "pingpong"]);
     let wd = w.finish();
     let rd = r.finish();
-    assert_eq!(wd.status.code(), Some(1));
-    assert!(wd.stderr.contains("two pipes (P5)"), "{}", wd.stderr);
-    assert_eq!(rd.status.code(), Some(1));
+    // Two flags that contradict each other (pingpong, and no --spawn or --back-fd): a bad
+    // flag value, exit 2 (it was 1 before issue 12).
+    assert_eq!(wd.status.code(), Some(2), "{}", wd.stderr);
     assert!(
-        rd.stderr.contains("second pipe for the answers (P5)"),
+        wd.stderr.contains("--mode pingpong needs --spawn") && wd.stderr.contains("two pipes (P5)"),
+        "{}",
+        wd.stderr
+    );
+    assert_eq!(rd.status.code(), Some(2), "{}", rd.stderr);
+    assert!(
+        rd.stderr.contains("--mode pingpong needs --back-fd")
+            && rd.stderr.contains("second pipe for the answers (P5)"),
         "{}",
         rd.stderr
     );
@@ -707,13 +715,89 @@ fn bad_flag_values_name_the_flag_and_the_limit() {
         err.contains("--pipe-size 1024 is out of range: 4096 to"),
         "{err}"
     );
-    let out = Command::new(READER)
-        .args(["--back-fd", "1"])
-        .stdin(Stdio::null())
-        .output()
+    // The upper limit comes from /proc, and the message says so.
+    let max: usize = fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--back-fd 1"));
+    // (Above 16 MiB clap's own --size-style limit answers first, also with status 2.)
+    if max < common::frame::MAX_PAYLOAD {
+        let above = (max + 1).to_string();
+        let (code, err) = run_alone(WRITER, &["--spawn", "--pipe-size", &above]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains(&format!("--pipe-size {above} is out of range: 4096 to {max} bytes (/proc/sys/fs/pipe-max-size)")),
+            "{err}"
+        );
+    }
+}
+
+/// Runs one program with no peer, stdin empty; returns its exit status and stderr.
+fn run_alone(bin: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    let d = Proc::spawn(bin.rsplit('/').next().unwrap_or(bin), &mut cmd).finish();
+    (d.status.code(), d.stderr)
+}
+
+/// Issue 12: every value only the program can check (after clap) is a bad flag value,
+/// exit 2 like clap's own, with a message naming the flag and the limit, before any pipe
+/// exists. (`--back-fd 1` exited 1 before issue 12.)
+#[test]
+fn values_only_the_program_can_check_exit_2_and_name_the_flag() {
+    let cases: [(&str, &[&str], &[&str]); 5] = [
+        (
+            READER,
+            &["--back-fd", "1"],
+            &["--back-fd 1: must be 3 or more", "standard streams"],
+        ),
+        (
+            READER,
+            &["--back-fd", "100000"],
+            &["--back-fd 100000: no such open descriptor (EBADF)"],
+        ),
+        (
+            READER,
+            &["--mode", "pingpong"],
+            &["--mode pingpong needs --back-fd", "(P5)"],
+        ),
+        (
+            WRITER,
+            &["--mode", "pingpong"],
+            &["--mode pingpong needs --spawn", "two pipes (P5)"],
+        ),
+        (
+            WRITER,
+            &["--spawn", "--reader-exe", "/nonexistent/pipe-reader"],
+            &["--reader-exe /nonexistent/pipe-reader: no such file"],
+        ),
+    ];
+    for (bin, args, needles) in cases {
+        let (code, err) = run_alone(bin, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: no {n:?} in {err}");
+        }
+        // Refused at the start: no run began.
+        assert!(
+            !err.contains("reading from the pipe") && !err.contains("started pipe-reader"),
+            "{args:?}: {err}"
+        );
+    }
+    // An open descriptor that is not a pipe: the shell opens /dev/null as fd 7 and names
+    // it as the way back.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec \"$0\" --back-fd 7 7</dev/null", READER])
+        .stdin(Stdio::null());
+    let d = Proc::spawn("sh -c pipe-reader", &mut cmd).finish();
+    assert_eq!(d.status.code(), Some(2), "{}", d.stderr);
+    assert!(
+        d.stderr
+            .contains("--back-fd 7: the descriptor is not a pipe"),
+        "{}",
+        d.stderr
+    );
 }
 
 #[test]

@@ -79,6 +79,13 @@ pub struct Args {
 
 common::program!(Args);
 
+impl Args {
+    /// The flag the TCP address came from, named when `bind` refuses it.
+    fn tcp_flag(&self) -> &'static str {
+        self.listen.as_ref().map_or("--tcp", |_| "--listen")
+    }
+}
+
 /// The program: listen, accept one writer, read until End, clean up.
 pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
@@ -95,7 +102,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
 
     // 1. socket, bind, listen (the stale-file judgement is in rendezvous.rs).
-    let (listener, socket_file) = rendezvous::listen(&ep)?;
+    let (listener, socket_file) = rendezvous::listen(&ep, args.tcp_flag())?;
     // For port 0 the kernel chose the port: say which (tests and scripts parse this line).
     let bound = listener.local()?;
     narrate!(

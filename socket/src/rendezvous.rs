@@ -7,12 +7,14 @@
 //! and `reader.rs`. Come back here for K2 and K4: everything that makes "network
 //! programming" more than `read` and `write`:
 //! - the endpoint: `--tcp HOST:PORT` resolved through the system resolver, `--unix PATH`
-//!   checked against the 107 bytes of `sun_path`, `--listen` for other machines (K3), all
-//!   before any socket exists;
+//!   checked against the 107 bytes of `sun_path` and for a directory that exists,
+//!   `--listen` for other machines (K3), all before any socket exists; a bad value is a
+//!   bad flag value (`common::cli::bad_flag`, exit status 2, as for clap's own checks);
 //! - the server: `SO_REUSEADDR` and a named `EADDRINUSE` (TCP); a socket file that exists
 //!   already is judged (type, owner, /proc/net/unix, a `connect` probe) and replaced only
-//!   when stale, and the new one is made 0600 (Unix); `accept` bounded by `poll` so it
-//!   ends at `--timeout`;
+//!   when stale, and the new one is made 0600 and owned from the moment `bind` creates it,
+//!   so a failing `listen` or `accept` or a timeout removes it (Unix); `accept` bounded by
+//!   `poll` so it ends at `--timeout`;
 //! - the client: `connect` retried while nobody listens, narrated once, until `--timeout`;
 //! - the options: when to switch off Nagle's algorithm (`TCP_NODELAY`, [`wants_nodelay`]),
 //!   and `SO_SNDBUF`/`SO_RCVBUF` when `--sock-buf` asks.
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use common::cleanup::Owned;
-use common::cli::{CommonArgs, Mode};
+use common::cli::{bad_flag, CommonArgs, Mode};
 use common::frame::HEADER_LEN;
 use common::narrate;
 use common::setup::Flavour;
@@ -65,7 +67,8 @@ pub struct EndpointArgs {
     pub sock_buf: Option<usize>,
 
     /// TCP: leave Nagle's algorithm on (no TCP_NODELAY) whatever the mode, to see what it costs.
-    #[arg(long)]
+    // A Unix socket has no Nagle algorithm: the two flags contradict each other (exit 2).
+    #[arg(long, conflicts_with = "unix")]
     pub nagle: bool,
 }
 
@@ -98,24 +101,12 @@ impl Endpoint {
 }
 
 /// Resolves `--tcp`/`--unix` (and the reader's `--listen`, passed as `listen`), checking
-/// every value before any socket exists.
+/// every value before any socket exists. A value that does not parse, does not resolve,
+/// is too long for `sun_path` or names a directory that does not exist is a bad flag value
+/// ([`bad_flag`]: exit status 2, as for the values clap checks).
 pub fn resolve(ep: &EndpointArgs, listen: Option<&str>, c: &CommonArgs) -> Result<Endpoint> {
     if let Some(path) = &ep.unix {
-        let path = match path {
-            Some(p) => p.clone(),
-            None => {
-                let name = c.name_or(DEFAULT_NAME);
-                common::runtime::runtime_dir()?.join(format!("{name}.sock"))
-            }
-        };
-        let len = path.as_os_str().len();
-        if len > MAX_UNIX_PATH {
-            bail!(
-                "--unix {}: the path is {len} bytes, and a Unix socket path may be at most {MAX_UNIX_PATH} (sun_path, unix(7)); choose a shorter path",
-                path.display()
-            );
-        }
-        return Ok(Endpoint::Unix(path));
+        return unix_path(path.as_deref(), c).map(Endpoint::Unix);
     }
     let (flag, text) = match (listen, ep.tcp.as_deref()) {
         (Some(l), _) => ("--listen", l),
@@ -125,15 +116,62 @@ pub fn resolve(ep: &EndpointArgs, listen: Option<&str>, c: &CommonArgs) -> Resul
     // getaddrinfo(3) through std: a name is looked up, an IP literal is only parsed.
     let addr = text
         .to_socket_addrs()
-        .with_context(|| {
-            format!("{flag} {text}: expected HOST:PORT (like 127.0.0.1:{DEFAULT_PORT})")
+        .map_err(|e| {
+            bad_flag(format!(
+                "{flag} {text}: expected HOST:PORT, a host that resolves and a port from 0 to 65535 (like 127.0.0.1:{DEFAULT_PORT}): {e}"
+            ))
         })?
         .next()
-        .with_context(|| format!("{flag} {text}: the name resolves to no address"))?;
+        .ok_or_else(|| bad_flag(format!("{flag} {text}: the name resolves to no address")))?;
     if let Some(n) = &c.name {
         narrate!("--name {n} is not used over TCP: the address and port are the rendezvous");
     }
     Ok(Endpoint::Tcp(addr))
+}
+
+/// `--unix [PATH]`: the socket file's path, `<runtime dir>/<--name>.sock` when no PATH is
+/// given. Checked as a flag value (clap has refused an empty one): at most
+/// [`MAX_UNIX_PATH`] bytes (`bind` copies it into the 108 bytes of `sun_path`), and in a
+/// directory that exists (`bind` creates the file, not its directory). A relative PATH is
+/// relative to each program's own working directory, as `bind` and `connect` take it.
+fn unix_path(given: Option<&Path>, c: &CommonArgs) -> Result<PathBuf> {
+    let path = match given {
+        Some(p) => {
+            if let Some(n) = &c.name {
+                narrate!(
+                    "--name {n} is not used: --unix {} names the socket file",
+                    p.display()
+                );
+            }
+            p.to_path_buf()
+        }
+        None => common::runtime::runtime_dir()?.join(format!("{}.sock", c.name_or(DEFAULT_NAME))),
+    };
+    let len = path.as_os_str().len();
+    if len > MAX_UNIX_PATH {
+        let whose = if given.is_some() {
+            ""
+        } else {
+            " (the runtime dir and --name)"
+        };
+        return Err(bad_flag(format!(
+            "--unix {}: the path{whose} is {len} bytes, and a Unix socket path may be at most {MAX_UNIX_PATH} (sun_path, unix(7)); choose a shorter path",
+            path.display()
+        )));
+    }
+    // "x.sock" has the parent "": the working directory.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(bad_flag(format!(
+            "--unix {}: the directory {} does not exist (or is not a directory): bind creates the socket file, not its directory; create it or choose another path",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// A listening socket of either family.
@@ -191,8 +229,10 @@ impl Listener {
 
 /// Binds and listens at `ep`. For a Unix socket, also returns the guard that removes the
 /// socket file on every way out (Ctrl-C included). A TCP address that is not loopback
-/// is warned about first: nothing checks who connects (K3).
-pub fn listen(ep: &Endpoint) -> Result<(Listener, Option<Owned>)> {
+/// is warned about first: nothing checks who connects (K3). `flag` (`--tcp` or
+/// `--listen`) is named when `bind` refuses the address itself (not an address of this
+/// machine, a privileged port): a bad flag value, exit status 2.
+pub fn listen(ep: &Endpoint, flag: &str) -> Result<(Listener, Option<Owned>)> {
     match ep {
         Endpoint::Tcp(addr) => {
             if !addr.ip().is_loopback() {
@@ -201,7 +241,7 @@ pub fn listen(ep: &Endpoint) -> Result<(Listener, Option<Owned>)> {
                     addr.port()
                 );
             }
-            Ok((Listener::Tcp(listen_tcp(*addr)?), None))
+            Ok((Listener::Tcp(listen_tcp(*addr, flag)?), None))
         }
         Endpoint::Unix(path) => {
             let (l, owned) = listen_unix(path)?;
@@ -211,7 +251,7 @@ pub fn listen(ep: &Endpoint) -> Result<(Listener, Option<Owned>)> {
 }
 
 /// socket + SO_REUSEADDR + bind + listen, each step named in its error.
-fn listen_tcp(addr: SocketAddr) -> Result<TcpListener> {
+fn listen_tcp(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -231,13 +271,19 @@ fn listen_tcp(addr: SocketAddr) -> Result<TcpListener> {
             addr.port(),
             addr.ip()
         ),
-        Err(Errno::EADDRNOTAVAIL) => bail!(
-            "bind {addr}: EADDRNOTAVAIL: {} is not an address of this machine",
-            addr.ip()
-        ),
-        Err(Errno::EACCES) => bail!(
-            "bind {addr}: EACCES: ports below 1024 need privilege; choose a port above 1023"
-        ),
+        // The value itself is refused: a bad flag value (the socket closes on the way out,
+        // and a TCP socket leaves nothing behind).
+        Err(Errno::EADDRNOTAVAIL) => {
+            return Err(bad_flag(format!(
+                "{flag} {addr}: {} is not an address of this machine (bind: EADDRNOTAVAIL); use one of its addresses, 127.0.0.1, or 0.0.0.0 for all",
+                addr.ip()
+            )))
+        }
+        Err(Errno::EACCES) => {
+            return Err(bad_flag(format!(
+                "{flag} {addr}: ports below 1024 need privilege (bind: EACCES); choose a port from 1024 to 65535"
+            )))
+        }
         Err(e) => return Err(e).with_context(|| format!("bind {addr}")),
     }
     // Backlog 1: this reader serves one writer; the kernel completes handshakes up to the
@@ -311,22 +357,32 @@ fn listed_as_listening(path: &Path) -> Option<bool> {
     }))
 }
 
-/// Stale-file check, then bind with mode 0600 and listen.
+/// Stale-file check, then bind with mode 0600 and listen. `bind` creates the socket file;
+/// from that moment it is owned, so a failure of any later step (listen here, accept or
+/// a timeout in the reader) removes it.
 fn listen_unix(path: &Path) -> Result<(UnixListener, Owned)> {
     clear_stale_socket(path)?;
+    let fd: OwnedFd = sock::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket(AF_UNIX, SOCK_STREAM)")?;
+    let addr = sock::UnixAddr::new(path).with_context(|| format!("sun_path {}", path.display()))?;
     // bind creates the file with 0777 & ~umask; a umask of 0177 makes it 0600, so no other
     // user may connect (connecting needs write permission on the file, unix(7)).
     let old = umask(FileMode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
+    let bound = sock::bind(fd.as_raw_fd(), &addr);
     umask(old);
-    let listener = match bound {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => bail!(
+    match bound {
+        Ok(()) => {}
+        Err(Errno::EADDRINUSE) => bail!(
             "bind {}: EADDRINUSE: a file appeared there just now; is another reader starting?",
             path.display()
         ),
         Err(e) => return Err(e).with_context(|| format!("bind {}", path.display())),
-    };
+    }
     let p = path.to_path_buf();
     let owned = common::cleanup::own(format!("socket file {}", path.display()), move || {
         match fs::remove_file(&p) {
@@ -334,7 +390,11 @@ fn listen_unix(path: &Path) -> Result<(UnixListener, Owned)> {
             other => other,
         }
     });
-    Ok((listener, owned))
+    // SOMAXCONN: a Unix connect sleeps while the backlog is full; this reader takes one
+    // writer and then closes the listening socket.
+    sock::listen(&fd, sock::Backlog::MAXCONN)
+        .with_context(|| format!("listen {}", path.display()))?;
+    Ok((UnixListener::from(fd), owned))
 }
 
 /// Connects to `ep`, retrying while nobody listens, until `timeout`. `Ok(None)` on timeout.
@@ -461,9 +521,24 @@ mod tests {
         );
         let long = format!("/tmp/{}", "x".repeat(120));
         let t = T::parse_from(["t", "--unix", &long]);
-        let e = resolve(&t.e, None, &t.c).unwrap_err().to_string();
-        assert!(e.contains("at most 107"), "{e}");
+        let e = resolve(&t.e, None, &t.c).unwrap_err();
+        assert!(e.to_string().contains("at most 107"), "{e}");
+        // A bad flag value: the program exits 2 for it (common::cli::run_main).
+        assert!(e.downcast_ref::<common::cli::BadFlag>().is_some(), "{e}");
+        for bad in [
+            &["t", "--tcp", "127.0.0.1"][..],
+            &["t", "--tcp", "127.0.0.1:65536"],
+            &["t", "--unix", "/nonexistent-ipc-study-dir/s.sock"],
+        ] {
+            let t = T::parse_from(bad);
+            let e = resolve(&t.e, None, &t.c).unwrap_err();
+            assert!(
+                e.downcast_ref::<common::cli::BadFlag>().is_some(),
+                "{bad:?}: {e}"
+            );
+        }
         assert!(T::try_parse_from(["t", "--tcp", "--unix"]).is_err());
+        assert!(T::try_parse_from(["t", "--unix", "--nagle"]).is_err());
     }
 
     #[test]
@@ -492,9 +567,9 @@ mod tests {
 
     #[test]
     fn eaddrinuse_names_the_port() {
-        let first = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let first = listen_tcp("127.0.0.1:0".parse().unwrap(), "--tcp").unwrap();
         let taken = first.local_addr().unwrap();
-        let e = listen_tcp(taken).unwrap_err().to_string();
+        let e = listen_tcp(taken, "--tcp").unwrap_err().to_string();
         assert!(
             e.contains("EADDRINUSE") && e.contains(&format!("port {}", taken.port())),
             "{e}"

@@ -733,10 +733,11 @@ fn the_socket_file_is_0600_and_other_paths_are_refused() {
     assert_eq!(fs::read(d.join("f.sock")).unwrap(), b"mine");
     fs::remove_file(d.join("f.sock")).unwrap();
 
-    // A path too long for sun_path: refused before any socket exists.
+    // A path too long for sun_path: refused before any socket exists, as a bad flag value
+    // (exit 2; it was 1 before issue 12).
     let long = format!("{}/{}", d.path.display(), "s".repeat(110));
     let r = start(&d, READER, &["--unix", &long]).finish();
-    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("at most 107"), "{}", r.stderr);
     d.assert_empty();
 }
@@ -771,5 +772,127 @@ fn tcp_nodelay_follows_the_mode_and_the_frame_size() {
     wargs.push("--nagle");
     let (wd, _) = run_pair(&d, Via::Tcp, true, &wargs, &args);
     assert_eq!(note(&wd), "TCP_NODELAY off (Nagle)");
+    d.assert_empty();
+}
+
+/// Issue 12, item 9: a `--tcp`, `--listen` or `--unix` value that only the program can
+/// check (it does not parse, does not resolve, is too long for `sun_path`, names a
+/// directory that does not exist, is not an address of this machine), and `--nagle` with
+/// `--unix`, exit 2 like clap's own checks, naming the flag and the limit; no socket file
+/// is made. (These exited 1 before issue 12.)
+#[test]
+fn bad_addresses_and_paths_exit_2_naming_the_flag_and_the_limit() {
+    let d = dir("bad-flags");
+    let long = format!("{}/{}", d.path.display(), "s".repeat(110));
+    let too_long = format!("the path is {} bytes", long.len());
+    let missing = format!("{}/no-such-dir/s.sock", d.path.display());
+    let both: [(&[&str], &[&str]); 6] = [
+        (
+            &["--tcp", "127.0.0.1"],
+            &["--tcp 127.0.0.1: expected HOST:PORT", "0 to 65535"],
+        ),
+        (
+            &["--tcp", "127.0.0.1:65536"],
+            &["--tcp 127.0.0.1:65536: expected HOST:PORT", "0 to 65535"],
+        ),
+        (
+            &["--tcp", "no-such-host.invalid:47400"],
+            &["--tcp no-such-host.invalid:47400: expected HOST:PORT, a host that resolves"],
+        ),
+        (&["--unix", &long], &[&too_long, "at most 107 (sun_path"]),
+        (
+            &["--unix", &missing],
+            &[
+                "no-such-dir does not exist",
+                "bind creates the socket file, not its directory",
+            ],
+        ),
+        (&["--unix", "--nagle"], &["cannot be used with '--nagle'"]),
+    ];
+    for bin in [WRITER, READER] {
+        for (args, needles) in both {
+            let out = start(&d, bin, &[args, &["--timeout", "0.5"]].concat()).finish();
+            assert_eq!(out.status.code(), Some(2), "{bin} {args:?}: {}", out.stderr);
+            for n in needles {
+                assert!(
+                    out.stderr.contains(n),
+                    "{bin} {args:?}: no {n:?} in {}",
+                    out.stderr
+                );
+            }
+            assert!(!out.stderr.contains("connecting to"), "{}", out.stderr);
+        }
+    }
+    // The reader's own flags: --listen, and an address bind refuses (192.0.2.1 is
+    // TEST-NET-1, documentation only: no machine has it).
+    let reader_only: [(&[&str], &str); 2] = [
+        (&["--listen", "0.0.0.0"], "--listen 0.0.0.0: expected HOST:PORT"),
+        (
+            &["--tcp", "192.0.2.1:47400"],
+            "--tcp 192.0.2.1:47400: 192.0.2.1 is not an address of this machine (bind: EADDRNOTAVAIL)",
+        ),
+    ];
+    for (args, needle) in reader_only {
+        let out = start(&d, READER, &[args, &["--timeout", "0.5"]].concat()).finish();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+    d.assert_empty();
+}
+
+/// Lowers the soft descriptor limit of process `pid` (`prlimit(RLIMIT_NOFILE)`) to the
+/// lowest number it does not have open: its next new descriptor fails with EMFILE.
+fn no_more_descriptors_for(pid: i32) {
+    let open: Vec<i32> = common::testing::kernel::fds(pid)
+        .iter()
+        .map(|l| l.fd)
+        .collect();
+    let next = (0..).find(|n| !open.contains(n)).unwrap();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with a null new limit only writes the old one into `lim`, a live
+    // local of the right type; `pid` is this test's child, not yet reaped.
+    let got = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) };
+    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur = next as libc::rlim_t;
+    // SAFETY: as above; with a null old limit it only reads `lim`.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Issue 12, item 4: the socket file exists (bound and listening), then a later step
+/// fails: `accept` times out, or `accept` itself fails (EMFILE: the test lowers the
+/// reader's descriptor limit to the descriptors it has, with `prlimit`, and then
+/// connects). Either way the reader removes the file it bound and exits 1.
+#[test]
+fn a_timed_out_or_failed_accept_leaves_no_socket_file() {
+    let d = dir("accept-fails");
+    let r = start(&d, READER, &["--unix", "--timeout", "0.5"]).finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no writer connected") && r.stderr.contains("removed socket file"),
+        "{}",
+        r.stderr
+    );
+    d.assert_empty();
+
+    let mut r = start(&d, READER, &["--unix"]);
+    r.wait_for("listening on unix");
+    no_more_descriptors_for(r.pid());
+    // The kernel queues the connection (backlog); the reader's accept cannot give it a
+    // descriptor.
+    let client = UnixStream::connect(d.join("socket.sock")).unwrap();
+    let rd = r.finish();
+    drop(client);
+    assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
+    assert!(
+        rd.stderr.contains("accept")
+            && rd.stderr.contains("Too many open files")
+            && rd.stderr.contains("removed socket file"),
+        "{}",
+        rd.stderr
+    );
     d.assert_empty();
 }
