@@ -39,7 +39,8 @@
 //! | `common/src/ring/spsc.rs` | the data path both loops call: [`Producer::reserve`](common::ring::Producer::reserve), [`copy_in`](common::ring::Producer::copy_in), [`publish`](common::ring::Producer::publish), [`Consumer::recv`](common::ring::Consumer::recv) |
 //! | this file | the pair's contract: names, flags, what a paired region is ([`Shared`]) |
 //! | [`rendezvous`](mod@rendezvous) | create-or-open, start-order races, stale objects, ownership (a first reading skips it) |
-//! | `src/posix.rs`, `src/sysv.rs` | each flavour's calls: `shm_open`/`ftruncate`/`mmap`/`shm_unlink`; `shmget`/`shmat`/`shmdt`/`shmctl` |
+//! | `src/posix.rs`, `src/sysv.rs` | each flavour's calls: `shm_open`/`ftruncate`/`mmap`/`fallocate`/`shm_unlink`; `shmget`/`shmat`/`shmdt`/`shmctl` |
+//! | `src/sigbus.rs` | the SIGBUS handler: what a side says, and removes, when a page of the object is gone (a POSIX object shrunk under the pair) |
 //!
 //! ## The pair's contract
 //! - Rendezvous: `--name NAME` (default `shm`). POSIX: the object `/ipc-study-<uid>-NAME`
@@ -57,15 +58,23 @@
 //!   with a narrated line and created afresh. System V adds the kernel's own facts (`nattch`
 //!   is 0 and the kernel-recorded creator pid is gone). One owned by another uid, or one
 //!   whose header is not an ipc-study ring's, is refused, never removed.
-//! - Cleanup: both sides register the object with [`common::cleanup`] once paired, so an
-//!   error or Ctrl-C on either side removes it; at a normal end the writer lets go and the
-//!   reader removes it.
+//! - Cleanup: the creator registers the object with [`common::cleanup`] the moment the
+//!   kernel has made it (so a failure of `ftruncate`, `mmap`, `fallocate` or `shmat`
+//!   removes it again), the opener once paired; an error or Ctrl-C on either side removes
+//!   it; at a normal end the writer lets go and the reader removes it. A SIGBUS (a POSIX
+//!   object shrunk under the pair) is explained by a handler that removes the object and
+//!   lets the process die of SIGBUS (`src/sigbus.rs`); the survivor, if any, reports its
+//!   peer gone. What no one could remove (`kill -9` of both) is left to the stale rule.
+//! - Flags: a value only the program can check (a `--size` that does not fit half a
+//!   ring, a region larger than /dev/shm or `kernel.shmmax`) exits 2 before any object
+//!   exists ([`ShmArgs::check`]), like clap's own checks.
 
 pub mod reader;
 pub mod rendezvous;
 pub mod writer;
 
 mod posix;
+mod sigbus;
 mod sysv;
 
 use std::time::Duration;
@@ -100,6 +109,37 @@ pub struct ShmArgs {
 }
 
 impl ShmArgs {
+    /// The flag values only this program can check, before any object exists; a bad one
+    /// exits with status 2 ([`common::cli::bad_flag`]), like the values clap checks.
+    /// `size`: the writer's `--size` in stream and pingpong mode (the reader takes what
+    /// arrives), which must fit half a ring. Then the region against the kernel's limit
+    /// for its flavour: the size of the tmpfs at /dev/shm (POSIX), `kernel.shmmax` and
+    /// `kernel.shmall` (System V).
+    pub fn check(&self, size: Option<usize>) -> Result<()> {
+        if let Some(size) = size {
+            ring::check_size(size, self.capacity).map_err(common::cli::bad_flag)?;
+        }
+        let len = ring::region_len(self.capacity) as u64;
+        let limit = if self.sysv {
+            sysv::size_limit().map(|(bytes, what)| (bytes, what.to_string()))
+        } else {
+            posix::tmpfs_size().map(|bytes| {
+                (
+                    bytes,
+                    "the tmpfs at /dev/shm (its size in all, statvfs)".into(),
+                )
+            })
+        };
+        match limit {
+            Some((bytes, what)) if len > bytes => Err(common::cli::bad_flag(format!(
+                "--capacity {} needs a region of {len} bytes (4 KiB header + 2 rings), more than {what} allows: {bytes} bytes; \
+                 pass a smaller --capacity to both sides",
+                self.capacity
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// POSIX or System V, as in reports.
     pub fn flavour(&self) -> common::setup::Flavour {
         if self.sysv {
@@ -145,6 +185,9 @@ pub struct Shared {
     sysv_id: Option<i32>,
     /// Removes the object on error paths and Ctrl-C; `remove`/`leave` at a normal end.
     owned: Owned,
+    /// Keeps the SIGBUS handler pointed at this mapping (`src/sigbus.rs`); declared after
+    /// `region`, so it is disarmed only once the mapping is gone.
+    _sigbus: sigbus::Guard,
 }
 
 impl Shared {

@@ -13,9 +13,10 @@
 //! System calls, in order (POSIX, with System V in parentheses):
 //! 1. `shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)` (`shmget(IPC_CREAT|IPC_EXCL|0600)`); if the
 //!    writer came first: `shm_open(O_RDWR)` + `fstat` (`shmget` + `shmctl(IPC_STAT)`).
-//! 2. Creator: `ftruncate`, `mmap(MAP_SHARED)` (`shmat`), header, `FUTEX_WAIT` for the
-//!    writer. Opener: `mmap` (`shmat`), wait for `ready`, attach, `FUTEX_WAKE`. Steps 1
-//!    and 2 are [`rendezvous`](crate::rendezvous()), which a first reading may skip.
+//! 2. Creator: `ftruncate`, `mmap(MAP_SHARED)` (`shmat`), POSIX `fallocate`,
+//!    `sigaction(SIGBUS)`, header, `FUTEX_WAIT` for the writer. Opener: `mmap` (`shmat`),
+//!    `sigaction(SIGBUS)`, wait for `ready`, attach, `FUTEX_WAKE`. Steps 1 and 2 are
+//!    [`rendezvous`](crate::rendezvous()), which a first reading may skip.
 //! 3. The loop ([`common::ring::spsc`]): `recv` takes each frame out of ring 0 after an
 //!    Acquire load of the writer's index (spin, or `futex(FUTEX_WAIT)` while the ring is
 //!    empty), copies it into our private buffer, decodes and checksums that copy, then
@@ -29,7 +30,8 @@
 //!
 //! Start order: either. Cleanup: this program removes the object when the pair is done,
 //! and on an error or Ctrl-C. If the writer dies (`kill -9`), the next wait notices within
-//! 100 ms that its pid is gone, and this program says so and exits with status 1.
+//! 100 ms that its pid is gone, and this program says so and exits with status 1; a
+//! writer that is alive but sends nothing ends a stream or pingpong after `--timeout`.
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -68,6 +70,9 @@ common::program!(Args);
 /// The program: meet the writer, take what arrives, remove the object, report.
 pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
+    // Flags first, before any object exists (a bad value exits 2): the region must fit
+    // the kernel's limit for the flavour.
+    args.shm.check(None)?;
     // 1-2. Create or open the object, map it, meet the writer.
     let shared = rendezvous(&args.shm, c.name_or(DEFAULT_NAME), Role::Reader, c.timeout)?;
 

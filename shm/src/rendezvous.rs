@@ -4,19 +4,28 @@
 //!
 //! Both programs call [`rendezvous`], which loops:
 //! 1. try to create the object exclusively (`src/posix.rs`: `shm_open(O_CREAT|O_EXCL)`,
-//!    `ftruncate`, `mmap`; `src/sysv.rs`: `shmget(IPC_CREAT|IPC_EXCL)`, `shmat`). The
-//!    winner writes the header, publishes `ready` last and sleeps in a futex on the
-//!    header's `opener_pid` until the other side attaches ([`Region::wait_for_opener`]);
+//!    `ftruncate`, `mmap`, `fallocate`; `src/sysv.rs`: `shmget(IPC_CREAT|IPC_EXCL)`,
+//!    `shmat`). The winner owns the object from the moment it exists (a failure in any
+//!    later step removes it), arms the SIGBUS explanation (`src/sigbus.rs`), writes the
+//!    header, publishes `ready` last and sleeps in a futex on the header's `opener_pid`
+//!    until the other side attaches ([`Region::wait_for_opener`]);
 //! 2. the loser opens what exists, after checking that it belongs to this user, and
 //!    judges it: shm's own checks first (System V: the kernel says nobody is attached and
 //!    the creator it recorded is gone; a non-empty object smaller than a header page is
-//!    not ours), then [`ring::judge`], the one rule this crate shares with `mmap`;
+//!    not ours), then [`ring::judge`], the one rule this crate shares with `mmap`. The
+//!    kernel records the creator as a bare pid (`shm_cpid`), which a reused pid fools
+//!    into "alive"; then the header's record (pid and start time) decides;
 //! 3. stale: it is removed (after checking that the name still holds the same object) and
 //!    the loop tries again; not ready: it looks again in 2 ms, up to `--timeout`; foreign:
 //!    it is refused and left alone; ready: it compares the object's size with the one its
 //!    own `--capacity` needs (S5: the kernel checks nothing for POSIX and only a larger
 //!    size for System V), then the header, writes its pid and wakes the creator
 //!    ([`Region::attach`]).
+//!
+//! The whole loop is bounded by `--timeout`, like every wait of the pair: after pairing,
+//! every ring wait in stream and pingpong mode gives up after `--timeout` without
+//! progress (a stopped peer), and in text mode, which waits for a person typing, only a
+//! peer that is gone (pid and start time) ends a wait.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +34,7 @@ use common::cleanup::{self, Owned};
 use common::narrate;
 use common::ring::{self, Region, RingError, Role, Verdict, HEADER_PAGE};
 
-use crate::{posix, posix_path, sysv, sysv_key, Shared, ShmArgs};
+use crate::{posix, posix_path, sigbus, sysv, sysv_key, Shared, ShmArgs};
 
 /// Pause between two looks at an object that is not ready yet.
 const POLL: Duration = Duration::from_millis(2);
@@ -64,8 +73,8 @@ impl Mapped {
 
 /// The outcome of one exclusive-create attempt.
 pub(crate) enum Found {
-    /// We created it (exclusively) with the full size.
-    Created(Mapped),
+    /// We created it (exclusively) with the full size; the guard removes it on any error.
+    Created(Mapped, Owned),
     /// It existed; here it is, mapped at its own size.
     Existing(Mapped),
     /// It existed and vanished before we could open it: try again.
@@ -114,11 +123,30 @@ impl Object<'_> {
         }
     }
 
+    /// One exclusive-create attempt; a created object is owned (removed on error) at once.
     fn try_create(&self, len: usize) -> Result<Found> {
         if self.sysv {
-            sysv::try_create(self.key, len)
+            sysv::try_create(self.key, len, |id| self.own(Some(id)))
         } else {
-            posix::try_create(&self.kname, len)
+            posix::try_create(&self.kname, len, || self.own(None))
+        }
+    }
+
+    /// What the SIGBUS handler needs to know about the mapping `m` (see `src/sigbus.rs`).
+    fn sigbus_target(&self, m: &Mapped, cap: usize, role: Role) -> sigbus::Target {
+        sigbus::Target {
+            who: format!("shm-{} (pid {})", role.as_str(), std::process::id()),
+            object: self.describe(m.sysv_id),
+            base: m.base,
+            len: m.len,
+            cap,
+            backing: match m.sysv_id {
+                Some(id) => sigbus::Backing::Sysv { id },
+                None => sigbus::Backing::Posix {
+                    path: posix_path(self.name),
+                    ino: m.ino.unwrap_or(0),
+                },
+            },
         }
     }
 
@@ -157,6 +185,18 @@ impl Object<'_> {
         }
     }
 
+    /// Fails once `timeout` has passed since `start` in the create-or-open loop.
+    fn check_deadline(&self, start: Instant, timeout: Duration) -> Result<()> {
+        if start.elapsed() >= timeout {
+            bail!(
+                "timed out after {:.1} s (--timeout) trying to create or open {}: it kept vanishing or going stale",
+                timeout.as_secs_f64(),
+                self.describe(None)
+            );
+        }
+        Ok(())
+    }
+
     /// Judges an existing object: shm's own checks, then the rule shared with `mmap`.
     /// `unready_for` is how long this side has watched it without a complete header.
     fn judge(&self, m: &Mapped, unready_for: Duration) -> Result<Verdict> {
@@ -186,7 +226,8 @@ impl Object<'_> {
 
 /// Creates or opens the named object, pairs with the peer, returns the paired region.
 ///
-/// `timeout` bounds the wait for the peer (creator) or for a ready header (opener).
+/// `timeout` bounds the wait for the peer (creator) or for a ready header (opener), and
+/// the whole create-or-open loop (a name that keeps vanishing or going stale).
 pub fn rendezvous(args: &ShmArgs, name: &str, role: Role, timeout: Duration) -> Result<Shared> {
     let obj = Object::new(args.sysv, name);
     let cap = args.capacity;
@@ -196,9 +237,11 @@ pub fn rendezvous(args: &ShmArgs, name: &str, role: Role, timeout: Duration) -> 
     let mut unready_since: Option<Instant> = None;
     let mut narrated_wait = false;
     loop {
+        // Bounded like every wait: a name that keeps vanishing or going stale gives up too.
+        obj.check_deadline(start, timeout)?;
         let mapped = match obj.try_create(len)? {
             Found::Vanished => continue,
-            Found::Created(m) => return create_side(&obj, m, cap, role, timeout),
+            Found::Created(m, owned) => return create_side(&obj, m, owned, cap, role, timeout),
             Found::Existing(m) => m,
         };
         let (id, ino) = (mapped.sysv_id, mapped.ino);
@@ -244,18 +287,19 @@ pub fn rendezvous(args: &ShmArgs, name: &str, role: Role, timeout: Duration) -> 
     }
 }
 
-/// The creator's half: initialise, publish, wait for the peer.
+/// The creator's half: initialise, publish, wait for the peer. `owned` removes the object
+/// on every error here.
 fn create_side(
     obj: &Object<'_>,
     m: Mapped,
+    owned: Owned,
     cap: usize,
     role: Role,
     timeout: Duration,
 ) -> Result<Shared> {
     let id = m.sysv_id;
     let peer = role.peer().as_str();
-    let owned = obj.own(id);
-    let region = into_region(m, cap)?;
+    let (region, sigbus) = into_region(obj, m, cap, role)?;
     region.initialize(role, common::session::new_nonce());
     narrate!(
         "wrote the header (magic, capacity {cap}, pid {}, role {}) and published `ready` last with a Release store",
@@ -288,6 +332,7 @@ fn create_side(
         object: obj.describe(id),
         sysv_id: id,
         owned,
+        _sigbus: sigbus,
     };
     shared.show_nattch("after pairing");
     Ok(shared)
@@ -309,7 +354,7 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
             m.len
         );
     }
-    let region = into_region(m, cap)?;
+    let (region, sigbus) = into_region(obj, m, cap, role)?;
     match region.check_header() {
         Ok(Some(_)) => {}
         Ok(None) => bail!("{}: the header stopped being ready", obj.describe(id)),
@@ -332,12 +377,21 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
         object: obj.describe(id),
         sysv_id: id,
         owned: obj.own(id),
+        _sigbus: sigbus,
     };
     shared.show_nattch("after pairing");
     Ok(shared)
 }
 
-fn into_region(m: Mapped, cap: usize) -> Result<Region> {
+/// The ring over the mapping, with the SIGBUS handler armed for it first: from here on
+/// both sides touch every page, and a page taken away kills with an explanation.
+fn into_region(
+    obj: &Object<'_>,
+    m: Mapped,
+    cap: usize,
+    role: Role,
+) -> Result<(Region, sigbus::Guard)> {
+    let sigbus = sigbus::arm(obj.sigbus_target(&m, cap, role))?;
     let Some(keeper) = m.keeper else {
         bail!("internal: an unmapped object cannot hold a ring");
     };
@@ -345,5 +399,7 @@ fn into_region(m: Mapped, cap: usize) -> Result<Region> {
     // or a System V attachment) and unmaps it only when dropped, which happens after the
     // Region and all its endpoints are gone because the Region owns it. This program keeps
     // no Rust reference into that memory.
-    unsafe { Region::from_raw(m.base, m.len, cap, keeper) }.context("mapping the ring")
+    let region =
+        unsafe { Region::from_raw(m.base, m.len, cap, keeper) }.context("mapping the ring")?;
+    Ok((region, sigbus))
 }

@@ -4,7 +4,10 @@
 //! A segment is named by a numeric key and identified by the id `shmget` returns; `ipcs -m`
 //! lists it with owner, size and `nattch`, the number of attached processes (S3). Its size
 //! is fixed by `shmget` (S2), and asking for more than an existing segment has is EINVAL
-//! (S5). libc has these calls; nix does not wrap them.
+//! (S5). libc has these calls; nix does not wrap them. A segment this process created is
+//! owned from the moment `shmget` returns: if `shmat` then fails, it is removed again.
+//! Its size being fixed, nothing another process does can make a page of it vanish; a
+//! SIGBUS in it is a memory error (`src/sigbus.rs`).
 //!
 //! [`shmget(2)`]: https://man7.org/linux/man-pages/man2/shmget.2.html
 //! [`shmat(2)`]: https://man7.org/linux/man-pages/man2/shmat.2.html
@@ -14,6 +17,7 @@
 use std::io;
 
 use anyhow::{bail, Context, Result};
+use common::cleanup::Owned;
 use common::narrate;
 use common::ring;
 use nix::unistd::geteuid;
@@ -96,22 +100,56 @@ fn attach(id: i32, len: usize) -> Result<Mapped> {
 }
 
 /// One exclusive-create attempt: creates and attaches the segment, or finds, checks and
-/// attaches the one that exists.
-pub(crate) fn try_create(key: libc::key_t, len: usize) -> Result<Found> {
+/// attaches the one that exists. `own` registers a created segment for removal: from the
+/// moment it exists, any failure (or Ctrl-C) removes it again.
+pub(crate) fn try_create(
+    key: libc::key_t,
+    len: usize,
+    own: impl FnOnce(i32) -> Owned,
+) -> Result<Found> {
     match get(key, len, libc::IPC_CREAT | libc::IPC_EXCL | PERMS) {
         Ok(id) => {
             narrate!("shmget key {key:#010x} size {len} IPC_CREAT|IPC_EXCL 0600: created shmid {id} (see `ipcs -m`, S3; the size is fixed, S2)");
+            // Dropped if shmat fails: IPC_RMID, narrated as "removed ...".
+            let owned = own(id);
             let m = attach(id, len)?;
             narrate!(
                 "shmat shmid {id}: attached {len} bytes at {:p} (S1)",
                 m.base
             );
-            Ok(Found::Created(m))
+            Ok(Found::Created(m, owned))
         }
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open_existing(key, len),
         Err(e) => Err(e)
             .with_context(|| format!("shmget key {key:#010x} size {len} IPC_CREAT|IPC_EXCL 0600")),
     }
+}
+
+/// The largest segment `shmget` creates here: `kernel.shmmax` (bytes per segment) and
+/// `kernel.shmall` (pages in all segments together), from /proc/sys/kernel; `None` if
+/// they cannot be read. A larger size is EINVAL (shmmax) or ENOSPC (shmall) from shmget.
+pub(crate) fn size_limit() -> Option<(u64, &'static str)> {
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
+    let max = read("shmmax")?;
+    let all = read("shmall")?.saturating_mul(page);
+    Some(if all < max {
+        (
+            all,
+            "kernel.shmall (pages in all segments, /proc/sys/kernel/shmall)",
+        )
+    } else {
+        (max, "kernel.shmmax (/proc/sys/kernel/shmmax)")
+    })
 }
 
 /// The segment exists: read the kernel's record, check the owner and the size, attach.

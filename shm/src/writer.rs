@@ -14,10 +14,13 @@
 //! 1. `shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)` (`shmget(IPC_CREAT|IPC_EXCL|0600)`): create
 //!    the object exclusively. If it exists (the reader came first): `shm_open(O_RDWR)` +
 //!    `fstat` for owner and size (`shmget(key, 0)` + `shmctl(IPC_STAT)`).
-//! 2. Creator: `ftruncate` to the fixed size (S2), `mmap(MAP_SHARED)` (`shmat`), write the
+//! 2. Creator: `ftruncate` to the fixed size (S2), `mmap(MAP_SHARED)` (`shmat`), POSIX
+//!    `fallocate` (every page reserved: a full /dev/shm is ENOSPC now, not SIGBUS later),
+//!    `sigaction(SIGBUS)` (a handler that says which object lost a page), write the
 //!    header, publish it, `futex(FUTEX_WAIT)` on the header's `opener_pid` until the reader
-//!    attaches. Opener: `mmap` (`shmat`), wait for `ready`, write our pid, `futex(FUTEX_WAKE)`.
-//!    Steps 1 and 2 are [`rendezvous`](crate::rendezvous()), which a first reading may skip.
+//!    attaches. Opener: `mmap` (`shmat`), `sigaction(SIGBUS)`, wait for `ready`, write our
+//!    pid, `futex(FUTEX_WAKE)`. Steps 1 and 2 are [`rendezvous`](crate::rendezvous()),
+//!    which a first reading may skip; a failure after step 1 created the object removes it.
 //! 3. The loop, per frame, in ring 0 ([`common::ring::spsc`]): `reserve` waits for room
 //!    (no system call while there is room; spin, or `futex(FUTEX_WAIT)` on the reader's
 //!    index while the ring is full), `copy_in` copies header and payload into the shared
@@ -29,7 +32,9 @@
 //!
 //! Start order: either. Cleanup: the reader removes the object when the pair is done; this
 //! program removes it itself only on an error or Ctrl-C (then the reader sees the writer
-//! gone). A run killed with `kill -9` leaves the object; the next run finds it stale.
+//! gone). A run killed with `kill -9` leaves the object; the next run finds it stale. A
+//! SIGBUS (the object shrunk under us, `src/sigbus.rs`) is explained, the object removed,
+//! and the process still dies of SIGBUS (status 135).
 
 use std::io;
 use std::process::ExitCode;
@@ -37,7 +42,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Parser;
 use common::cli::{CommonArgs, Mode};
-use common::ring::{self, Consumer, Direction, Producer, RingError, Role};
+use common::ring::{Consumer, Direction, Producer, RingError, Role};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Mechanism, Setup};
 use common::stream;
@@ -69,10 +74,9 @@ common::program!(Args);
 /// The program: check flags, meet the reader, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common;
-    // Flags first, before any object exists: a frame must fit half a ring.
-    if c.mode != Mode::Text {
-        ring::check_size(c.size, args.shm.capacity).map_err(anyhow::Error::msg)?;
-    }
+    // Flags first, before any object exists (a bad value exits 2): a frame must fit half
+    // a ring, and the region the kernel's limit for the flavour.
+    args.shm.check((c.mode != Mode::Text).then_some(c.size))?;
     // 1-2. Create or open the object, map it, meet the reader.
     let shared = rendezvous(&args.shm, c.name_or(DEFAULT_NAME), Role::Writer, c.timeout)?;
 

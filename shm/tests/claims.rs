@@ -254,8 +254,9 @@ fn claim_s2_posix_object_can_be_resized_with_ftruncate() {
 
 /// S2, the other way: a POSIX object shrunk under a running pair. The kernel allows it
 /// (`ftruncate` to one page), and the writer's next store into ring 0's data, now past the
-/// object's end, is SIGBUS; the reader, whose waits look at the first page only, sees
-/// its peer gone and removes the object.
+/// object's end, is SIGBUS: its handler names the byte, the object and its new size,
+/// unlinks it and dies of SIGBUS; the reader, whose waits look at the first page only,
+/// sees its peer gone.
 #[test]
 fn claim_s2_posix_shrink_under_a_pair_is_sigbus() {
     use std::os::unix::process::ExitStatusExt;
@@ -271,6 +272,19 @@ fn claim_s2_posix_shrink_under_a_pair_is_sigbus() {
     p.w.write_stdin(b"past the end\n");
     let (w, r) = p.finish();
     assert_eq!(w.status.signal(), Some(libc::SIGBUS), "{}", w.stderr);
+    // The writer's SIGBUS handler said what happened and which object, and removed it.
+    let kname = common::runtime::kernel_name(&s.name);
+    assert!(
+        w.stderr.contains(&format!(
+            "*** SIGBUS: shm-writer (pid {wpid}) touched byte {} of POSIX shared memory {kname} (ring 0's data area, writer to reader)",
+            offsets::data(0, 64 << 10)
+        )) && w.stderr.contains(&format!(
+            "The object is now 4096 bytes, and {} were mapped: another process shrank it",
+            region_len(64 << 10)
+        )) && w.stderr.contains(&format!("Removed {path} (unlink)")),
+        "{}",
+        w.stderr
+    );
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("peer (pid {wpid}) is gone")),
