@@ -31,7 +31,9 @@
 //! | [`bulk`]       | the bulk file's layout and pattern; its writer and reader                |
 //! | [`truncate`]   | the F7 demonstration                                                     |
 //! | [`pagecache`]  | what the page cache holds of a file: `cachestat(2)`, dirty pages (F5)    |
-//! | this file      | names, the shared flags, `msync` timing, the SIGBUS handler, `/proc` facts |
+//! | [`sigbus`]     | SIGBUS from a map: what the dying side says and does with the file (F7)  |
+//! | [`space`]      | room on the file system, checked before a file is created and mapped     |
+//! | this file      | names, `--path`, the shared flags, `msync` timing, `/proc` facts         |
 //!
 //! ## The claims, in one place each
 //! - F1 (part of a file mapped into memory): [`Map::create`] / [`Map::open`] map a whole
@@ -52,8 +54,10 @@
 //! - F7 (size fixed while mapped): wrong as stated. [`truncate::truncate_while_mapped`]
 //!   shows that `ftruncate` succeeds on a mapped file and that touching the map past the
 //!   new end kills the toucher with SIGBUS; [`rendezvous::check_length`] is why our
-//!   programs never map past the end, and [`explain_sigbus`] prints what happened if
-//!   another process truncates the file.
+//!   programs never map past the end, and [`sigbus`] prints what happened if another
+//!   process truncates the file (or the file system has no room for a page, [`space`]):
+//!   the dying process names the file and removes it if it owns it, the survivor of a
+//!   pair says what it finds of the file.
 //!
 //! ## Rules for the memory (see DESIGN.md)
 //! - The mapping is `memmap2::MmapRaw`: it hands out a pointer, never a `&[u8]`. Memory
@@ -80,6 +84,8 @@ pub mod map;
 pub mod pagecache;
 pub mod reader;
 pub mod rendezvous;
+pub mod sigbus;
+pub mod space;
 pub mod truncate;
 pub mod writer;
 
@@ -92,6 +98,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use common::cli::bad_flag;
 use common::ring::{self, Wait};
 use common::timing::{fmt_ns, now_ns, Latency};
 
@@ -102,11 +109,49 @@ pub const DEFAULT_BULK_NAME: &str = "mmap-bulk";
 /// File name suffix in the runtime directory.
 pub const SUFFIX: &str = ".map";
 
-/// The file the pair meets at: `--path` as given, else `<runtime dir>/<name>.map`.
+/// The file the pair meets at: `--path` as given (checked by [`check_path`]), else
+/// `<runtime dir>/<name>.map`.
 pub fn file_path(name: &str, path: Option<&Path>) -> Result<PathBuf> {
     match path {
-        Some(p) => Ok(p.to_path_buf()),
+        Some(p) => {
+            check_path(p)?;
+            Ok(p.to_path_buf())
+        }
         None => Ok(common::runtime::runtime_path(&format!("{name}{SUFFIX}"))?),
+    }
+}
+
+/// `--path` must name a file in an existing directory: a bad value is a bad flag (exit
+/// status 2), said before anything is created.
+pub fn check_path(p: &Path) -> Result<()> {
+    if p.file_name().is_none() {
+        return Err(bad_flag(format!(
+            "--path {}: names no file (it ends in a directory); give a file name, e.g. /dev/shm/x.map",
+            p.display()
+        )));
+    }
+    if fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        return Err(bad_flag(format!(
+            "--path {0} is a directory; give a file in it, e.g. {0}/x.map",
+            p.display()
+        )));
+    }
+    let dir = dir_of(p);
+    if !fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Err(bad_flag(format!(
+            "--path {}: the directory {} does not exist (or is not a directory); the programs create the file, not its directory",
+            p.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The directory a file is (or will be) in: its parent, `.` for a bare file name.
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     }
 }
 
@@ -220,38 +265,6 @@ pub fn fs_kind(file: &File) -> String {
         Ok(s) => format!("fs-{:x}", s.filesystem_type().0),
         Err(_) => "unknown-fs".into(),
     }
-}
-
-/// The text printed when this process gets SIGBUS: what it usually means for a map (F7).
-static SIGBUS_TEXT: &[u8] =
-    b"\n*** SIGBUS: this process touched a page of a memory-mapped file that is no \
-longer backed by the file. Usually another process truncated the file while it was mapped \
-(ftruncate succeeds on a mapped file; touching past the new end is SIGBUS, F7), or the \
-file system had no room for a page written through the map. The default action follows: \
-the process dies. ***\n";
-
-extern "C" fn on_sigbus(_: libc::c_int) {
-    // SAFETY: write(2) is async-signal-safe; the buffer is a static of known length. The
-    // result is ignored: there is nothing better to do inside a signal handler.
-    unsafe { libc::write(2, SIGBUS_TEXT.as_ptr().cast(), SIGBUS_TEXT.len()) };
-}
-
-/// Installs a SIGBUS handler that explains F7 and then lets the signal kill the process.
-///
-/// `SA_RESETHAND` restores the default action when the handler runs; on return the
-/// faulting access is retried, faults again, and the default action (death, as the kernel
-/// intended) follows. Nothing is "recovered": the handler only says why.
-pub fn explain_sigbus() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_sigbus),
-        SaFlags::SA_RESETHAND,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only calls write(2), which is async-signal-safe, and touches no
-    // state shared with the interrupted code.
-    unsafe { sigaction(Signal::SIGBUS, &act) }.context("sigaction SIGBUS")?;
-    Ok(())
 }
 
 /// This process's mappings of `path` and of its own executable, as narration (F1, F4).

@@ -13,10 +13,13 @@
 //! program file, which the kernel mapped when it ran the program (F4).
 //!
 //! System calls, in order:
-//! 1. `sigaction(SIGBUS)`: a handler that says why, if the file is cut under the map (F7).
+//! 1. `sigaction(SIGBUS)`: a handler that says why and which file, if the file is cut
+//!    under the map or its file system is full (F7), and removes the file if it is ours
+//!    ([`crate::sigbus`]); SIGXFSZ ignored, so `ulimit -f` is an error, not a death.
 //! 2. The rendezvous, as in mmap-writer ([`rendezvous::open_ring`], a first reading may
-//!    skip it): `open(O_CREAT|O_EXCL)` or `open` of the writer's file, `fstat` and `pread`
-//!    of the header before `mmap(MAP_SHARED)` (F7), then the futex handshake.
+//!    skip it): `statvfs` (room for the ring), `open(O_CREAT|O_EXCL)` or `open` of the
+//!    writer's file, `fstat` and `pread` of the header before `mmap(MAP_SHARED)` (F7),
+//!    then the futex handshake.
 //! 3. Per message, [`Consumer::recv`]: an Acquire load of the writer's index (in a loop,
 //!    or `futex(FUTEX_WAIT)` while the ring is empty with `--wait block|adaptive`, every
 //!    100 ms checking with `kill(pid, 0)` that the writer still exists), a copy out of the
@@ -46,7 +49,7 @@ use common::timing::Report;
 use common::{narrate, warn};
 
 use crate::rendezvous::{self, OpenRing, RingFile};
-use crate::{bulk, explain_sigbus, MapArgs, Msync};
+use crate::{bulk, sigbus, MapArgs, Msync};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "mmap-reader";
@@ -73,8 +76,8 @@ common::program!(Args);
 
 /// The program: bulk or a ring mode (steps 1 to 6 of the module docs).
 pub fn run(args: Args) -> Result<ExitCode> {
-    // 1. A SIGBUS from a map is fatal; this handler only says why before the process dies.
-    explain_sigbus()?;
+    // 1. A SIGBUS from a map is fatal; the handler says why and cleans up before death.
+    sigbus::install(PROGRAM)?;
     if args.bulk.on {
         return bulk::reader::run(&args.common, &args.map, &args.bulk);
     }
@@ -87,8 +90,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     let mut msync = Msync::new(args.map.sync.then(|| rf.map.clone()));
     let mut report = receive_all(&setup, &rf, opts, &mut msync)?;
-    // 6. The pair is done: this side removes the file (the writer already let go of it).
-    rf.owned.remove()?;
     report.notes.push(format!(
         "ring file {} on {}, {} bytes per direction, {}",
         rf.path.display(),
@@ -101,6 +102,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     ));
     report.notes.extend(msync.note());
+    // 6. The pair is done: this side removes the file (the writer already let go of it).
+    rf.remove()?;
     conclude(&report, c.json)
 }
 
@@ -117,7 +120,7 @@ fn receive_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -
     let mut stdout = io::stdout().lock();
     loop {
         // 3. Wait for the next frame, copy it out of the map, check it, release its bytes.
-        let (header, payload) = rx.recv().map_err(|e| gone(&session, e))?;
+        let (header, payload) = rx.recv().map_err(|e| gone(&session, rf, e))?;
         match session.on_frame(&header, payload)? {
             Action::Continue => {}
             // 4. Data to stdout, narration to stderr.
@@ -130,7 +133,7 @@ fn receive_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -
                 };
                 // 5. The Pong into ring 1: reserve, copy in, publish.
                 if let Err(e) = tx.send(pong.header, pong.payload) {
-                    return Err(gone(&session, e));
+                    return Err(gone(&session, rf, e));
                 }
                 msync.after_publish()?;
             }
@@ -141,11 +144,15 @@ fn receive_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -
 }
 
 /// A wait on the ring ends with [`RingError::PeerGone`] when the writer's pid vanished
-/// (checked every 100 ms while waiting): it ended without End, so this run failed.
-fn gone(session: &ReaderSession, e: RingError) -> anyhow::Error {
+/// (checked every 100 ms while waiting): it ended without End, so this run failed; what
+/// the file shows of the cause (cut under the map, a full file system) is said too.
+fn gone(session: &ReaderSession, rf: &RingFile, e: RingError) -> anyhow::Error {
     match e {
         RingError::PeerGone { pid } => {
             warn!("peer (pid {pid}) is gone");
+            if let Some(why) = rf.what_happened() {
+                warn!("{why}");
+            }
             session.writer_left(&format!("its end of the ring (pid {pid} is gone)"), None)
         }
         e => e.into(),

@@ -20,8 +20,14 @@
 //!   creator pid for [`common::ring::SETUP_GRACE`]) is unlinked and created anew; a file
 //!   that is not a ring is refused and never removed. Removal checks the inode first
 //!   ([`remove_if_same`]), so a newer run's file is never deleted by mistake.
+//! - **Room first.** Before creating or mapping, the file system must have room for the
+//!   whole ring (`statvfs`, [`crate::space`]): a store into a page it cannot supply is
+//!   SIGBUS, not ENOSPC. Too little is a bad `--capacity` (exit status 2), said before any
+//!   file exists.
 //! - **Cleanup.** What this process created or attached to is registered with
-//!   `common::cleanup` ([`own_file`]): an error path or Ctrl-C removes it.
+//!   `common::cleanup` ([`own_file_checked`], by inode): an error path (the `ftruncate`
+//!   right after `open` included) or Ctrl-C removes it, and so does the SIGBUS handler
+//!   ([`crate::sigbus::watch`]), as the process dies.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -32,13 +38,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::cleanup::{self, Owned};
-use common::cli::{CommonArgs, Mode};
+use common::cli::{bad_flag, CommonArgs, Mode};
 use common::narrate;
 use common::ring::{self, judge, offsets, EndOpts, HeaderView, Region, Role, Verdict};
 use common::setup::{Flavour, Mechanism, Setup};
 use nix::unistd::geteuid;
 
+use crate::space::{ensure_room, Need};
 use crate::{bulk, file_path, fs_kind, show_maps, Map, MapArgs, DEFAULT_NAME};
+
+/// Who removes a ring file that a process killed by SIGBUS does not own.
+const LEFT: &str = " for its owner to remove: the peer when it notices, else the next run, which replaces it as stale";
 
 /// A ring file mapped and paired with its peer.
 pub struct RingFile {
@@ -50,6 +60,9 @@ pub struct RingFile {
     pub path: PathBuf,
     /// Whether this process created the file (and initialised the header).
     pub created: bool,
+    /// The open file, for `fstat` after a fault: its length and links tell a survivor
+    /// whether it was cut under the map or removed ([`RingFile::what_happened`]).
+    pub file: File,
     /// The peer's pid, for messages.
     pub peer_pid: i32,
     /// The peer as the header records it (pid and start time), watched while waiting:
@@ -59,6 +72,26 @@ pub struct RingFile {
     pub owned: Owned,
     /// The file system it lives on (`tmpfs`, `ext4`): the report's flavour.
     pub flavour: String,
+}
+
+impl RingFile {
+    /// After the peer vanished: what the file says happened to it (cut under the map, a
+    /// full file system, removed), for the survivor to print; see [`crate::sigbus`].
+    pub fn what_happened(&self) -> Option<String> {
+        crate::sigbus::what_happened(&self.file, &self.path, self.map.len() as u64)
+    }
+
+    /// Stops owning the file (the peer removes it): a later SIGBUS leaves it too.
+    pub fn release(self) {
+        crate::sigbus::set_mine(false);
+        self.owned.release();
+    }
+
+    /// Removes the file: the pair is done.
+    pub fn remove(self) -> Result<()> {
+        crate::sigbus::set_mine(false);
+        self.owned.remove()
+    }
 }
 
 /// A ring rendezvous done: the shared file, what the report says, how the ends wait.
@@ -81,7 +114,7 @@ pub fn open_ring(
 ) -> Result<OpenRing> {
     // Flags are checked before any file exists: the frame must fit half the ring.
     if c.mode != Mode::Text {
-        ring::check_size(c.size, map.capacity).map_err(anyhow::Error::msg)?;
+        ring::check_size(c.size, map.capacity).map_err(bad_flag)?;
     }
     let path = file_path(c.name_or(DEFAULT_NAME), map.path.as_deref())?;
     let rf = rendezvous(&path, role, map, c.timeout)?;
@@ -110,6 +143,7 @@ pub fn open_ring(
 /// the peer's file and attach. Stale files of killed runs are replaced (narrated).
 pub fn rendezvous(path: &Path, role: Role, map: &MapArgs, timeout: Duration) -> Result<RingFile> {
     let len = ring::region_len(map.capacity);
+    ring_room(path, map.capacity)?;
     let start = Instant::now();
     let mut said = String::new();
     loop {
@@ -162,6 +196,24 @@ pub fn rendezvous(path: &Path, role: Role, map: &MapArgs, timeout: Duration) -> 
     }
 }
 
+/// Room first: a store into a page the file system cannot supply is SIGBUS, not ENOSPC,
+/// so the whole ring must fit before it is created or mapped. A file already there (the
+/// peer's) has some of its pages already; they need no more room.
+fn ring_room(path: &Path, capacity: usize) -> Result<()> {
+    let len = ring::region_len(capacity) as u64;
+    let have = fs::symlink_metadata(path).map_or(0, |m| m.blocks() * 512);
+    let what = format!(
+        "the ring file {} (--capacity {capacity}: two rings and a header page, {len} bytes)",
+        path.display()
+    );
+    let need = Need {
+        need: len.saturating_sub(have),
+        what: &what,
+        fix: "a smaller --capacity, or a --path on another file system",
+    };
+    ensure_room(crate::dir_of(path), &need)
+}
+
 fn is_exists(e: &anyhow::Error) -> bool {
     e.downcast_ref::<io::Error>()
         .is_some_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
@@ -183,14 +235,14 @@ fn inspect(file: &File, path: &Path, expect_len: u64, capacity: usize) -> Result
         return Ok(verdict);
     };
     if v.capacity != capacity as u64 {
-        bail!(
+        return Err(bad_flag(format!(
             "{} was created by pid {} with --capacity {}, and this side has --capacity \
              {capacity}: both sides must map the same layout (the length is checked before \
              mapping, F7); pass the same --capacity to both",
             path.display(),
             v.creator_pid,
             v.capacity
-        );
+        )));
     }
     if facts.len != expect_len {
         bail!(
@@ -234,6 +286,9 @@ fn become_creator(
 ) -> Result<RingFile> {
     let flavour = fs_kind(&file);
     let len = ring::region_len(m.capacity);
+    // Ours from creation: a SIGBUS from now on removes it (and says so).
+    let ino = check_file(&file, path)?.ino;
+    crate::sigbus::watch("ring file", path, ino, len as u64, true, LEFT);
     let map = Arc::new(Map::create(&file, path, len, m.populate)?);
     let region = region_over(&map, m.capacity)?;
     // pid first, then the header and empty rings, `ready` last with Release.
@@ -252,6 +307,7 @@ fn become_creator(
         map,
         path: path.to_path_buf(),
         created: true,
+        file,
         peer_pid: peer.pid,
         peer,
         owned,
@@ -262,6 +318,8 @@ fn become_creator(
 fn become_opener(path: &Path, role: Role, m: &MapArgs, file: File, ino: u64) -> Result<RingFile> {
     let flavour = fs_kind(&file);
     let len = ring::region_len(m.capacity);
+    // The creator's file until we attach: a SIGBUS before that leaves it to its owner.
+    crate::sigbus::watch("ring file", path, ino, len as u64, false, LEFT);
     let map = Arc::new(Map::create(&file, path, len, m.populate)?);
     let region = region_over(&map, m.capacity)?;
     // The header was complete when read with pread; check it again through the map, with
@@ -275,6 +333,7 @@ fn become_opener(path: &Path, role: Role, m: &MapArgs, file: File, ino: u64) -> 
     let peer = region.attach(role)?;
     // From now on both sides own the file: whoever ends first on an error removes it.
     let owned = own_file_checked(path, ino);
+    crate::sigbus::set_mine(true);
     narrate!(
         "opened {} ({len} bytes, MAP_SHARED, on {flavour}) created by pid {}, and attached",
         path.display(),
@@ -285,6 +344,7 @@ fn become_opener(path: &Path, role: Role, m: &MapArgs, file: File, ino: u64) -> 
         map,
         path: path.to_path_buf(),
         created: false,
+        file,
         peer_pid: peer.pid,
         peer,
         owned,
@@ -355,8 +415,16 @@ pub fn create_file(path: &Path, len: u64) -> Result<(File, Owned)> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .with_context(|| format!("open {} (O_CREAT|O_EXCL, mode 0600)", path.display()))?;
-    // Registered at once, so an error below or Ctrl-C removes what we created.
-    let owned = own_file(path);
+    // Registered at once, so an error below or Ctrl-C removes what we created (only this
+    // inode: a file a newer run put at the path after ours was removed is not ours).
+    let ino = match file.metadata() {
+        Ok(m) => m.ino(),
+        Err(e) => {
+            let _ = fs::remove_file(path); // just created by us: remove it by its name
+            return Err(e).with_context(|| format!("fstat {}", path.display()));
+        }
+    };
+    let owned = own_file_checked(path, ino);
     file.set_len(len)
         .with_context(|| format!("ftruncate {} to {len} bytes", path.display()))?;
     common::narrate!(
@@ -384,14 +452,6 @@ pub fn open_existing(path: &Path, write: bool) -> Result<Option<File>> {
     }
 }
 
-/// Registers the file for removal (error paths, Ctrl-C, or `.remove()` when done).
-pub fn own_file(path: &Path) -> Owned {
-    let p = path.to_path_buf();
-    cleanup::own(format!("mapped file {}", path.display()), move || {
-        fs::remove_file(&p)
-    })
-}
-
 /// F7: checks the file's length with `fstat` right before mapping it.
 ///
 /// A map may be longer than the file (mmap does not check), but touching a page past the
@@ -408,25 +468,6 @@ pub fn check_length(file: &File, path: &Path, expected: u64) -> Result<()> {
              would kill this process with SIGBUS (F7), so it is not mapped. Was it truncated, or \
              made by another version?",
             path.display()
-        );
-    }
-    Ok(())
-}
-
-/// Refuses a file the file system has no room for, before creating it.
-///
-/// Stores into a map cannot return ENOSPC: when tmpfs or a disk is full, the page fault
-/// that would allocate the page raises SIGBUS instead. So the room is checked up front
-/// (racy, but it turns the common mistake into a clear error).
-pub fn ensure_room(dir: &Path, bytes: u64) -> Result<()> {
-    let st =
-        nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
-    let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
-    if avail < bytes {
-        bail!(
-            "{} has {avail} bytes free, the file needs {bytes}: a store into a map of a full file \
-             system is SIGBUS, not an ENOSPC error. Pick a smaller --file-size or another --path",
-            dir.display()
         );
     }
     Ok(())

@@ -25,7 +25,10 @@ use crate::{page_size, Map};
 /// prints what happened on stdout; fails if the kernel did not behave as documented.
 pub fn demo(path: Option<&Path>) -> Result<ExitCode> {
     let dir = match path {
-        Some(p) => p.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        Some(p) => {
+            crate::check_path(p)?;
+            crate::dir_of(p).to_path_buf()
+        }
         None => common::runtime::runtime_dir()?,
     };
     narrate!(
@@ -80,6 +83,17 @@ pub fn truncate_while_mapped(dir: &Path) -> Result<TruncateOutcome> {
     let page = page_size();
     let path = dir.join(format!("f7-demo-{}.map", std::process::id()));
     let (file, owned) = create_file(&path, 2 * page as u64)?;
+    // The child's SIGBUS handler names the file and leaves it: the parent removes it.
+    let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().context("fstat")?);
+    let leave = " for the parent process of this demonstration, which removes it";
+    crate::sigbus::watch(
+        "F7 demonstration file",
+        &path,
+        ino,
+        2 * page as u64,
+        false,
+        leave,
+    );
     let map = Map::create(&file, &path, 2 * page, false)?;
     // Touch both pages first: the second page is present in our page tables when the
     // file shrinks, and truncation still takes it away (the kernel unmaps it everywhere).

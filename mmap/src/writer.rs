@@ -12,8 +12,11 @@
 //! ```
 //!
 //! System calls, in order:
-//! 1. `sigaction(SIGBUS)`: a handler that says why, if the file is cut under the map (F7).
-//! 2. The rendezvous ([`rendezvous::open_ring`], a first reading may skip it):
+//! 1. `sigaction(SIGBUS)`: a handler that says why and which file, if the file is cut
+//!    under the map or its file system is full (F7), and removes the file if it is ours
+//!    ([`crate::sigbus`]); SIGXFSZ ignored, so `ulimit -f` is an error, not a death.
+//! 2. The rendezvous ([`rendezvous::open_ring`], a first reading may skip it): `statvfs`
+//!    (room for the whole ring: a full file system would be SIGBUS, not ENOSPC), then
 //!    `open(O_CREAT|O_EXCL|O_NOFOLLOW, 0600)` of `<runtime dir>/<name>.map`. Whoever comes
 //!    first creates the file and sizes it with `ftruncate` *before* mapping it (F7: a new
 //!    file is 0 bytes, and touching a map past the end of its file is SIGBUS); the other
@@ -53,7 +56,7 @@ use common::timing::Report;
 use common::{narrate, warn};
 
 use crate::rendezvous::{self, OpenRing, RingFile};
-use crate::{bulk, explain_sigbus, truncate, MapArgs, Msync};
+use crate::{bulk, sigbus, truncate, MapArgs, Msync};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "mmap-writer";
@@ -84,8 +87,8 @@ common::program!(Args);
 
 /// The program: the F7 demo, bulk, or a ring mode (steps 1 to 8 of the module docs).
 pub fn run(args: Args) -> Result<ExitCode> {
-    // 1. A SIGBUS from a map is fatal; this handler only says why before the process dies.
-    explain_sigbus()?;
+    // 1. A SIGBUS from a map is fatal; the handler says why and cleans up before death.
+    sigbus::install(PROGRAM)?;
     if args.demo_truncate {
         return truncate::demo(args.map.path.as_deref());
     }
@@ -105,8 +108,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if c.mode == Mode::Pingpong { "; each Pong comes back through ring 1" } else { "" }
     );
     let mut report = send_all(&setup, &rf, opts, &mut msync)?;
-    // 8. A clean end: the reader removes the file once it has read End.
-    rf.owned.release();
     report.notes.push(format!(
         "ring file {} on {}, {} bytes per direction, {}",
         rf.path.display(),
@@ -119,6 +120,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     ));
     report.notes.extend(msync.note());
+    // 8. A clean end: the reader removes the file once it has read End.
+    rf.release();
     conclude(&report, c.json)
 }
 
@@ -144,12 +147,12 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
                 // 3. kill(pid, 0) and /proc/PID/stat: the reader exists and is the process
                 // that attached (same start time), not a later one that got its pid.
                 if let Some(pid) = watch.filter(|who| !who.alive()).map(|who| who.pid) {
-                    return Err(session.reader_left(&format!("(pid {pid}) is gone")));
+                    return Err(gone(&session, rf, RingError::PeerGone { pid }));
                 }
                 // 4. Wait for room, store header and payload into the map, publish.
                 let slot = tx
                     .reserve(out.payload.len())
-                    .map_err(|e| gone(&session, e))?;
+                    .map_err(|e| gone(&session, rf, e))?;
                 tx.copy_in(&slot, out.header, out.payload)?;
                 tx.publish(slot);
                 // 5. The reader sees the frame already; msync is for the copy on the disk.
@@ -157,7 +160,7 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
             }
             Next::AwaitAnswer => {
                 // 6. The Pong: wait for it in ring 1, copy it out, check it.
-                let (pong, payload) = rx.recv().map_err(|e| gone(&session, e))?;
+                let (pong, payload) = rx.recv().map_err(|e| gone(&session, rf, e))?;
                 session.answer(&pong, payload)?;
             }
             Next::NeedLine => {
@@ -178,11 +181,15 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
 }
 
 /// A wait on the ring ends with [`RingError::PeerGone`] when the reader's pid vanished
-/// (checked every 100 ms while waiting): an expected end, said as every pair says it.
-fn gone(session: &WriterSession, e: RingError) -> anyhow::Error {
+/// (checked every 100 ms while waiting): an expected end, said as every pair says it,
+/// with what the file shows of the cause (cut under the map, a full file system).
+fn gone(session: &WriterSession, rf: &RingFile, e: RingError) -> anyhow::Error {
     match e {
         RingError::PeerGone { pid } => {
             warn!("peer (pid {pid}) is gone");
+            if let Some(why) = rf.what_happened() {
+                warn!("{why}");
+            }
             session.reader_left(&format!("(pid {pid}) is gone"))
         }
         e => e.into(),

@@ -22,13 +22,15 @@ fn writer_then_reader_later_with_compare_read() {
         (wr.mode.as_str(), wr.bytes, wr.count),
         ("bulk", 4 << 20, 64)
     );
+    // The writer only stores the blocks; the reader is the one that checks them.
+    assert!(!wr.verified && wr.verified_by == "reader", "{wr:?}");
     assert!(dir.file().exists(), "the data outlives the writer (F2)");
     let r = dir
         .spawn(READER, &["--bulk", "--compare-read", "--json"], None)
         .finish();
     r.assert_ok("reader");
     let rr = r.any_report();
-    assert!(rr.verified);
+    assert!(rr.verified && rr.verified_by == "reader");
     assert_eq!(rr.bytes, 4 << 20);
     assert!(
         rr.notes.iter().any(|n| n.starts_with("through the map")),
@@ -162,6 +164,123 @@ fn writer_killed_midway_leaves_a_stale_file_that_is_detected() {
         .finish();
     w.assert_ok("writer after a killed one");
     assert!(w.stderr.contains("is stale"), "{}", w.stderr);
+    dir.spawn(READER, &["--bulk"], None)
+        .finish()
+        .assert_ok("reader");
+    dir.finish();
+}
+
+/// A stale bulk file: writer pid `pid` recorded with state 0 (being written), the rest of
+/// the header (the start time of the writer that made it) left as that writer wrote it.
+fn mark_unfinished_by(path: &std::path::Path, pid: u32) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&0u32.to_le_bytes(), 12).unwrap();
+    f.write_all_at(&pid.to_le_bytes(), 16).unwrap();
+}
+
+/// An unrelated live process whose start time differs from `recorded` (a reused pid: the
+/// same number, another process). Spawned again until the clock tick differs.
+fn unrelated_process(recorded: u64) -> std::process::Child {
+    for _ in 0..1000 {
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        match common::peer::start_time(c.id() as i32) {
+            Some(s) if s != recorded => return c,
+            _ => {
+                let _ = c.kill();
+                let _ = c.wait();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+    panic!("no process with another start time than {recorded}");
+}
+
+/// Liveness by identity in bulk mode: a file left unfinished by a writer that has exited,
+/// whose recorded pid now names a live unrelated process (simulated: a `sleep` child's pid
+/// written over the writer's, the writer's own start time kept), is stale. The reader
+/// removes it at once instead of waiting for a marker that never comes, and a new writer
+/// replaces it instead of refusing it as "being filled right now".
+#[test]
+fn a_reused_writer_pid_does_not_keep_a_stale_bulk_file_alive() {
+    let dir = TestDir::new("bulk_reused_pid");
+    let made = || {
+        dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+            .finish()
+            .assert_ok("writer");
+        let mut h = [0u8; 56];
+        std::fs::File::open(dir.file())
+            .unwrap()
+            .read_exact_at(&mut h, 0)
+            .unwrap();
+        u64::from_le_bytes(h[48..56].try_into().unwrap())
+    };
+    let recorded = made();
+    assert_ne!(recorded, 0, "the writer records its start time");
+    let mut other = unrelated_process(recorded);
+    mark_unfinished_by(&dir.file(), other.id());
+    let r = dir
+        .spawn(READER, &["--bulk", "--timeout", "20"], None)
+        .finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the writer (pid {}) died before finishing",
+            other.id()
+        )) && r.stderr.contains("removed it as stale")
+            && !r.stderr.contains("timed out"),
+        "a live pid with another start time is not the writer:\n{}",
+        r.stderr
+    );
+    assert!(!dir.file().exists());
+    // The same for the next writer: it replaces the file instead of refusing it.
+    let recorded = made();
+    let _ = other.kill();
+    let _ = other.wait();
+    let mut other = unrelated_process(recorded);
+    mark_unfinished_by(&dir.file(), other.id());
+    let w = dir
+        .spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .finish();
+    let _ = other.kill();
+    let _ = other.wait();
+    w.assert_ok("writer after a stale file with a reused pid");
+    assert!(w.stderr.contains("is stale: writer pid"), "{}", w.stderr);
+    dir.spawn(READER, &["--bulk"], None)
+        .finish()
+        .assert_ok("reader");
+    dir.finish();
+}
+
+/// A bulk file of another format version (1: the pid without a start time) is ours by its
+/// magic: a writer replaces it; a reader refuses it and leaves it.
+#[test]
+fn a_bulk_file_of_another_format_version_is_replaced_by_a_writer() {
+    let dir = TestDir::new("bulk_version");
+    dir.spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .finish()
+        .assert_ok("writer");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.file())
+        .unwrap();
+    f.write_all_at(&1u32.to_le_bytes(), 8).unwrap();
+    drop(f);
+    let r = dir.spawn(READER, &["--bulk"], None).finish();
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("bulk format version 1"), "{}", r.stderr);
+    assert!(dir.file().exists(), "refused, not removed");
+    let w = dir
+        .spawn(WRITER, &["--bulk", "--file-size", "1M"], None)
+        .finish();
+    w.assert_ok("writer");
+    assert!(
+        w.stderr.contains("holds a bulk format version 1") && w.stderr.contains("replacing it"),
+        "{}",
+        w.stderr
+    );
     dir.spawn(READER, &["--bulk"], None)
         .finish()
         .assert_ok("reader");

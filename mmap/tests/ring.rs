@@ -144,7 +144,8 @@ fn path_on_tmpfs_and_sync_reports_msync() {
     dir.finish();
 }
 
-/// Both sides must agree on the capacity; the second one is refused before mapping.
+/// Both sides must agree on the capacity; the second one is refused before mapping, and
+/// exits 2: its --capacity is a bad flag value against the file (the program's own check).
 #[test]
 fn capacity_mismatch_is_refused_before_mapping() {
     let dir = TestDir::new("capacity");
@@ -161,7 +162,7 @@ fn capacity_mismatch_is_refused_before_mapping() {
             None,
         )
         .finish();
-    assert!(!r.ok());
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
     assert!(
         r.stderr.contains("--capacity 1048576") && r.stderr.contains("--capacity 65536"),
         "{}",
@@ -197,7 +198,7 @@ fn a_second_writer_is_refused() {
     dir.finish();
 }
 
-/// Bad flag values are refused before any file exists.
+/// Bad flag values are refused before any file exists, with exit status 2.
 #[test]
 fn a_size_larger_than_half_the_ring_is_refused_first() {
     let dir = TestDir::new("size_limit");
@@ -208,7 +209,59 @@ fn a_size_larger_than_half_the_ring_is_refused_first() {
             None,
         )
         .finish();
-    assert!(!w.ok());
+    assert_eq!(w.status.code(), Some(2), "{}", w.stderr);
     assert!(w.stderr.contains("--capacity"), "{}", w.stderr);
+    dir.finish();
+}
+
+/// A `--path` that cannot name the file (its directory does not exist, it is a directory,
+/// it ends in `..`) is a bad flag value: exit status 2 with the flag named, before any
+/// file exists, in every mode (ring, bulk, the F7 demonstration) and on both sides.
+#[test]
+fn a_bad_path_exits_2_before_anything_is_created() {
+    let dir = TestDir::new("bad_path");
+    std::fs::create_dir_all(&dir.path).unwrap();
+    let missing = dir.path.join("no-such-dir").join("x.map");
+    let missing = missing.to_str().unwrap();
+    let a_dir = dir.path.to_str().unwrap();
+    let dotdot = format!("{a_dir}/..");
+    let runs: [(&str, Vec<&str>, &str); 6] = [
+        (
+            WRITER,
+            vec!["--mode", "stream", "--path", missing],
+            "does not exist",
+        ),
+        (
+            READER,
+            vec!["--mode", "stream", "--path", missing],
+            "does not exist",
+        ),
+        (READER, vec!["--path", a_dir], "is a directory"),
+        (
+            WRITER,
+            vec!["--bulk", "--file-size", "1M", "--path", missing],
+            "does not exist",
+        ),
+        (READER, vec!["--bulk", "--path", &dotdot], "names no file"),
+        (
+            WRITER,
+            vec!["--demo-truncate", "--path", missing],
+            "does not exist",
+        ),
+    ];
+    for (exe, args, why) in runs {
+        let p = dir.spawn_raw(exe, &args).finish();
+        assert_eq!(p.status.code(), Some(2), "{exe} {args:?}: {}", p.stderr);
+        assert!(
+            p.stderr.contains("error: --path ") && p.stderr.contains(why),
+            "{exe} {args:?}: {}",
+            p.stderr
+        );
+        assert!(
+            !p.stderr.contains("] created "),
+            "nothing created: {}",
+            p.stderr
+        );
+    }
     dir.finish();
 }

@@ -10,17 +10,23 @@
 //! | 0      | 8    | `magic`      | `IPCSBULK`: this file was made by `mmap-writer --bulk`   |
 //! | 8      | 4    | `version`    | [`VERSION`]                                              |
 //! | 12     | 4    | `state`      | 0 = being written, 1 = complete; stored **last**, Release |
-//! | 16     | 4    | `writer_pid` | who fills it (a dead pid with state 0 = stale file)      |
+//! | 16     | 4    | `writer_pid` | who fills it (a dead writer with state 0 = stale file)   |
 //! | 20     | 4    | `block_size` | bytes per pattern block ([`BLOCK_SIZE`])                 |
 //! | 24     | 8    | `data_len`   | bytes of data after the header page                      |
 //! | 32     | 8    | `nonce`      | this run's random number; seeds every block's pattern    |
 //! | 40     | 8    | `done_ns`    | CLOCK_MONOTONIC when the writer finished                 |
-//! | 48     | 4048 | zero         | padding to one page, so the data is page-aligned         |
+//! | 48     | 8    | `writer_start` | the writer's start time (`/proc/<pid>/stat` field 22) |
+//! | 56     | 4040 | zero         | padding to one page, so the data is page-aligned         |
 //! | 4096   | ...  | data         | block *b*, word *i* = [`word`]`(`[`block_seed`]`(nonce, b), i)` |
 //!
 //! All integers little-endian. The file's length must be exactly `4096 + data_len`; a
 //! reader checks it with `fstat` *before* mapping (F7: touching a map past the end of the
 //! file is SIGBUS, not an error return).
+//!
+//! The writer is recorded by pid *and* start time ([`common::peer::Identity`]): a pid is
+//! reused once its process exits, and an unrelated process that got the dead writer's
+//! number must not make its unfinished file look "being filled right now". Version 1 had
+//! the pid only; a version-1 file is replaced by a writer and refused by a reader.
 //!
 //! ## The rule for reading it
 //! The reader waits until `state` is 1, loaded with Acquire through its own map, which pairs
@@ -42,18 +48,19 @@ pub mod writer;
 use std::fmt;
 
 use common::cli::CommonArgs;
+use common::peer::Identity;
 use common::ring::{Role, Wait};
 use common::setup::{Flavour, Mechanism, Setup};
 use common::timing::{CpuTime, Report};
 
 /// `IPCSBULK`.
 pub const MAGIC: [u8; 8] = *b"IPCSBULK";
-/// Format version.
-pub const VERSION: u32 = 1;
+/// Format version: 2 added `writer_start`.
+pub const VERSION: u32 = 2;
 /// Bytes before the data: one page (4 KiB on x86_64; checked against the real page size).
 pub const HEADER_LEN: usize = 4096;
 /// Bytes of the header that carry fields (the rest of the page is zero).
-pub const FIELDS_LEN: usize = 48;
+pub const FIELDS_LEN: usize = 56;
 /// Offset of `state`, the completion marker (4-byte aligned, for an `AtomicU32`).
 pub const STATE_OFFSET: usize = 12;
 /// `state` while the writer fills the file.
@@ -75,6 +82,9 @@ pub struct Header {
     pub state: u32,
     /// The writer's pid: lets a reader tell a writer at work from one that died.
     pub writer_pid: i32,
+    /// The writer's start time (clock ticks after boot), beside the pid: a reused pid
+    /// with another start time is not the writer ([`Header::writer`]).
+    pub writer_start: u64,
     /// Bytes per block (the last block may be shorter).
     pub block_size: u32,
     /// Bytes of data after the header page.
@@ -94,6 +104,8 @@ pub enum HeaderError {
     NoHeaderYet,
     /// Some other magic: not a file of ours.
     NotOurs([u8; 8]),
+    /// Our magic with another format version: made by another build of mmap-writer.
+    Version(u32),
     /// A field out of range.
     Bad(String),
 }
@@ -115,6 +127,10 @@ impl fmt::Display for HeaderError {
                 String::from_utf8_lossy(m),
                 "IPCSBULK"
             ),
+            HeaderError::Version(v) => write!(
+                f,
+                "bulk format version {v}, made by another build of mmap-writer (this one speaks {VERSION})"
+            ),
             HeaderError::Bad(why) => write!(f, "corrupt bulk header: {why}"),
         }
     }
@@ -134,7 +150,16 @@ impl Header {
         b[24..32].copy_from_slice(&self.data_len.to_le_bytes());
         b[32..40].copy_from_slice(&self.nonce.to_le_bytes());
         b[40..48].copy_from_slice(&self.done_ns.to_le_bytes());
+        b[48..56].copy_from_slice(&self.writer_start.to_le_bytes());
         b
+    }
+
+    /// The writer as recorded: alive only if a process with that pid *and* start time is.
+    pub fn writer(&self) -> Identity {
+        Identity {
+            pid: self.writer_pid,
+            start: self.writer_start,
+        }
     }
 
     /// Parses and checks a header read from a file nobody vouches for.
@@ -158,9 +183,7 @@ impl Header {
         }
         let version = u32_at(8);
         if version != VERSION {
-            return Err(HeaderError::Bad(format!(
-                "version {version}, expected {VERSION}"
-            )));
+            return Err(HeaderError::Version(version));
         }
         let h = Header {
             state: u32_at(12),
@@ -169,6 +192,7 @@ impl Header {
             data_len: u64_at(24),
             nonce: u64_at(32),
             done_ns: u64_at(40),
+            writer_start: u64_at(48),
         };
         if h.state > STATE_COMPLETE {
             return Err(HeaderError::Bad(format!(
@@ -282,7 +306,9 @@ pub fn report(
     report.size_bytes = BLOCK_SIZE as u64;
     report.count = m.blocks;
     report.bytes = m.bytes;
-    report.verified = true;
+    // The reader checks every block; the writer only stores them (it says "sent").
+    report.verified = role == Role::Reader;
+    report.verified_by = "reader".into();
     report.elapsed_ns = m.ns;
     report.notes = m.notes;
     report.set_rates(m.cpu);
@@ -428,6 +454,7 @@ mod tests {
             data_len: 3 * BLOCK_SIZE as u64 + 4096,
             nonce: 0x1234_5678_9abc_def0,
             done_ns: 99,
+            writer_start: 0x0102_0304_0506_0708,
         }
     }
 
@@ -438,6 +465,12 @@ mod tests {
         assert_eq!(&b[0..8], b"IPCSBULK");
         assert_eq!(&b[12..16], &1u32.to_le_bytes(), "state at offset 12");
         assert_eq!(&b[16..20], &42u32.to_le_bytes(), "pid at offset 16");
+        assert_eq!(
+            &b[48..56],
+            &0x0102_0304_0506_0708u64.to_le_bytes(),
+            "start time at 48"
+        );
+        assert_eq!(b.len(), 56);
         assert_eq!(Header::decode(&b).unwrap(), h);
         assert_eq!(h.blocks(), 4);
         assert_eq!(h.block_range(3), (HEADER_LEN + 3 * BLOCK_SIZE, 4096));
@@ -482,19 +515,22 @@ mod tests {
     #[test]
     fn hostile_headers_are_refused() {
         assert_eq!(Header::decode(&[0; 10]), Err(HeaderError::Short(10)));
-        assert_eq!(Header::decode(&[0; 48]), Err(HeaderError::NoHeaderYet));
+        assert_eq!(Header::decode(&[0; 56]), Err(HeaderError::NoHeaderYet));
+        assert_eq!(
+            Header::decode(&[0; 48]),
+            Err(HeaderError::Short(48)),
+            "a version-1 length"
+        );
+        let mut v1 = header().encode();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(Header::decode(&v1), Err(HeaderError::Version(1)));
+        v1[8..12].copy_from_slice(&7u32.to_le_bytes());
+        assert_eq!(Header::decode(&v1), Err(HeaderError::Version(7)));
         assert!(matches!(
-            Header::decode(&[b'x'; 48]),
+            Header::decode(&[b'x'; 56]),
             Err(HeaderError::NotOurs(_))
         ));
-        for (off, val) in [
-            (8usize, 7u64),
-            (12, 5),
-            (20, 1),
-            (24, 3),
-            (24, u64::MAX),
-            (16, 0),
-        ] {
+        for (off, val) in [(12usize, 5u64), (20, 1), (24, 3), (24, u64::MAX), (16, 0)] {
             let mut b = header().encode();
             let bytes = val.to_le_bytes();
             let n = if off == 24 { 8 } else { 4 };

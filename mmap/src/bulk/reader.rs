@@ -10,16 +10,21 @@
 //! 1. Wait for the file and its completion marker: `open(O_NOFOLLOW)` and `pread` of the
 //!    header every 10 ms (a `pread` past the end of a short file returns short, never
 //!    SIGBUS), `nanosleep` in between; `fstat` (owner, type). A file whose writer died
-//!    before the marker is `unlink`ed as stale.
+//!    before the marker (no process with its pid and start time) is `unlink`ed as stale;
+//!    a writer seen at work that dies and whose file then vanishes or is cut ends the wait.
 //! 2. `fstat` (the length, F7) and `mmap(MAP_SHARED)` read-only: the whole file, or with
 //!    `--offset`/`--length` only that window of it (F1: `mmap`'s offset, a multiple of the
-//!    page size), plus a one-page map of the header; an Acquire load of the marker through
+//!    page size; a window that does not fit the file is a bad flag value, status 2), plus a one-page map of the header; an Acquire load of the marker through
 //!    the map, then the header again.
 //! 3. Loads from every page, no system call: the first touch of each mapped piece is a
 //!    page fault, no copy (`getrusage` counts them).
 //! 4. With `--compare-read`: `lseek` and `read()` calls of 1 MiB into a buffer over the
 //!    same file: a copy per byte, no page faults on our side. Both are timed (F3).
 //! 5. `munmap`, `close`, then `unlink`, unless `--keep`.
+//!
+//! If the file is cut under the map while this reader verifies it, the load that faults is
+//! SIGBUS: the handler ([`crate::sigbus`]) names the file and removes it (unless `--keep`),
+//! and the process dies of the signal.
 //!
 //! It polls by sleeping, so the report says wait `block`.
 
@@ -30,16 +35,18 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::cli::CommonArgs;
+use common::cli::{bad_flag, CommonArgs};
 use common::narrate;
-use common::ring::{peer_gone, Role};
+use common::peer::Identity;
+use common::ring::Role;
 use common::session::conclude;
 use common::timing::{fmt_ns, fmt_rate, now_ns, CpuTime};
 
 use super::{Header, HeaderError, Measured};
 use crate::reader::PROGRAM;
 use crate::rendezvous::{check_file, open_existing, own_file_checked, pread_exact, remove_if_same};
-use crate::{bulk, file_path, fs_kind, page_faults, show_maps, Map, MapArgs, DEFAULT_BULK_NAME};
+use crate::DEFAULT_BULK_NAME;
+use crate::{bulk, file_path, fs_kind, page_faults, show_maps, sigbus, Map, MapArgs};
 
 /// mmap-reader's bulk flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -83,33 +90,40 @@ impl Span {
 }
 
 /// Checks `--offset`/`--length` against the file's real length, before anything is mapped
-/// (and before this reader owns the file, so a mistyped flag never removes the data).
+/// (and before this reader owns the file, so a mistyped flag never removes the data). A
+/// window that does not fit is a bad flag value: exit status 2, like clap's own checks.
 fn window(f: &Flags, path: &Path, h: &Header) -> Result<Span> {
     let file_len = h.file_len();
     let page = crate::page_size() as u64;
     let start = f.offset.unwrap_or(0);
     if start >= file_len {
-        bail!(
+        return Err(bad_flag(format!(
             "--offset {start} is not inside {} ({file_len} bytes): the window must start at a multiple of {page} below {file_len}",
             path.display()
-        );
+        )));
     }
     let end = match f.length {
         None => file_len,
-        Some(0) => bail!("--length 0: a window holds at least one page ({page} bytes)"),
-        Some(len) if len > file_len - start => bail!(
-            "--length {len} at --offset {start} ends past the end of {} ({file_len} bytes); at most {} fits: \
-             touching a map past the end of its file is SIGBUS (F7)",
-            path.display(),
-            file_len - start
-        ),
+        Some(0) => {
+            return Err(bad_flag(format!(
+                "--length 0: a window holds at least one page ({page} bytes)"
+            )))
+        }
+        Some(len) if len > file_len - start => {
+            return Err(bad_flag(format!(
+                "--length {len} at --offset {start} ends past the end of {} ({file_len} bytes); at most {} fits: \
+                 touching a map past the end of its file is SIGBUS (F7)",
+                path.display(),
+                file_len - start
+            )))
+        }
         Some(len) => start + len,
     };
     if end <= bulk::HEADER_LEN as u64 {
-        bail!(
+        return Err(bad_flag(format!(
             "--offset {start} --length {}: the window holds only the header page, no data to verify",
             end - start
-        );
+        )));
     }
     Ok(Span { start, end })
 }
@@ -123,24 +137,22 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     let ino = check_file(&file, &path)?.ino;
     let span = window(f, &path, &header)?;
     let flavour = fs_kind(&file);
-    // Ours from here: removed when verified (or on an error), unless --keep.
+    // Ours from here: removed when verified (or on an error or a SIGBUS), unless --keep.
     let owned = (!f.keep).then(|| own_file_checked(&path, ino));
+    sigbus::watch(
+        "bulk file",
+        &path,
+        ino,
+        header.file_len(),
+        !f.keep,
+        " (--keep)",
+    );
     // 2. Map it (Map::open checks the length with fstat first, F7).
     let map = map_complete(&file, &path, &header, span, m.populate)?;
     if !c.quiet {
         show_maps(&path);
     }
-    let age = now_ns().saturating_sub(header.done_ns);
-    let gone = if peer_gone(header.writer_pid) {
-        "has exited"
-    } else {
-        "is still running"
-    };
-    narrate!(
-        "the writer (pid {}, which {gone}) finished this file {} ago; the data is in the file, not in the writer (F2)",
-        header.writer_pid,
-        fmt_ns(age)
-    );
+    say_who_wrote_it(&header);
     // 3. Through the map.
     let first = format!(
         "file {} on {flavour}, {} bytes of data, every {} verified",
@@ -168,6 +180,21 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     }
     let report = bulk::report(c, PROGRAM, Role::Reader, flavour, verified);
     conclude(&report, c.json)
+}
+
+/// F2: the data outlived the writer, which may have exited long ago.
+fn say_who_wrote_it(header: &Header) {
+    let age = now_ns().saturating_sub(header.done_ns);
+    let gone = if header.writer().alive() {
+        "is still running"
+    } else {
+        "has exited"
+    };
+    narrate!(
+        "the writer (pid {}, which {gone}) finished this file {} ago; the data is in the file, not in the writer (F2)",
+        header.writer_pid,
+        fmt_ns(age)
+    );
 }
 
 /// Step 2: maps the complete file read-only (or only the window `span` of it, F1) and
@@ -299,13 +326,51 @@ fn compare_read(file: &File, path: &Path, h: &Header, map_ns: u64) -> Result<Vec
 /// Step 1: waits for the file to exist and carry a complete header; looks every 10 ms.
 ///
 /// The header is read with `pread`, not through a map: a file that is still 0 bytes long,
-/// or shorter than it should be, cannot SIGBUS a `pread` (F7).
+/// or shorter than it should be, cannot SIGBUS a `pread` (F7). The writer last seen at
+/// work is remembered: once it is dead without its marker there is nothing to wait for,
+/// whether its file stays (stale), was cut short, or is gone (a writer killed by SIGBUS
+/// removes its file as it dies).
 fn wait_for_complete(path: &Path, timeout: Duration) -> Result<(File, Header)> {
     let deadline = Instant::now() + timeout;
     let mut said = "";
+    let mut seen: Option<Identity> = None;
     loop {
-        let waiting_for = match open_existing(path, false)? {
-            None => {
+        let file = open_existing(path, false)?;
+        let look = file.as_ref().map(|f| read_header(f, path)).transpose()?;
+        let dead = seen.filter(|w| !w.alive()).map(|w| w.pid);
+        let waiting_for = match (file, look) {
+            (Some(file), Some((_, Ok(h)))) if h.state == bulk::STATE_COMPLETE => {
+                return Ok((file, h))
+            }
+            (_, Some((ino, Ok(h)))) if !h.writer().alive() => {
+                return Err(stale(path, ino, h.writer_pid, "is incomplete"))
+            }
+            (_, Some((_, Ok(h)))) => {
+                seen = Some(h.writer());
+                if said != "marker" {
+                    narrate!(
+                        "writer pid {} is still filling the file; waiting for its completion marker (polling the header)",
+                        h.writer_pid
+                    );
+                    said = "marker";
+                }
+                "the writer to finish the file"
+            }
+            (_, Some((ino, Err(HeaderError::NoHeaderYet | HeaderError::Short(_))))) => {
+                if let Some(pid) = dead {
+                    return Err(stale(path, ino, pid, "was cut short (its header is gone)"));
+                }
+                "the writer to finish the file"
+            }
+            (_, Some((_, Err(e)))) => bail!("{}: {e}", path.display()),
+            (_, None) => {
+                if let Some(pid) = dead {
+                    bail!(
+                        "{} is gone, and its writer (pid {pid}), seen filling it, died before finishing it \
+                         (a writer killed by SIGBUS removes its file as it dies): nothing to verify",
+                        path.display()
+                    );
+                }
                 if said != "file" {
                     narrate!(
                         "waiting for {} to appear: mmap-writer --mode bulk creates it",
@@ -315,33 +380,6 @@ fn wait_for_complete(path: &Path, timeout: Duration) -> Result<(File, Header)> {
                 }
                 "the writer to create the file"
             }
-            Some(file) => match read_header(&file, path)? {
-                (_, Ok(h)) if h.state == bulk::STATE_COMPLETE => return Ok((file, h)),
-                (ino, Ok(h)) if peer_gone(h.writer_pid) => {
-                    // The writer died before its completion marker: the file is stale.
-                    remove_if_same(path, ino)
-                        .with_context(|| format!("unlink {}", path.display()))?;
-                    bail!(
-                        "the writer (pid {}) died before finishing {}: the file is incomplete; removed it as stale",
-                        h.writer_pid,
-                        path.display()
-                    );
-                }
-                (_, Ok(h)) => {
-                    if said != "marker" {
-                        narrate!(
-                            "writer pid {} is still filling the file; waiting for its completion marker (polling the header)",
-                            h.writer_pid
-                        );
-                        said = "marker";
-                    }
-                    "the writer to finish the file"
-                }
-                (_, Err(HeaderError::NoHeaderYet | HeaderError::Short(_))) => {
-                    "the writer to finish the file"
-                }
-                (_, Err(e)) => bail!("{}: {e}", path.display()),
-            },
         };
         if Instant::now() > deadline {
             bail!(
@@ -351,6 +389,18 @@ fn wait_for_complete(path: &Path, timeout: Duration) -> Result<(File, Header)> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The writer (pid `pid`) died before its completion marker: the file `path` (inode `ino`)
+/// is stale. Removed, if the path still names that inode; the error says so.
+fn stale(path: &Path, ino: u64, pid: i32, state: &str) -> anyhow::Error {
+    if let Err(e) = remove_if_same(path, ino) {
+        return anyhow::Error::new(e).context(format!("unlink {}", path.display()));
+    }
+    anyhow::anyhow!(
+        "the writer (pid {pid}) died before finishing {}: the file {state}; removed it as stale",
+        path.display()
+    )
 }
 
 /// `fstat` (owner, type) and `pread` of the header fields: the inode and what they say.

@@ -7,11 +7,13 @@
 //!
 //! System calls, in order:
 //! 1. `getrlimit(RLIMIT_AS)` (F6: the whole file is mapped at once), then `statvfs` of the
-//!    directory: a store into a map of a full file system is SIGBUS, not ENOSPC.
+//!    directory: a store into a map of a full file system is SIGBUS, not ENOSPC (a bad
+//!    `--file-size` for this file system, exit status 2).
 //! 2. A file already there: `open(O_NOFOLLOW)`, `fstat`, `pread` of its header; ours and
 //!    stale or complete is `unlink`ed (a new inode, never a rewrite), anything else refused.
 //! 3. `open(O_CREAT|O_EXCL, 0600)`, `ftruncate` to a header page plus the data *before*
-//!    mapping (F7), `fstat`, `mmap(MAP_SHARED)`, and the header stored through the map.
+//!    mapping (F7), `fstat`, `mmap(MAP_SHARED)`, and the header stored through the map,
+//!    with this writer's pid and start time (a reused pid is not this writer).
 //! 4. Stores into every page, no system call: each first store to a page is a page fault
 //!    in which the kernel allocates it; `getrusage` counts the faults.
 //! 5. The completion marker: `state = 1`, stored last with Release.
@@ -19,6 +21,10 @@
 //!    not yet on the disk); with `--sync`, `msync(MS_SYNC)`, which waits until they are
 //!    written (F5), and `cachestat` again.
 //! 7. `munmap` and `close`; the file is not removed.
+//!
+//! If the file is cut (or the file system fills) while this writer fills it, the store
+//! that faults is SIGBUS: the handler ([`crate::sigbus`]) names the file, removes it (it is
+//! ours until complete) and the process dies of the signal.
 //!
 //! The writer waits for no one (the report says wait `block`: its one wait is `msync`,
 //! which sleeps in the kernel). The reader removes the file after verifying it.
@@ -28,17 +34,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use common::cli::CommonArgs;
+use common::cli::{bad_flag, CommonArgs};
 use common::narrate;
-use common::ring::{peer_gone, Role};
+use common::peer::Identity;
+use common::ring::Role;
 use common::session::{conclude, new_nonce};
 use common::timing::{fmt_ns, fmt_rate, now_ns, CpuTime};
 
 use super::{Header, HeaderError, Measured};
-use crate::rendezvous::{check_file, create_file, ensure_room, open_existing, pread_exact};
-use crate::show_maps;
+use crate::rendezvous::{check_file, create_file, open_existing, pread_exact};
+use crate::space::{ensure_room, Need};
 use crate::writer::PROGRAM;
 use crate::{address_space_facts, bulk, cachestat, dirty_kib, file_path, fs_kind, page_faults};
+use crate::{dir_of, show_maps, sigbus};
 use crate::{Map, MapArgs, DEFAULT_BULK_NAME};
 
 /// mmap-writer's bulk flags.
@@ -59,23 +67,29 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     let data_len = f.file_size;
     let file_len = bulk::HEADER_LEN as u64 + data_len;
     // 1. F6: the whole file is mapped at once, so it must fit the address space.
-    let map_len = usize::try_from(file_len).with_context(|| {
-        format!("--file-size {data_len} does not fit this process's address space (F6)")
+    let map_len = usize::try_from(file_len).map_err(|_| {
+        bad_flag(format!(
+            "--file-size {data_len} does not fit this process's address space (F6)"
+        ))
     })?;
     for fact in address_space_facts() {
         narrate!("F6: {fact}");
     }
-    ensure_room(path.parent().unwrap_or(Path::new(".")), file_len)?;
+    bulk_room(&path, data_len)?;
     // 2. A file of an earlier run.
     clear_old_bulk_file(&path, m.path.is_some())?;
     // 3. open(O_EXCL, 0600) + ftruncate: sized before mapping (F7).
     let (file, owned) = create_file(&path, file_len)?;
-    check_file(&file, &path)?;
+    let ino = check_file(&file, &path)?.ino;
+    // Ours until complete: a SIGBUS while filling names it and removes it.
+    sigbus::watch("bulk file", &path, ino, file_len, true, "");
     let flavour = fs_kind(&file);
     let map = Map::create(&file, &path, map_len, m.populate)?;
+    let me = Identity::me();
     let mut header = Header {
         state: bulk::STATE_WRITING,
-        writer_pid: std::process::id() as i32,
+        writer_pid: me.pid,
+        writer_start: me.start,
         block_size: bulk::BLOCK_SIZE as u32,
         data_len,
         nonce: new_nonce(),
@@ -98,6 +112,7 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     // 7. munmap, close. The data outlives this process (F2): stop owning the file.
     drop(map);
     drop(file);
+    sigbus::set_mine(false);
     owned.release();
     narrate!(
         "done; {} stays after this program exits (F2). Read it now or later: mmap-reader --mode bulk{} [--compare-read]",
@@ -106,6 +121,21 @@ pub fn run(c: &CommonArgs, m: &MapArgs, f: &Flags) -> Result<ExitCode> {
     );
     let report = bulk::report(c, PROGRAM, Role::Writer, flavour, filled);
     conclude(&report, c.json)
+}
+
+/// Step 1: the file system must have room for every page before the first store: a store
+/// it cannot supply is SIGBUS, not ENOSPC. Too little is a bad `--file-size` (status 2).
+fn bulk_room(path: &Path, data_len: u64) -> Result<()> {
+    let what = format!(
+        "the bulk file {} (--file-size {data_len} and a header page)",
+        path.display()
+    );
+    let need = Need {
+        need: bulk::HEADER_LEN as u64 + data_len,
+        what: &what,
+        fix: "a smaller --file-size, or a --path on another file system",
+    };
+    ensure_room(dir_of(path), &need)
 }
 
 /// Steps 4 to 6: fill every block, store the completion marker, msync with `--sync`.
@@ -227,13 +257,14 @@ fn clear_old_bulk_file(path: &PathBuf, explicit: bool) -> Result<()> {
         Err(HeaderError::Short(facts.len as usize))
     };
     match verdict {
-        Ok(h) if h.state == bulk::STATE_WRITING && !peer_gone(h.writer_pid) => bail!(
+        Ok(h) if h.state == bulk::STATE_WRITING && h.writer().alive() => bail!(
             "{} is being filled right now by mmap-writer pid {}; wait for it or use another --name",
             path.display(),
             h.writer_pid
         ),
         Ok(h) if h.state == bulk::STATE_WRITING => narrate!(
-            "{} is stale: writer pid {} died before finishing it; replacing it",
+            "{} is stale: writer pid {} died before finishing it (no process with that pid and \
+             start time is alive); replacing it",
             path.display(),
             h.writer_pid
         ),
@@ -245,6 +276,10 @@ fn clear_old_bulk_file(path: &PathBuf, explicit: bool) -> Result<()> {
         ),
         Err(HeaderError::NoHeaderYet) if !explicit => narrate!(
             "{} has no header: left by a writer killed right after creating it; replacing it",
+            path.display()
+        ),
+        Err(e @ HeaderError::Version(_)) => narrate!(
+            "{} holds a {e}; replacing it with a new file",
             path.display()
         ),
         Err(e) => bail!(

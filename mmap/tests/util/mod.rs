@@ -73,6 +73,13 @@ impl TestDir {
         (p, stdin)
     }
 
+    /// Starts `exe` with `args` plus `--name`, after `setup` adjusts the command (limits).
+    pub fn spawn_with(&self, exe: &str, args: &[&str], setup: impl FnOnce(&mut Command)) -> Proc {
+        let mut c = self.cmd(exe, args);
+        setup(&mut c);
+        Proc::spawn(label(exe), &mut c)
+    }
+
     /// Starts `exe` without adding `--name` (for --path runs).
     pub fn spawn_raw(&self, exe: &str, args: &[&str]) -> Proc {
         Proc::spawn(label(exe), &mut self.dir.cmd(exe, args))
@@ -93,6 +100,11 @@ impl TestDir {
 
     /// Asserts nothing was left behind; the directory is removed on drop.
     pub fn finish(self) {
+        self.dir.assert_empty();
+    }
+
+    /// As [`TestDir::finish`], keeping the directory (a tmpfs on it is unmounted first).
+    pub fn assert_empty(&self) {
         self.dir.assert_empty();
     }
 }
@@ -146,4 +158,120 @@ impl DoneExt for Done {
             self.stderr
         );
     }
+}
+
+/// A small tmpfs mounted on a test's directory, so a test can fill a file system (root
+/// only). Unmounted when dropped, even when the test fails; declare it after the
+/// [`TestDir`] so it is dropped first (the directory is removed after the unmount).
+pub struct Tmpfs {
+    pub at: PathBuf,
+}
+
+impl Tmpfs {
+    /// `mount -t tmpfs -o size=SIZE,mode=0700 tmpfs DIR`; `Err(why)` to skip the test.
+    pub fn mount(dir: &TestDir, size: &str) -> Result<Tmpfs, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root to mount a small tmpfs".into());
+        }
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir.path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            at: dir.path.clone(),
+        })
+    }
+
+    /// Writes `name` until the file system is full (ENOSPC); the test removes it.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        let p = self.at.join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0x55u8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", p.display()),
+            }
+        }
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Busy (a child the test could not reap): detach it now, freed when unused.
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// Waits until process `pid` is stopped (state `T` in /proc/PID/stat) after a SIGSTOP.
+pub fn wait_stopped(pid: i32) {
+    let t = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "pid {pid} never stopped: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits (polling every millisecond) until `p`'s stderr contains `needle`.
+pub fn wait_for_quickly(p: &Proc, needle: &str) {
+    let t = Instant::now();
+    while !p.stderr_now().contains(needle) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never printed {needle:?}:\n{}",
+            p.stderr_now()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Cuts `path` to `len` bytes (what `truncate -s LEN` does), under whoever maps it.
+pub fn cut(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// Reads the little-endian u64 at `off` of `path` (a header word).
+pub fn read_u64(path: &Path, off: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 8];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, off)
+        .unwrap();
+    u64::from_le_bytes(b)
 }
