@@ -37,8 +37,9 @@
 //!   `/ipc-study-<uid>-<name>` (and `<that>.back` for pingpong replies, since POSIX cannot
 //!   select by type). Whoever starts first creates the queue (mode 0600); the other opens it.
 //!   A queue owned by another user is refused.
-//! - **Who is there** ([`watch::PeerWatch`]). The same file records the writer's and the
-//!   reader's pid and state (`running`, `finished`) in two fixed slots; `cat` shows it.
+//! - **Who is there** ([`pairfile`]). The same file records the writer and the reader, each
+//!   by pid *and start time* (so a pid reused by an unrelated process is not taken for a
+//!   killed side), with its state (`running`, `finished`), in two fixed slots; `cat` shows it.
 //!   Opening takes an exclusive `flock` on it, so the checks below never interleave.
 //! - **Stale messages.** A queue outlives a killed run, with its messages. The rule:
 //!   * the writer, when it opens, discards (and counts) every message already in the queue:
@@ -53,16 +54,20 @@
 //! - **A peer that dies.** Blocking calls must not wait forever for a dead peer. System V
 //!   `msgrcv`/`msgsnd` have no timeout, and adding a poll loop would cost the pingpong fast
 //!   path, so each side runs a watchdog thread ([`watch::PeerWatch::watchdog`]): every
-//!   100 ms it reads the peer's slot and checks the pid (`kill(pid, 0)`); if the peer died,
-//!   it removes the queue (`IPC_RMID`), which wakes the blocked call with `EIDRM`, and says
-//!   why. POSIX has timed calls, so the main thread waits in `mq_timedreceive`/`mq_timedsend`
-//!   (100 ms slices) and checks the peer between them. The same check ends a wait for a peer
-//!   that never came (`--timeout`). A System V queue removed by anyone else shows up as
+//!   100 ms it reads the peer's slot and checks that process (`kill(pid, 0)`, and its start
+//!   time); if the peer is gone, it removes the queue (`IPC_RMID`), which wakes the blocked
+//!   call with `EIDRM`, and says why. POSIX has timed calls, so the main thread waits in
+//!   `mq_timedreceive`/`mq_timedsend` (100 ms slices) and checks the peer between them. The
+//!   same check ends a wait for a peer that never came (`--timeout`), and one on a live peer
+//!   that makes no progress for `--timeout`: a full queue nobody empties, and in stream and
+//!   pingpong every wait (text mode waits for a human). A System V queue removed by anyone else shows up as
 //!   `EIDRM` and is reported as such. A side that finds its peer dead removes the queue and
 //!   the pair file: nobody will use them, and a `kill -9` of either side leaves nothing behind.
-//! - **Cleanup.** The reader removes the queue(s) and the file when done, and on Ctrl-C. A
-//!   writer that created the queue removes it on an error or Ctrl-C unless a live reader is
-//!   recorded; after a clean finish it leaves the queue for the reader (M1).
+//! - **Cleanup.** The reader removes the queue(s) and the file when done, on an error and on
+//!   Ctrl-C. A writer that created the queue removes it on an error or Ctrl-C unless a live
+//!   reader is recorded; after a clean finish it leaves the queue for the reader (M1). Both
+//!   claims are taken the moment the queue exists, so a failure later in the rendezvous (a
+//!   full file system refusing the pair file's `pwrite`) leaves nothing behind.
 //! - **One of each.** The pair file records one writer and one reader: a second live
 //!   writer, or a second live reader, is refused and pointed to `--shared` (M5), which has
 //!   its own registry, key and rules ([`members`]).
@@ -80,6 +85,7 @@
 //! | [`members`] | M5's registry: who uses a shared queue, and the last one out removes it (a first reading skips it) |
 //! | [`rendezvous`] | create-or-open, stale messages, ownership, cleanup (a first reading skips it) |
 //! | [`watch`] | the peer watch: who the peer is, whether it lives, what a wait does when it dies (a first reading skips it) |
+//! | [`pairfile`] | the pair file: the writer's and the reader's line, each a pid and its start time (a first reading skips it) |
 //!
 //! Man pages: msgget(2), msgsnd(2), msgrcv(2), msgctl(2), ftok(3), svipc(7),
 //! mq_overview(7), mq_open(3), mq_send(3), mq_timedsend(3), mq_receive(3), mq_getattr(3),
@@ -87,6 +93,7 @@
 
 pub mod limits;
 pub mod members;
+pub mod pairfile;
 pub mod posix;
 pub mod reader;
 pub mod rendezvous;

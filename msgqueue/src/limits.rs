@@ -69,7 +69,8 @@ impl Limits {
         self.max_frame(posix).0.saturating_sub(HEADER_LEN)
     }
 
-    /// Refuses a `--size` the queue cannot carry, naming the sysctl (never clamps).
+    /// Refuses a `--size` the queue cannot carry, naming the sysctl (never clamps): a bad
+    /// flag value, so the program exits 2 (`common::cli::bad_flag`).
     pub fn check_size(&self, size: usize, posix: bool) -> Result<()> {
         let (frame, sysctl) = self.max_frame(posix);
         let max = frame.saturating_sub(HEADER_LEN);
@@ -79,10 +80,10 @@ impl Limits {
             } else {
                 String::new()
             };
-            bail!(
+            return Err(common::cli::bad_flag(format!(
                 "--size {size} is too large: a message may hold at most {frame} bytes ({sysctl} = {frame}){cap}, \
                  and the frame header takes {HEADER_LEN}, so --size may be at most {max} (M6; an administrator can raise {sysctl} with sysctl -w)"
-            );
+            )));
         }
         Ok(())
     }
@@ -184,7 +185,7 @@ impl Full {
         }
         self.seen = true;
         narrate!(
-            "the queue is full (msg_qbytes reached, M6): msgsnd blocks here until the {peer} takes a message (--nowait shows EAGAIN instead)"
+            "the queue is full (msg_qbytes reached, M6): msgsnd blocks here until the {peer} takes a message, at most --timeout while it takes none (--nowait shows EAGAIN instead)"
         );
         Ok(())
     }
@@ -200,7 +201,7 @@ impl Full {
         }
         self.seen = true;
         narrate!(
-            "the queue is full (mq_maxmsg messages, M6): mq_send blocks here until the {peer} takes one (--nowait shows EAGAIN instead)"
+            "the queue is full (mq_maxmsg messages, M6): mq_send blocks here until the {peer} takes one, at most --timeout while it takes none (--nowait shows EAGAIN instead)"
         );
         nix::mqueue::mq_remove_nonblock(q).context("mq_setattr (clear O_NONBLOCK)")?;
         Ok(())
@@ -221,7 +222,12 @@ mod tests {
         };
         assert_eq!(l.max_payload(false), 8152);
         assert!(l.check_size(8152, false).is_ok());
-        let e = l.check_size(8153, false).unwrap_err().to_string();
+        let e = l.check_size(8153, false).unwrap_err();
+        assert!(
+            e.downcast_ref::<common::cli::BadFlag>().is_some(),
+            "exits 2"
+        );
+        let e = e.to_string();
         assert!(e.contains("kernel.msgmax") && e.contains("8152"), "{e}");
         let e = l.check_size(9000, true).unwrap_err().to_string();
         assert!(e.contains("fs.mqueue.msgsize_max"), "{e}");

@@ -7,10 +7,14 @@
 //! registry file, `<name>.shared-mq` in the runtime directory, one line per member at a
 //! fixed offset (`cat` shows it):
 //! ```text
-//! writer 1234 running type 1 session 5f0c3a9e12d4b7a1 new
-//! writer 1235 finished type 2 session 0a1b2c3d4e5f6a7b taken
-//! reader 1240 running type 1 writers 2
+//! writer 1234 running type 1 session 5f0c3a9e12d4b7a1 new start 81234560
+//! writer 1235 finished type 2 session 0a1b2c3d4e5f6a7b taken start 81234561
+//! reader 1240 running type 1 writers 2 start 81234570
 //! ```
+//! `start` is the member's start time (clock ticks after boot, field 22 of
+//! `/proc/<pid>/stat`): a member is alive only while the process with its pid started at
+//! that time (`common::peer::Identity`), so a killed member's pid, reused by an unrelated
+//! process, does not keep it "running".
 //! Its inode gives the queue's key (`ftok`), a different key from the one-to-one pair file
 //! of the same `--name`, so the two modes never meet in one queue. Every change happens
 //! under an exclusive `flock` of the file, taken on a fresh `open` each time (a lock is
@@ -29,8 +33,12 @@
 //!   only if a finished session that no reader has begun waits in it (M1: messages outlive
 //!   their writer); else this last member removes the queue and the registry.
 //!
-//! A member killed with `kill -9` cannot leave: its line says `running` with a dead pid,
-//! which every check treats as gone, so the next member to leave removes what it left.
+//! A member killed with `kill -9` cannot leave: its line says `running` with a dead pid
+//! (or one now used by another process), which every check treats as gone, so the next
+//! member to leave removes what it left.
+//!
+//! A join that fails after it created the queue (a full file system refusing the `pwrite`
+//! of its line, say) removes the queue, and the registry if no other member is in it.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -40,6 +48,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use common::cleanup::Owned;
 use common::narrate;
+use common::peer::Identity;
 use common::setup::Role;
 use nix::fcntl::{Flock, FlockArg};
 
@@ -47,8 +56,8 @@ use crate::rendezvous::{self, OpenArgs};
 use crate::sysv::{Message, SysvQueue};
 
 /// Bytes per member line: the longest line (a 7-digit pid, `finished`, type 99, a
-/// session and `taken`) is 63 characters.
-const SLOT: usize = 80;
+/// session, `taken` and a 20-digit start time) is 90 characters.
+pub const SLOT: usize = 96;
 /// Most members one registry records before it starts afresh.
 pub const MAX_MEMBERS: usize = 64;
 
@@ -85,6 +94,8 @@ pub struct Member {
     pub role: Role,
     /// Its process id.
     pub pid: i32,
+    /// Its start time (`/proc/<pid>/stat` field 22; 0: unknown, judged by the pid alone).
+    pub start: u64,
     /// How it is doing.
     pub state: State,
     /// The one type it sends (writer) or takes (reader).
@@ -100,9 +111,11 @@ pub struct Member {
 impl Member {
     /// This process as a writer of `mtype` with session `session`.
     pub fn writer(mtype: i64, session: u64) -> Member {
+        let me = Identity::me();
         Member {
             role: Role::Writer,
-            pid: std::process::id() as i32,
+            pid: me.pid,
+            start: me.start,
             state: State::Running,
             mtype,
             session,
@@ -121,9 +134,18 @@ impl Member {
         }
     }
 
-    /// Running, and its process exists (`kill(pid, 0)`).
+    /// Running, and its process exists (`kill(pid, 0)`) and is the one recorded (started
+    /// at the recorded time: not a reused pid).
     pub fn live(&self) -> bool {
-        self.state == State::Running && common::peer::alive(self.pid)
+        self.state == State::Running && self.identity().alive()
+    }
+
+    /// Its pid and start time.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            pid: self.pid,
+            start: self.start,
+        }
     }
 
     /// Left without finishing: failed, or recorded as running while its pid is dead.
@@ -143,19 +165,24 @@ impl Member {
 
     fn line(&self) -> String {
         let (role, pid, state, t) = (self.role, self.pid, self.state.as_str(), self.mtype);
+        let start = self.start;
         match self.role {
             Role::Writer => {
                 let taken = if self.taken { "taken" } else { "new" };
                 format!(
-                    "{role} {pid} {state} type {t} session {:016x} {taken}",
+                    "{role} {pid} {state} type {t} session {:016x} {taken} start {start}",
                     self.session
                 )
             }
-            Role::Reader => format!("{role} {pid} {state} type {t} writers {}", self.writers),
+            Role::Reader => format!(
+                "{role} {pid} {state} type {t} writers {} start {start}",
+                self.writers
+            ),
         }
     }
 
     fn parse(line: &str) -> Option<Member> {
+        let line = line.lines().next()?;
         let w: Vec<&str> = line.split_whitespace().collect();
         let role = match *w.first()? {
             "writer" => Role::Writer,
@@ -168,9 +195,15 @@ impl Member {
             "failed" => State::Failed,
             _ => return None,
         };
+        // `start N` ends the line; an older line without it is judged by its pid alone.
+        let start = match w.iter().position(|&t| t == "start") {
+            Some(i) => w.get(i + 1)?.parse().ok()?,
+            None => 0,
+        };
         let mut m = Member {
             role,
             pid: w.get(1)?.parse().ok()?,
+            start,
             state,
             mtype: w.get(4)?.parse().ok()?,
             ..Member::writer(0, 0)
@@ -250,7 +283,7 @@ impl Locked {
         buf[SLOT - 1] = b'\n';
         self.file
             .write_at(&buf, (i * SLOT) as u64)
-            .context("pwrite of the registry")?;
+            .with_context(|| format!("pwrite of line {i} of the registry"))?;
         Ok(())
     }
 }
@@ -299,7 +332,50 @@ pub fn join(a: &OpenArgs, me: Member) -> Result<Joined> {
             );
         }
     }
-    let q = rendezvous::open_sysv(a, &path)?.0;
+    // Whatever fails from here on undoes what this join made (see undo_join).
+    let (q, created) =
+        rendezvous::open_sysv(a, &path).inspect_err(|_| undo_join(&locked, &path, None))?;
+    let (slot, stale, others) = record(&locked, &mut all, q, me, &path)
+        .inspect_err(|_| undo_join(&locked, &path, Some((q, created))))?;
+    Ok(Joined {
+        membership: Membership { path, slot, me, q },
+        stale,
+        others,
+    })
+}
+
+/// A join failed (a full file system refusing the `pwrite` of its line, say): if no member
+/// is recorded, nobody would remove the registry and its queue, so this side does; else
+/// only a queue this join created goes.
+fn undo_join(locked: &Locked, path: &Path, queue: Option<(SysvQueue, bool)>) {
+    let alone = locked
+        .members()
+        .map_or(true, |m| m.iter().all(Option::is_none));
+    if let Some((q, created)) = queue.filter(|&(_, created)| created || alone) {
+        let _ = SysvQueue::remove(q.id);
+        let how = if created {
+            "this join created"
+        } else {
+            "no member uses"
+        };
+        narrate!("joining failed: removed msqid {}, which {how}", q.id);
+    }
+    if alone {
+        let _ = std::fs::remove_file(path);
+        let p = path.display();
+        narrate!("joining failed: removed the registry {p}, which records no member");
+    }
+}
+
+/// The rest of [`join`], under the registry's lock: stale messages of a dead registry are
+/// discarded, and `me` takes a free line. Returns the line, the stale count, the others.
+fn record(
+    locked: &Locked,
+    all: &mut Vec<Option<Member>>,
+    q: SysvQueue,
+    me: Member,
+    path: &Path,
+) -> Result<(usize, u64, Vec<Member>)> {
     let alive = all.iter().flatten().any(Member::live);
     let mut stale = 0;
     if !alive && !all.iter().flatten().any(Member::waiting) {
@@ -317,12 +393,10 @@ pub fn join(a: &OpenArgs, me: Member) -> Result<Joined> {
     if slot >= MAX_MEMBERS {
         bail!("{} already records {MAX_MEMBERS} members; wait until they are done, or pick another --name", path.display());
     }
-    locked.put(slot, &me)?;
-    Ok(Joined {
-        membership: Membership { path, slot, me, q },
-        stale,
-        others,
-    })
+    locked
+        .put(slot, &me)
+        .with_context(|| format!("recording this member in {}", path.display()))?;
+    Ok((slot, stale, others))
 }
 
 impl Membership {
@@ -441,6 +515,7 @@ mod tests {
     fn member_lines_round_trip_and_fit_their_slot() {
         let w = Member {
             pid: 4_194_304,
+            start: u64::MAX,
             state: State::Finished,
             taken: true,
             ..Member::writer(99, u64::MAX)
@@ -451,9 +526,21 @@ mod tests {
         assert_eq!(Member::parse(&r.line()), Some(r));
         assert_eq!(
             r.line(),
-            format!("reader {} running type 2 writers 3", r.pid)
+            format!(
+                "reader {} running type 2 writers 3 start {}",
+                r.pid, r.start
+            )
         );
-        assert!(r.live() && !r.gone() && !r.waiting());
+        assert!(r.start > 0 && r.live() && !r.gone() && !r.waiting());
+        // The same pid with another start time: a reused pid, not this member.
+        let reused = Member {
+            start: r.start + 1,
+            ..r
+        };
+        assert!(!reused.live() && reused.gone());
+        // An older line, without a start time, is judged by its pid alone.
+        let old = format!("reader {} running type 2 writers 3", r.pid);
+        assert_eq!(Member::parse(&old), Some(Member { start: 0, ..r }));
         // Finished but taken: a reader has it, so it does not keep the queue (M1).
         assert!(!w.waiting() && Member { taken: false, ..w }.waiting());
         assert_eq!(Member::parse("                "), None);

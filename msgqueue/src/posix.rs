@@ -4,8 +4,9 @@
 //! `mqueue` file system, so its descriptor is a file descriptor (`fstat` works on it).
 //! `mq_open(3)` creates or opens it with a fixed message size and depth, `mq_send(3)` adds a
 //! message with a priority, `mq_receive(3)` takes the oldest of the highest priority, and
-//! `mq_unlink(3)` removes the name. The programs call nix's `mq_open`, `mq_send`,
-//! `mq_timedreceive`, `mq_getattr` and `mq_unlink` directly; `mq_timedsend` is below.
+//! `mq_unlink(3)` removes the name. The programs call nix's `mq_send`, `mq_timedreceive`,
+//! `mq_getattr` and `mq_unlink` directly; `mq_timedsend` is below, with the rendezvous's
+//! POSIX half ([`open_pair`]: `mq_open` of both queues, created or opened and checked).
 //! See [mq_overview(7)](https://man7.org/linux/man-pages/man7/mq_overview.7.html).
 
 use std::io;
@@ -13,11 +14,16 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::narrate;
 use common::session::Outgoing;
+use common::setup::Role;
 use nix::errno::Errno;
-use nix::mqueue::MqdT;
+use nix::mqueue::{mq_getattr, mq_open, MQ_OFlag, MqAttr, MqdT};
+use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_gettime, ClockId};
+
+use crate::rendezvous::{OpenArgs, Queues};
 
 /// POSIX queue names: requests (and data) and, for pingpong, replies.
 pub fn posix_names(name: &str) -> (String, String) {
@@ -114,4 +120,93 @@ pub fn load<'b>(buf: &'b mut [u8], frame: &Outgoing<'b>) -> Result<&'b [u8]> {
 pub fn buffer(q: &MqdT) -> Result<Vec<u8>> {
     let size = nix::mqueue::mq_getattr(q).context("mq_getattr")?.msgsize() as usize;
     Ok(vec![0; size])
+}
+
+/// The rendezvous's POSIX queues (step 3 of [`crate::rendezvous`]): the main queue and,
+/// for pingpong, the `.back` one, each created or opened (`open_one`); whether this
+/// call created the main one.
+pub fn open_pair(a: &OpenArgs) -> Result<(Queues, bool)> {
+    let (main_name, back_name) = posix_names(&a.name);
+    let mut names = vec![main_name.clone()];
+    // The sending end is non-blocking, so a full queue is noticed (and narrated) before
+    // the program waits for room (limits::Full).
+    let nb = |sending: bool| {
+        if sending {
+            MQ_OFlag::O_NONBLOCK
+        } else {
+            MQ_OFlag::empty()
+        }
+    };
+    let (main, created) = open_one(&main_name, a, nb(a.role == Role::Writer))?;
+    // The reply queue's name is always in the cleanup list: a killed pingpong run may
+    // have left one even when this run does not use it (unlinking a missing name is fine).
+    names.push(back_name.clone());
+    let back = match a
+        .pingpong
+        .then(|| open_one(&back_name, a, nb(a.role == Role::Reader)))
+    {
+        None => None,
+        Some(Ok((q, _))) => Some(q),
+        // The main queue this call just created is not left behind.
+        Some(Err(e)) => {
+            if created {
+                let _ = posix_unlink(&main_name);
+            }
+            return Err(e);
+        }
+    };
+    Ok((Queues::Posix { main, back, names }, created))
+}
+
+/// `mq_open(3)` of one queue: `O_CREAT|O_EXCL` with mode 0600 and `a`'s size and depth,
+/// or, if it exists, the existing one; checked to be ours. Whether this call created it.
+fn open_one(name: &str, a: &OpenArgs, extra: MQ_OFlag) -> Result<(MqdT, bool)> {
+    let mode = Mode::S_IRUSR | Mode::S_IWUSR;
+    let attr = MqAttr::new(0, a.maxmsg as _, a.msgsize as _, 0);
+    let flags = MQ_OFlag::O_RDWR | extra;
+    let (q, created) = match mq_open(name, flags | MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL, mode, Some(&attr)) {
+        Ok(q) => (q, true),
+        Err(Errno::EEXIST) => (
+            mq_open(name, flags, mode, None).with_context(|| format!("mq_open {name} O_RDWR"))?,
+            false,
+        ),
+        Err(Errno::ENOSYS) => bail!("mq_open {name}: ENOSYS: this kernel has no POSIX message queues (CONFIG_POSIX_MQUEUE)"),
+        Err(Errno::EINVAL) => bail!(
+            "mq_open {name}: EINVAL: mq_maxmsg {} or mq_msgsize {} is above fs.mqueue.msg_max / msgsize_max (M6)",
+            a.maxmsg, a.msgsize
+        ),
+        Err(e) => return Err(e).with_context(|| format!("mq_open {name} O_CREAT|O_EXCL 0600")),
+    };
+    let (uid, perm) = posix_owner(&q)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if uid != me {
+        bail!("POSIX queue {name} belongs to uid {uid}, not to you (uid {me}): refusing to use another user's queue");
+    }
+    let at = mq_getattr(&q).with_context(|| format!("mq_getattr {name}"))?;
+    narrate!(
+        "mq_open {name}: {} (mode {perm:o}); mq_getattr: mq_maxmsg {}, mq_msgsize {}, mq_curmsgs {}",
+        if created { "created" } else { "opened the existing queue" },
+        at.maxmsg(),
+        at.msgsize(),
+        at.curmsgs()
+    );
+    Ok((q, created))
+}
+
+/// Takes every message out of `q` without waiting (stale messages); how many.
+pub(crate) fn drain(q: &MqdT) -> Result<u64> {
+    let mut buf = crate::posix::buffer(q)?;
+    let mut prio = 0;
+    // A deadline in the past: mq_timedreceive returns at once, with ETIMEDOUT (or EAGAIN
+    // on a non-blocking descriptor) when the queue is empty.
+    let past = TimeSpec::new(0, 0);
+    let mut n = 0;
+    loop {
+        match nix::mqueue::mq_timedreceive(q, &mut buf, &mut prio, &past) {
+            Ok(_) => n += 1,
+            Err(Errno::ETIMEDOUT | Errno::EAGAIN) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("mq_timedreceive (discarding stale messages)"),
+        }
+    }
 }

@@ -93,8 +93,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     limits.narrate(posix);
     // 2. Create or open the queue and judge what is already in it (rendezvous.rs). The
     // reader owns the queue from now on: removed when done, on an error, on Ctrl-C.
-    let opened = rendezvous::open(&OpenArgs::new(Role::Reader, &args.queue, c, &limits))?;
-    let owned = rendezvous::reader_owns(&opened);
+    let mut opened = rendezvous::open(&OpenArgs::new(Role::Reader, &args.queue, c, &limits))?;
+    let owned = rendezvous::reader_owns(&mut opened);
     let (setup, watch) = (crate::setup(PROGRAM, posix, c, &limits), &opened.watch);
     let mut notes = [opened.notes, limits.describe(posix)].concat();
     if opened.waiting > 0 {

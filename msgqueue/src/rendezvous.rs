@@ -5,8 +5,11 @@
 //! [`open`] is the same for both sides, under an exclusive `flock` of the pair file so the
 //! two never check at the same time:
 //! 1. the pair file (`<name>.sysv-mq` / `<name>.posix-mq` in the runtime directory) is
-//!    created or opened, and must be a regular file of ours;
-//! 2. another process already playing this role, and alive, is refused;
+//!    created or opened, and must be a regular file of ours (and still the one at its path
+//!    once locked: the previous pair's last side removes it);
+//! 2. another process already playing this role, and alive, is refused. Alive means the
+//!    process its line names: the same pid *and* start time (`common::peer::Identity`), so
+//!    a killed side's pid, reused by an unrelated process, is gone;
 //! 3. the queue is created or opened: System V by the file's `ftok` key (or `--key`),
 //!    `msgget(IPC_CREAT|IPC_EXCL|0600)` and on EEXIST `msgget(key, 0)`; POSIX by name,
 //!    `mq_open(O_CREAT|O_EXCL, 0600)` and on EEXIST `mq_open` of the existing one.
@@ -16,10 +19,13 @@
 //!    first, or finished and exited: M1) or stale (a killed run): discarded and counted;
 //! 6. a peer recorded as running but dead is forgotten, and this side records itself.
 //!
-//! Cleanup: the reader owns the queue(s) and the pair file from the start ([`reader_owns`]);
-//! a writer owns a queue it created only until it finishes, and never removes one a live
-//! reader is using ([`writer_owns`]). Either side removes both when it finds its peer
-//! dead ([`PeerWatch::on_death`]).
+//! Cleanup: the reader owns the queue(s) and the pair file from the moment the queue exists
+//! ([`reader_owns`]); a writer owns a queue it created only until it finishes, and never
+//! removes one a live reader is using ([`writer_owns`]). Either side removes both when it
+//! finds its peer gone ([`PeerWatch::on_death`]). The claims are taken inside [`open`],
+//! right after step 3, so a failure in steps 4 to 6 (a full file system refusing the
+//! `pwrite` of step 6, say) removes what this side created, and a pair file this side
+//! created is removed if the rendezvous fails at all.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,16 +36,15 @@ use anyhow::{bail, Context, Result};
 use common::cleanup::Owned;
 use common::cli::CommonArgs;
 use common::narrate;
+use common::peer::Identity;
 use common::setup::Role;
 use libc::key_t;
-use nix::errno::Errno;
-use nix::mqueue::{mq_getattr, mq_open, MQ_OFlag, MqAttr, MqdT};
-use nix::sys::stat::Mode;
-use nix::sys::time::TimeSpec;
+use nix::fcntl::Flock;
+use nix::mqueue::{mq_getattr, MqdT};
 
-use crate::posix::{posix_names, posix_owner, posix_unlink};
+use crate::posix::posix_unlink;
 use crate::sysv::{ftok, is_removed, Message, SysvQueue};
-use crate::watch::{PeerWatch, Slot};
+use crate::watch::{not_alive, PeerWatch, Slot};
 use crate::{Limits, QueueArgs, DEFAULT_NAME};
 
 /// The pair's file in the runtime directory.
@@ -81,6 +86,9 @@ pub struct OpenArgs {
     pub maxmsg: usize,
     /// `--timeout`: how long a wait gives a peer that has not shown up.
     pub timeout: Duration,
+    /// Stream and pingpong: `--timeout` also ends a wait on a live peer that makes no
+    /// progress (text mode waits for a human).
+    pub bounded: bool,
 }
 
 impl OpenArgs {
@@ -97,6 +105,7 @@ impl OpenArgs {
             msgsize: limits.max_frame(posix).0,
             maxmsg: limits.mq_msg_max.clamp(1, 10),
             timeout: c.timeout,
+            bounded: c.mode != common::cli::Mode::Text,
         }
     }
 }
@@ -133,6 +142,9 @@ pub struct Opened {
     pub notes: Vec<String>,
     /// A reader that finished before this one and left messages of other types (M4).
     pub earlier_reader: Option<i32>,
+    /// This side's claim on the queue(s), taken as soon as they exist (see the module
+    /// docs); [`reader_owns`] and [`writer_owns`] hand it to the program.
+    owned: Option<Owned>,
 }
 
 /// What identifies the queue(s) for removal, copyable into a cleanup closure.
@@ -160,10 +172,7 @@ impl QueueIds {
                 }
             }
         }
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_file(path)
     }
 
     /// "System V msqid 3" / "POSIX /ipc-study-0-x and /ipc-study-0-x.back".
@@ -188,34 +197,19 @@ impl Opened {
 /// The rendezvous: see the module docs (steps 1 to 6).
 pub fn open(a: &OpenArgs) -> Result<Opened> {
     let path = pair_path(&a.name, a.posix)?;
-    let watch = Arc::new(PeerWatch::open(&path, a.role, a.timeout)?);
-    narrate!(
-        "pair file {}: flock while checking the queue, so writer and reader never check at the same time",
-        path.display()
-    );
-    let lock = watch.lock()?;
-    let me = std::process::id() as i32;
-
-    // Is another process already playing this role?
-    let earlier_reader = match watch.read(a.role) {
-        Slot::Finished(pid) if a.role == Role::Reader && pid != me => Some(pid),
-        _ => None,
-    };
-    match watch.read(a.role) {
-        // One writer and one reader at a time: two readers at once would remove the
-        // queue under each other, and a second writer would mix two sessions. Several of
-        // each is the shared mode's (M5), with its own registry and queue.
-        Slot::Running(pid) if pid != me && common::peer::alive(pid) => {
-            bail!(
-                "another {} (pid {pid}) is using this queue ({}); wait for it, pick another --name, or run every writer and reader with --shared (several of each at once, M5)",
-                a.role,
-                path.display()
-            )
-        }
-        _ => {}
-    }
+    let (watch, lock) = open_pair_file(a, &path)?;
+    // A pair file this side created is its to remove if the rendezvous fails, until a
+    // claim on the queue (which removes the file with it) takes over.
+    let mut file_claim = watch.pair().created().then(|| {
+        let p = path.clone();
+        common::cleanup::own(format!("the pair file {}", path.display()), move || {
+            remove_file(&p)
+        })
+    });
+    let me = Identity::me();
+    let earlier_reader = check_role(&watch, a.role, me)?;
     let (queues, created) = if a.posix {
-        open_posix(a)?
+        crate::posix::open_pair(a)?
     } else {
         let (q, created) = open_sysv(a, &path)?;
         (Queues::Sysv(q), created)
@@ -228,17 +222,78 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
         waiting: 0,
         notes: Vec::new(),
         earlier_reader,
+        owned: None,
     };
+    // The queue exists: from here on an error drops `opened`, and its claim removes what
+    // this side must remove (the reader: the queue(s) and the pair file; a writer: a queue
+    // it created), as Ctrl-C does.
+    opened.owned = match a.role {
+        Role::Reader => Some(reader_claim(&opened)),
+        Role::Writer => writer_claim(&opened),
+    };
+    if let Some(c) = file_claim.take_if(|_| opened.owned.is_some()) {
+        c.release();
+    }
     judge_queued(&mut opened, a.role)?;
     forget_dead_peer(&opened.watch, a.role)?;
     opened.watch.write(a.role, Slot::Running(me))?;
     drop(lock);
+    if let Some(c) = file_claim {
+        c.release();
+    }
     // A dead peer leaves a queue nobody will use: the side that finds out removes it.
     let (ids, p) = (opened.ids(), path);
     opened.watch.on_death(move || {
         let _ = ids.remove(&p);
     });
     Ok(opened)
+}
+
+/// Step 1: the pair file, opened and locked; opened again if the previous pair's last side
+/// removed it while this one waited for the lock (a lock on a removed file guards nothing).
+fn open_pair_file(a: &OpenArgs, path: &Path) -> Result<(Arc<PeerWatch>, Flock<std::fs::File>)> {
+    loop {
+        let watch = PeerWatch::open(path, a.role, a.timeout)?.bounded(a.bounded);
+        let watch = Arc::new(watch);
+        narrate!(
+            "pair file {}: flock while checking the queue, so writer and reader never check at the same time",
+            path.display()
+        );
+        let lock = watch.pair().lock()?;
+        if watch.pair().still_at_path()? {
+            return Ok((watch, lock));
+        }
+        narrate!(
+            "{} was removed while this side waited for its lock (the previous pair finished): opening it again",
+            path.display()
+        );
+    }
+}
+
+/// Step 2: is another process already playing this role? A live one is refused; one
+/// recorded but gone (killed, its pid perhaps reused) is replaced. Returns a reader that
+/// finished before this one (it may have left messages of other types, M4).
+fn check_role(watch: &PeerWatch, role: Role, me: Identity) -> Result<Option<i32>> {
+    match watch.read(role) {
+        Slot::Finished(id) if role == Role::Reader && id.pid != me.pid => Ok(Some(id.pid)),
+        // One writer and one reader at a time: two readers at once would remove the
+        // queue under each other, and a second writer would mix two sessions. Several of
+        // each is the shared mode's (M5), with its own registry and queue.
+        Slot::Running(id) if id.pid != me.pid && id.alive() => bail!(
+            "another {role} (pid {}) is using this queue ({}); wait for it, pick another --name, or run every writer and reader with --shared (several of each at once, M5)",
+            id.pid,
+            watch.path().display()
+        ),
+        Slot::Running(id) if id.pid != me.pid => {
+            narrate!(
+                "the pair file names {role} pid {} as running, but {}: that {role} is gone, and this one takes its place",
+                id.pid,
+                not_alive(id)
+            );
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Step 5: messages already in the queue: this session's, or leftovers?
@@ -253,11 +308,13 @@ fn judge_queued(o: &mut Opened, role: Role) -> Result<()> {
         Role::Reader => o.watch.read(Role::Writer),
     };
     let keep = match writer {
-        Slot::Running(pid) if common::peer::alive(pid) => Some(format!(
-            "sent by writer pid {pid}, which started first and is still running"
+        Slot::Running(id) if id.alive() => Some(format!(
+            "sent by writer pid {}, which started first and is still running",
+            id.pid
         )),
-        Slot::Finished(pid) => Some(format!(
-            "sent by writer pid {pid}, which finished its session and exited: the kernel kept them (M1)"
+        Slot::Finished(id) => Some(format!(
+            "sent by writer pid {}, which finished its session and exited: the kernel kept them (M1)",
+            id.pid
         )),
         _ => None,
     };
@@ -268,10 +325,13 @@ fn judge_queued(o: &mut Opened, role: Role) -> Result<()> {
     }
     o.stale = drain(&o.queues)?;
     let whose = match o.watch.read(Role::Writer) {
-        Slot::Running(pid) if pid != me => {
-            format!("writer pid {pid}, which was killed before it finished")
+        Slot::Running(id) if id.pid != me => {
+            format!("writer pid {}, which was killed before it finished", id.pid)
         }
-        Slot::Finished(pid) => format!("writer pid {pid}, whose session nobody read to the end"),
+        Slot::Finished(id) => format!(
+            "writer pid {}, whose session nobody read to the end",
+            id.pid
+        ),
         _ => "an earlier run".to_string(),
     };
     narrate!(
@@ -285,14 +345,16 @@ fn judge_queued(o: &mut Opened, role: Role) -> Result<()> {
     Ok(())
 }
 
-/// Step 6: a peer recorded as running but dead is history: clear its slot so nobody waits
-/// on it.
+/// Step 6: a peer recorded as running but gone (no such process, or its pid now names
+/// another process) is history: clear its slot so nobody waits on it.
 fn forget_dead_peer(watch: &PeerWatch, role: Role) -> Result<()> {
-    if let Slot::Running(pid) = watch.read(role.peer()) {
-        if !common::peer::alive(pid) {
+    if let Slot::Running(id) = watch.read(role.peer()) {
+        if !id.alive() {
             narrate!(
-                "the pair file names {} pid {pid}, which no longer runs: forgetting it",
-                role.peer()
+                "the pair file names {} pid {} as running, but {}: forgetting it",
+                role.peer(),
+                id.pid,
+                not_alive(id)
             );
             watch.write(role.peer(), Slot::Empty)?;
         }
@@ -300,36 +362,58 @@ fn forget_dead_peer(watch: &PeerWatch, role: Role) -> Result<()> {
     Ok(())
 }
 
-/// The writer's claim on a queue it created: removed on an error or Ctrl-C unless a live
-/// reader is recorded (it removes the queue when done); released after a clean finish, so
-/// the messages wait for a reader (M1).
-pub fn writer_owns(o: &Opened) -> Option<Owned> {
+/// The writer's claim on a queue it created (taken by [`open`] as soon as the queue
+/// exists): removed on an error or Ctrl-C unless a live reader is recorded (it removes the
+/// queue when done); released after a clean finish, so the messages wait for a reader (M1).
+pub fn writer_owns(o: &mut Opened) -> Option<Owned> {
+    o.owned.take()
+}
+
+/// The reader owns the queue(s) and the pair file (since [`open`] created or opened them):
+/// removed when done, on an error, on Ctrl-C.
+pub fn reader_owns(o: &mut Opened) -> Owned {
+    match o.owned.take() {
+        Some(owned) => owned,
+        None => reader_claim(o),
+    }
+}
+
+fn writer_claim(o: &Opened) -> Option<Owned> {
     if !o.created {
         return None;
     }
     let (watch, ids) = (Arc::clone(&o.watch), o.ids());
-    Some(common::cleanup::own(
-        format!("the queue ({})", ids.describe()),
-        move || {
-            if let Slot::Running(pid) = watch.read(Role::Reader) {
-                if common::peer::alive(pid) {
-                    narrate!("leaving the queue to the reader (pid {pid}), which removes it");
-                    return Ok(());
-                }
+    let what = format!(
+        "the queue ({}) and {}",
+        ids.describe(),
+        watch.path().display()
+    );
+    Some(common::cleanup::own(what, move || {
+        if let Slot::Running(id) = watch.read(Role::Reader) {
+            if id.alive() {
+                let pid = id.pid;
+                narrate!("leaving the queue to the reader (pid {pid}), which removes it");
+                return Ok(());
             }
-            ids.remove(watch.path())
-        },
-    ))
+        }
+        ids.remove(watch.path())
+    }))
 }
 
-/// The reader owns the queue(s) and the pair file from now on: removed when done, on an
-/// error, on Ctrl-C.
-pub fn reader_owns(o: &Opened) -> Owned {
+fn reader_claim(o: &Opened) -> Owned {
     let (ids, p) = (o.ids(), o.watch.path().to_path_buf());
     common::cleanup::own(
         format!("the queue ({}) and {}", ids.describe(), p.display()),
         move || ids.remove(&p),
     )
+}
+
+/// `unlink` that treats "already gone" as done.
+fn remove_file(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The System V queue of `path` (its `ftok` key, or `--key`): created or opened, and
@@ -350,9 +434,16 @@ pub(crate) fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(SysvQueue, bool)> 
         }
     };
     let (q, created) = SysvQueue::create_or_open(key)?;
-    let st = q
-        .stat()
-        .with_context(|| format!("msgctl IPC_STAT queue {}", q.id))?;
+    let st = match q.stat() {
+        Ok(st) => st,
+        Err(e) => {
+            // A queue this call just created is not left behind for a failed check.
+            if created {
+                let _ = SysvQueue::remove(q.id);
+            }
+            return Err(e).with_context(|| format!("msgctl IPC_STAT queue {}", q.id));
+        }
+    };
     let me = nix::unistd::geteuid().as_raw();
     if st.uid != me || st.cuid != me {
         bail!(
@@ -378,63 +469,6 @@ pub(crate) fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(SysvQueue, bool)> 
     Ok((q, created))
 }
 
-fn open_posix(a: &OpenArgs) -> Result<(Queues, bool)> {
-    let (main_name, back_name) = posix_names(&a.name);
-    let mut names = vec![main_name.clone()];
-    // The sending end is non-blocking, so a full queue is noticed (and narrated) before
-    // the program waits for room (limits::Full).
-    let nb = |sending: bool| {
-        if sending {
-            MQ_OFlag::O_NONBLOCK
-        } else {
-            MQ_OFlag::empty()
-        }
-    };
-    let (main, created) = posix_one(&main_name, a, nb(a.role == Role::Writer))?;
-    // The reply queue's name is always in the cleanup list: a killed pingpong run may
-    // have left one even when this run does not use it (unlinking a missing name is fine).
-    names.push(back_name.clone());
-    let back = if a.pingpong {
-        Some(posix_one(&back_name, a, nb(a.role == Role::Reader))?.0)
-    } else {
-        None
-    };
-    Ok((Queues::Posix { main, back, names }, created))
-}
-
-fn posix_one(name: &str, a: &OpenArgs, extra: MQ_OFlag) -> Result<(MqdT, bool)> {
-    let mode = Mode::S_IRUSR | Mode::S_IWUSR;
-    let attr = MqAttr::new(0, a.maxmsg as _, a.msgsize as _, 0);
-    let flags = MQ_OFlag::O_RDWR | extra;
-    let (q, created) = match mq_open(name, flags | MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL, mode, Some(&attr)) {
-        Ok(q) => (q, true),
-        Err(Errno::EEXIST) => (
-            mq_open(name, flags, mode, None).with_context(|| format!("mq_open {name} O_RDWR"))?,
-            false,
-        ),
-        Err(Errno::ENOSYS) => bail!("mq_open {name}: ENOSYS: this kernel has no POSIX message queues (CONFIG_POSIX_MQUEUE)"),
-        Err(Errno::EINVAL) => bail!(
-            "mq_open {name}: EINVAL: mq_maxmsg {} or mq_msgsize {} is above fs.mqueue.msg_max / msgsize_max (M6)",
-            a.maxmsg, a.msgsize
-        ),
-        Err(e) => return Err(e).with_context(|| format!("mq_open {name} O_CREAT|O_EXCL 0600")),
-    };
-    let (uid, perm) = posix_owner(&q)?;
-    let me = nix::unistd::geteuid().as_raw();
-    if uid != me {
-        bail!("POSIX queue {name} belongs to uid {uid}, not to you (uid {me}): refusing to use another user's queue");
-    }
-    let at = mq_getattr(&q).with_context(|| format!("mq_getattr {name}"))?;
-    narrate!(
-        "mq_open {name}: {} (mode {perm:o}); mq_getattr: mq_maxmsg {}, mq_msgsize {}, mq_curmsgs {}",
-        if created { "created" } else { "opened the existing queue" },
-        at.maxmsg(),
-        at.msgsize(),
-        at.curmsgs()
-    );
-    Ok((q, created))
-}
-
 /// Messages currently in the queue(s).
 fn count(q: &Queues) -> Result<u64> {
     Ok(match q {
@@ -456,28 +490,11 @@ fn drain(q: &Queues) -> Result<u64> {
             .drain(&mut Message::boxed())
             .context("msgrcv IPC_NOWAIT (discarding stale messages)"),
         Queues::Posix { main, back, .. } => {
-            let mut n = drain_posix(main)?;
+            let mut n = crate::posix::drain(main)?;
             if let Some(b) = back {
-                n += drain_posix(b)?;
+                n += crate::posix::drain(b)?;
             }
             Ok(n)
-        }
-    }
-}
-
-fn drain_posix(q: &MqdT) -> Result<u64> {
-    let mut buf = crate::posix::buffer(q)?;
-    let mut prio = 0;
-    // A deadline in the past: mq_timedreceive returns at once, with ETIMEDOUT (or EAGAIN
-    // on a non-blocking descriptor) when the queue is empty.
-    let past = TimeSpec::new(0, 0);
-    let mut n = 0;
-    loop {
-        match nix::mqueue::mq_timedreceive(q, &mut buf, &mut prio, &past) {
-            Ok(_) => n += 1,
-            Err(Errno::ETIMEDOUT | Errno::EAGAIN) => return Ok(n),
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e).context("mq_timedreceive (discarding stale messages)"),
         }
     }
 }

@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::cli::{CommonArgs, Mode};
+use common::cli::{bad_flag, CommonArgs, Mode};
 use common::frame::Kind;
 use common::narrate;
 use common::session::{conclude, Action, FrameBuf, Next, ReaderSession, WriterSession};
@@ -51,21 +51,22 @@ use crate::{frame_of, reader, types, writer, Limits, QueueArgs};
 /// How long a side sleeps between two `IPC_NOWAIT` calls that found nothing to do.
 const POLL: Duration = Duration::from_millis(2);
 
-/// The `--shared` flags, checked before anything exists: System V (a POSIX queue cannot
-/// select by type), text or stream (pingpong is one writer and one reader), one type.
+/// The `--shared` flags, checked before anything exists (a bad one exits 2, like clap's
+/// own checks): System V (a POSIX queue cannot select by type), text or stream (pingpong is
+/// one writer and one reader), one type.
 pub fn check_flags(q: &QueueArgs, mode: Mode, mtype: Option<i64>) -> Result<i64> {
     if q.posix {
-        bail!("--shared is System V: a POSIX queue cannot select by type (mq_receive always takes the highest priority), so several readers would take each other's messages (M4)");
+        return Err(bad_flag("--shared is System V: a POSIX queue cannot select by type (mq_receive always takes the highest priority), so several readers would take each other's messages (M4)"));
     }
     if mode == Mode::Pingpong {
-        bail!("--shared runs text or stream mode; pingpong is one writer and one reader (two types on one queue, M4)");
+        return Err(bad_flag("--shared runs text or stream mode; pingpong is one writer and one reader (two types on one queue, M4)"));
     }
     match mtype.unwrap_or(types::DATA) {
         t if (1..=types::MAX_USER).contains(&t) => Ok(t),
-        t => bail!(
+        t => Err(bad_flag(format!(
             "--type {t}: with --shared each writer sends, and each reader takes, one type from 1 to {}",
             types::MAX_USER
-        ),
+        ))),
     }
 }
 
@@ -96,7 +97,7 @@ pub fn write(args: &writer::Args) -> Result<ExitCode> {
     let c = &args.common;
     let mtype = check_flags(&args.queue, c.mode, args.mtype)?;
     if args.priority.is_some() {
-        bail!("--priority is POSIX; --shared is System V and sends each writer's messages as its --type");
+        return Err(bad_flag("--priority is POSIX; --shared is System V and sends each writer's messages as its --type"));
     }
     // 1. The limits (M6), as in one-to-one mode.
     let limits = Limits::read()?;
@@ -215,10 +216,12 @@ fn writer_check(m: &Membership, how: &How, waited: Duration) -> Result<()> {
     Ok(())
 }
 
-/// A wait by polling: when it began, and when the registry was last read.
+/// A wait by polling: when it began, when the registry was last read, and whether a peer
+/// it waits for was running then.
 struct Polling {
     since: Instant,
     checked: Instant,
+    running: bool,
 }
 
 impl Polling {
@@ -227,6 +230,7 @@ impl Polling {
         Polling {
             since: now,
             checked: now,
+            running: false,
         }
     }
 
@@ -260,7 +264,10 @@ pub fn read(args: &reader::Args) -> Result<ExitCode> {
     narrate!("reader pid {} polls msgrcv(msgtyp {mtype}, IPC_NOWAIT) every 2 ms: only type {mtype}, until {want} writer session(s) have ended; each session is verified on its own, and other types stay queued for their readers (M4, M5)", std::process::id());
     // 3. The loop: one msgrcv(msgtyp T, IPC_NOWAIT) per message, into its session.
     let mut s = Sessions::new(&setup, mtype, want);
-    receive_all(&mut s, m, c.timeout)?;
+    // Stream mode: a writer that runs but sends nothing for --timeout is stuck; in text
+    // mode a running writer is waited for as long as its human takes.
+    let bounded = c.mode != Mode::Text;
+    receive_all(&mut s, m, c.timeout, bounded)?;
     // 4. Leave as finished; the last member out removes the queue and the registry.
     owned.release();
     m.leave(State::Finished)?;
@@ -277,8 +284,10 @@ pub fn read(args: &reader::Args) -> Result<ExitCode> {
 }
 
 /// The reader's loop: one `msgrcv(msgtyp T, IPC_NOWAIT)` per message; when none of type T
-/// is queued, 2 ms sleeps, and every 100 ms a look at the writers.
-fn receive_all(s: &mut Sessions, m: &Membership, timeout: Duration) -> Result<()> {
+/// is queued, 2 ms sleeps, and every 100 ms a look at the writers. The wait ends after
+/// `--timeout` with nothing taken, unless a writer of this type runs and the wait is not
+/// `bounded` (text mode).
+fn receive_all(s: &mut Sessions, m: &Membership, timeout: Duration, bounded: bool) -> Result<()> {
     let (mut msg, mut out) = (Message::boxed(), io::stdout().lock());
     let mut wait: Option<Polling> = None;
     while !s.complete() {
@@ -290,12 +299,18 @@ fn receive_all(s: &mut Sessions, m: &Membership, timeout: Duration) -> Result<()
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => {
                 let w = wait.get_or_insert_with(Polling::new);
-                if w.due() && s.check(m)? {
-                    // A writer of this type is alive: nothing to give up on.
-                    w.since = Instant::now();
+                if w.due() {
+                    w.running = s.check(m)?;
+                    if w.running && !bounded {
+                        // A writer of this type is alive and may take its time (text).
+                        w.since = Instant::now();
+                    }
                 }
                 if w.since.elapsed() >= timeout {
                     let (t, done, want) = (s.mtype, s.done, s.want);
+                    if w.running {
+                        bail!("{done} of {want} writer sessions of type {t} ended, and nothing of type {t} arrived for --timeout ({timeout:?}) although a writer of type {t} is running: it makes no progress");
+                    }
                     bail!("{done} of {want} writer sessions of type {t} ended, and no writer of type {t} was running for --timeout ({timeout:?})");
                 }
                 std::thread::sleep(POLL);

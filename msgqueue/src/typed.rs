@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use common::cleanup::Owned;
-use common::cli::Mode;
+use common::cli::{bad_flag, Mode};
 use common::frame::{parse_end, Kind};
 use common::narrate;
 use common::session::{Outgoing, TextLine};
@@ -57,7 +57,7 @@ pub struct Tagging {
 
 impl Tagging {
     /// The writer's `--type` / `--priority` (checked before anything exists: they are text
-    /// mode's, and each belongs to one flavour).
+    /// mode's, and each belongs to one flavour; a contradiction exits 2, like clap's checks).
     pub fn from_flags(
         q: &QueueArgs,
         mode: Mode,
@@ -65,14 +65,16 @@ impl Tagging {
         priority: Option<u32>,
     ) -> Result<Tagging> {
         if q.posix && (q.key.is_some() || mtype.is_some()) {
-            bail!("--key and --type are System V; a POSIX queue has a name and priorities (use --priority)");
+            return Err(bad_flag("--key and --type are System V; a POSIX queue has a name and priorities (use --priority)"));
         }
         if !q.posix && priority.is_some() {
-            bail!("--priority is POSIX (add --posix); System V messages have types (--type)");
+            return Err(bad_flag(
+                "--priority is POSIX (add --posix); System V messages have types (--type)",
+            ));
         }
         let text = mode == Mode::Text;
         if !text && (mtype.is_some() || priority.is_some()) {
-            bail!("--type and --priority apply to text mode; stream and pingpong use fixed types (M4)");
+            return Err(bad_flag("--type and --priority apply to text mode; stream and pingpong use fixed types (M4)"));
         }
         let default = match priority {
             Some(p) => i64::from(p),
@@ -145,13 +147,16 @@ impl Tagging {
 }
 
 /// The reader's `--type`: msgrcv's msgtyp (0 when not given), checked before anything
-/// exists: POSIX cannot select, and the other modes use fixed types.
+/// exists (a contradiction exits 2): POSIX cannot select, and the other modes use fixed
+/// types.
 pub fn msgtyp(q: &QueueArgs, mode: Mode, mtype: Option<i64>) -> Result<i64> {
     if q.posix && (q.key.is_some() || mtype.is_some()) {
-        bail!("--key and --type are System V; a POSIX queue cannot select messages: mq_receive always takes the highest priority (M4 is msgrcv's msgtyp)");
+        return Err(bad_flag("--key and --type are System V; a POSIX queue cannot select messages: mq_receive always takes the highest priority (M4 is msgrcv's msgtyp)"));
     }
     if mode != Mode::Text && mtype.is_some() {
-        bail!("--type applies to text mode; stream and pingpong use fixed types (M4)");
+        return Err(bad_flag(
+            "--type applies to text mode; stream and pingpong use fixed types (M4)",
+        ));
     }
     Ok(mtype.unwrap_or(0))
 }
@@ -223,7 +228,7 @@ fn poll(
             Ok(n) => return Ok(Some((i64::from(msg.mtype), n))),
             Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => {
                 // Nothing of our type; is the writer still there?
-                if let Some(g) = watch.waited(&mut since) {
+                if let Some(g) = watch.waited(&mut since, false) {
                     narrate!(
                         "{}: no more messages for msgtyp {msgtyp}",
                         g.describe(watch.peer())

@@ -6,37 +6,43 @@
 //! or absent peer into a value instead of a wait that never ends.
 //!
 //! One [`PeerWatch`] per process knows everything about the peer:
-//! - **who is there**: the pair file holds a writer line and a reader line (`writer 1234
-//!   running`, `reader 1240 finished`) at fixed offsets, written with `pwrite`, so the two
-//!   never overwrite each other's line and `cat` shows both;
-//! - **whether it lives**: the pid in the peer's line, checked with `kill(pid, 0)`;
+//! - **who is there**: the pair file's two lines ([`PairFile`]: `writer 1234 running
+//!   start 81234567`, `reader 1240 finished start 81234570`);
+//! - **whether it lives**: the peer's line records its pid *and* its start time (clock
+//!   ticks after boot, field 22 of `/proc/<pid>/stat`: `common::peer::Identity`). The peer
+//!   lives while a process with that pid exists (`kill(pid, 0)`), is not a zombie, and
+//!   started at that time: a pid is reused once its process is gone, and an unrelated
+//!   process that got the number must not keep a killed peer "alive";
+//! - **how long a wait may last**: a peer that never came is waited for `--timeout`; a
+//!   live peer that makes no progress too, when the wait is one a live peer cannot
+//!   explain: a send into a full queue (the reader takes nothing), and in stream and
+//!   pingpong every wait (text mode waits for a human, as long as it takes);
 //! - **the verdict**: why a wait ended without a message ([`Gone`]), kept for the error;
-//! - **what to remove** when the peer died: the queue and the pair file, once.
+//! - **what to remove** when the peer is gone: the queue and the pair file, once.
 //!
 //! System V calls have no timeout, so a thread ([`PeerWatch::watchdog`]) checks the peer
 //! every 100 ms while the main thread is blocked, and removes the queue when the peer is
 //! gone: the blocked call returns EIDRM at once. POSIX calls have timeouts, so the POSIX
 //! waits check the peer themselves between 100 ms slices.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::narrate;
+use common::peer::{start_time, Identity};
 use common::setup::Role;
 use common::stream::Delivery;
 use libc::c_int;
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use nix::mqueue::MqdT;
 use nix::sys::time::TimeSpec;
 
 use crate::limits::Full;
+pub use crate::pairfile::{PairFile, Slot};
 use crate::posix::deadline;
 use crate::sysv::{errno_name, failure, queue_gone, SysvQueue};
 
@@ -44,27 +50,16 @@ use crate::sysv::{errno_name, failure, queue_gone, SysvQueue};
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How long a reader keeps waiting after its writer finished cleanly.
 pub const AFTER_FINISH: Duration = Duration::from_millis(500);
-/// Bytes per slot of the pair file: one text line, padded, so `cat` shows both.
-const SLOT: usize = 40;
-
-/// What a slot of the pair file says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
-    /// Nobody recorded.
-    Empty,
-    /// A process said it is running.
-    Running(i32),
-    /// A process said it finished its part cleanly.
-    Finished(i32),
-}
-
 /// Why a wait ended without a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Gone {
-    /// The peer's pid is recorded as running but no such process exists (killed).
+    /// The peer is recorded as running but the process it names is gone (killed): no
+    /// process has its pid, or the one that has it started at another time (a reused pid).
     Died(i32),
     /// No peer was recorded within `--timeout` while this side was blocked.
     NeverCame,
+    /// The peer is running but this side's wait made no progress for `--timeout`.
+    Stalled(i32, Duration),
     /// The peer finished cleanly and nothing more came for this side.
     Finished(i32),
 }
@@ -75,10 +70,25 @@ impl Gone {
         match self {
             Gone::Died(pid) => format!("the {peer} (pid {pid}) died without finishing"),
             Gone::NeverCame => format!("no {peer} came within --timeout"),
+            Gone::Stalled(pid, t) => format!(
+                "the {peer} (pid {pid}) is running but made no progress for --timeout ({t:?})"
+            ),
             Gone::Finished(pid) => {
                 format!("the {peer} (pid {pid}) finished and nothing more arrived")
             }
         }
+    }
+}
+
+/// Why a recorded process is not alive, for narration: "pid N no longer runs", or, for a
+/// reused pid, that the process with that number now started at another time.
+pub fn not_alive(id: Identity) -> String {
+    match start_time(id.pid) {
+        Some(now) if id.start != 0 && now != id.start && common::peer::alive(id.pid) => format!(
+            "pid {} is now another process (it started at tick {now}, the recorded one at tick {}: a reused pid)",
+            id.pid, id.start
+        ),
+        _ => format!("pid {} no longer runs", id.pid),
     }
 }
 
@@ -94,19 +104,23 @@ pub(crate) enum After {
 /// The one place that knows who the peer is and whether it is alive. Shared (in an `Arc`)
 /// by the main thread, the watchdog thread and the cleanup registry.
 pub struct PeerWatch {
-    /// The pair file's path.
-    path: PathBuf,
-    /// The pair file, open read-write: its two slots say who is there.
-    file: File,
+    /// The pair file: its two slots say who is there.
+    pair: PairFile,
     /// Whose slot to watch.
     peer: Role,
-    /// `--timeout`: how long to wait for a peer that has not shown up.
+    /// `--timeout`: how long to wait for a peer that has not shown up, or that shows no
+    /// progress in a bounded wait.
     timeout: Duration,
+    /// Stream and pingpong: every wait is bounded by `--timeout`, a live peer's too (its
+    /// messages come at machine speed); text mode waits as long as a human types.
+    bounded: bool,
     /// Blocking System V calls made so far (written by the main thread only).
     calls: AtomicU64,
     /// Non-zero while the main thread is inside a call that may block: the call's number,
     /// so the watchdog can tell one long call from many short ones.
     in_call: AtomicU64,
+    /// Whether the call in progress is bounded by `--timeout` even with a live peer.
+    call_bounded: AtomicBool,
     /// Why the peer is gone, once a wait or the watchdog found out. The watchdog holds the
     /// lock while it removes the queue, so a main thread woken by EIDRM that reads the
     /// verdict cannot exit before the removal is complete.
@@ -118,42 +132,36 @@ pub struct PeerWatch {
 }
 
 impl PeerWatch {
-    /// Opens (creating, mode 0600) the pair file at `path`, checks it is a regular file of
-    /// ours, and watches the slot of `me`'s peer.
+    /// Opens (creating, mode 0600) the pair file at `path` ([`PairFile::open`]) and
+    /// watches the slot of `me`'s peer.
     pub fn open(path: &Path, me: Role, timeout: Duration) -> Result<PeerWatch> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .with_context(|| format!("open {}", path.display()))?;
-        let meta = file
-            .metadata()
-            .with_context(|| format!("fstat {}", path.display()))?;
-        if !meta.file_type().is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
-            bail!(
-                "{} is not a regular file of yours; refusing to use it",
-                path.display()
-            );
-        }
         Ok(PeerWatch {
-            path: path.to_path_buf(),
-            file,
+            pair: PairFile::open(path)?,
             peer: me.peer(),
             timeout,
+            bounded: false,
             calls: AtomicU64::new(0),
             in_call: AtomicU64::new(0),
+            call_bounded: AtomicBool::new(false),
             verdict: Mutex::new(None),
             remove: Mutex::new(None),
             stop: AtomicBool::new(false),
         })
     }
 
+    /// Bounds every wait by `--timeout`, a live peer's too (stream and pingpong).
+    pub fn bounded(self, bounded: bool) -> PeerWatch {
+        PeerWatch { bounded, ..self }
+    }
+
+    /// The pair file.
+    pub fn pair(&self) -> &PairFile {
+        &self.pair
+    }
+
     /// Where the pair file is.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.pair.path()
     }
 
     /// Whom this side watches.
@@ -161,49 +169,20 @@ impl PeerWatch {
         self.peer
     }
 
-    /// Takes the exclusive `flock` held while a side opens the queue and checks it.
-    pub fn lock(&self) -> Result<Flock<File>> {
-        let f = self.file.try_clone().context("dup of the pair file")?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .with_context(|| format!("flock {}", self.path.display()))
-    }
-
-    /// Reads a slot (`pread`).
+    /// Reads `role`'s slot of the pair file.
     pub fn read(&self, role: Role) -> Slot {
-        let mut buf = [0u8; SLOT];
-        let n = self.file.read_at(&mut buf, offset(role)).unwrap_or(0);
-        let line = String::from_utf8_lossy(&buf[..n]);
-        let mut w = line.split_whitespace();
-        let (_, pid, state) = (w.next(), w.next(), w.next());
-        match (pid.and_then(|p| p.parse().ok()), state) {
-            (Some(pid), Some("running")) => Slot::Running(pid),
-            (Some(pid), Some("finished")) => Slot::Finished(pid),
-            _ => Slot::Empty,
-        }
+        self.pair.read(role)
     }
 
-    /// Writes a slot (`pwrite`).
+    /// Writes `role`'s slot of the pair file.
     pub fn write(&self, role: Role, slot: Slot) -> Result<()> {
-        let text = match slot {
-            Slot::Empty => format!("{role} - none"),
-            Slot::Running(p) => format!("{role} {p} running"),
-            Slot::Finished(p) => format!("{role} {p} finished"),
-        };
-        let mut buf = [b' '; SLOT];
-        let n = text.len().min(SLOT - 1);
-        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
-        buf[SLOT - 1] = b'\n';
-        self.file
-            .write_at(&buf, offset(role))
-            .with_context(|| format!("pwrite {}", self.path.display()))?;
-        Ok(())
+        self.pair.write(role, slot)
     }
 
     /// Records this side as finished: a peer that polls (the typed reader) then knows that
     /// nothing more will come, and a later reader that the messages left are a whole session.
     pub fn mark_finished(&self) -> Result<()> {
-        self.write(self.peer.peer(), Slot::Finished(std::process::id() as i32))
+        self.write(self.peer.peer(), Slot::Finished(Identity::me()))
     }
 
     /// Sets what is removed when the peer is found dead (the queue and the pair file).
@@ -218,12 +197,22 @@ impl PeerWatch {
         }
     }
 
-    /// Checks the peer, given how long this side has been blocked. `None`: keep waiting.
+    /// Checks the peer, given how long this side has been blocked in a wait that a live
+    /// peer may make as long as it likes (text mode). `None`: keep waiting.
     pub fn check(&self, blocked: Duration) -> Option<Gone> {
+        self.judge(blocked, false)
+    }
+
+    /// Checks the peer, given how long this side has been blocked; `bounded`: a live peer
+    /// that made no progress for `--timeout` ends the wait too. `None`: keep waiting.
+    pub fn judge(&self, blocked: Duration, bounded: bool) -> Option<Gone> {
         match self.read(self.peer) {
-            Slot::Running(pid) if !common::peer::alive(pid) => Some(Gone::Died(pid)),
+            Slot::Running(id) if !id.alive() => Some(Gone::Died(id.pid)),
+            Slot::Running(id) if bounded && blocked >= self.timeout => {
+                Some(Gone::Stalled(id.pid, self.timeout))
+            }
             Slot::Running(_) => None,
-            Slot::Finished(pid) if blocked >= AFTER_FINISH => Some(Gone::Finished(pid)),
+            Slot::Finished(id) if blocked >= AFTER_FINISH => Some(Gone::Finished(id.pid)),
             Slot::Finished(_) => None,
             Slot::Empty if blocked >= self.timeout => Some(Gone::NeverCame),
             Slot::Empty => None,
@@ -231,8 +220,8 @@ impl PeerWatch {
     }
 
     /// Checks the peer after a timed wait ran out; `since` is when the first one did.
-    pub fn waited(&self, since: &mut Option<Instant>) -> Option<Gone> {
-        self.check(since.get_or_insert_with(Instant::now).elapsed())
+    pub fn waited(&self, since: &mut Option<Instant>, bounded: bool) -> Option<Gone> {
+        self.judge(since.get_or_insert_with(Instant::now).elapsed(), bounded)
     }
 
     /// Why the peer is gone, if a wait ended because of it.
@@ -247,6 +236,7 @@ impl PeerWatch {
     pub fn how_gone(&self) -> &'static str {
         match self.verdict() {
             Some(Gone::NeverCame) => "never came (--timeout)",
+            Some(Gone::Stalled(..)) => "made no progress for --timeout",
             Some(_) => "died",
             None => "went away",
         }
@@ -257,10 +247,11 @@ impl PeerWatch {
         *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
     }
 
-    /// The peer is gone: if it died, remove what the pair owned (nobody will use it); keep
-    /// the verdict.
+    /// The peer is gone: unless it finished cleanly (then what it left is this side's to
+    /// take, and to remove), remove what the pair owned: nobody will use it (the same as
+    /// the System V watchdog does); keep the verdict.
     pub fn bury(&self, g: Gone) {
-        if matches!(g, Gone::Died(_)) {
+        if !matches!(g, Gone::Finished(_)) {
             self.remove_once();
         }
         self.record(g);
@@ -297,7 +288,7 @@ impl PeerWatch {
             } else {
                 since.elapsed()
             };
-            let Some(g) = self.check(blocked) else {
+            let Some(g) = self.judge(blocked, self.call_bounded.load(Ordering::Relaxed)) else {
                 continue;
             };
             // Finished peers are only a verdict while we are stuck waiting.
@@ -315,10 +306,12 @@ impl PeerWatch {
         }
     }
 
-    /// Runs one call that may block, numbered for the watchdog.
-    fn during<T>(&self, call: impl FnOnce() -> T) -> T {
+    /// Runs one call that may block, numbered for the watchdog; `bounded`: the watchdog
+    /// ends it after `--timeout` even while the peer lives.
+    fn during<T>(&self, bounded: bool, call: impl FnOnce() -> T) -> T {
         let n = self.calls.load(Ordering::Relaxed) + 1;
         self.calls.store(n, Ordering::Relaxed);
+        self.call_bounded.store(bounded, Ordering::Relaxed);
         self.in_call.store(n, Ordering::Relaxed);
         let r = call();
         self.in_call.store(0, Ordering::Relaxed);
@@ -361,7 +354,9 @@ impl PeerWatch {
     }
 
     /// Sends one System V message: `call(flags)` is the `msgsnd`. A full queue is
-    /// narrated once and then waited for; a peer gone is [`Delivery::PeerGone`].
+    /// narrated once and then waited for, at most `--timeout` while nothing is taken (a
+    /// blocking msgsnd returns as soon as there is room); a peer gone is
+    /// [`Delivery::PeerGone`].
     pub fn send_sysv(
         &self,
         q: SysvQueue,
@@ -370,7 +365,7 @@ impl PeerWatch {
     ) -> Result<Delivery> {
         loop {
             let flags = full.sysv_flags();
-            match self.during(|| call(flags)) {
+            match self.during(true, || call(flags)) {
                 Ok(()) => return Ok(Delivery::Sent),
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => full.sysv(q, self.peer)?,
                 Err(e) => {
@@ -392,7 +387,7 @@ impl PeerWatch {
         mut call: impl FnMut(i64) -> io::Result<usize>,
     ) -> Result<Option<usize>> {
         loop {
-            match self.during(|| call(msgtyp)) {
+            match self.during(self.bounded, || call(msgtyp)) {
                 Ok(n) => return Ok(Some(n)),
                 Err(e) => {
                     let what = || format!("msgrcv msqid {} msgtyp {msgtyp}", q.id);
@@ -407,7 +402,8 @@ impl PeerWatch {
     /// Sends one POSIX message: `call(None)` is the `mq_send` on the non-blocking
     /// descriptor; once the queue was found full, `call(Some(deadline))` is an
     /// `mq_timedsend` that sleeps in the kernel like a plain `mq_send`, but only 100 ms at
-    /// a time, so a dead reader is noticed between slices.
+    /// a time, so a dead reader is noticed between slices, and a queue that stays full
+    /// for `--timeout` ends the wait.
     pub fn send_posix(
         &self,
         q: &MqdT,
@@ -426,7 +422,7 @@ impl PeerWatch {
                 Ok(()) => return Ok(Delivery::Sent),
                 Err(Errno::EAGAIN) => full.posix(q, self.peer)?,
                 Err(Errno::ETIMEDOUT) => {
-                    if let Some(g) = self.waited(&mut since) {
+                    if let Some(g) = self.waited(&mut since, true) {
                         narrate!("{} while the queue was full", g.describe(self.peer));
                         self.bury(g);
                         return Ok(Delivery::PeerGone);
@@ -450,7 +446,7 @@ impl PeerWatch {
             match call(&deadline(CHECK_EVERY)?) {
                 Ok(n) => return Ok(Some(n)),
                 Err(Errno::ETIMEDOUT) => {
-                    if let Some(g) = self.waited(&mut since) {
+                    if let Some(g) = self.waited(&mut since, self.bounded) {
                         narrate!("{}; mq_timedreceive stops waiting", g.describe(self.peer));
                         self.bury(g);
                         return Ok(None);
@@ -473,29 +469,9 @@ impl Drop for Watching<'_> {
     }
 }
 
-/// Where a role's slot starts in the pair file.
-fn offset(role: Role) -> u64 {
-    match role {
-        Role::Writer => 0,
-        Role::Reader => SLOT as u64,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pair_file_slots_round_trip() {
-        let d = std::env::temp_dir().join(format!("msgq-unit-{}", std::process::id()));
-        let p = PeerWatch::open(&d, Role::Reader, Duration::from_secs(1)).unwrap();
-        assert_eq!(p.read(Role::Writer), Slot::Empty);
-        p.write(Role::Writer, Slot::Running(42)).unwrap();
-        p.write(Role::Reader, Slot::Finished(43)).unwrap();
-        assert_eq!(p.read(Role::Writer), Slot::Running(42));
-        assert_eq!(p.read(Role::Reader), Slot::Finished(43));
-        std::fs::remove_file(&d).unwrap();
-    }
 
     #[test]
     fn the_watch_judges_a_dead_a_finished_and_an_absent_peer() {
@@ -506,18 +482,20 @@ mod tests {
         assert_eq!(w.check(Duration::from_millis(999)), None);
         assert_eq!(w.check(Duration::from_secs(1)), Some(Gone::NeverCame));
         // A live writer is waited for however long.
-        w.write(Role::Writer, Slot::Running(std::process::id() as i32))
+        w.write(Role::Writer, Slot::Running(Identity::me()))
             .unwrap();
         assert_eq!(w.check(Duration::from_secs(3600)), None);
         // A finished one, for AFTER_FINISH more.
-        w.write(Role::Writer, Slot::Finished(1)).unwrap();
+        w.write(Role::Writer, Slot::Finished(Identity { pid: 1, start: 0 }))
+            .unwrap();
         assert_eq!(w.check(Duration::ZERO), None);
         assert_eq!(w.check(AFTER_FINISH), Some(Gone::Finished(1)));
         // A dead one at once; burying it runs the removal once and keeps the verdict.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as i32;
         child.wait().unwrap();
-        w.write(Role::Writer, Slot::Running(pid)).unwrap();
+        w.write(Role::Writer, Slot::Running(Identity { pid, start: 0 }))
+            .unwrap();
         assert_eq!(w.check(Duration::ZERO), Some(Gone::Died(pid)));
         let removed = Arc::new(AtomicU64::new(0));
         let r = Arc::clone(&removed);
@@ -528,6 +506,35 @@ mod tests {
         w.bury(Gone::Died(pid));
         assert_eq!(removed.load(Ordering::Relaxed), 1);
         assert_eq!((w.verdict(), w.how_gone()), (Some(Gone::Died(pid)), "died"));
+        std::fs::remove_file(&d).unwrap();
+    }
+
+    /// A live process whose pid is recorded with another start time is a reused pid: the
+    /// recorded peer is dead. A live peer that is the recorded one bounds a wait only
+    /// where the wait is bounded (a full queue; stream and pingpong).
+    #[test]
+    fn a_reused_pid_is_dead_and_a_stalled_peer_ends_a_bounded_wait() {
+        let d = std::env::temp_dir().join(format!("msgq-unit-reuse-{}", std::process::id()));
+        let w = PeerWatch::open(&d, Role::Writer, Duration::from_secs(1)).unwrap();
+        let me = Identity::me();
+        let reused = Identity {
+            start: me.start + 1,
+            ..me
+        };
+        w.write(Role::Reader, Slot::Running(reused)).unwrap();
+        assert_eq!(w.check(Duration::ZERO), Some(Gone::Died(me.pid)));
+        assert!(
+            not_alive(reused).contains("a reused pid"),
+            "{}",
+            not_alive(reused)
+        );
+        w.write(Role::Reader, Slot::Running(me)).unwrap();
+        assert_eq!(w.judge(Duration::from_secs(3600), false), None);
+        assert_eq!(w.judge(Duration::from_millis(999), true), None);
+        let stalled = w.judge(Duration::from_secs(1), true);
+        assert_eq!(stalled, Some(Gone::Stalled(me.pid, Duration::from_secs(1))));
+        let said = stalled.unwrap().describe(Role::Reader);
+        assert!(said.contains("made no progress for --timeout"), "{said}");
         std::fs::remove_file(&d).unwrap();
     }
 }

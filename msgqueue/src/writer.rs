@@ -103,8 +103,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     limits.narrate(posix);
     // 2. Create or open the queue and judge what is already in it (rendezvous.rs). A queue
     // this side created is its to remove on failure, unless a reader took over.
-    let opened = rendezvous::open(&OpenArgs::new(Role::Writer, &args.queue, c, &limits))?;
-    let owned = rendezvous::writer_owns(&opened);
+    let mut opened = rendezvous::open(&OpenArgs::new(Role::Writer, &args.queue, c, &limits))?;
+    let owned = rendezvous::writer_owns(&mut opened);
     let (setup, watch) = (crate::setup(PROGRAM, posix, c, &limits), &opened.watch);
     tags.narrate();
     let (pid, path) = (std::process::id(), watch.path().display());

@@ -308,7 +308,8 @@ fn claim_m6_limits_are_printed_and_an_oversize_is_refused() {
         let d = env
             .writer(&with(flavour, &["--mode", "stream", "--size", &too_big]))
             .finish();
-        assert!(!d.status.success());
+        // A bad flag value: exit 2, like the values clap checks itself.
+        assert_eq!(d.status.code(), Some(2), "{}", d.stderr);
         assert!(
             d.stderr.contains(sysctl) && d.stderr.contains("--size"),
             "{}",
@@ -607,27 +608,51 @@ fn ctrl_c_on_the_reader_removes_the_queue() {
     }
 }
 
+/// Every bad flag value exits 2, whether clap checks it (a range, a parse) or the program
+/// does (two flags that contradict each other, a size above a limit read from /proc:
+/// `common::cli::bad_flag`), before any queue or file exists.
 #[test]
 fn bad_flags_are_refused_before_anything_exists() {
     let env = Env::new("flags");
+    let too_big = (64 * 1024).to_string();
     for (args, needle) in [
         (&["--type", "0"][..], "--type"),
         (&["--type", "100"][..], "--type"),
         (&["--posix", "--type", "2"][..], "System V"),
+        (&["--posix", "--key", "7"][..], "System V"),
         (&["--priority", "3"][..], "POSIX"),
+        (&["--priority", "32768", "--posix"][..], "--priority"),
         (&["--key", "0"][..], "IPC_PRIVATE"),
+        (&["--key", "zz"][..], "not a key"),
         (&["--mode", "stream", "--type", "2"][..], "text mode"),
+        (&["--mode", "stream", "--size", &too_big][..], "--size"),
+        (
+            &["--posix", "--size", &too_big][..],
+            "fs.mqueue.msgsize_max",
+        ),
+        (&["--shared", "--posix"][..], "--shared is System V"),
+        (&["--shared", "--mode", "pingpong"][..], "pingpong"),
+        (&["--shared", "--priority", "3"][..], "--priority is POSIX"),
     ] {
         let d = env.writer(args).finish();
-        assert!(!d.status.success(), "{args:?}");
+        assert_eq!(d.status.code(), Some(2), "{args:?}: {}", d.stderr);
+        assert!(d.stderr.contains(needle), "{args:?}: {}", d.stderr);
+        assert!(
+            !d.stderr.contains("msgget") && !d.stderr.contains("mq_open"),
+            "{args:?}: refused before any queue exists: {}",
+            d.stderr
+        );
+    }
+    for (args, needle) in [
+        (&["--type", "-100"][..], "--type"),
+        (&["--posix", "--type", "2"][..], "cannot select"),
+        (&["--mode", "pingpong", "--type", "2"][..], "text mode"),
+        (&["--shared", "--type", "0"][..], "one type from 1 to 99"),
+    ] {
+        let d = env.reader(args).finish();
+        assert_eq!(d.status.code(), Some(2), "{args:?}: {}", d.stderr);
         assert!(d.stderr.contains(needle), "{args:?}: {}", d.stderr);
     }
-    let d = env.reader(&["--type", "-100"]).finish();
-    assert!(
-        !d.status.success() && d.stderr.contains("--type"),
-        "{}",
-        d.stderr
-    );
     env.assert_clean(&[]);
 }
 

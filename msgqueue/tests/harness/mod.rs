@@ -15,6 +15,8 @@ pub const READER: &str = env!("CARGO_BIN_EXE_msgqueue-reader");
 pub struct Env {
     pub dir: std::path::PathBuf,
     pub name: String,
+    /// `--timeout` of every program started (seconds).
+    pub timeout: String,
 }
 
 impl Env {
@@ -22,16 +24,41 @@ impl Env {
         let pid = std::process::id();
         let dir = std::env::temp_dir().join(format!("ipc-study-test-msgqueue-{test}-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
+        Env::in_dir(test, dir)
+    }
+
+    /// A test's world whose runtime directory is `dir` (a small file system, say).
+    pub fn in_dir(test: &str, dir: std::path::PathBuf) -> Env {
         Env {
             dir,
-            name: format!("t{pid}-{test}"),
+            name: format!("t{}-{test}", std::process::id()),
+            timeout: "20".into(),
         }
+    }
+
+    /// Every program started gets `--timeout secs`.
+    pub fn with_timeout(self, secs: &str) -> Env {
+        Env {
+            timeout: secs.into(),
+            ..self
+        }
+    }
+
+    /// The one-to-one pair file of this test's name.
+    pub fn pair_file(&self, posix: bool) -> std::path::PathBuf {
+        let ext = if posix { "posix-mq" } else { "sysv-mq" };
+        self.dir.join(format!("{}.{ext}", self.name))
+    }
+
+    /// The `--shared` registry of this test's name.
+    pub fn registry(&self) -> std::path::PathBuf {
+        self.dir.join(format!("{}.shared-mq", self.name))
     }
 
     fn cmd(&self, exe: &str, args: &[&str]) -> Command {
         let mut c = Command::new(exe);
         c.env("IPC_STUDY_DIR", &self.dir)
-            .args(["--name", &self.name, "--timeout", "20"])
+            .args(["--name", &self.name, "--timeout", &self.timeout])
             .args(args)
             .stdin(Stdio::piped());
         c
