@@ -94,8 +94,12 @@ fn a_corrupted_block_fails_verification_with_its_place() {
         .write(true)
         .open(dir.file())
         .unwrap();
-    // Block 3 starts at 4096 + 3 * 65536; flip a byte 800 bytes in.
-    f.write_all_at(&[0x5a], 4096 + 3 * 65536 + 800).unwrap();
+    // Block 3 starts at 4096 + 3 * 65536; flip a byte 800 bytes in (its complement, so it
+    // changes whatever the pattern had there).
+    let at = 4096 + 3 * 65536 + 800;
+    let mut was = [0u8];
+    std::fs::File::open(dir.file()).unwrap().read_exact_at(&mut was, at).unwrap();
+    f.write_all_at(&[!was[0]], at).unwrap();
     let r = dir.spawn(READER, &["--bulk"], None).finish();
     assert!(!r.ok());
     assert!(r.stderr.contains("block 3"), "{}", r.stderr);
