@@ -98,7 +98,10 @@ fn a_corrupted_block_fails_verification_with_its_place() {
     // changes whatever the pattern had there).
     let at = 4096 + 3 * 65536 + 800;
     let mut was = [0u8];
-    std::fs::File::open(dir.file()).unwrap().read_exact_at(&mut was, at).unwrap();
+    std::fs::File::open(dir.file())
+        .unwrap()
+        .read_exact_at(&mut was, at)
+        .unwrap();
     f.write_all_at(&[!was[0]], at).unwrap();
     let r = dir.spawn(READER, &["--bulk"], None).finish();
     assert!(!r.ok());
