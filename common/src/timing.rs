@@ -310,17 +310,21 @@ impl fmt::Display for Report {
         } else {
             "NOT verified"
         };
+        let n = self.count;
+        let messages = format!("{n} {}", if n == 1 { "message" } else { "messages" });
+        // Text lines differ in length: the total and the longest, not "N x size".
+        let what = if self.mode == "text" {
+            format!(
+                "{messages}, {} B (the longest {} B)",
+                self.bytes, self.size_bytes
+            )
+        } else {
+            format!("{messages} x {} B", self.size_bytes)
+        };
         writeln!(
             f,
-            "{} {} ({} {}, wait: {}): {} messages x {} B, {}",
-            self.program,
-            self.mode,
-            self.mechanism,
-            self.flavour,
-            self.wait,
-            self.count,
-            self.size_bytes,
-            verdict
+            "{} {} ({} {}, wait: {}): {what}, {verdict}",
+            self.program, self.mode, self.mechanism, self.flavour, self.wait
         )?;
         if self.elapsed_ns > 0 {
             writeln!(

@@ -36,17 +36,52 @@ pub struct TextLine<'a> {
     pub text: &'a [u8],
 }
 
+/// Bytes of a text message shown before the rest is cut ("… N more bytes").
+pub const SHOWN: usize = 200;
+
 impl fmt::Display for TextLine<'_> {
+    /// The message as a terminal can show it: printable text as it is; control bytes
+    /// (an escape sequence would drive the terminal) and bytes that are not UTF-8 escaped
+    /// (`\x1b`, `\xff`); a long payload cut after [`SHOWN`] bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "#{} ({} B, {} after it was sent): {}",
+            "#{} ({} B, {} after it was sent): ",
             self.seq,
             self.text.len(),
-            fmt_ns(self.latency_ns),
-            String::from_utf8_lossy(self.text)
-        )
+            fmt_ns(self.latency_ns)
+        )?;
+        let shown = &self.text[..self.text.len().min(SHOWN)];
+        for chunk in shown.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        if self.text.len() > SHOWN {
+            write!(f, " … {} more bytes", thousands(self.text.len() - SHOWN))?;
+        }
+        Ok(())
     }
+}
+
+/// 65472 as "65,472".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
 }
 
 /// The reader side of the protocol for one run.

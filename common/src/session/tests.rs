@@ -269,3 +269,29 @@ fn a_writer_says_verified_only_where_it_checked_something() {
     assert!(wr.verified && wr.verified_by == "writer" && wr.checks_here());
     assert!(wr.to_string().contains(", verified"));
 }
+
+#[test]
+fn text_lines_are_escaped_and_long_ones_cut() {
+    let show = |text: &[u8]| {
+        TextLine {
+            seq: 1,
+            latency_ns: 5,
+            text,
+        }
+        .to_string()
+    };
+    let line = show(b"bell\x07 esc\x1b[2J tab\t bad\xff\xfe ok");
+    assert!(
+        line.ends_with(r"bell\u{7} esc\u{1b}[2J tab\t bad\xff\xfe ok"),
+        "{line}"
+    );
+    assert!(!line.contains('\x1b') && !line.contains('\u{fffd}'));
+    let long = vec![b'a'; 65_672];
+    let line = show(&long);
+    assert!(line.contains("(65672 B,"), "{line}");
+    assert!(
+        line.ends_with(&format!("{} … 65,472 more bytes", "a".repeat(200))),
+        "{line}"
+    );
+    assert!(show("naïve ünïcode".as_bytes()).ends_with("naïve ünïcode"));
+}
