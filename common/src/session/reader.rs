@@ -42,7 +42,7 @@ pub const SHOWN: usize = 200;
 impl fmt::Display for TextLine<'_> {
     /// The message as a terminal can show it: printable text as it is; control bytes
     /// (an escape sequence would drive the terminal) and bytes that are not UTF-8 escaped
-    /// (`\x1b`, `\xff`); a long payload cut after [`SHOWN`] bytes.
+    /// (`\x1b`, `\xff`); a long payload cut after `SHOWN` (200) bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
