@@ -647,7 +647,7 @@ fn fault_matrix() {
     }
     table +=
         "  pass: as the README says, nothing left; pass*: see the note; skip: does not apply\n";
-    // Shown by .ci/run (it greps this marker) and by `cargo test -- --nocapture`.
+    // Shown by `cargo test -- --nocapture`; .ci/run prints the file it names below.
     eprintln!("{table}");
     if let Some(path) = std::env::var_os("IPC_STUDY_FAULT_MATRIX") {
         let _ = std::fs::write(path, &table);
