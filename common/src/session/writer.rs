@@ -217,11 +217,6 @@ impl WriterSession {
         self.nonce
     }
 
-    /// Data or Ping frames handed out so far (the sequence number of the next one).
-    pub fn sent(&self) -> u64 {
-        self.seq
-    }
-
     /// What to do next; a frame to send is built in `buf`.
     ///
     /// The clock is read here: `sent_ns` of each frame, and the start of the timed part
