@@ -96,6 +96,17 @@ impl Owned {
         Ok(())
     }
 
+    /// Removes the object now without narrating it (a lock file: bookkeeping, not a
+    /// kernel object the learner made).
+    pub fn remove_quietly(self) -> Result<()> {
+        let entry = take(self.id);
+        std::mem::forget(self);
+        if let Some(e) = entry {
+            (e.remove)().with_context(|| format!("removing {}", e.what))?;
+        }
+        Ok(())
+    }
+
     /// Stops owning the object without removing it (the peer will remove it).
     pub fn release(self) {
         let _ = take(self.id);

@@ -1,7 +1,10 @@
 //! The flags every pair shares, and how a program starts and ends.
 //!
-//! Each writer and reader flattens [`CommonArgs`] into its own clap `Parser`, so every pair
-//! takes the same `--mode --count --size --warmup --name --timeout --json --quiet`. Values
+//! Each program flattens the groups that act on it into its own clap `Parser`: a writer
+//! [`RunArgs`] (`--mode --count --size --warmup`), a reader [`ExpectArgs`] (the same flags,
+//! each optional: a check on the writer's Hello), every pair but the anonymous pipe
+//! [`MeetArgs`] (`--name --timeout`), and all [`OutputArgs`] (`--json --quiet`). The role
+//! files read them resolved, as one [`CommonArgs`] (`args.common()`). Values
 //! are checked while parsing, before any IPC object exists, and a bad one is an error that
 //! names the flag and the limit (clap prints it and exits with status 2):
 //!
@@ -15,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::frame::MAX_PAYLOAD;
+use crate::hello::{Expect, Hello};
 
 /// What the pair does; the same on both sides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,9 +49,10 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Longest `--timeout` in seconds (one day).
 pub const MAX_TIMEOUT_S: f64 = 86_400.0;
 
-/// Flags shared by every writer and reader.
+/// What a writer runs: its mode, count, size and warm-up. The writer's Hello frame
+/// ([`crate::hello`]) tells the reader.
 #[derive(Args, Clone, Debug)]
-pub struct CommonArgs {
+pub struct RunArgs {
     /// text: type lines; stream: one-way at full speed; pingpong: round trips.
     #[arg(long, value_enum, default_value_t = Mode::Text)]
     pub mode: Mode,
@@ -63,15 +68,46 @@ pub struct CommonArgs {
     /// Untimed messages sent first [default: count/10, at most 10000].
     #[arg(long, value_name = "N", value_parser = parse_warmup)]
     pub warmup: Option<u64>,
+}
 
-    /// Rendezvous name (letters, digits, '.', '_', '-'; at most 64) [default: per mechanism].
+/// A reader's view of the same flags: it runs whatever the writer's Hello says, and each
+/// flag given here is a check (a writer that runs something else is an error that names
+/// both values).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ExpectArgs {
+    /// Check that the writer runs this mode [default: follow the writer].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// Check the writer's --count [default: follow the writer].
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub count: Option<u64>,
+
+    /// Check the writer's --size [default: follow the writer].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub size: Option<usize>,
+
+    /// Check the writer's --warmup [default: follow the writer].
+    #[arg(long, value_name = "N", value_parser = parse_warmup)]
+    pub warmup: Option<u64>,
+}
+
+/// Where the two sides meet and how long one waits for the other (every pair but the
+/// anonymous pipe, which is inherited rather than met).
+#[derive(Args, Clone, Debug)]
+pub struct MeetArgs {
+    /// Rendezvous name (letters, digits, '.', '_', '-'; at most 64).
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
 
     /// Seconds to wait for the peer before giving up, 0.1 to 86400.
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout)]
     pub timeout: Duration,
+}
 
+/// What is printed.
+#[derive(Args, Clone, Debug)]
+pub struct OutputArgs {
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -81,7 +117,83 @@ pub struct CommonArgs {
     pub quiet: bool,
 }
 
+/// Default `--timeout` where a program has none of its own.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The flags of one program, resolved: what the role files read as `c.mode`, `c.size`,
+/// `c.timeout`, .... A writer's come from [`RunArgs`]; a reader's start as the writer's
+/// defaults and take the writer's values from its Hello ([`CommonArgs::follow`]).
+#[derive(Clone, Debug)]
+pub struct CommonArgs {
+    /// Text, stream or pingpong.
+    pub mode: Mode,
+    /// Timed messages or round trips.
+    pub count: u64,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// `--warmup`, if given.
+    pub warmup: Option<u64>,
+    /// `--name`, if given.
+    pub name: Option<String>,
+    /// `--timeout`.
+    pub timeout: Duration,
+    /// `--json`.
+    pub json: bool,
+    /// `--quiet`.
+    pub quiet: bool,
+    /// A reader's checks on the writer's Hello (empty for a writer).
+    pub expect: Expect,
+}
+
 impl CommonArgs {
+    /// A writer's flags.
+    pub fn writer(run: &RunArgs, meet: Option<&MeetArgs>, out: &OutputArgs) -> CommonArgs {
+        CommonArgs {
+            mode: run.mode,
+            count: run.count,
+            size: run.size,
+            warmup: run.warmup,
+            name: meet.and_then(|m| m.name.clone()),
+            timeout: meet.map_or(DEFAULT_TIMEOUT, |m| m.timeout),
+            json: out.json,
+            quiet: out.quiet,
+            expect: Expect::default(),
+        }
+    }
+
+    /// A reader's flags, before the writer's Hello: mode, count and size are what the
+    /// reader asked for, else the writer's defaults, until [`CommonArgs::follow`].
+    pub fn reader(exp: &ExpectArgs, meet: Option<&MeetArgs>, out: &OutputArgs) -> CommonArgs {
+        CommonArgs {
+            mode: exp.mode.unwrap_or(Mode::Text),
+            count: exp.count.unwrap_or(100_000),
+            size: exp.size.unwrap_or(64),
+            warmup: exp.warmup,
+            name: meet.and_then(|m| m.name.clone()),
+            timeout: meet.map_or(DEFAULT_TIMEOUT, |m| m.timeout),
+            json: out.json,
+            quiet: out.quiet,
+            expect: Expect {
+                mode: exp.mode,
+                size: exp.size,
+                count: exp.count,
+                warmup: exp.warmup,
+            },
+        }
+    }
+
+    /// Takes the writer's mode, count, size and warm-up from its Hello, after
+    /// [`Expect::check`] has passed.
+    pub fn follow(&mut self, hello: &Hello) {
+        self.mode = hello.mode;
+        if hello.mode != Mode::Text {
+            self.count = hello.count;
+            // A Hello's size was checked against the frame limit by its writer.
+            self.size = hello.size as usize;
+            self.warmup = Some(hello.warmup);
+        }
+    }
+
     /// Warm-up count: `--warmup`, else count/10 capped at 10 000 (0 in text mode).
     pub fn warmup(&self) -> u64 {
         match (self.mode, self.warmup) {
@@ -105,6 +217,24 @@ impl CommonArgs {
             );
         }
         Ok(())
+    }
+}
+
+/// The run flags of a writer ([`RunArgs`]) or a reader ([`ExpectArgs`]), resolved.
+pub trait RunFlags {
+    /// The resolved [`CommonArgs`].
+    fn resolve(&self, meet: Option<&MeetArgs>, out: &OutputArgs) -> CommonArgs;
+}
+
+impl RunFlags for RunArgs {
+    fn resolve(&self, meet: Option<&MeetArgs>, out: &OutputArgs) -> CommonArgs {
+        CommonArgs::writer(self, meet, out)
+    }
+}
+
+impl RunFlags for ExpectArgs {
+    fn resolve(&self, meet: Option<&MeetArgs>, out: &OutputArgs) -> CommonArgs {
+        CommonArgs::reader(self, meet, out)
     }
 }
 
@@ -147,6 +277,31 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 
 /// `--size`: 1 byte to [`MAX_PAYLOAD`], with an optional K/KiB/M/MiB suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<usize, String> {
+    let (n, mult) = split_unit(s)?;
+    let bytes = n.saturating_mul(mult);
+    if bytes == 0 || bytes > MAX_PAYLOAD as u64 {
+        return Err(format!(
+            "must be between 1 byte and {} bytes (16 MiB)",
+            MAX_PAYLOAD
+        ));
+    }
+    Ok(bytes as usize)
+}
+
+/// A byte count with no limit of its own but 4 GiB (`--pipe-size`, `--queue-bytes`: the
+/// program checks it against the kernel's limit and names that), with the units of
+/// [`parse_size`].
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (n, mult) = split_unit(s)?;
+    let bytes = n.saturating_mul(mult);
+    if bytes == 0 || bytes > u32::MAX as u64 {
+        return Err("must be between 1 byte and 4 GiB".into());
+    }
+    Ok(bytes as usize)
+}
+
+/// `"64K"` as `(64, 1024)`.
+fn split_unit(s: &str) -> Result<(u64, u64), String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -157,16 +312,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown unit '{other}' (use K, KiB, M or MiB)")),
     };
-    let bytes = n.saturating_mul(mult);
-    if bytes == 0 || bytes > MAX_PAYLOAD as u64 {
-        return Err(format!(
-            "must be between 1 byte and {} bytes (16 MiB)",
-            MAX_PAYLOAD
-        ));
-    }
-    Ok(bytes as usize)
+    Ok((n, mult))
 }
 
 /// `--name`: what may appear in a file name and a kernel object name, nothing else.
@@ -201,20 +350,42 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A program of a pair: a clap command line that includes the common flags.
+/// A program of a pair: a clap command line with fields `run` ([`RunArgs`] or
+/// [`ExpectArgs`]), `out` ([`OutputArgs`]) and, where the pair meets by name, `meet`
+/// ([`MeetArgs`]).
 pub trait Program: clap::Parser {
-    /// The shared flags.
-    fn common(&self) -> &CommonArgs;
+    /// The default `--name`, shown by `--help` (`None`: the program has no `--name`, or
+    /// sets its own default).
+    const DEFAULT_NAME: Option<&'static str> = None;
+    /// The resolved flags.
+    fn common(&self) -> CommonArgs;
 }
 
-/// `common::program!(Args);` declares a role's `Args` (a clap `Parser` with a field
-/// `common: CommonArgs`) a [`Program`], for [`start`].
+/// `common::program!(Args);` declares a role's `Args` (a clap `Parser` with fields `run`,
+/// `meet` and `out`) a [`Program`], for [`start`]; `program!(Args, name = "fifo")` also
+/// shows the default `--name` in `--help`; `program!(Args, no_meet)` is for a program
+/// without `meet` (the anonymous pipe's).
 #[macro_export]
 macro_rules! program {
     ($args:ty) => {
         impl $crate::cli::Program for $args {
-            fn common(&self) -> &$crate::cli::CommonArgs {
-                &self.common
+            fn common(&self) -> $crate::cli::CommonArgs {
+                $crate::cli::RunFlags::resolve(&self.run, Some(&self.meet), &self.out)
+            }
+        }
+    };
+    ($args:ty, name = $name:expr) => {
+        impl $crate::cli::Program for $args {
+            const DEFAULT_NAME: Option<&'static str> = Some($name);
+            fn common(&self) -> $crate::cli::CommonArgs {
+                $crate::cli::RunFlags::resolve(&self.run, Some(&self.meet), &self.out)
+            }
+        }
+    };
+    ($args:ty, no_meet) => {
+        impl $crate::cli::Program for $args {
+            fn common(&self) -> $crate::cli::CommonArgs {
+                $crate::cli::RunFlags::resolve(&self.run, None, &self.out)
             }
         }
     };
@@ -227,8 +398,13 @@ macro_rules! program {
 ///
 /// ```no_run
 /// # use std::process::ExitCode;
-/// # #[derive(clap::Parser)] struct Args { #[command(flatten)] common: common::cli::CommonArgs }
-/// # impl common::cli::Program for Args { fn common(&self) -> &common::cli::CommonArgs { &self.common } }
+/// # use common::cli::{OutputArgs, RunArgs, MeetArgs};
+/// # #[derive(clap::Parser)] struct Args {
+/// #     #[command(flatten)] run: RunArgs,
+/// #     #[command(flatten)] meet: MeetArgs,
+/// #     #[command(flatten)] out: OutputArgs,
+/// # }
+/// # common::program!(Args);
 /// # fn run(_: Args) -> anyhow::Result<ExitCode> { Ok(ExitCode::SUCCESS) }
 /// fn main() -> ExitCode {
 ///     common::cli::start(std::env::args_os(), run)
@@ -240,10 +416,26 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let args = A::parse_from(argv);
+    let args = parse::<A, _, _>(argv);
     let name = A::command().get_name().to_string();
     let quiet = args.common().quiet;
     run_main(&name, quiet, || run(args))
+}
+
+/// Parses `argv` as [`start`] does, with the program's default `--name` shown in `--help`
+/// and filled in; a bad flag exits with clap's message and status 2.
+pub fn parse<A, I, T>(argv: I) -> A
+where
+    A: Program,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = A::command();
+    if let Some(name) = A::DEFAULT_NAME {
+        cmd = cmd.mut_arg("name", |a| a.default_value(name));
+    }
+    let matches = cmd.get_matches_from(argv);
+    A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Runs a program's body: narration set up, the signal thread started, and an error
@@ -309,8 +501,13 @@ mod tests {
     #[derive(Parser, Debug)]
     struct T {
         #[command(flatten)]
-        c: CommonArgs,
+        run: RunArgs,
+        #[command(flatten)]
+        meet: MeetArgs,
+        #[command(flatten)]
+        out: OutputArgs,
     }
+    crate::program!(T);
 
     fn err(args: &[&str]) -> String {
         let mut v = vec!["t"];
@@ -350,10 +547,10 @@ mod tests {
     #[test]
     fn warmup_defaults_to_a_tenth_capped() {
         let t = T::try_parse_from(["t", "--mode", "stream", "--count", "1000"]).unwrap();
-        assert_eq!(t.c.warmup(), 100);
+        assert_eq!(t.common().warmup(), 100);
         let t = T::try_parse_from(["t", "--mode", "stream", "--count", "1e9"]).unwrap();
-        assert_eq!(t.c.warmup(), 10_000);
+        assert_eq!(t.common().warmup(), 10_000);
         let t = T::try_parse_from(["t"]).unwrap();
-        assert_eq!(t.c.warmup(), 0, "text mode has no warm-up");
+        assert_eq!(t.common().warmup(), 0, "text mode has no warm-up");
     }
 }

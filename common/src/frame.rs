@@ -10,7 +10,7 @@
 //! |-------:|-----:|------------|--------------------------------------------------------------|
 //! |      0 |    4 | `magic`    | `b"IPCS"`: this is an ipc-study frame at all                 |
 //! |      4 |    1 | `version`  | [`VERSION`]; a reader refuses any other                      |
-//! |      5 |    1 | `kind`     | [`Kind`]: Data, Ping, Pong or End                            |
+//! |      5 |    1 | `kind`     | [`Kind`]: Hello, Data, Ping, Pong or End                     |
 //! |      6 |    2 | `flags`    | [`FLAG_WARMUP`]: sent before timing starts                   |
 //! |      8 |    8 | `nonce`    | the writer's random session id; stale frames differ          |
 //! |     16 |    8 | `seq`      | 0, 1, 2, ... per session; gaps and repeats are detected      |
@@ -30,8 +30,9 @@ use std::fmt;
 
 /// `b"IPCS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"IPCS");
-/// Version of this layout. Bump it when a field changes meaning.
-pub const VERSION: u8 = 1;
+/// Version of this layout. Bump it when a field changes meaning. Version 2 added the Hello
+/// frame ([`Kind::Hello`], [`crate::hello`]) that opens every session.
+pub const VERSION: u8 = 2;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 40;
 /// The largest payload any mechanism accepts: 16 MiB. Each mechanism may set a lower one
@@ -57,6 +58,9 @@ pub enum Kind {
     Pong = 3,
     /// The writer's last frame: a clean end, carrying what was sent.
     End = 4,
+    /// The writer's first frame: what it runs ([`crate::hello::Hello`]), so the reader
+    /// can follow it or name the difference.
+    Hello = 5,
 }
 
 impl Kind {
@@ -66,6 +70,7 @@ impl Kind {
             2 => Some(Kind::Ping),
             3 => Some(Kind::Pong),
             4 => Some(Kind::End),
+            5 => Some(Kind::Hello),
             _ => None,
         }
     }
@@ -124,12 +129,14 @@ pub enum FrameError {
     BadMagic { found: [u8; 4] },
     /// A frame of another layout version.
     BadVersion { found: u8 },
-    /// A kind byte outside 1..=4.
+    /// A kind byte outside 1..=5.
     BadKind { found: u8 },
     /// The length field is above the reader's limit; nothing was allocated for it.
     TooLong { len: u64, max: usize },
     /// An End frame whose payload is not 16 bytes.
     BadEnd { len: u32 },
+    /// A Hello frame longer than [`crate::hello::MAX_LEN`].
+    BadHello { len: u32 },
     /// The checksum does not match the header and payload that arrived.
     BadChecksum {
         expected: u32,
@@ -153,7 +160,7 @@ impl fmt::Display for FrameError {
                 "frame version {found} is not supported (this build speaks version {VERSION})"
             ),
             FrameError::BadKind { found } => {
-                write!(f, "frame kind {found} is unknown (expected 1..=4)")
+                write!(f, "frame kind {found} is unknown (expected 1..=5)")
             }
             FrameError::TooLong { len, max } => write!(
                 f,
@@ -162,6 +169,11 @@ impl fmt::Display for FrameError {
             FrameError::BadEnd { len } => write!(
                 f,
                 "End frame payload is {len} bytes (expected {END_PAYLOAD_LEN})"
+            ),
+            FrameError::BadHello { len } => write!(
+                f,
+                "Hello frame payload is {len} bytes (at most {} expected)",
+                crate::hello::MAX_LEN
             ),
             FrameError::BadChecksum {
                 expected,
@@ -308,6 +320,9 @@ pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, F
     }
     if kind == Kind::End && len as usize != END_PAYLOAD_LEN {
         return Err(FrameError::BadEnd { len });
+    }
+    if kind == Kind::Hello && len as usize > crate::hello::MAX_LEN {
+        return Err(FrameError::BadHello { len });
     }
     Ok(Some(Header {
         kind,
@@ -502,7 +517,7 @@ mod tests {
         let h = encode_header(fields(Kind::Ping, 3), b"hi").unwrap();
         let expected_prefix: [u8; 36] = [
             b'I', b'P', b'C', b'S', // magic
-            1,    // version
+            2,    // version
             2,    // kind = Ping
             0, 0, // flags
             0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // nonce
@@ -528,7 +543,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        for kind in [Kind::Data, Kind::Ping, Kind::Pong, Kind::End] {
+        for kind in [Kind::Data, Kind::Ping, Kind::Pong, Kind::End, Kind::Hello] {
             let payload: Vec<u8> = if kind == Kind::End {
                 end_payload(5, 320).to_vec()
             } else {
@@ -577,10 +592,10 @@ mod tests {
             Err(FrameError::BadMagic { .. })
         ));
         let mut b = good.clone();
-        b[4] = 2;
+        b[4] = 1; // a version-1 frame, from a build before the Hello
         assert!(matches!(
             decode(&b, MAX_PAYLOAD),
-            Err(FrameError::BadVersion { found: 2 })
+            Err(FrameError::BadVersion { found: 1 })
         ));
         let mut b = good.clone();
         b[5] = 9;

@@ -28,12 +28,15 @@
 pub mod cleanup;
 pub mod cli;
 pub mod frame;
+pub mod hello;
+pub mod lock;
 pub mod narrate;
 pub mod peer;
 pub mod ring;
 pub mod runtime;
 pub mod session;
 pub mod setup;
+pub mod stall;
 pub mod stream;
 pub mod timing;
 

@@ -31,6 +31,21 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The program a process runs, as a learner typed it: the file name of its `argv[0]`
+/// (`/proc/<pid>/cmdline`), falling back to `/proc/<pid>/comm`, which the kernel cuts to
+/// 15 bytes (`named-pipe-writ`). `None` once the process is gone.
+pub fn program_name(pid: i32) -> Option<String> {
+    if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        let base = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        if !base.is_empty() {
+            return Some(String::from_utf8_lossy(base).into_owned());
+        }
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
 /// A process as a peer records it: its pid *and* its start time, because a pid is reused
 /// once its process has exited, and an unrelated process that got the same number must not
 /// keep a dead pair "alive".
@@ -87,7 +102,18 @@ pub fn start_time(pid: i32) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{alive, Identity};
+    use super::{alive, program_name, Identity};
+
+    #[test]
+    fn program_name_is_argv0_not_the_cut_comm() {
+        let me = program_name(std::process::id() as i32).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(me, exe.file_name().unwrap().to_string_lossy());
+        assert!(
+            me.len() > 15,
+            "a test binary's name is longer than comm keeps: {me}"
+        );
+    }
 
     #[test]
     fn a_zombie_is_not_alive() {

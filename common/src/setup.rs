@@ -184,8 +184,14 @@ impl Setup {
         }
     }
 
-    /// The mode both sides run.
+    /// The mode both sides run (a reader's: the writer's, once its Hello came and
+    /// [`Setup::follow`] took it).
     pub fn mode(&self) -> Mode {
         self.args.mode
+    }
+
+    /// A reader takes the writer's mode, size, count and warm-up from its Hello.
+    pub fn follow(&mut self, hello: &crate::hello::Hello) {
+        self.args.follow(hello);
     }
 }

@@ -16,6 +16,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use crate::frame::Reassembler;
 use crate::narrate;
 use crate::session::Outgoing;
+use crate::stall::Stall;
 
 /// Whether a frame left, or the peer had already gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,15 +93,17 @@ fn gone_or(e: io::Error, call: &'static str) -> Result<Delivery> {
 
 /// A writer that notices a full pipe (P6): its descriptor is non-blocking, so a `writev`
 /// that finds no room returns EAGAIN instead of sleeping; the writer counts that, says so
-/// once, and waits in `poll(2)` until the reader has made room.
+/// the first time, and waits in `poll(2)` until the reader has made room. A wait longer
+/// than half a second is narrated as it starts and as it ends ([`Stall`]), so stopping
+/// the reader (`kill -STOP`) shows the writer blocked.
 #[derive(Debug)]
 pub struct FullWatch {
     /// What the buffer is called in narration ("pipe", "FIFO").
     what: &'static str,
     /// The claim a full buffer shows: P6 for a pipe, N7 for a FIFO.
     claim: &'static str,
-    /// How many times a write found the buffer full and waited.
-    pub blocked: u64,
+    /// The waits, counted and narrated.
+    pub stall: Stall,
 }
 
 impl FullWatch {
@@ -111,10 +114,14 @@ impl FullWatch {
         let flags = fcntl(fd, FcntlArg::F_GETFL).context("fcntl F_GETFL")?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(fd, FcntlArg::F_SETFL(flags)).context("fcntl F_SETFL O_NONBLOCK")?;
+        let (now, then) = match what {
+            "FIFO" => ("the FIFO is full", "the FIFO was full"),
+            _ => ("the pipe is full", "the pipe was full"),
+        };
         Ok(FullWatch {
             what,
             claim,
-            blocked: 0,
+            stall: Stall::new("write()", now, then, claim),
         })
     }
 
@@ -127,22 +134,38 @@ impl FullWatch {
     /// Waits with poll(2) until the descriptor has room again.
     fn wait_for_room(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        if self.blocked == 0 {
+        if self.stall.episodes() == 0 {
             narrate!(
                 "the {} is full: write() would block here until the reader reads ({}); waiting in poll()",
                 self.what,
                 self.claim
             );
         }
-        self.blocked += 1;
+        self.stall.begin();
         let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
         loop {
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => return Ok(()),
+            let timeout = match self.stall.until_tell() {
+                // Wake up to say "blocked" once the wait is long enough to tell.
+                Some(d) => {
+                    PollTimeout::try_from(d.as_millis().max(1) as i32).unwrap_or(PollTimeout::NONE)
+                }
+                None => PollTimeout::NONE,
+            };
+            match poll(&mut fds, timeout) {
+                Ok(0) => self.stall.tick(),
+                Ok(_) => {
+                    self.stall.end();
+                    return Ok(());
+                }
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e).context("poll POLLOUT"),
             }
         }
+    }
+
+    /// How many times a write found the buffer full and waited.
+    pub fn blocked(&self) -> u64 {
+        self.stall.episodes()
     }
 }
 

@@ -86,15 +86,21 @@ pub fn example_setup(flags: &[&str]) -> crate::setup::Setup {
     #[derive(Parser)]
     struct A {
         #[command(flatten)]
-        c: crate::cli::CommonArgs,
+        run: crate::cli::RunArgs,
+        #[command(flatten)]
+        meet: crate::cli::MeetArgs,
+        #[command(flatten)]
+        out: crate::cli::OutputArgs,
     }
+    crate::program!(A);
+    use crate::cli::Program;
     let argv = std::iter::once("example").chain(flags.iter().copied());
     crate::setup::Setup {
         program: "example",
         mechanism: crate::setup::Mechanism::Pipe,
         flavour: crate::setup::Flavour::Spawn,
         wait: crate::setup::Wait::Block,
-        args: A::parse_from(argv).c,
+        args: A::parse_from(argv).common(),
         max_payload: crate::frame::MAX_PAYLOAD,
     }
 }

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::Mode;
 use crate::frame::{encode_header, parse_end, Fields, Header, Kind, HEADER_LEN};
+use crate::hello::{Expect, Hello};
 use crate::narrate;
 use crate::setup::{Role, Setup};
 use crate::timing::{fmt_ns, now_ns, CpuTime, Latency, Report};
@@ -15,6 +16,9 @@ use super::Outgoing;
 /// What the reader's loop does with the frame it just handed to the session.
 #[derive(Debug)]
 pub enum Action<'a> {
+    /// The writer's Hello (checked against this reader's flags, and narrated): what it
+    /// runs. A reader sets up what the mode needs here (the way back for pingpong).
+    Hello(&'a Hello),
     /// Nothing: take the next frame (a verified stream message, or a stale frame skipped).
     Continue,
     /// Text mode: print this line on stdout.
@@ -95,7 +99,11 @@ pub struct ReaderSession {
     report: Report,
     /// Text mode prints; the others verify content too.
     text: bool,
-    /// The writer's session, adopted from the first frame with seq 0.
+    /// What this reader's flags ask of the writer.
+    expect: Expect,
+    /// The writer's Hello, once it came.
+    hello: Option<Hello>,
+    /// The writer's session, adopted from its Hello.
     session: Option<u64>,
     /// The sequence number the next frame must have.
     expected: u64,
@@ -126,15 +134,21 @@ pub struct ReaderSession {
 }
 
 impl ReaderSession {
-    /// A session for `setup` (the reader follows whatever mode the frames are in; `setup`
-    /// decides only whether text is printed and how the report is labelled).
+    /// A session for `setup`. The reader follows the writer's Hello (mode, size, count);
+    /// `setup.args.expect` holds the reader's own flags, which the Hello must match.
     pub fn new(setup: &Setup) -> ReaderSession {
         let mut report = setup.report(Role::Reader);
         report.latency_kind = "one_way".into();
         ReaderSession {
             report,
+            expect: setup.args.expect,
             ..ReaderSession::blank(setup.args.mode == Mode::Text)
         }
+    }
+
+    /// The writer's Hello, once it has come.
+    pub fn writer_hello(&self) -> Option<&Hello> {
+        self.hello.as_ref()
     }
 
     /// Data and Ping frames of the current session taken so far.
@@ -147,15 +161,16 @@ impl ReaderSession {
     pub fn on_frame<'a>(&'a mut self, h: &Header, payload: &'a [u8]) -> Result<Action<'a>> {
         let now = now_ns();
         match self.session {
+            _ if h.kind == Kind::Hello => return self.on_hello(h, payload),
             Some(s) if s == h.nonce => {}
-            Some(_) if h.seq == 0 && h.kind != Kind::End => self.new_session(h.nonce),
-            None if h.seq == 0 => self.session = Some(h.nonce),
             _ => {
+                // Before the Hello, or of another session: left by an earlier run.
                 self.report.stale_skipped += 1;
                 return Ok(Action::Continue);
             }
         }
         match h.kind {
+            Kind::Hello => unreachable!("handled above"),
             Kind::End => return self.on_end(payload, h.seq, now),
             Kind::Pong => bail!(
                 "a reader does not expect a Pong (seq {}): is a second writer connected?",
@@ -223,19 +238,46 @@ impl ReaderSession {
         }
     }
 
-    /// A new session began (seq 0 of another nonce): what came before was left by an
-    /// earlier run and is discarded.
-    fn new_session(&mut self, nonce: u64) {
-        narrate!(
-            "a new session began (seq 0 of {nonce:#x}); the {} messages before it were left by an earlier run and are discarded",
-            self.received
-        );
-        self.report.stale_skipped += self.received;
-        *self = ReaderSession {
-            report: std::mem::take(&mut self.report),
-            session: Some(nonce),
-            ..ReaderSession::blank(self.text)
-        };
+    /// The writer's Hello: checked against this reader's flags, followed, narrated. A
+    /// Hello of another session after the first one means the frames before it were left
+    /// by an earlier run: they are discarded, and the new writer must run the same thing.
+    fn on_hello<'a>(&'a mut self, h: &Header, payload: &[u8]) -> Result<Action<'a>> {
+        let hello = Hello::decode(payload).context("the writer's Hello frame")?;
+        if let Some(first) = &self.hello {
+            if self.session == Some(h.nonce) {
+                bail!("the writer sent its Hello twice (session {:#x})", h.nonce);
+            }
+            if (first.mode, first.size) != (hello.mode, hello.size) {
+                bail!(
+                    "a second Hello arrived: {hello}, after {first}. Is a second writer connected, \
+                     or were an earlier run's frames left in the channel?"
+                );
+            }
+            narrate!(
+                "a new session began (a Hello of {:#x}); the {} messages before it were left by an earlier run and are discarded",
+                h.nonce,
+                self.received
+            );
+            self.report.stale_skipped += self.received;
+            *self = ReaderSession {
+                report: std::mem::take(&mut self.report),
+                expect: self.expect,
+                hello: self.hello.take(),
+                session: Some(h.nonce),
+                ..ReaderSession::blank(self.text)
+            };
+            return Ok(Action::Continue);
+        }
+        self.expect.check(&hello)?;
+        if self.expect.is_empty() {
+            narrate!("the writer's Hello: {hello}; this reader follows it");
+        } else {
+            narrate!("the writer's Hello: {hello}; it matches this reader's flags");
+        }
+        self.text = hello.mode == Mode::Text;
+        self.report.mode = hello.mode.as_str().into();
+        self.session = Some(h.nonce);
+        Ok(Action::Hello(self.hello.insert(hello)))
     }
 
     /// A session with nothing received yet.
@@ -243,6 +285,8 @@ impl ReaderSession {
         ReaderSession {
             report: Report::default(),
             text,
+            expect: Expect::default(),
+            hello: None,
             session: None,
             expected: 0,
             received: 0,
@@ -301,8 +345,12 @@ impl ReaderSession {
             Some((have, need)) => anyhow!(
                 "truncated stream: the writer closed {what} in the middle of a frame ({have} of {need} bytes) after {received} whole messages"
             ),
+            None if self.hello.is_none() => anyhow!(
+                "the writer closed {what} before its Hello: it is not an ipc-study writer of this version, or it died at once"
+            ),
             None => anyhow!(
-                "the writer closed {what} after {received} messages without sending End: it did not finish"
+                "the writer closed {what} after {received} {} without sending End: it did not finish",
+                if received == 1 { "message" } else { "messages" }
             ),
         }
     }

@@ -24,7 +24,14 @@ fn write_all(s: &Setup, input: &[u8]) -> (Result<Report>, VecDeque<Vec<u8>>) {
     let result = loop {
         match session.next(&mut buf) {
             Err(e) => break Err(e),
-            Ok(Next::Send(out)) => wire.push_back(out.to_vec()),
+            Ok(Next::Send(out)) => {
+                if out.kind == crate::frame::Kind::Hello {
+                    let hello = out.to_vec();
+                    let (h, p) = parse(&hello);
+                    assert!(matches!(echo.on_frame(&h, p).unwrap(), Action::Hello(_)));
+                }
+                wire.push_back(out.to_vec())
+            }
             Ok(Next::NeedLine) => match lines.next() {
                 Some(l) => session.push_line(l),
                 None => session.end_of_input(),
@@ -60,7 +67,7 @@ fn read_all(s: &Setup, wire: &VecDeque<Vec<u8>>) -> Result<Option<(Report, Vec<S
     for f in wire {
         let (h, p) = parse(f);
         match session.on_frame(&h, p)? {
-            Action::Continue | Action::Echo(_) => {}
+            Action::Continue | Action::Echo(_) | Action::Hello(_) => {}
             Action::Print(line) => printed.push(line.to_string()),
             Action::Done => return Ok(Some((session.finish(), printed))),
         }
@@ -76,7 +83,7 @@ fn stream_is_verified_end_to_end() {
     let (w, wire) = write_all(&s, b"");
     let wr = w.unwrap();
     assert_eq!((wr.count, wr.warmup, wr.bytes), (50, 5, 5000));
-    assert_eq!(wire.len(), 56, "55 Data frames and End");
+    assert_eq!(wire.len(), 57, "Hello, 55 Data frames and End");
     let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
     assert!(rr.verified);
     assert_eq!((rr.count, rr.warmup, rr.bytes), (50, 5, 5000));
@@ -107,6 +114,7 @@ fn a_pong_for_another_ping_is_refused() {
     let s = setup(&["--mode", "pingpong", "--count", "2", "--warmup", "0"]);
     let mut session = WriterSession::new(&s);
     let mut buf = FrameBuf::new();
+    let _hello = session.next(&mut buf).unwrap();
     let Next::Send(ping) = session.next(&mut buf).unwrap() else {
         panic!()
     };
@@ -162,8 +170,8 @@ fn a_new_session_after_leftovers_with_seq_0_discards_them() {
     let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
     let (_, old) = write_all(&s, b"");
     let (_, mut wire) = write_all(&s, b"");
-    // A crashed run's first three frames (seq 0..2, no End), then the new run.
-    for f in old.iter().take(3).rev() {
+    // A crashed run's Hello and first three frames (seq 0..2, no End), then the new run.
+    for f in old.iter().take(4).rev() {
         wire.push_front(f.clone());
     }
     let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
@@ -220,6 +228,12 @@ fn reader_left_names_the_messages_sent() {
     let s = setup(&["--mode", "stream", "--count", "10", "--warmup", "0"]);
     let mut session = WriterSession::new(&s);
     let mut buf = FrameBuf::new();
+    assert!(matches!(session.next(&mut buf).unwrap(), Next::Send(_)));
+    let e = session.reader_left("closed the pipe").to_string();
+    assert!(
+        e.starts_with("reader closed the pipe right after this writer's Hello (--mode stream --size 64 --count 10 --warmup 0)"),
+        "{e}"
+    );
     for _ in 0..4 {
         assert!(matches!(session.next(&mut buf).unwrap(), Next::Send(_)));
     }
@@ -232,11 +246,17 @@ fn a_pong_at_the_reader_is_refused() {
     let s = setup(&["--mode", "pingpong", "--count", "1", "--warmup", "0"]);
     let mut w = WriterSession::new(&s);
     let mut buf = FrameBuf::new();
+    let mut r = ReaderSession::new(&s);
+    let Next::Send(hello) = w.next(&mut buf).unwrap() else {
+        panic!()
+    };
+    let hello = hello.to_vec();
+    let (h, p) = parse(&hello);
+    assert!(matches!(r.on_frame(&h, p).unwrap(), Action::Hello(_)));
     let Next::Send(ping) = w.next(&mut buf).unwrap() else {
         panic!()
     };
     let ping = ping.to_vec();
-    let mut r = ReaderSession::new(&s);
     let (h, p) = parse(&ping);
     let Action::Echo(pong) = r.on_frame(&h, p).unwrap() else {
         panic!()
@@ -294,4 +314,88 @@ fn text_lines_are_escaped_and_long_ones_cut() {
         "{line}"
     );
     assert!(show("naïve ünïcode".as_bytes()).ends_with("naïve ünïcode"));
+}
+
+/// A reader's setup: the flags it was given are checks on the writer's Hello.
+fn reader_setup(flags: &[&str]) -> Setup {
+    use crate::cli::{ExpectArgs, OutputArgs, RunFlags};
+    use clap::Parser;
+    #[derive(Parser)]
+    struct R {
+        #[command(flatten)]
+        run: ExpectArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    }
+    let r = R::parse_from(std::iter::once("reader").chain(flags.iter().copied()));
+    Setup {
+        args: r.run.resolve(None, &r.out),
+        ..example_setup(&[])
+    }
+}
+
+#[test]
+fn a_reader_without_flags_follows_a_stream_writer() {
+    let w = setup(&[
+        "--mode", "stream", "--count", "30", "--size", "100", "--warmup", "3",
+    ]);
+    let (_, wire) = write_all(&w, b"");
+    let r = reader_setup(&[]);
+    let (rr, printed) = read_all(&r, &wire).unwrap().unwrap();
+    assert!(rr.verified, "{rr:?}");
+    assert!(printed.is_empty(), "a stream is verified, not printed");
+    assert_eq!(
+        (rr.mode.as_str(), rr.count, rr.warmup, rr.bytes),
+        ("stream", 30, 3, 3000)
+    );
+}
+
+#[test]
+fn a_reader_flag_that_contradicts_the_hello_names_both_values() {
+    let w = setup(&["--mode", "stream", "--size", "65536", "--count", "10"]);
+    let (_, wire) = write_all(&w, b"");
+    let r = reader_setup(&["--mode", "pingpong"]);
+    let e = read_all(&r, &wire).unwrap_err().to_string();
+    assert!(
+        e.contains("runs --mode stream --size 65536 --count 10"),
+        "{e}"
+    );
+    assert!(
+        e.contains("restart the reader without --mode, or with --mode stream"),
+        "{e}"
+    );
+    let r = reader_setup(&["--mode", "stream", "--size", "65536"]);
+    assert!(read_all(&r, &wire).unwrap().unwrap().0.verified);
+}
+
+#[test]
+fn frames_before_any_hello_are_stale() {
+    let s = setup(&["--mode", "stream", "--count", "5", "--warmup", "0"]);
+    let (_, mut wire) = write_all(&s, b"");
+    let hello = wire.pop_front().unwrap();
+    let mut session = ReaderSession::new(&s);
+    for f in &wire {
+        let (h, p) = parse(f);
+        assert!(matches!(session.on_frame(&h, p).unwrap(), Action::Continue));
+    }
+    assert!(session.writer_hello().is_none());
+    let e = session.writer_left("the FIFO", None).to_string();
+    assert!(e.contains("before its Hello"), "{e}");
+    let (h, p) = parse(&hello);
+    assert!(matches!(session.on_frame(&h, p).unwrap(), Action::Hello(_)));
+}
+
+#[test]
+fn a_second_hello_of_another_mode_is_refused() {
+    let a = setup(&["--mode", "stream", "--count", "5", "--warmup", "0"]);
+    let b = setup(&["--mode", "pingpong", "--count", "5", "--warmup", "0"]);
+    let (_, first) = write_all(&a, b"");
+    let (_, second) = write_all(&b, b"");
+    let mut wire: VecDeque<Vec<u8>> = first.iter().take(3).cloned().collect();
+    wire.extend(second.iter().cloned());
+    let e = read_all(&reader_setup(&[]), &wire).unwrap_err().to_string();
+    assert!(
+        e.contains("a second Hello arrived") && e.contains("--mode pingpong"),
+        "{e}"
+    );
 }

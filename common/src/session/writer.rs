@@ -8,6 +8,7 @@ use crate::cli::Mode;
 use crate::frame::{
     encode_header, end_payload, Fields, Header, Kind, END_PAYLOAD_LEN, FLAG_WARMUP, HEADER_LEN,
 };
+use crate::hello::Hello;
 use crate::setup::{Role, Setup};
 use crate::timing::{now_ns, CpuTime, Latency, Report};
 
@@ -77,6 +78,8 @@ pub struct FrameBuf {
     data: Vec<u8>,
     /// The End frame: header, then its payload (count and bytes).
     end: [u8; HEADER_LEN + END_PAYLOAD_LEN],
+    /// The Hello frame: header, then what the writer runs.
+    hello: Vec<u8>,
 }
 
 impl Default for FrameBuf {
@@ -84,6 +87,7 @@ impl Default for FrameBuf {
         FrameBuf {
             data: vec![0; HEADER_LEN],
             end: [0; HEADER_LEN + END_PAYLOAD_LEN],
+            hello: Vec::new(),
         }
     }
 }
@@ -134,6 +138,8 @@ pub enum Next<'a> {
 /// Where a writer session is.
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
+    /// Nothing sent yet: the Hello goes first.
+    Hello,
     /// Sending Data or Pings.
     Running,
     /// Text mode: end of input; End goes next.
@@ -150,7 +156,7 @@ enum Phase {
 
 /// The writer side of the protocol for one run: builds frames, checks answers, times.
 ///
-/// Text mode: one Data frame per line pushed, End at end of input. Stream: `warmup +
+/// Every mode starts with one Hello frame ([`crate::hello`]). Text mode: one Data frame per line pushed, End at end of input. Stream: `warmup +
 /// count` Data frames of `--size` bytes, then End. Pingpong: `warmup + count` Pings, each
 /// answered by a Pong before the next, then End.
 pub struct WriterSession {
@@ -180,6 +186,10 @@ pub struct WriterSession {
     awaiting: bool,
     /// Where the session is.
     phase: Phase,
+    /// What the Hello says.
+    hello: Hello,
+    /// A Data or Ping frame has been handed out (not only the Hello).
+    data_sent: bool,
     /// Round-trip times of the timed Pings.
     rtt: Latency,
     /// Start of the timed part (CLOCK_MONOTONIC ns) and the CPU time then.
@@ -205,7 +215,9 @@ impl WriterSession {
             text_bytes: 0,
             line: None,
             awaiting: false,
-            phase: Phase::Running,
+            phase: Phase::Hello,
+            hello: Hello::of(setup, 0),
+            data_sent: false,
             rtt: Latency::new(),
             t0: now_ns(),
             cpu0: CpuTime::now(),
@@ -217,12 +229,42 @@ impl WriterSession {
         self.nonce
     }
 
+    /// States in the Hello how many bytes the channel holds (the pipe's buffer, the ring,
+    /// the queue), as the writer measured it after meeting its reader.
+    pub fn capacity(mut self, bytes: u64) -> WriterSession {
+        self.hello.capacity = bytes;
+        self
+    }
+
+    /// What this writer's Hello says.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
     /// What to do next; a frame to send is built in `buf`.
     ///
     /// The clock is read here: `sent_ns` of each frame, and the start of the timed part
     /// when the first frame after the warm-up is built.
     pub fn next<'b>(&mut self, buf: &'b mut FrameBuf) -> Result<Next<'b>> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Hello => {
+                self.phase = Phase::Running;
+                buf.hello.clear();
+                buf.hello.resize(HEADER_LEN, 0);
+                buf.hello.extend_from_slice(&self.hello.encode());
+                let fields = Fields {
+                    kind: Kind::Hello,
+                    flags: 0,
+                    nonce: self.nonce,
+                    seq: 0,
+                    sent_ns: now_ns(),
+                };
+                let header = encode_header(fields, &buf.hello[HEADER_LEN..])?;
+                buf.hello[..HEADER_LEN].copy_from_slice(&header);
+                let out = Outgoing::from_bytes(Kind::Hello, &buf.hello)
+                    .unwrap_or_else(|| unreachable!("hello holds a header"));
+                Ok(Next::Send(out))
+            }
             Phase::Running => {
                 self.phase = Phase::Running;
                 match self.mode {
@@ -305,6 +347,7 @@ impl WriterSession {
         let header = encode_header(fields, &buf.data[HEADER_LEN..])?;
         buf.data[..HEADER_LEN].copy_from_slice(&header);
         self.last_seq = self.seq;
+        self.data_sent = true;
         Ok(())
     }
 
@@ -383,8 +426,21 @@ impl WriterSession {
     }
 
     /// The error for a reader that went away: "reader {how} after N messages; stopping".
+    /// A reader that left before the first message may have refused this writer's Hello
+    /// (its own terminal says why), and the error says so.
     pub fn reader_left(&self, how: &str) -> anyhow::Error {
-        anyhow!("reader {how} after {} messages; stopping", self.last_seq)
+        if !self.data_sent && self.phase != Phase::Hello {
+            return anyhow!(
+                "reader {how} right after this writer's Hello ({}), before any message: \
+                 if it refused these settings, its own output says why; stopping",
+                self.hello.flags()
+            );
+        }
+        let n = self.last_seq;
+        anyhow!(
+            "reader {how} after {n} {}; stopping",
+            if n == 1 { "message" } else { "messages" }
+        )
     }
 
     fn fill_report(&mut self) {
