@@ -31,13 +31,19 @@
 //! | `lib.rs`        | this essay, the names and defaults, [`Stream`] (either kind of connection) and its socket options |
 //! | [`writer`]      | `socket-writer`, the client: connect, options, the send loop (`writev`, and `read` of each Pong) |
 //! | [`reader`]      | `socket-reader`, the server: listen, accept, the receive loop (`read`, `writev` of each Pong) |
-//! | [`rendezvous`]  | how the two ends meet: addresses, bind with the stale-file probe, accept with a timeout, connect with retries, the Nagle rule (a first reading may skip it) |
+//! | [`handshake`]   | the writer's Hello and the reader's answer to it, before the first message |
+//! | [`rendezvous`]  | how the two ends meet: addresses, bind with the stale-file probe, accept with a timeout, connect with retries (a first reading may skip it) |
+//! | [`options`]     | socket options: the Nagle rule (`TCP_NODELAY`), `SO_SNDBUF`, `SO_RCVBUF` (a first reading may skip it) |
+//! | [`who`]         | who is already at an address (a reader listening, a reader with its writer), from the kernel's socket tables, for "one reader, one writer" (a first reading may skip it) |
 //!
 //! Man pages: socket(7), tcp(7) (TCP_NODELAY), unix(7) (sun_path length), bind(2)
 //! (EADDRINUSE), connect(2) (ECONNREFUSED), accept(2), poll(2).
 
+pub mod handshake;
+pub mod options;
 pub mod reader;
 pub mod rendezvous;
+pub mod who;
 pub mod writer;
 
 use std::io::{self, IoSlice, Read, Write};
@@ -109,12 +115,23 @@ impl Stream {
     /// own bookkeeping (socket(7)). Setting it switches off TCP's buffer autotuning.
     pub fn set_send_buffer(&self, bytes: usize) -> Result<usize> {
         sock::setsockopt(self, sockopt::SndBuf, &bytes).context("setsockopt SO_SNDBUF")?;
-        sock::getsockopt(self, sockopt::SndBuf).context("getsockopt SO_SNDBUF")
+        self.send_buffer()
     }
 
     /// `setsockopt(SO_RCVBUF)`, and what the kernel chose (doubled, as for SO_SNDBUF).
     pub fn set_receive_buffer(&self, bytes: usize) -> Result<usize> {
         sock::setsockopt(self, sockopt::RcvBuf, &bytes).context("setsockopt SO_RCVBUF")?;
+        self.receive_buffer()
+    }
+
+    /// `getsockopt(SO_SNDBUF)`: the send buffer as the kernel reports it (bookkeeping
+    /// included; TCP's autotuning may grow it later unless SO_SNDBUF was set).
+    pub fn send_buffer(&self) -> Result<usize> {
+        sock::getsockopt(self, sockopt::SndBuf).context("getsockopt SO_SNDBUF")
+    }
+
+    /// `getsockopt(SO_RCVBUF)`: the receive buffer as the kernel reports it.
+    pub fn receive_buffer(&self) -> Result<usize> {
         sock::getsockopt(self, sockopt::RcvBuf).context("getsockopt SO_RCVBUF")
     }
 }

@@ -1,6 +1,7 @@
 //! socket-reader: the server. Listens, accepts one writer and receives its messages.
 //!
-//! Run it in two terminals, in either order (K2):
+//! Run it in two terminals, in either order (K2). It needs no `--mode`, `--size` or
+//! `--count`: it runs whatever the writer's Hello says (given, each is a check on it).
 //! ```text
 //! terminal 1: socket-reader                         # TCP 127.0.0.1:47400
 //! terminal 2: socket-writer                         # type lines; Ctrl-D ends both
@@ -12,39 +13,42 @@
 //! System calls, in order:
 //! 1. TCP: `socket(AF_INET, SOCK_STREAM)`, `setsockopt(SO_REUSEADDR)`, `bind` (EADDRINUSE:
 //!    the port is taken), `listen`. Unix: `lstat` of the path; for an existing socket
-//!    file, a read of /proc/net/unix (is a listening socket bound there?), then a
-//!    `connect` probe (removed only if refused: nobody listens, it is stale);
-//!    `umask(0177)` + `bind` (the file is created 0600) + `listen`. `getsockname`: the port.
+//!    file, a read of /proc/net/unix, then a `connect` probe (removed only if refused:
+//!    nobody listens, it is stale); `umask(0177)` + `bind` (the file is created 0600) +
+//!    `listen`. A reader already there, listening or with its writer, is named with its
+//!    pid (`who.rs`). `getsockname`: the port.
 //! 2. `poll(POLLIN)` on the listening socket, so the wait ends at `--timeout`, then
 //!    `accept`: the kernel has completed the handshake, and accept hands over the connection.
 //!    `close` of the listening socket: one writer. `getpeername`/`SO_PEERCRED`: who it is.
-//! 3. `setsockopt(TCP_NODELAY)` in pingpong (the Pongs are small), `SO_RCVBUF` if asked
-//!    (`rendezvous::tune_reader`).
+//! 3. `setsockopt(SO_RCVBUF)` if `--sock-buf` asks (`options::tune_reader`).
 //! 4. The loop: `read` into a 1 MiB buffer: whatever has arrived, which is neither one
 //!    message nor a whole number of them (K5); the header's length field puts the messages
-//!    back together. `writev` of each Pong on the same connection. `read` returns 0 when
-//!    the writer closes: after End a clean finish, before it the writer died (exit 1).
+//!    back together. The first frame is the writer's Hello: this reader takes its mode and
+//!    size, sets `TCP_NODELAY` in pingpong, and answers with one `writev` of its own Hello
+//!    (`handshake.rs`). `writev` of each Pong on the same connection. `read` returns 0
+//!    when the writer closes: after End a clean finish, before it the writer died (exit 1).
 //! 5. `unlink` of the Unix socket file; `close` of the connection.
 //!
 //! Start order: either (the writer retries `connect` until this side listens).
 //! Cleanup: a Unix socket file stays in the file system after `close`; this side removes
-//! it when the pair is done, on errors and on Ctrl-C. A TCP port needs no cleanup.
-//! A client that sends anything but frames is disconnected, and this side says why ("not
-//! an ipc-study frame ...") and exits 1.
+//! it when the pair is done, on errors and on Ctrl-C. A TCP port needs no cleanup. A
+//! client that sends anything but frames is disconnected, with why ("not an ipc-study
+//! frame ..."), exit 1.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode};
-use common::frame::{Reassembler, MAX_PAYLOAD};
+use common::cli::{parse_size, ExpectArgs, MeetArgs, OutputArgs, Program};
+use common::frame::{Header, Kind, Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
 use common::setup::{Setup, Wait};
 use common::stream::{self, Delivery};
 
 use crate::rendezvous::{self, EndpointArgs};
+use crate::{handshake, options};
 use crate::{Stream, MECHANISM};
 
 /// Program name, in narration and reports.
@@ -55,18 +59,29 @@ pub const PROGRAM: &str = "socket-reader";
 #[command(
     name = PROGRAM,
     about = "Listen on TCP or a Unix domain socket, accept socket-writer and receive its messages (claims K1-K5).",
-    after_help = "Examples (start socket-writer with the same flags in another terminal):\n  socket-reader\n  socket-reader --unix --show-reads\n  socket-reader --listen 0.0.0.0:47400 --mode stream"
+    after_help = "Examples (start socket-writer with the same --tcp/--unix in another terminal; this reader follows its --mode, --size, --count):\n  socket-reader\n  socket-reader --unix --show-reads\n  socket-reader --listen 0.0.0.0:47400"
 )]
 pub struct Args {
     #[command(flatten)]
-    pub common: CommonArgs,
-
+    pub run: ExpectArgs,
+    #[command(flatten)]
+    pub meet: MeetArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
     #[command(flatten)]
     pub endpoint: EndpointArgs,
 
     /// Listen on this TCP address, e.g. 0.0.0.0:47400 for other machines (K3). Open to anyone who can reach it.
     #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["tcp", "unix"])]
     pub listen: Option<String>,
+
+    /// Receive buffer (SO_RCVBUF; the kernel doubles it, and setting it turns TCP's autotuning off) [default: the kernel's].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub sock_buf: Option<usize>,
+
+    /// TCP, pingpong: leave Nagle's algorithm on for the Pongs (no TCP_NODELAY), to see what it costs.
+    #[arg(long, conflicts_with = "unix")]
+    pub nagle: bool,
 
     /// Print, per message, how many read() calls it took (K5). For study, not for timing.
     #[arg(long)]
@@ -77,21 +92,14 @@ pub struct Args {
     pub max_size: usize,
 }
 
-common::program!(Args);
-
-impl Args {
-    /// The flag the TCP address came from, named when `bind` refuses it.
-    fn tcp_flag(&self) -> &'static str {
-        self.listen.as_ref().map_or("--tcp", |_| "--listen")
-    }
-}
+common::program!(Args, name = crate::DEFAULT_NAME);
 
 /// The program: listen, accept one writer, read until End, clean up.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let c = &args.common;
+    let c = &args.common();
     // Every flag is checked (and the host name resolved) before any socket exists.
     let ep = rendezvous::resolve(&args.endpoint, args.listen.as_deref(), c)?;
-    let setup = Setup {
+    let mut setup = Setup {
         program: PROGRAM,
         mechanism: MECHANISM,
         flavour: ep.flavour(),
@@ -101,8 +109,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_payload: args.max_size.min(MAX_PAYLOAD),
     };
 
-    // 1. socket, bind, listen (the stale-file judgement is in rendezvous.rs).
-    let (listener, socket_file) = rendezvous::listen(&ep, args.tcp_flag())?;
+    // 1. socket, bind, listen (the stale-file and one-reader checks are in rendezvous.rs).
+    let flag = args.listen.as_ref().map_or("--tcp", |_| "--listen");
+    let (listener, socket_file) = rendezvous::listen(&ep, flag)?;
     // For port 0 the kernel chose the port: say which (tests and scripts parse this line).
     let bound = listener.local()?;
     narrate!(
@@ -122,14 +131,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     narrate!("accepted a connection from {peer}");
     let mut notes = vec![format!("accepted {peer} on {bound}")];
 
-    // 3. TCP_NODELAY, SO_RCVBUF.
-    notes.extend(rendezvous::tune_reader(&conn, &args.endpoint, c)?);
+    // 3. SO_RCVBUF.
+    notes.extend(options::tune_reader(&conn, args.sock_buf)?);
 
     // 4. The loop: the session says what each frame asks for; the calls are in receive.
-    narrate!("reading: read() blocks until bytes arrive, and returns whatever has arrived (K5)");
+    narrate!("reading: read() blocks until bytes arrive, and returns whatever has arrived (K5); the writer's Hello comes first");
     let mut session = ReaderSession::new(&setup);
     let mut frames = Reassembler::new(setup.max_payload);
-    let ended = receive(&mut session, &mut frames, &conn, &args);
+    let ended = receive(&mut session, &mut setup, &mut frames, &conn, &args);
     // 5. The pair is done (or failed): the socket file goes either way.
     if let Some(f) = socket_file {
         f.remove()?;
@@ -155,14 +164,14 @@ enum Ended {
 }
 
 /// Step 4: `read` whatever has arrived, hand each whole frame to the session, do what it
-/// says. Pongs go back on the same socket; only in pingpong, as the mode was agreed.
+/// says: follow and answer the Hello, print a line, send a Pong back on the same socket.
 fn receive(
     s: &mut ReaderSession,
+    setup: &mut Setup,
     frames: &mut Reassembler,
     mut conn: &Stream,
     args: &Args,
 ) -> Result<Ended> {
-    let pingpong = args.common.mode == Mode::Pingpong;
     let mut stdout = io::stdout().lock();
     // Reads done when the previous frame came out (K5: how many the next one took).
     let mut shown = 0;
@@ -171,21 +180,22 @@ fn receive(
         // One read may have completed no frame, one, or many.
         while let Some((header, payload)) = frames.next_frame()? {
             if args.show_reads {
-                show(header.seq, payload.len(), shown, reads);
+                show(&header, payload.len(), shown, reads);
                 shown = reads;
             }
             match s.on_frame(&header, payload)? {
+                // The session checked the Hello against this reader's flags: run what it
+                // says, TCP_NODELAY in pingpong, writev(2) of this reader's answer.
+                Action::Hello(h) => handshake::follow(h, &header, setup, conn, args.nagle)?,
                 Action::Continue => {}
                 Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
-                // writev(2) of the Pong on the connection the Ping came in on (K1).
-                Action::Echo(pong) if pingpong => {
+                // writev(2) of the Pong on the connection the Ping came in on (K1): a
+                // socket is two-way, so the way back is always there.
+                Action::Echo(pong) => {
                     if stream::writev(&mut conn, pong)? == Delivery::PeerGone {
                         return Ok(Ended::WriterLeft(None));
                     }
                 }
-                Action::Echo(_) => bail!(
-                    "got a Ping (pingpong mode) but this reader has no way back to the writer"
-                ),
                 Action::Done => return Ok(Ended::End),
             }
         }
@@ -196,10 +206,13 @@ fn receive(
     }
 }
 
-/// `--show-reads` (K5): how many `read` calls, `before` this message and `after` it was
+/// `--show-reads` (K5): how many `read` calls, `before` this frame and `after` it was
 /// whole, it took. Zero means it came out of the read that finished the one before.
-fn show(seq: u64, len: usize, before: u64, after: u64) {
-    let what = format!("message #{seq} ({len} B + 40 B header)");
+fn show(h: &Header, len: usize, before: u64, after: u64) {
+    let what = match h.kind {
+        Kind::Hello => format!("the writer's Hello ({len} B + 40 B header)"),
+        _ => format!("message #{} ({len} B + 40 B header)", h.seq),
+    };
     match after - before {
         0 => narrate!(
             "{what}: no new read(): it came out of read #{after} together with the message before it (K5)"

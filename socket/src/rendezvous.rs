@@ -1,10 +1,9 @@
 //! How the two ends meet: addresses, bind and listen, accept, connect, socket options.
 //!
 //! **A first reading may skip this file.** The programs call it to find the address
-//! ([`resolve`]), to meet ([`listen`] then [`Listener::accept_within`] on the server,
-//! [`connect_within`] on the client) and to set the options of the connected [`Stream`]
-//! ([`tune_writer`], [`tune_reader`]); what they do with the connection is in `writer.rs`
-//! and `reader.rs`. Come back here for K2 and K4: everything that makes "network
+//! ([`resolve`]) and to meet ([`listen`] then [`Listener::accept_within`] on the server,
+//! [`connect_within`] on the client); the options of the connected [`Stream`] are set in
+//! `options.rs`, and what they do with the connection is in `writer.rs` and `reader.rs`. Come back here for K2 and K4: everything that makes "network
 //! programming" more than `read` and `write`:
 //! - the endpoint: `--tcp HOST:PORT` resolved through the system resolver, `--unix PATH`
 //!   checked against the 107 bytes of `sun_path` and for a directory that exists,
@@ -15,9 +14,9 @@
 //!   when stale, and the new one is made 0600 and owned from the moment `bind` creates it,
 //!   so a failing `listen` or `accept` or a timeout removes it (Unix); `accept` bounded by
 //!   `poll` so it ends at `--timeout`;
-//! - the client: `connect` retried while nobody listens, narrated once, until `--timeout`;
-//! - the options: when to switch off Nagle's algorithm (`TCP_NODELAY`, [`wants_nodelay`]),
-//!   and `SO_SNDBUF`/`SO_RCVBUF` when `--sock-buf` asks.
+//! - one reader, one writer: a reader that is already there (listening, or with its
+//!   writer) is named with its pid, and so is a pair a second writer finds ([`crate::who`]);
+//! - the client: `connect` retried while nobody listens, narrated once, until `--timeout`.
 //!
 //! Man pages: socket(7), tcp(7), unix(7), bind(2), listen(2), accept(2), connect(2), poll(2).
 
@@ -34,8 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use common::cleanup::Owned;
-use common::cli::{bad_flag, CommonArgs, Mode};
-use common::frame::HEADER_LEN;
+use common::cli::{bad_flag, CommonArgs};
 use common::narrate;
 use common::setup::Flavour;
 use nix::errno::Errno;
@@ -43,33 +41,42 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self as sock, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 use nix::sys::stat::{umask, Mode as FileMode};
 
+use crate::who::{self, Occupant};
 use crate::{Stream, DEFAULT_NAME, DEFAULT_PORT, DEFAULT_TCP, MAX_UNIX_PATH};
 
-/// Where the two programs meet: the flags both sides share.
+/// Where the two programs meet: the flags both sides share. (`--sock-buf` and `--nagle`
+/// are each program's own: they set different options on the two sides.)
 #[derive(Args, Clone, Debug, Default)]
 pub struct EndpointArgs {
     /// TCP address (K1, K3) [default when neither --tcp nor --unix: 127.0.0.1:47400].
     #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = DEFAULT_TCP, conflicts_with = "unix")]
     pub tcp: Option<String>,
 
-    /// Unix domain socket file; with no PATH, `<runtime dir>/<--name or socket>.sock`.
-    // The help text is spelled out so that --help shows the path without backticks.
-    #[arg(
-        long,
-        value_name = "PATH",
-        num_args = 0..=1,
-        help = "Unix domain socket file [default with no PATH: <runtime dir>/<--name or socket>.sock]"
-    )]
+    /// Unix domain socket file instead of TCP; the help shows the default path.
+    // The help is computed, so that --help shows the real path in the runtime dir.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, help = unix_help())]
     pub unix: Option<Option<PathBuf>>,
+}
 
-    /// Socket buffer size (SO_SNDBUF on the writer, SO_RCVBUF on the reader; the kernel doubles it) [default: the kernel's, autotuned for TCP].
-    #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
-    pub sock_buf: Option<usize>,
+/// `--unix`'s help: the socket file it uses with no PATH, in this user's runtime dir.
+fn unix_help() -> String {
+    let dir = runtime_dir_shown();
+    format!(
+        "Unix domain socket file instead of TCP [default with no PATH: {}, or NAME.sock there with --name NAME]",
+        dir.join(format!("{DEFAULT_NAME}.sock")).display()
+    )
+}
 
-    /// TCP: leave Nagle's algorithm on (no TCP_NODELAY) whatever the mode, to see what it costs.
-    // A Unix socket has no Nagle algorithm: the two flags contradict each other (exit 2).
-    #[arg(long, conflicts_with = "unix")]
-    pub nagle: bool,
+/// The runtime dir as `common::runtime::runtime_dir` chooses it ($IPC_STUDY_DIR, else
+/// $XDG_RUNTIME_DIR/ipc-study, else /tmp/ipc-study-UID), without creating it: `--help`
+/// makes nothing.
+fn runtime_dir_shown() -> PathBuf {
+    let var = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty());
+    match (var(common::runtime::DIR_ENV), var("XDG_RUNTIME_DIR")) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(x)) => Path::new(&x).join("ipc-study"),
+        (None, None) => PathBuf::from(format!("/tmp/ipc-study-{}", nix::unistd::geteuid())),
+    }
 }
 
 /// A resolved address of either family.
@@ -123,7 +130,8 @@ pub fn resolve(ep: &EndpointArgs, listen: Option<&str>, c: &CommonArgs) -> Resul
         })?
         .next()
         .ok_or_else(|| bad_flag(format!("{flag} {text}: the name resolves to no address")))?;
-    if let Some(n) = &c.name {
+    // --name has a default (the socket file's name); only another one is worth a word.
+    if let Some(n) = c.name.as_deref().filter(|n| *n != DEFAULT_NAME) {
         narrate!("--name {n} is not used over TCP: the address and port are the rendezvous");
     }
     Ok(Endpoint::Tcp(addr))
@@ -137,7 +145,7 @@ pub fn resolve(ep: &EndpointArgs, listen: Option<&str>, c: &CommonArgs) -> Resul
 fn unix_path(given: Option<&Path>, c: &CommonArgs) -> Result<PathBuf> {
     let path = match given {
         Some(p) => {
-            if let Some(n) = &c.name {
+            if let Some(n) = c.name.as_deref().filter(|n| *n != DEFAULT_NAME) {
                 narrate!(
                     "--name {n} is not used: --unix {} names the socket file",
                     p.display()
@@ -200,30 +208,37 @@ impl Listener {
     /// `accept` itself has no timeout; `poll` for POLLIN on a listening socket says that
     /// a connection is waiting in the backlog, so the `accept` after it does not block.
     pub fn accept_within(&self, timeout: Duration) -> Result<Option<Stream>> {
-        let deadline = Instant::now() + timeout;
         let fd = match self {
             Listener::Tcp(l) => l.as_fd(),
             Listener::Unix(l) => l.as_fd(),
         };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
-                .unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-            match poll(&mut fds, ms) {
-                Ok(0) => continue,
-                Ok(_) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e).context("poll on the listening socket"),
-            }
+        if !wait_readable(fd, timeout).context("on the listening socket")? {
+            return Ok(None);
         }
         Ok(Some(match self {
             Listener::Tcp(l) => Stream::Tcp(l.accept().context("accept")?.0),
             Listener::Unix(l) => Stream::Unix(l.accept().context("accept")?.0),
         }))
+    }
+}
+
+/// `poll(POLLIN)` on `fd` for up to `timeout`: whether it became readable (a connection
+/// waiting on a listening socket, bytes or the end on a connected one) in time.
+pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e).context("poll"),
+        }
     }
 }
 
@@ -267,8 +282,9 @@ fn listen_tcp(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     match sock::bind(fd.as_raw_fd(), &sa) {
         Ok(()) => {}
         Err(Errno::EADDRINUSE) => bail!(
-            "bind {addr}: EADDRINUSE: port {} is already in use (another socket-reader, or another program listens there); choose another port with --tcp {}:PORT on both sides, or port 0 to let the kernel pick one (this reader prints it)",
+            "bind {addr}: EADDRINUSE: port {} is already in use ({}); choose another port with --tcp {}:PORT on both sides, or port 0 to let the kernel pick one (this reader prints it)",
             addr.port(),
+            in_use_by(addr),
             addr.ip()
         ),
         // The value itself is refused: a bad flag value (the socket closes on the way out,
@@ -286,11 +302,37 @@ fn listen_tcp(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
         }
         Err(e) => return Err(e).with_context(|| format!("bind {addr}")),
     }
+    // Bound, not yet listening. SO_REUSEADDR let bind succeed beside a connection that an
+    // earlier listener on this port accepted: a reader that has its writer. One reader
+    // per pair: refuse (the socket closes on the way out; a TCP socket leaves nothing).
+    if let Some(occ @ Occupant::Paired { .. }) = who::at(&Endpoint::Tcp(addr)) {
+        return Err(who::second_reader(
+            &Endpoint::Tcp(addr),
+            &occ,
+            "/proc/net/tcp",
+        ));
+    }
     // Backlog 1: this reader serves one writer; the kernel completes handshakes up to the
     // backlog even before accept is called.
     sock::listen(&fd, sock::Backlog::new(1).context("listen backlog")?)
         .with_context(|| format!("listen {addr}"))?;
     Ok(TcpListener::from(fd))
+}
+
+/// Who holds `addr`, for the EADDRINUSE message: the listener's pid from /proc/net/tcp and
+/// /proc/PID/fd, or the command that shows it.
+fn in_use_by(addr: SocketAddr) -> String {
+    let ep = Endpoint::Tcp(addr);
+    match who::at(&ep) {
+        Some(Occupant::Listening { reader: Some(h) }) => format!("{h} listens there"),
+        Some(Occupant::Paired {
+            reader: Some(h), ..
+        }) => format!("{h} holds a connection on it"),
+        _ => format!(
+            "another socket-reader, or another program listens there: `{}` shows which",
+            who::look_with(&ep, who::Look::Any)
+        ),
+    }
 }
 
 /// Checks a path that exists where the socket should be; removes it only if it is our own
@@ -316,12 +358,11 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
         );
     }
     // A live reader would accept the connect probe below as its writer, and its run would
-    // end when the probe closes: the kernel's list of listening sockets is asked first.
-    if listed_as_listening(path) == Some(true) {
-        bail!(
-            "another reader is already listening at {} (/proc/net/unix lists a listening socket bound there): stop it or choose another --name or --unix PATH",
-            path.display()
-        );
+    // end when the probe closes; a reader that has its writer no longer listens, and the
+    // probe would find the file "stale": the kernel's list of Unix sockets is asked first.
+    let ep = Endpoint::Unix(path.to_path_buf());
+    if let Some(occ) = who::at(&ep) {
+        return Err(who::second_reader(&ep, &occ, "/proc/net/unix"));
     }
     // The probe: if a connect succeeds, a live reader owns this file.
     match UnixStream::connect(path) {
@@ -339,22 +380,6 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
         }
         Err(e) => Err(e).with_context(|| format!("connect probe of {}", path.display())),
     }
-}
-
-/// Whether this network namespace has a listening Unix stream socket bound at `path`:
-/// /proc/net/unix lists every Unix socket, with Flags 00010000 (`__SO_ACCEPTCON`) for a
-/// listening one, Type 0001 (SOCK_STREAM) and the path as it was bound. `None` when the
-/// list cannot be read or `path` is relative (a relative path is listed as it was given,
-/// from whatever directory that reader ran in); the connect probe decides then.
-fn listed_as_listening(path: &Path) -> Option<bool> {
-    let want = path.to_str().filter(|_| path.is_absolute())?;
-    let table = fs::read_to_string("/proc/net/unix").ok()?;
-    Some(table.lines().skip(1).any(|line| {
-        // Num RefCount Protocol Flags Type St Inode Path (a path with runs of spaces
-        // does not match: the connect probe decides then).
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() >= 8 && f[3] == "00010000" && f[4] == "0001" && f[7..].join(" ") == want
-    }))
 }
 
 /// Stale-file check, then bind with mode 0600 and listen. `bind` creates the socket file;
@@ -423,6 +448,13 @@ pub fn connect_within(ep: &Endpoint, timeout: Duration) -> Result<Option<Stream>
                     io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
                 ) =>
             {
+                // Refused: nobody listens, or a reader that has its writer (it closed its
+                // listening socket at accept, K2). The kernel's tables tell which.
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    if let Some(second) = who::at(ep).and_then(|o| who::second_writer(ep, &o)) {
+                        return Err(second);
+                    }
+                }
                 if !said {
                     narrate!(
                         "waiting for a reader at {ep}: connect() failed ({e}): nobody listens yet; retrying every 20 ms for up to {timeout:?} (start socket-reader)"
@@ -437,91 +469,49 @@ pub fn connect_within(ep: &Endpoint, timeout: Duration) -> Result<Option<Stream>
     }
 }
 
-/// Whether the writer switches Nagle's algorithm off (`TCP_NODELAY`) for frames of
-/// `frame` bytes (header included) over a connection whose segments carry `mss` bytes.
-///
-/// Nagle's algorithm holds a segment smaller than the MSS back while an earlier one is
-/// unacknowledged, hoping to merge it with more data, and the peer delays its ACK (40 to
-/// 200 ms on Linux) hoping to piggyback it on an answer. A message that someone waits for
-/// (pingpong, text) must never be held: TCP_NODELAY. (With one writev per frame Nagle
-/// seldom bites there, since each Pong acknowledges its Ping, but the tail of a frame
-/// larger than a segment could be held.) In stream mode, frames smaller than a segment
-/// gain from the merging (many per segment, fewer packets and reads); a frame of a segment
-/// or more gains nothing, and Nagle would only hold back its last, partial segment:
-/// TCP_NODELAY too. `--nagle` leaves it on whatever the mode, to see what it costs.
-pub fn wants_nodelay(mode: Mode, frame: usize, mss: u32, nagle: bool) -> bool {
-    !nagle && (mode != Mode::Stream || frame >= mss as usize)
-}
-
-/// The writer's socket options, narrated: `TCP_NODELAY` by [`wants_nodelay`] (TCP), and
-/// `SO_SNDBUF` if `--sock-buf` asks. Returns the report's notes about them.
-pub fn tune_writer(conn: &Stream, ep: &EndpointArgs, c: &CommonArgs) -> Result<Vec<String>> {
-    let mut notes = Vec::new();
-    // Only a TCP connection has segments (getsockopt TCP_MAXSEG) and Nagle's algorithm.
-    if let Stream::Tcp(_) = conn {
-        let (frame, mss) = (c.size + HEADER_LEN, conn.max_segment().unwrap_or(0));
-        let nodelay = wants_nodelay(c.mode, frame, mss, ep.nagle);
-        if nodelay {
-            conn.set_nodelay()?;
-            narrate!("TCP_NODELAY set (MSS {mss} bytes, frames {frame} bytes): each message leaves at once, no Nagle delay");
-        } else {
-            narrate!("Nagle's algorithm on (MSS {mss} bytes, frames {frame} bytes): small frames are merged into full segments");
-        }
-        let state = if nodelay { "on" } else { "off (Nagle)" };
-        notes.push(format!("TCP_NODELAY {state}"));
-    }
-    if let Some(bytes) = ep.sock_buf {
-        let got = conn.set_send_buffer(bytes)?;
-        narrate!("SO_SNDBUF set: the kernel reports {got} bytes (it doubles the request)");
-        notes.push(format!("SO_SNDBUF {got} bytes"));
-    }
-    Ok(notes)
-}
-
-/// The reader's socket options: `TCP_NODELAY` in pingpong, `SO_RCVBUF` if asked.
-pub fn tune_reader(conn: &Stream, ep: &EndpointArgs, c: &CommonArgs) -> Result<Vec<String>> {
-    let mut notes = Vec::new();
-    // The Pongs are small answers: with Nagle's algorithm one could wait for the ACK of
-    // the previous segment (see wants_nodelay for the whole story).
-    if c.mode == Mode::Pingpong && !ep.nagle {
-        conn.set_nodelay()?;
-    }
-    if let Some(bytes) = ep.sock_buf {
-        let got = conn.set_receive_buffer(bytes)?;
-        narrate!("SO_RCVBUF set: the kernel reports {got} bytes (it doubles the request)");
-        notes.push(format!("SO_RCVBUF {got} bytes"));
-    }
-    Ok(notes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
 
+    use common::cli::{MeetArgs, OutputArgs, Program, RunArgs};
+
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
-        c: CommonArgs,
+        run: RunArgs,
+        #[command(flatten)]
+        meet: MeetArgs,
+        #[command(flatten)]
+        out: OutputArgs,
         #[command(flatten)]
         e: EndpointArgs,
+        #[arg(long, conflicts_with = "unix")]
+        nagle: bool,
+    }
+    common::program!(T);
+
+    impl T {
+        fn c(&self) -> CommonArgs {
+            self.common()
+        }
     }
 
     #[test]
     fn endpoints_resolve_and_long_paths_are_refused() {
         let t = T::parse_from(["t"]);
         assert_eq!(
-            resolve(&t.e, None, &t.c).unwrap(),
+            resolve(&t.e, None, &t.c()).unwrap(),
             Endpoint::Tcp(DEFAULT_TCP.parse().unwrap())
         );
         let t = T::parse_from(["t", "--tcp", "127.0.0.1:0"]);
         assert_eq!(
-            resolve(&t.e, None, &t.c).unwrap().to_string(),
+            resolve(&t.e, None, &t.c()).unwrap().to_string(),
             "tcp 127.0.0.1:0"
         );
         let long = format!("/tmp/{}", "x".repeat(120));
         let t = T::parse_from(["t", "--unix", &long]);
-        let e = resolve(&t.e, None, &t.c).unwrap_err();
+        let e = resolve(&t.e, None, &t.c()).unwrap_err();
         assert!(e.to_string().contains("at most 107"), "{e}");
         // A bad flag value: the program exits 2 for it (common::cli::run_main).
         assert!(e.downcast_ref::<common::cli::BadFlag>().is_some(), "{e}");
@@ -531,7 +521,7 @@ mod tests {
             &["t", "--unix", "/nonexistent-ipc-study-dir/s.sock"],
         ] {
             let t = T::parse_from(bad);
-            let e = resolve(&t.e, None, &t.c).unwrap_err();
+            let e = resolve(&t.e, None, &t.c()).unwrap_err();
             assert!(
                 e.downcast_ref::<common::cli::BadFlag>().is_some(),
                 "{bad:?}: {e}"
@@ -539,30 +529,6 @@ mod tests {
         }
         assert!(T::try_parse_from(["t", "--tcp", "--unix"]).is_err());
         assert!(T::try_parse_from(["t", "--unix", "--nagle"]).is_err());
-    }
-
-    #[test]
-    fn nagle_stays_on_only_for_stream_frames_below_one_segment() {
-        assert!(!wants_nodelay(Mode::Stream, 104, 1460, false));
-        assert!(wants_nodelay(Mode::Stream, 1460, 1460, false));
-        assert!(wants_nodelay(Mode::Pingpong, 104, 1460, false));
-        assert!(wants_nodelay(Mode::Text, 104, 1460, false));
-        assert!(!wants_nodelay(Mode::Pingpong, 1 << 20, 1460, true));
-    }
-
-    #[test]
-    fn proc_net_unix_lists_a_listening_socket_by_its_path() {
-        let dir =
-            std::env::temp_dir().join(format!("ipc-study-unit-socket-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("listed.sock");
-        let l = UnixListener::bind(&path).unwrap();
-        assert_eq!(listed_as_listening(&path), Some(true));
-        drop(l);
-        // The file stays, the listening socket is gone: stale.
-        assert_eq!(listed_as_listening(&path), Some(false));
-        assert_eq!(listed_as_listening(Path::new("listed.sock")), None);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -21,106 +21,11 @@ use std::time::Duration;
 
 use common::frame::{encode_header, end_payload, Fields, Kind, HEADER_LEN};
 use harness::kernel::{self, TcpSocket, ESTABLISHED, LISTEN};
+use harness::pair::{
+    assert_ok, bound_addr, dir, free_port, run_pair, start, start_pair, Via, READER, WRITER,
+};
 use harness::{skip, Proc, TestDir};
 use nix::sys::signal::Signal;
-
-const WRITER: &str = env!("CARGO_BIN_EXE_socket-writer");
-const READER: &str = env!("CARGO_BIN_EXE_socket-reader");
-
-fn dir(test: &str) -> TestDir {
-    TestDir::new("socket", test)
-}
-
-fn start(d: &TestDir, bin: &str, args: &[&str]) -> Proc {
-    let mut c = d.cmd(bin, args);
-    Proc::spawn(bin.rsplit('/').next().unwrap_or(bin), &mut c)
-}
-
-/// A TCP port that was free a moment ago (the kernel's choice for port 0).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits for the reader's "listening on tcp ADDR" line and returns ADDR.
-fn bound_addr(r: &mut Proc) -> String {
-    r.wait_for("listening on tcp ");
-    let err = r.stderr_now();
-    let rest = err.split("listening on tcp ").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().to_string()
-}
-
-fn assert_ok(d: &harness::Done, who: &str) {
-    assert!(
-        d.status.success(),
-        "{who} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        d.status,
-        d.stdout,
-        d.stderr
-    );
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Via {
-    Tcp,
-    Unix,
-}
-
-/// Starts a pair over `via` in the given order; `wargs`/`rargs` exclude the transport.
-fn start_pair(
-    d: &TestDir,
-    via: Via,
-    reader_first: bool,
-    wargs: &[&str],
-    rargs: &[&str],
-    writer_stdin: bool,
-) -> (Proc, Proc) {
-    let spawn_writer = |extra: Vec<String>| {
-        let mut c = d.cmd(WRITER, wargs);
-        c.args(extra);
-        if writer_stdin {
-            c.stdin(Stdio::piped());
-        }
-        Proc::spawn("socket-writer", &mut c)
-    };
-    match (via, reader_first) {
-        (Via::Tcp, true) => {
-            let mut r = start(d, READER, &[rargs, &["--tcp", "127.0.0.1:0"]].concat());
-            let addr = bound_addr(&mut r);
-            (spawn_writer(vec!["--tcp".into(), addr]), r)
-        }
-        (Via::Tcp, false) => {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut w = spawn_writer(vec!["--tcp".into(), addr.clone()]);
-            w.wait_for("waiting for a reader at");
-            (w, start(d, READER, &[rargs, &["--tcp", &addr]].concat()))
-        }
-        (Via::Unix, true) => {
-            let mut r = start(d, READER, &[rargs, &["--unix"]].concat());
-            r.wait_for("listening on unix");
-            (spawn_writer(vec!["--unix".into()]), r)
-        }
-        (Via::Unix, false) => {
-            let mut w = spawn_writer(vec!["--unix".into()]);
-            w.wait_for("waiting for a reader at");
-            (w, start(d, READER, &[rargs, &["--unix"]].concat()))
-        }
-    }
-}
-
-fn run_pair(
-    d: &TestDir,
-    via: Via,
-    reader_first: bool,
-    wargs: &[&str],
-    rargs: &[&str],
-) -> (harness::Done, harness::Done) {
-    let (w, r) = start_pair(d, via, reader_first, wargs, rargs, false);
-    (w.finish(), r.finish())
-}
 
 #[test]
 fn text_mode_delivers_each_line_over_tcp_and_unix_in_both_orders() {
@@ -502,6 +407,23 @@ fn frame(kind: Kind, nonce: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A writer's Hello frame for a stream of `count` messages of `size` bytes, no warm-up,
+/// in session `nonce`, as a raw client sends it first.
+fn hello(nonce: u64, size: u64, count: u64) -> Vec<u8> {
+    let h = common::hello::Hello {
+        program: "raw-client".into(),
+        version: common::hello::VERSION.into(),
+        mode: common::cli::Mode::Stream,
+        size,
+        count,
+        warmup: 0,
+        flavour: "unix".into(),
+        wait: common::setup::Wait::Block,
+        capacity: 0,
+    };
+    frame(Kind::Hello, nonce, 0, &h.encode())
+}
+
 /// Starts a Unix reader and connects to it as a raw client; returns both.
 fn reader_and_raw_client(d: &TestDir, rargs: &[&str]) -> (Proc, UnixStream) {
     let mut r = start(d, READER, &[rargs, &["--unix"]].concat());
@@ -514,8 +436,9 @@ fn reader_and_raw_client(d: &TestDir, rargs: &[&str]) -> (Proc, UnixStream) {
 fn claim_k5_small_messages_sent_back_to_back_are_separated() {
     let d = dir("k5-small");
     let (r, mut c) = reader_and_raw_client(&d, &["--mode", "stream", "--show-reads", "--json"]);
-    // 50 frames of 16 bytes and the End, in one write(): one chunk of bytes in the socket.
-    let mut bytes = Vec::new();
+    // The Hello, 50 frames of 16 bytes and the End, in one write(): one chunk of bytes in
+    // the socket.
+    let mut bytes = hello(99, 16, 50);
     for seq in 0..50u64 {
         let mut p = [7u8; 16];
         p[..8].copy_from_slice(&seq.to_le_bytes());
@@ -526,11 +449,18 @@ fn claim_k5_small_messages_sent_back_to_back_are_separated() {
     drop(c);
     let rd = r.finish();
     assert_ok(&rd, "reader");
+    // The Hello is the frame that took read #1; the 50 messages and the End came out of it.
+    assert!(
+        rd.stderr
+            .contains("the writer's Hello (54 B + 40 B header): 1 read() (#1)"),
+        "{}",
+        rd.stderr
+    );
     let joined = rd
         .stderr
         .matches("no new read(): it came out of read #1")
         .count();
-    assert_eq!(joined, 50, "{}", rd.stderr);
+    assert_eq!(joined, 51, "{}", rd.stderr);
     let rep = rd.report("reader", false);
     assert!(rep.verified && rep.count == 50, "{rep:?}");
     assert!(
@@ -580,7 +510,9 @@ fn writer_killed_mid_stream_is_a_truncated_stream_for_the_reader() {
             &["--mode", "stream"],
             false,
         );
-        w.wait_for("connected to");
+        // Past the Hello and its answer: the reader has its writer's session, and the
+        // stream is running.
+        w.wait_for("the reader answered the Hello");
         std::thread::sleep(Duration::from_millis(100));
         w.signal(Signal::SIGKILL);
         let _ = w.finish();
