@@ -23,18 +23,24 @@
 //!
 //! ## The pair's contract
 //! - Rendezvous: `<runtime dir>/NAME` (default `fifo`), plus `NAME.back` for pingpong.
-//! - Whoever starts first creates the FIFO(s) with mode 0600; the other finds them.
-//! - Open order, the same on both sides so neither waits for the other forever:
-//!   `NAME` first (writer `O_WRONLY`, reader `O_RDONLY`), then `NAME.back` the other way.
+//! - One reader and one writer: each side first takes its lock, `NAME.reader.lock` or
+//!   `NAME.writer.lock` in the runtime dir (a FIFO cannot tell a second reader, which would
+//!   split the messages); a second one is refused with the pid already there.
+//! - Whoever starts first creates the FIFO with mode 0600; the other finds it.
+//! - The writer's first frame is its Hello: mode, size, count, capacity. The reader is
+//!   started with no flags and follows it; a flag given to it is a check.
+//! - Open order, so neither waits for the other forever: `NAME` first (writer `O_WRONLY`,
+//!   reader `O_RDONLY`); the writer sends its Hello; for pingpong both then open
+//!   `NAME.back` the other way (the reader learns it needs one only from the Hello).
 //! - The reader removes both names when the pair is done; Ctrl-C on either side removes
-//!   what that side created and still owns.
+//!   what that side created and still owns, and its lock.
 //!
 //! ## The modules
 //! | module | what it holds |
 //! |---|---|
-//! | [`writer`] | `named-pipe-writer`, top to bottom: the name(s), `open` for writing (N7), the capacity, the send loop (`writev` per frame, `poll` on a full FIFO), the report |
-//! | [`reader`] | `named-pipe-reader`, top to bottom: the name(s), `open` for reading, who holds the other end (N5), the receive loop (`read` into a `Reassembler`, `writev` of each Pong), `unlink` |
-//! | [`rendezvous`] | create-or-reuse, the start-order race, stale and foreign paths, ownership, the blocking `open` with a timeout, who holds a FIFO (`/proc`); a first reading may skip it |
+//! | [`writer`] | `named-pipe-writer`, top to bottom: its role lock, the name(s), `open` for writing (N7), the capacity, the send loop (the Hello first, then `NAME.back` for pingpong; `writev` per frame, `poll` on a full FIFO), the report |
+//! | [`reader`] | `named-pipe-reader`, top to bottom: its role lock, the name, `open` for reading, who holds the other end (N5), the receive loop (`read` into a `Reassembler`; the Hello, then `NAME.back` for pingpong; `writev` of each Pong), `unlink` |
+//! | [`rendezvous`] | the role locks, create-or-reuse, the start-order race, stale and foreign paths, ownership, the blocking `open` with a timeout that also ends when the peer leaves, the ways back, who holds a FIFO (`/proc`); a first reading may skip it |
 //!
 //! This file holds the names ([`fifo_paths`]), what the programs say about the FIFO's
 //! buffer ([`show_capacity`], [`blocked_note`]); the capacity calls and the write end that
@@ -57,7 +63,7 @@ use anyhow::{Context, Result};
 use common::cli::CommonArgs;
 use common::narrate;
 use common::setup::Mechanism;
-use common::stream::{capacity, set_capacity};
+use common::stream::{capacity, set_capacity, FullWatch};
 
 /// Mechanism name in reports.
 pub const MECHANISM: Mechanism = Mechanism::NamedPipe;
@@ -77,29 +83,39 @@ pub fn fifo_paths(name: Option<&str>) -> Result<(PathBuf, PathBuf)> {
 
 /// Sets the capacity (`F_SETPIPE_SZ`, rounded up by the kernel) if asked, and says what it
 /// is. The buffer belongs to the open FIFO, not to the name: it is set once both ends are
-/// open and lasts until both close.
-pub fn show_capacity(fd: BorrowedFd<'_>, want: Option<usize>) -> Result<String> {
+/// open and lasts until both close. Returns the capacity (for the Hello) and the report's
+/// note.
+pub fn show_capacity(fd: BorrowedFd<'_>, want: Option<usize>) -> Result<(usize, String)> {
     if let Some(bytes) = want {
         let got = set_capacity(fd, bytes)?;
         narrate!("FIFO capacity set to {got} bytes (F_SETPIPE_SZ {bytes})");
     }
     let cap = capacity(fd)?;
     narrate!("FIFO capacity: {cap} bytes (F_GETPIPE_SZ); a write blocks while it is full (N7)");
-    Ok(format!("FIFO capacity {cap} bytes"))
+    Ok((cap, format!("FIFO capacity {cap} bytes")))
 }
 
-/// The report's note on how often a write found the FIFO full, narrated if it did.
-pub fn blocked_note(blocked: u64) -> String {
-    if blocked > 0 {
-        narrate!("the FIFO was full {blocked} times: the reader was slower than this writer (N7)");
+/// The report's note on the writes that found the FIFO full and waited (N7): how many,
+/// the longest wait and all of them together (`common::stall`); narrated if there were any.
+pub fn blocked_note(full: &FullWatch) -> String {
+    match full.stall.note() {
+        Some(note) => {
+            narrate!(
+                "the FIFO was full {} times: the reader was slower than this writer (N7)",
+                full.blocked()
+            );
+            note
+        }
+        None => "write() never found the FIFO full (N7)".into(),
     }
-    format!("a write found the FIFO full {blocked} times and waited (N7)")
 }
 
-/// " --name X" when a name was given, so a hint in an error can be pasted.
+/// " --name X" when a name other than the default was given, so a hint in an error can be
+/// pasted.
 pub fn name_hint(c: &CommonArgs) -> String {
     c.name
         .as_deref()
+        .filter(|n| *n != DEFAULT_NAME)
         .map(|n| format!(" --name {n}"))
         .unwrap_or_default()
 }

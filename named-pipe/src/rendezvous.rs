@@ -10,29 +10,40 @@
 //!   one that a connected pair holds open ([`holders`]) is refused, so two pairs never mix.
 //! - **start-order race**: both sides may call `mkfifo` at once; the loser gets EEXIST and
 //!   looks again.
+//! - **one reader, one writer** ([`take_role_lock`]): a FIFO lets any number of processes
+//!   open it, and two readers would silently split the messages. So each side first takes
+//!   a lock file in the runtime dir (`common::lock`, `NAME.reader.lock`, `NAME.writer.lock`);
+//!   a second reader or writer is refused with the pid already there, before it touches
+//!   the FIFO.
 //! - **ownership** ([`own_fifo`]): what a side created is registered with
 //!   `common::cleanup`, so an error or Ctrl-C while it waits in `open` removes it.
 //! - **open with a timeout** ([`open_with_timeout`]): `open` on a FIFO blocks until the
 //!   other end is opened (N7) and has no timeout of its own; a watchdog thread interrupts it
-//!   with a signal. [`try_open_for_writing`] asks first without blocking (ENXIO: no reader);
+//!   with a signal, at `--timeout` or when the peer leaves the pair's other FIFO.
+//!   [`try_open_for_writing`] asks first without blocking (ENXIO: no reader);
 //!   [`open_for_writing`] and [`open_for_reading`] are the two programs' ways there,
-//!   narrated.
+//!   [`open_back_for_reading`] and [`open_back_for_writing`] their ways back (pingpong,
+//!   N6), opened once the writer's Hello has said pingpong; all narrated.
 //! - **who holds it** ([`holders`]): a scan of `/proc/*/fd`, used for the judgement above and
 //!   by the reader to show that its writer is no relative (N5, [`show_peers`]).
 
 use std::fs::{self, File};
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::cleanup::Owned;
 use common::cli::CommonArgs;
+use common::lock::RoleLock;
 use common::narrate;
+use common::setup::Role;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::{geteuid, mkfifo};
@@ -57,7 +68,7 @@ pub fn prepare_fifo(path: &Path) -> Result<bool> {
                 if !busy.is_empty() {
                     let who: Vec<String> = busy
                         .iter()
-                        .map(|h| format!("pid {} ({})", h.pid, h.comm))
+                        .map(|h| format!("pid {} ({})", h.pid, h.program))
                         .collect();
                     bail!(
                         "FIFO {} is in use by a connected pair ({}): joining would mix our messages with theirs; choose another --name",
@@ -138,8 +149,24 @@ pub fn remove_fifo(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Takes this side's role lock for the FIFO at `fifo` (`NAME.reader.lock` or
+/// `NAME.writer.lock` beside it), before the FIFO is created or opened: a FIFO cannot tell a
+/// second reader or writer, which would split or mix the messages, so the lock does. Held
+/// by another process: an error naming its pid. Released (and removed) when dropped.
+pub fn take_role_lock(fifo: &Path, role: Role, program: &str) -> Result<RoleLock> {
+    let (Some(dir), Some(name)) = (fifo.parent(), fifo.file_name().and_then(|n| n.to_str())) else {
+        bail!("{} is not a FIFO path in a directory", fifo.display());
+    };
+    let what = format!("the FIFO {}", fifo.display());
+    let lock = RoleLock::take(dir, name, role, program, &what)?;
+    narrate!(
+        "this is the only {role} of {what}: it holds {name}.{role}.lock (flock), since a FIFO itself would let a second {role} in"
+    );
+    Ok(lock)
+}
+
 /// Registers a FIFO for removal on every way out (normal end, error, Ctrl-C).
-pub fn own_fifo(path: &Path) -> common::cleanup::Owned {
+pub fn own_fifo(path: &Path) -> Owned {
     let p = path.to_path_buf();
     common::cleanup::own(format!("FIFO {}", path.display()), move || remove_fifo(&p))
 }
@@ -178,7 +205,7 @@ pub fn open_for_writing(path: &Path, c: &CommonArgs) -> Result<File> {
                 path.display(),
                 c.timeout
             );
-            let Some(f) = open_with_timeout(path, OFlag::O_WRONLY, c.timeout)? else {
+            let Opened::Now(f) = open_with_timeout(path, OFlag::O_WRONLY, c.timeout, None)? else {
                 bail!(
                     "no reader opened {} within {:?} (open blocks until both ends exist, N7): start named-pipe-reader{} or raise --timeout",
                     path.display(),
@@ -204,7 +231,7 @@ pub fn open_for_reading(path: &Path, c: &CommonArgs) -> Result<File> {
         path.display(),
         c.timeout
     );
-    let Some(fifo) = open_with_timeout(path, OFlag::O_RDONLY, c.timeout)? else {
+    let Opened::Now(fifo) = open_with_timeout(path, OFlag::O_RDONLY, c.timeout, None)? else {
         bail!(
             "no writer opened {} within {:?} (open blocks until both ends exist, N7): start named-pipe-writer{} or raise --timeout",
             path.display(),
@@ -219,6 +246,57 @@ pub fn open_for_reading(path: &Path, c: &CommonArgs) -> Result<File> {
     Ok(fifo)
 }
 
+/// The writer's way back (pingpong, N6), once its Hello is in `there`: `open(NAME.back,
+/// O_RDONLY)`, which blocks until the reader, told by the Hello that this is pingpong,
+/// opens it for writing (N7). `Ok(None)`: the reader left `there` instead (it refused the
+/// Hello, or died); given up at `--timeout`.
+pub fn open_back_for_reading(
+    back: &Path,
+    there: BorrowedFd<'_>,
+    c: &CommonArgs,
+) -> Result<Option<File>> {
+    narrate!(
+        "opening {} for reading: the answers need a second FIFO, because each open end goes one way (N6); open(O_RDONLY) blocks until the reader, told by the Hello, opens it for writing (N7)",
+        back.display()
+    );
+    match open_with_timeout(back, OFlag::O_RDONLY, c.timeout, Some(there))? {
+        Opened::Now(f) => Ok(Some(f)),
+        Opened::PeerLeft => Ok(None),
+        Opened::TimedOut => bail!(
+            "the reader did not open {} for writing within {:?}: it has this writer's Hello (pingpong) and does not answer; is it a named-pipe-reader of this version?",
+            back.display(),
+            c.timeout
+        ),
+    }
+}
+
+/// The reader's way back (pingpong, N6), once the writer's Hello said pingpong: the name
+/// ([`prepare_fifo`]: the writer has usually made it), then `open(NAME.back, O_WRONLY)`,
+/// which blocks until the writer opens it for reading (N7). Returns the descriptor and the
+/// name's guard (this side removes the name when the pair is done); `Ok(None)`: the writer
+/// left `there` instead; given up at `--timeout`. A name created here and not connected
+/// is removed on the way out.
+pub fn open_back_for_writing(
+    back: &Path,
+    there: BorrowedFd<'_>,
+    c: &CommonArgs,
+) -> Result<Option<(File, Owned)>> {
+    let created = prepare_fifo(back)?.then(|| own_fifo(back));
+    narrate!(
+        "the writer runs pingpong: opening {} for writing, to answer; open(O_WRONLY) blocks until the writer opens it for reading (N6, N7)",
+        back.display()
+    );
+    match open_with_timeout(back, OFlag::O_WRONLY, c.timeout, Some(there))? {
+        Opened::Now(f) => Ok(Some((f, created.unwrap_or_else(|| own_fifo(back))))),
+        Opened::PeerLeft => Ok(None),
+        Opened::TimedOut => bail!(
+            "the writer did not open {} for reading within {:?}: its Hello says pingpong, but it does not read the answers; is it a named-pipe-writer of this version?",
+            back.display(),
+            c.timeout
+        ),
+    }
+}
+
 /// The handler of the watchdog's signal: it does nothing. Its only effect is that a
 /// blocking system call in the signalled thread returns EINTR, because the handler is
 /// installed without `SA_RESTART`.
@@ -227,15 +305,41 @@ extern "C" fn interrupt_only(_: libc::c_int) {}
 /// The signal the watchdog uses to interrupt a blocking `open`.
 const WAKE_SIGNAL: Signal = Signal::SIGALRM;
 
-/// `open(path, flags)` in blocking mode, given up after `timeout`.
+/// How often the watchdog looks at the clock and the peer, and knocks again.
+const TICK: Duration = Duration::from_millis(50);
+
+/// How a blocking `open` in [`open_with_timeout`] ended.
+#[derive(Debug)]
+pub enum Opened {
+    /// The other end was opened: the descriptor.
+    Now(File),
+    /// `timeout` passed first.
+    TimedOut,
+    /// The peer left first: the watched descriptor reported POLLHUP or POLLERR.
+    PeerLeft,
+}
+
+/// The watchdog's verdicts, in an atomic the waiting thread reads after EINTR.
+const WAITING: u8 = 0;
+const TIMED_OUT: u8 = 1;
+const PEER_LEFT: u8 = 2;
+
+/// `open(path, flags)` in blocking mode, given up after `timeout`, or as soon as `watch`
+/// (the pair's other FIFO, already connected) shows that the peer has closed its end.
 ///
 /// Opening a FIFO blocks until the other end is opened (N7), and plain `open` has no
 /// timeout. The classic remedy (TLPI 23.3) is a signal: a handler installed *without*
-/// `SA_RESTART` makes the blocked call return EINTR. A watchdog thread sleeps for
-/// `timeout` and then sends `SIGALRM` to this thread only (`pthread_kill`), repeating every
-/// 50 ms in case the signal landed just before `open` was entered. Returns `Ok(None)` on
-/// timeout.
-pub fn open_with_timeout(path: &Path, flags: OFlag, timeout: Duration) -> Result<Option<File>> {
+/// `SA_RESTART` makes the blocked call return EINTR. A watchdog thread wakes every 50 ms;
+/// once `timeout` has passed, or `poll(2)` on `watch` reports POLLHUP (a read end whose
+/// writer closed) or POLLERR (a write end whose reader closed), it sends `SIGALRM` to this
+/// thread only (`pthread_kill`), repeating every 50 ms in case the signal landed just
+/// before `open` was entered.
+pub fn open_with_timeout(
+    path: &Path,
+    flags: OFlag,
+    timeout: Duration,
+    watch: Option<BorrowedFd<'_>>,
+) -> Result<Opened> {
     let action = SigAction::new(
         SigHandler::Handler(interrupt_only),
         SaFlags::empty(),
@@ -246,40 +350,67 @@ pub fn open_with_timeout(path: &Path, flags: OFlag, timeout: Duration) -> Result
     // programs (common's signal thread handles only SIGINT, SIGTERM and SIGHUP).
     unsafe { sigaction(WAKE_SIGNAL, &action) }.context("sigaction SIGALRM")?;
     let target = nix::sys::pthread::pthread_self();
-    let fired = Arc::new(AtomicBool::new(false));
+    let verdict = &AtomicU8::new(WAITING);
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let flag = fired.clone();
-    let watchdog = std::thread::Builder::new()
-        .name("open-timeout".into())
-        .spawn(move || {
-            if done_rx.recv_timeout(timeout) != Err(mpsc::RecvTimeoutError::Timeout) {
-                return;
-            }
-            flag.store(true, Ordering::SeqCst);
-            // Keep knocking until the main thread says it has stopped waiting.
-            loop {
-                let _ = nix::sys::pthread::pthread_kill(target, WAKE_SIGNAL);
-                if done_rx.recv_timeout(Duration::from_millis(50))
-                    != Err(mpsc::RecvTimeoutError::Timeout)
-                {
-                    return;
+    std::thread::scope(|s| {
+        let watchdog = std::thread::Builder::new()
+            .name("open-timeout".into())
+            .spawn_scoped(s, move || {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let slice = TICK.min(deadline.saturating_duration_since(Instant::now()));
+                    if done_rx.recv_timeout(slice) != Err(RecvTimeoutError::Timeout) {
+                        return;
+                    }
+                    if watch.is_some_and(peer_gone) {
+                        verdict.store(PEER_LEFT, Ordering::SeqCst);
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        verdict.store(TIMED_OUT, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                // Keep knocking until the main thread says it has stopped waiting.
+                loop {
+                    let _ = nix::sys::pthread::pthread_kill(target, WAKE_SIGNAL);
+                    if done_rx.recv_timeout(TICK) != Err(RecvTimeoutError::Timeout) {
+                        return;
+                    }
+                }
+            })
+            .context("spawning the open watchdog thread")?;
+        let result = loop {
+            match open(path, flags | OFlag::O_CLOEXEC, Mode::empty()) {
+                Ok(fd) => break Ok(Opened::Now(File::from(fd))),
+                Err(Errno::EINTR) => match verdict.load(Ordering::SeqCst) {
+                    TIMED_OUT => break Ok(Opened::TimedOut),
+                    PEER_LEFT => break Ok(Opened::PeerLeft),
+                    // Some other signal: keep waiting.
+                    _ => continue,
+                },
+                Err(e) => {
+                    break Err(e).with_context(|| format!("open {} {flags:?}", path.display()))
                 }
             }
-        })
-        .context("spawning the open watchdog thread")?;
-    let result = loop {
-        match open(path, flags | OFlag::O_CLOEXEC, Mode::empty()) {
-            Ok(fd) => break Ok(Some(File::from(fd))),
-            Err(Errno::EINTR) if fired.load(Ordering::SeqCst) => break Ok(None),
-            // Some other signal: keep waiting.
-            Err(Errno::EINTR) => continue,
-            Err(e) => break Err(e).with_context(|| format!("open {} {flags:?}", path.display())),
-        }
-    };
-    // Stop the watchdog and wait for it, so no stray SIGALRM arrives later.
-    drop(done_tx);
-    let _ = watchdog.join();
-    result
+        };
+        // Stop the watchdog and wait for it, so no stray SIGALRM arrives later.
+        drop(done_tx);
+        let _ = watchdog.join();
+        result
+    })
+}
+
+/// Whether the peer has closed its end of a connected FIFO: `poll(2)` with no events asked
+/// still reports POLLHUP (read end, no writer left) and POLLERR (write end, no reader left).
+fn peer_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => false,
+    }
 }
 
 /// A process that has a FIFO open, found in `/proc`.
@@ -289,8 +420,9 @@ pub struct Holder {
     pub pid: i32,
     /// Its parent.
     pub ppid: i32,
-    /// Its command name.
-    pub comm: String,
+    /// Its program name, as it was run (`common::peer::program_name`: `argv[0]`, not the
+    /// kernel's 15-byte `comm`).
+    pub program: String,
     /// Whether it holds the FIFO open for writing (else for reading).
     pub writes: bool,
 }
@@ -326,6 +458,7 @@ pub fn holders(path: &Path) -> Vec<Holder> {
             // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
             let (head, tail) = stat.rsplit_once(')').unwrap_or(("", ""));
             let comm = head.split_once('(').map_or("?", |(_, c)| c).to_string();
+            let program = common::peer::program_name(pid).unwrap_or(comm);
             let ppid = tail
                 .split_whitespace()
                 .nth(1)
@@ -334,7 +467,7 @@ pub fn holders(path: &Path) -> Vec<Holder> {
             let h = Holder {
                 pid,
                 ppid,
-                comm,
+                program,
                 writes,
             };
             if !found.contains(&h) {
@@ -356,7 +489,7 @@ pub fn show_peers(path: &Path) -> Vec<String> {
         narrate!(
             "the write end is held by pid {} ({}), whose parent is pid {}; this reader is pid {me}, parent {my_ppid}",
             w.pid,
-            w.comm,
+            w.program,
             w.ppid
         );
         notes.push(format!("writer pid {} ppid {}", w.pid, w.ppid));
@@ -373,6 +506,7 @@ pub fn show_peers(path: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::path::PathBuf;
 
     fn scratch(tag: &str) -> PathBuf {
@@ -405,12 +539,29 @@ mod tests {
     }
 
     #[test]
+    fn open_with_timeout_stops_when_the_peer_leaves_the_other_fifo() {
+        let d = scratch("peer-left");
+        let (there, back) = (d.join("there"), d.join("back"));
+        prepare_fifo(&there).unwrap();
+        prepare_fifo(&back).unwrap();
+        let r = open(&there, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+        let w = open(&there, OFlag::O_WRONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+        // The reader of `there` is gone; nobody will ever open `back` for writing.
+        drop(r);
+        let long = Duration::from_secs(3600);
+        let got = open_with_timeout(&back, OFlag::O_RDONLY, long, Some(w.as_fd())).unwrap();
+        assert!(matches!(got, Opened::PeerLeft), "{got:?}");
+        drop(w);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn open_with_timeout_gives_up() {
         let d = scratch("timeout");
         let p = d.join("f");
         prepare_fifo(&p).unwrap();
-        let r = open_with_timeout(&p, OFlag::O_RDONLY, Duration::from_millis(100)).unwrap();
-        assert!(r.is_none());
+        let r = open_with_timeout(&p, OFlag::O_RDONLY, Duration::from_millis(100), None).unwrap();
+        assert!(matches!(r, Opened::TimedOut), "{r:?}");
         fs::remove_dir_all(&d).unwrap();
     }
 }

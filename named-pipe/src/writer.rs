@@ -10,28 +10,40 @@
 //! named-pipe-writer --mode pingpong --count 100000  # two FIFOs: NAME and NAME.back (N6)
 //! ```
 //!
+//! The reader needs no flags: this program's first frame, its Hello, tells it the mode,
+//! size and count, and it follows them.
+//!
 //! System calls, in order (the numbers mark them in the code below):
-//! 1. `lstat` of `<runtime dir>/NAME`: missing -> `mkfifo(0600)`; a FIFO of ours -> reuse
+//! 1. `open` + `flock(LOCK_EX|LOCK_NB)` of `<runtime dir>/NAME.writer.lock`: this is the
+//!    FIFO's only writer; a second one is refused with this one's pid, since a FIFO would
+//!    let it in and mix its messages with ours ([`take_role_lock`]).
+//! 2. `lstat` of `<runtime dir>/NAME`: missing -> `mkfifo(0600)`; a FIFO of ours -> reuse
 //!    it; anything else -> refuse (never unlink what is not ours). Pingpong: the same for
 //!    `NAME.back` ([`prepare_fifo`]).
-//! 2. `open(NAME, O_WRONLY|O_NONBLOCK)`: succeeds if a reader already has the FIFO open,
+//! 3. `open(NAME, O_WRONLY|O_NONBLOCK)`: succeeds if a reader already has the FIFO open,
 //!    fails with ENXIO if not. Then, if needed, the real `open(NAME, O_WRONLY)`, which
 //!    blocks until a reader opens the other end (N7); a watchdog ends the wait at
 //!    `--timeout` ([`open_for_writing`]).
-//! 3. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`.
-//! 4. Pingpong: `open(NAME.back, O_RDONLY)`, which blocks until the reader opens it for
-//!    writing: the way back is a second FIFO, because this descriptor only writes (N4, N6).
+//! 4. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`: the capacity, which the
+//!    Hello states.
 //! 5. `fcntl(F_SETFL, O_NONBLOCK)`, so a full FIFO is noticed (N7) and waited for in `poll`.
-//! 6. The loop: one `writev` per frame, `poll(POLLOUT)` when it finds the FIFO full; in
-//!    pingpong a `read` of each Pong from `NAME.back`; in text mode a `read` of stdin.
-//! 7. `close`, which the reader sees as end of input after End.
+//! 6. The loop: one `writev` per frame, the Hello first; `poll(POLLOUT)` when it finds the
+//!    FIFO full (a wait of over half a second is narrated as it starts and as it ends); in
+//!    text mode a `read` of stdin. Pingpong, right after the Hello: `open(NAME.back,
+//!    O_RDONLY)`, which blocks until the reader, told by the Hello, opens it for writing:
+//!    the way back is a second FIFO, because this descriptor only writes (N4, N6)
+//!    ([`open_back_for_reading`]); then a `read` of each Pong from it.
+//! 7. `close`, which the reader sees as end of input after End; the lock is released.
 //!
 //! Start order: either. Whoever comes first makes the FIFO(s); the other finds them.
 //! Cleanup: the reader removes the names when the pair is done. This side removes a FIFO
 //! it created only if it never got as far as a connected reader (error or Ctrl-C while
-//! waiting in `open`). If the reader goes away, `write` fails with EPIPE (Rust ignores
-//! SIGPIPE, so it is an error value, not a death): "reader closed the FIFO", exit 1.
+//! waiting in `open`, or a reader that refused the Hello). If the reader goes away, `write`
+//! fails with EPIPE (Rust ignores SIGPIPE, so it is an error value, not a death): "reader
+//! closed the FIFO", exit 1.
 //!
+//! [`take_role_lock`]: crate::rendezvous::take_role_lock
+//! [`open_back_for_reading`]: crate::rendezvous::open_back_for_reading
 //! [`prepare_fifo`]: crate::rendezvous::prepare_fifo
 //! [`open_for_writing`]: crate::rendezvous::open_for_writing
 
@@ -40,18 +52,22 @@ use std::io;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
+use std::path::Path;
+
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode};
-use common::frame::{Reassembler, MAX_PAYLOAD};
+use common::cleanup::Owned;
+use common::cli::{parse_bytes, MeetArgs, Mode, OutputArgs, Program, RunArgs};
+use common::frame::{Kind, Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
-use common::setup::{Flavour, Setup, Wait};
+use common::setup::{Flavour, Role, Setup, Wait};
 use common::stream::{self, check_pipe_size, Delivery, FullWatch};
 use common::timing::Report;
-use nix::fcntl::OFlag;
 
-use crate::rendezvous::{open_for_writing, open_with_timeout, own_fifo, prepare_fifo};
+use crate::rendezvous::{
+    open_back_for_reading, open_for_writing, own_fifo, prepare_fifo, take_role_lock,
+};
 use crate::{blocked_note, fifo_paths, show_capacity, MECHANISM};
 
 /// Program name, in narration and reports.
@@ -62,24 +78,30 @@ pub const PROGRAM: &str = "named-pipe-writer";
 #[command(
     name = PROGRAM,
     about = "Send messages through a named pipe (FIFO) (claims N1-N7).",
-    after_help = "Examples (start named-pipe-reader with the same flags in another terminal):\n  named-pipe-writer\n  named-pipe-writer --mode pingpong --count 100000\n  named-pipe-writer --mode stream --size 64K --pipe-size 1M"
+    after_help = "Examples (start named-pipe-reader in another terminal, with the same --name if any: it follows this writer):\n  named-pipe-writer\n  named-pipe-writer --mode pingpong --count 100000\n  named-pipe-writer --mode stream --size 64K --pipe-size 1M"
 )]
 pub struct Args {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub meet: MeetArgs,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     /// FIFO capacity (F_SETPIPE_SZ), 4 KiB up to /proc/sys/fs/pipe-max-size [default: the kernel's, 64 KiB].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub pipe_size: Option<usize>,
 }
 
-common::program!(Args);
+common::program!(Args, name = crate::DEFAULT_NAME);
 
 /// The program: make or find the FIFO(s), open them, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
     // Flags are checked before any FIFO exists.
     check_pipe_size(args.pipe_size)?;
-    let c = &args.common;
+    let c = &args.common();
     let pingpong = c.mode == Mode::Pingpong;
     let setup = Setup {
         program: PROGRAM,
@@ -90,7 +112,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_payload: MAX_PAYLOAD,
     };
     let (there_path, back_path) = fifo_paths(c.name.as_deref())?;
-    // 1. The names. What this side creates it owns until a reader has opened it: Ctrl-C
+    // 1. One writer per FIFO, before the FIFO is touched: held until this program ends.
+    let _lock = take_role_lock(&there_path, Role::Writer, PROGRAM)?;
+    // 2. The names. What this side creates it owns until a reader has opened it: Ctrl-C
     //    while waiting below removes it, and so does an error on the way.
     let mut owned = Vec::new();
     if prepare_fifo(&there_path)? {
@@ -99,56 +123,46 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if pingpong && prepare_fifo(&back_path)? {
         owned.push(own_fifo(&back_path));
     }
-    // 2. The way there: blocks until a reader opens the other end (N7).
+    // 3. The way there: blocks until a reader opens the other end (N7).
     let mut fifo = open_for_writing(&there_path, c)?;
-    // 3. The buffer belongs to the open FIFO, so it is sized now, not at mkfifo.
-    let mut notes = vec![show_capacity(fifo.as_fd(), args.pipe_size)?];
-    // 4. The way back (pingpong): a second FIFO, opened for reading (N6).
-    let back = if pingpong {
-        narrate!(
-            "opening {} for reading: the answers need a second FIFO, because each open end goes one way (N6); open(O_RDONLY) blocks until the reader opens it for writing (N7)",
-            back_path.display()
-        );
-        let Some(f) = open_with_timeout(&back_path, OFlag::O_RDONLY, c.timeout)? else {
-            bail!(
-                "the reader did not open {} for writing within {:?}: is it running in pingpong mode?",
-                back_path.display(),
-                c.timeout
-            );
-        };
-        Some(f)
-    } else {
-        None
-    };
-    // Both ends are connected: from here on the reader owns the names and removes them.
-    owned.into_iter().for_each(|o| o.release());
+    // 4. The buffer belongs to the open FIFO, so it is sized now, not at mkfifo.
+    let (cap, note) = show_capacity(fifo.as_fd(), args.pipe_size)?;
+    let mut notes = vec![note];
     // 5. Non-blocking, so that a full FIFO is seen rather than slept in (N7).
     let mut full = FullWatch::new(fifo.as_fd(), "FIFO", "N7")?;
-    // 6. The loop.
-    let result = send_all(&setup, &mut fifo, &mut full, back);
-    let blocked = full.blocked;
+    // 6. The loop (pingpong opens the way back in it, right after the Hello).
+    let back = pingpong.then_some(back_path.as_path());
+    let result = send_all(&setup, cap, &mut fifo, &mut full, back, owned);
     // 7. Closing the write end is what the reader sees as end of input after End.
     drop(fifo);
     let mut report = result?;
-    notes.push(blocked_note(blocked));
+    notes.push(blocked_note(&full));
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
 }
 
-/// The send loop: the session says what goes next, this function makes the calls.
+/// The send loop: the session says what goes next (its Hello first), this function makes
+/// the calls. Pingpong opens `back` once the Hello is sent. `owned` are the names this side
+/// created: the reader owns them once the pair is connected.
 fn send_all(
     setup: &Setup,
+    cap: usize,
     fifo: &mut File,
     full: &mut FullWatch,
-    back: Option<File>,
+    back: Option<&Path>,
+    mut owned: Vec<Owned>,
 ) -> Result<Report> {
     // EPIPE on a write, or EOF on the way back: the reader is gone.
     const GONE: &str = "closed the FIFO (write failed with EPIPE)";
-    let mut session = WriterSession::new(setup);
+    let mut session = WriterSession::new(setup).capacity(cap as u64);
     let mut frame = FrameBuf::new();
-    // The Pongs come back as a byte stream too, through NAME.back.
-    let mut answers = back.map(|f| (f, Reassembler::new(MAX_PAYLOAD)));
+    // The Pongs come back as a byte stream too, through NAME.back, once it is open.
+    let mut answers: Option<(File, Reassembler)> = None;
+    if back.is_none() {
+        // The reader has the FIFO open: from here on it owns the name and removes it.
+        owned.drain(..).for_each(Owned::release);
+    }
     let mut stdin = io::stdin().lock();
     let mut line = Vec::new();
     if setup.mode() == Mode::Text {
@@ -160,8 +174,19 @@ fn send_all(
         match session.next(&mut frame)? {
             // writev(2): header and payload in one call; EAGAIN (full, N7) waits in poll.
             Next::Send(out) => {
+                let hello = out.kind == Kind::Hello;
                 if full.writev(fifo, out)? == Delivery::PeerGone {
                     return Err(session.reader_left(GONE));
+                }
+                // Pingpong: the way back, a second FIFO, opened for reading now that the
+                // Hello has told the reader to open it for writing (N6).
+                if let Some(back) = back.filter(|_| hello) {
+                    let Some(f) = open_back_for_reading(back, fifo.as_fd(), &setup.args)? else {
+                        return Err(session.reader_left("closed the FIFO"));
+                    };
+                    answers = Some((f, Reassembler::new(MAX_PAYLOAD)));
+                    // Both FIFOs are connected: the reader owns the names now.
+                    owned.drain(..).for_each(Owned::release);
                 }
             }
             // read(2) from NAME.back until the Pong is whole; it blocks while empty.

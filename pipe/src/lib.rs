@@ -15,6 +15,10 @@
 //! - `pipe-writer --spawn` (spawn mode): the writer makes the pipe(s) itself and starts
 //!   `pipe-reader` as its child with the read end as stdin; pingpong adds a second pipe
 //!   whose write end the child inherits as descriptor `--back-fd N`.
+//! - Either way the writer's first frame is its Hello (`common::hello`): mode, size, count,
+//!   capacity. The reader follows it, so it is started with no mode flags; a flag given to
+//!   it is a check (`pipe-reader --size 16` against a 4096-byte writer is an error that
+//!   names both values).
 //!
 //! ## The modules
 //! | module | what it holds |
@@ -38,14 +42,15 @@ use std::os::fd::BorrowedFd;
 use anyhow::Result;
 use common::narrate;
 use common::setup::Mechanism;
-use common::stream::{capacity, set_capacity};
+use common::stream::{capacity, set_capacity, FullWatch};
 
 /// Mechanism name in reports.
 pub const MECHANISM: Mechanism = Mechanism::Pipe;
 
 /// Sets the pipe's capacity (`F_SETPIPE_SZ`, rounded up by the kernel) if asked, and says
-/// what it is (`F_GETPIPE_SZ`): the bytes a writer may be ahead of its reader (P6).
-pub fn show_capacity(fd: BorrowedFd<'_>, want: Option<usize>) -> Result<String> {
+/// what it is (`F_GETPIPE_SZ`): the bytes a writer may be ahead of its reader (P6). Returns
+/// the capacity (for the writer's Hello) and the report's note.
+pub fn show_capacity(fd: BorrowedFd<'_>, want: Option<usize>) -> Result<(usize, String)> {
     if let Some(bytes) = want {
         let got = set_capacity(fd, bytes)?;
         narrate!("pipe capacity set to {got} bytes (F_SETPIPE_SZ {bytes})");
@@ -54,13 +59,20 @@ pub fn show_capacity(fd: BorrowedFd<'_>, want: Option<usize>) -> Result<String> 
     narrate!(
         "pipe capacity: {cap} bytes (F_GETPIPE_SZ); a write blocks while the pipe is full (P6)"
     );
-    Ok(format!("pipe capacity {cap} bytes"))
+    Ok((cap, format!("pipe capacity {cap} bytes")))
 }
 
-/// The report's note on how often a write found the pipe full, narrated if it did.
-pub fn blocked_note(blocked: u64) -> String {
-    if blocked > 0 {
-        narrate!("the pipe was full {blocked} times: the reader was slower than this writer (P6)");
+/// The report's note on the writes that found the pipe full and waited (P6): how many,
+/// the longest wait and all of them together (`common::stall`); narrated if there were any.
+pub fn blocked_note(full: &FullWatch) -> String {
+    match full.stall.note() {
+        Some(note) => {
+            narrate!(
+                "the pipe was full {} times: the reader was slower than this writer (P6)",
+                full.blocked()
+            );
+            note
+        }
+        None => "write() never found the pipe full (P6)".into(),
     }
-    format!("a write found the pipe full {blocked} times and waited (P6)")
 }

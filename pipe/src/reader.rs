@@ -4,8 +4,11 @@
 //! ```text
 //! pipe-writer | pipe-reader                     # shell mode: stdin is the pipe
 //! pipe-writer --spawn                           # the writer starts this program itself
-//! pipe-writer --mode stream --count 1e6 | pipe-reader --mode stream
+//! pipe-writer --mode stream --count 1e6 | pipe-reader
 //! ```
+//! Start it with no flags: it runs whatever the writer runs, as the writer's first frame
+//! (its Hello) says. A `--mode`, `--size`, `--count` or `--warmup` given here is a check:
+//! a writer that runs something else is an error that names both values and the fix.
 //! It prints each message (text mode) or verifies every message and reports throughput
 //! and one-way latency (stream mode). In pingpong it answers each Ping through the second
 //! pipe the writer gave it (`--back-fd N`, P5).
@@ -16,9 +19,11 @@
 //! 2. `dup(0)` and `fstat` to see that stdin is a pipe, then a scan of `/proc/*/fd` to show
 //!    which processes hold its two ends and their PPIDs (P1, P4; [`show_pipe_ends`]).
 //! 3. The loop: `read` into a 1 MiB buffer, as many frames per call as have arrived, and
-//!    `writev` of each Pong on the way back. `read` blocks while the pipe is empty (P6)
-//!    and returns 0 once every write end is closed: after End that is a clean finish,
-//!    before it the writer died (exit 1, "truncated stream" if it died mid-frame).
+//!    `writev` of each Pong on the way back. The first frame is the writer's Hello: only
+//!    from then on does this reader know the mode (pingpong needs the way back of step 1).
+//!    `read` blocks while the pipe is empty (P6) and returns 0 once every write end is
+//!    closed: after End that is a clean finish, before it the writer died (exit 1,
+//!    "truncated stream" if it died mid-frame).
 //!
 //! Start order: whatever the shell does; or started by `pipe-writer --spawn`.
 //! Cleanup: nothing to remove: an anonymous pipe disappears with its last descriptor.
@@ -33,7 +38,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::cli::{bad_flag, parse_size, CommonArgs, Mode};
+use common::cli::{bad_flag, parse_size, ExpectArgs, Mode, OutputArgs, Program};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
@@ -52,11 +57,14 @@ pub const PROGRAM: &str = "pipe-reader";
 #[command(
     name = PROGRAM,
     about = "Receive messages from an anonymous pipe on stdin (claims P1-P6).",
-    after_help = "Examples:\n  pipe-writer | pipe-reader\n  pipe-writer --mode stream --size 64K | pipe-reader --mode stream"
+    after_help = "Examples (no flags needed: this reader follows the writer's Hello):\n  pipe-writer | pipe-reader\n  pipe-writer --mode stream --size 64K | pipe-reader\n  pipe-writer --mode stream --size 64K | pipe-reader --size 64K   # checks the writer's size"
 )]
 pub struct Args {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub run: ExpectArgs,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     /// Write end of the way-back pipe, inherited from `pipe-writer --spawn` (pingpong, P5).
     #[arg(long, value_name = "FD")]
@@ -71,13 +79,16 @@ pub struct Args {
     pub max_size: usize,
 }
 
-common::program!(Args);
+// No --name or --timeout: the pipe is inherited (stdin), not met by name.
+common::program!(Args, no_meet);
 
 /// The program: take the way back if given, look at stdin, read until End.
 pub fn run(args: Args) -> Result<ExitCode> {
+    // Mode, size and count are only this reader's checks until the writer's Hello comes.
+    let c = &args.common();
     // 1. The way back is taken first, before anything else could open a descriptor.
     let back: Option<OwnedFd> = args.back_fd.map(take_inherited_pipe).transpose()?;
-    if args.common.mode == Mode::Pingpong && back.is_none() {
+    if args.run.mode == Some(Mode::Pingpong) && back.is_none() {
         // Two flags that contradict each other: exit 2, before stdin is even looked at.
         return Err(bad_flag(
             "--mode pingpong needs --back-fd: pingpong needs a second pipe for the answers (P5), and this reader was not given one: \
@@ -96,7 +107,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ),
         FdKind::Other => narrate!("stdin is neither a pipe nor a file; reading frames from it anyway"),
     }
-    let setup = Setup {
+    let mut setup = Setup {
         program: PROGRAM,
         mechanism: MECHANISM,
         flavour: if args.spawned {
@@ -105,19 +116,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Flavour::Shell
         },
         wait: Wait::Block,
-        args: args.common.clone(),
+        args: c.clone(),
         max_payload: args.max_size.min(MAX_PAYLOAD),
     };
     // 3. The loop.
     narrate!("reading from the pipe: read() blocks while it is empty (P6)");
-    let mut report = receive_all(&setup, File::from(stdin), back.map(File::from))?;
+    let mut report = receive_all(&mut setup, File::from(stdin), back.map(File::from))?;
     report.notes = notes;
-    conclude(&report, args.common.json)
+    conclude(&report, c.json)
 }
 
 /// The receive loop: `read` whatever has arrived, hand each whole frame to the session,
 /// do what it says.
-fn receive_all(setup: &Setup, mut pipe: File, mut back: Option<File>) -> Result<Report> {
+fn receive_all(setup: &mut Setup, mut pipe: File, mut back: Option<File>) -> Result<Report> {
     let mut session = ReaderSession::new(setup);
     // Finds the frames in whatever each read returned: a pipe keeps no boundaries.
     let mut frames = Reassembler::new(setup.max_payload);
@@ -125,6 +136,17 @@ fn receive_all(setup: &Setup, mut pipe: File, mut back: Option<File>) -> Result<
     'receive: loop {
         while let Some((header, payload)) = frames.next_frame()? {
             match session.on_frame(&header, payload)? {
+                // The writer's Hello (checked against our flags): from here on this reader
+                // runs what it says.
+                Action::Hello(hello) => {
+                    setup.follow(hello);
+                    if setup.mode() == Mode::Pingpong && back.is_none() {
+                        bail!(
+                            "the writer runs --mode pingpong, which needs a second pipe for the answers (P5), and this reader \
+                             was not given one (--back-fd): run `pipe-writer --spawn --mode pingpong`, which makes both pipes"
+                        );
+                    }
+                }
                 Action::Continue => {}
                 Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
                 // writev(2) of the Pong on the second pipe (P5).

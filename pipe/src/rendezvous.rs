@@ -12,6 +12,7 @@
 //!   `pipe2(O_CLOEXEC)`, starts `pipe-reader` as a child with the read end as its stdin,
 //!   lets the way-back pipe's write end survive `exec` (pingpong, P5) and closes the ends
 //!   the parent does not use. The child takes that end over with [`take_inherited_pipe`].
+//!   The child gets no mode flags: it follows the writer's Hello like any reader.
 //!
 //! Nothing here needs cleaning up: a pipe disappears with its last descriptor.
 
@@ -72,7 +73,7 @@ pub fn fd_kind(fd: BorrowedFd<'_>) -> Result<FdKind> {
 /// makes one pipe, and an answer needs a second, P5); a `--reader-exe` that does not exist.
 pub fn check_flags(args: &Args) -> Result<()> {
     check_pipe_size(args.pipe_size)?;
-    if args.common.mode == Mode::Pingpong && !args.spawn {
+    if args.run.mode == Mode::Pingpong && !args.spawn {
         return Err(bad_flag(
             "--mode pingpong needs --spawn: pingpong needs an answer, and a pipe carries data one way only (P3): \
              two-way needs two pipes (P5), and `a | b` in a shell makes one. Run `pipe-writer --spawn --mode pingpong`, \
@@ -128,7 +129,7 @@ pub fn spawn_reader(args: &Args) -> Result<Spawned> {
     // the child needs is given to it explicitly as its stdin.
     let (there_r, there_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 (writer -> reader)")?;
     // The way back, for pingpong only (P5): a second pipe, reader -> writer.
-    let back = if args.common.mode == Mode::Pingpong {
+    let back = if args.run.mode == Mode::Pingpong {
         let (back_r, back_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2 (reader -> writer)")?;
         if let Some(bytes) = args.pipe_size {
             set_capacity(back_w.as_fd(), bytes)?;
@@ -157,7 +158,8 @@ pub fn spawn_reader(args: &Args) -> Result<Spawned> {
     })
 }
 
-/// `fork`+`exec` of pipe-reader (std's `Command`) with `stdin` as its standard input.
+/// `fork`+`exec` of pipe-reader (std's `Command`) with `stdin` as its standard input. It
+/// is given no `--mode`, `--size` or `--count`: the Hello on the pipe tells it those.
 fn start_child(args: &Args, stdin: OwnedFd, back_w: Option<&OwnedFd>) -> Result<Child> {
     let exe = match &args.reader_exe {
         Some(p) => p.clone(),
@@ -171,18 +173,12 @@ fn start_child(args: &Args, stdin: OwnedFd, back_w: Option<&OwnedFd>) -> Result<
             exe.display()
         );
     }
-    let c = &args.common;
     let mut cmd = Command::new(&exe);
-    cmd.args(&args.reader_arg)
-        .arg("--spawned")
-        .arg("--mode")
-        .arg(c.mode.as_str())
-        .arg("--timeout")
-        .arg(format!("{}", c.timeout.as_secs_f64()));
-    if c.quiet {
+    cmd.args(&args.reader_arg).arg("--spawned");
+    if args.out.quiet {
         cmd.arg("--quiet");
     }
-    if c.json {
+    if args.out.json {
         cmd.arg("--json");
     }
     if let Some(w) = back_w {
@@ -244,8 +240,8 @@ pub struct PipeEnd {
     pub pid: i32,
     /// Its parent.
     pub ppid: i32,
-    /// Its command name (`/proc/<pid>/comm`).
-    pub comm: String,
+    /// Its program name, as typed (`argv[0]`'s file name, `common::peer::program_name`).
+    pub program: String,
     /// Whether it holds the write end (else the read end).
     pub writes: bool,
 }
@@ -280,10 +276,12 @@ pub fn pipe_ends(fd: BorrowedFd<'_>) -> Result<Vec<PipeEnd>> {
                 .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
                 .is_some_and(|f| f & 0o3 == 0o1);
             let (comm, ppid) = proc_comm_ppid(pid);
+            // Not comm, which the kernel cuts to 15 bytes: the name the program was run by.
+            let program = common::peer::program_name(pid).unwrap_or(comm);
             let end = PipeEnd {
                 pid,
                 ppid,
-                comm,
+                program,
                 writes,
             };
             if !ends.contains(&end) {
@@ -324,7 +322,7 @@ pub fn show_pipe_ends(stdin: BorrowedFd<'_>) -> Result<Vec<String>> {
         narrate!(
             "the write end is held by pid {} ({}), whose parent is pid {}",
             e.pid,
-            e.comm,
+            e.program,
             e.ppid
         );
         notes.push(format!("writer pid {} ppid {}", e.pid, e.ppid));

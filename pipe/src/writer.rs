@@ -5,9 +5,11 @@
 //! pipe-writer | pipe-reader                     # shell mode: the shell makes the pipe (P1)
 //! pipe-writer --spawn                           # spawn mode: this program makes it (P4)
 //! pipe-writer --spawn --mode pingpong           # round trips over two pipes (P5)
-//! pipe-writer --mode stream --size 64K | pipe-reader --mode stream
+//! pipe-writer --mode stream --size 64K | pipe-reader
 //! ```
 //! Type lines in text mode; each line is one message. Ctrl-D ends both programs cleanly.
+//! The reader needs no flags: this program's first frame, its Hello, tells it the mode,
+//! size and count (and the pipe's capacity), and it follows them.
 //!
 //! System calls, in order (the numbers mark them in the code below):
 //! 1. The pipe. Shell mode: `dup(1)` and `fstat` to see what stdout is; the shell already
@@ -18,7 +20,8 @@
 //!    not use, which is what lets each side see EOF.
 //! 2. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`.
 //! 3. `fcntl(F_SETFL, O_NONBLOCK)`, so a full pipe is noticed (P6) and waited for in `poll`.
-//! 4. The loop: one `writev` per frame, `poll(POLLOUT)` when it finds the pipe full; in
+//! 4. The loop: one `writev` per frame, the Hello first; `poll(POLLOUT)` when it finds the
+//!    pipe full (a wait of over half a second is narrated as it starts and as it ends); in
 //!    pingpong a `read` of each Pong from the way back; in text mode a `read` of stdin.
 //! 5. `close` of the write end, which the reader sees as end of input after End; in spawn
 //!    mode `waitpid` for the child.
@@ -41,7 +44,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{parse_size, CommonArgs, Mode};
+use common::cli::{parse_bytes, Mode, OutputArgs, Program, RunArgs};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
@@ -60,18 +63,21 @@ pub const PROGRAM: &str = "pipe-writer";
 #[command(
     name = PROGRAM,
     about = "Send messages through an anonymous pipe (claims P1-P6).",
-    after_help = "Examples:\n  pipe-writer | pipe-reader\n  pipe-writer --spawn --mode pingpong --count 100000\n  pipe-writer --mode stream --size 64K | pipe-reader --mode stream"
+    after_help = "Examples (the reader follows this writer's Hello: it needs no flags):\n  pipe-writer | pipe-reader\n  pipe-writer --spawn --mode pingpong --count 100000\n  pipe-writer --mode stream --size 64K | pipe-reader"
 )]
 pub struct Args {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     /// Make the pipe(s) here and start pipe-reader as a child (P4); needed for pingpong (P5).
     #[arg(long)]
     pub spawn: bool,
 
     /// Pipe capacity (F_SETPIPE_SZ), 4 KiB up to /proc/sys/fs/pipe-max-size [default: the kernel's, 64 KiB].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub pipe_size: Option<usize>,
 
     /// Spawn mode: the reader program [default: pipe-reader beside this program].
@@ -83,11 +89,13 @@ pub struct Args {
     pub reader_arg: Vec<String>,
 }
 
-common::program!(Args);
+// No --name or --timeout: an anonymous pipe is inherited, not met, and nothing here waits
+// for a peer to come.
+common::program!(Args, no_meet);
 
 /// The program: check flags, set up the pipe(s), run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let c = &args.common;
+    let c = &args.common();
     // Flags are checked before any pipe exists; a bad value exits 2, as clap's do.
     rendezvous::check_flags(&args)?;
     let setup = Setup {
@@ -110,21 +118,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let (stdout, kind) = rendezvous::stdout_pipe()?;
         (stdout, None, None, kind)
     };
-    // 2. Its capacity (a FIFO or a file on stdout has none of ours to show).
+    // 2. Its capacity (a FIFO or a file on stdout has none of ours to show); the Hello
+    //    states it (0: unknown).
     let mut notes = Vec::new();
+    let mut cap = 0;
     if kind == FdKind::Pipe {
-        notes.push(show_capacity(there.as_fd(), args.pipe_size)?);
+        let (bytes, note) = show_capacity(there.as_fd(), args.pipe_size)?;
+        cap = bytes;
+        notes.push(note);
     }
     // 3. Non-blocking, so that a full pipe is seen rather than slept in.
     let mut pipe = File::from(there);
     let mut full = FullWatch::new(pipe.as_fd(), "pipe", "P6")?;
     // 4. The loop.
-    let result = send_all(&setup, &mut pipe, &mut full, back.map(File::from));
+    let result = send_all(&setup, cap, &mut pipe, &mut full, back.map(File::from));
     // 5. Closing the write end is what the reader sees as end of input after End.
     drop(pipe);
     let Some(child) = child.as_mut() else {
         let mut report = result?;
-        notes.push(blocked_note(full.blocked));
+        notes.push(blocked_note(&full));
         report.notes = notes;
         // stdout is the pipe: the report goes to stderr, in one write so that it never
         // mixes with the reader's lines on the same terminal.
@@ -136,20 +148,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if !status.success() {
         bail!("pipe-reader (pid {}) failed: {status}", child.id());
     }
-    notes.push(blocked_note(full.blocked));
+    notes.push(blocked_note(&full));
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
 }
 
-/// The send loop: the session says what goes next, this function makes the calls.
+/// The send loop: the session says what goes next (its Hello first), this function makes
+/// the calls. `cap` is the pipe's capacity, for the Hello.
 fn send_all(
     setup: &Setup,
+    cap: usize,
     pipe: &mut File,
     full: &mut FullWatch,
     back: Option<File>,
 ) -> Result<Report> {
-    let mut session = WriterSession::new(setup);
+    let mut session = WriterSession::new(setup).capacity(cap as u64);
     let mut frame = FrameBuf::new();
     // The Pongs come back as a byte stream too, through the second pipe.
     let mut answers = back.map(|f| (f, Reassembler::new(MAX_PAYLOAD)));
@@ -163,6 +177,7 @@ fn send_all(
     loop {
         match session.next(&mut frame)? {
             // writev(2): header and payload in one call; EAGAIN (full, P6) waits in poll.
+            // The first frame is the Hello, sent like any other.
             Next::Send(out) => {
                 if full.writev(pipe, out)? == Delivery::PeerGone {
                     // EPIPE: no read end is open any more.

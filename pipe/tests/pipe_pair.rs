@@ -12,9 +12,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::cli::Mode;
 use common::frame::{encode_header, Fields, Kind, HEADER_LEN};
+use common::hello::Hello;
+use common::setup::Wait;
 use common::testing::DEADLINE;
-use harness::{kernel, shell_pair, Proc, READER, WRITER};
+use harness::{kernel, pipeline, shell_pair, Proc, TestDir, READER, WRITER};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
@@ -276,7 +279,16 @@ fn claim_p2_the_bytes_read_are_the_frames_in_the_order_written() {
     let mut pipe = child.stdout.take().expect("the pipe's read end");
     let w = Proc::adopt("pipe-writer", child);
     let frames = kernel::read_frames(&mut pipe);
-    assert_eq!(frames.len(), 20001);
+    assert_eq!(frames.len(), 20002);
+    // The Hello comes first and says what follows.
+    let (hello, payload) = &frames[0];
+    assert_eq!((hello.kind, hello.seq), (Kind::Hello, 0));
+    let hello = Hello::decode(payload).unwrap();
+    assert_eq!(
+        (hello.mode, hello.size, hello.count, hello.warmup),
+        (Mode::Stream, 16, 20000, 0)
+    );
+    let frames = &frames[1..];
     for (i, (h, payload)) in frames[..20000].iter().enumerate() {
         assert_eq!(
             (h.kind, h.seq),
@@ -564,9 +576,12 @@ fn claim_p6_writer_narrates_a_full_pipe() {
         .report("writer", true)
         .notes
         .into_iter()
-        .find(|n| n.contains("found the pipe full"))
+        .find(|n| n.contains("for room (the pipe was full, P6)"))
         .unwrap();
-    assert!(!note.contains("full 0 times"), "{note}");
+    assert!(
+        note.starts_with("write() waited ") && !note.contains("waited 0 times"),
+        "{note}"
+    );
     assert!(rd.report("reader", false).verified);
 }
 
@@ -619,8 +634,12 @@ fn reader_fed(bytes: &[u8]) -> harness::Done {
 }
 
 fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+    frame_of(Kind::Data, seq, payload)
+}
+
+fn frame_of(kind: Kind, seq: u64, payload: &[u8]) -> Vec<u8> {
     let f = Fields {
-        kind: Kind::Data,
+        kind,
         flags: 0,
         nonce: 42,
         seq,
@@ -631,9 +650,26 @@ fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The Hello a stream writer of session 42 sends first: frames before it are skipped.
+fn hello_frame() -> Vec<u8> {
+    let hello = Hello {
+        program: "a test".into(),
+        version: common::hello::VERSION.into(),
+        mode: Mode::Stream,
+        size: 8,
+        count: 1,
+        warmup: 0,
+        flavour: "shell".into(),
+        wait: Wait::Block,
+        capacity: 0,
+    };
+    frame_of(Kind::Hello, 0, &hello.encode())
+}
+
 #[test]
 fn a_writer_gone_mid_frame_is_a_truncated_stream() {
-    let mut bytes = frame(0, &0u64.to_le_bytes());
+    let mut bytes = hello_frame();
+    bytes.extend_from_slice(&frame(0, &0u64.to_le_bytes()));
     let second = frame(1, &[1u8; 1000]);
     bytes.extend_from_slice(&second[..HEADER_LEN + 300]);
     let d = reader_fed(&bytes);
@@ -681,6 +717,10 @@ fn ctrl_c_ends_both_sides_with_status_130() {
     p.write_stdin(b"before the interrupt\n");
     p.wait_for("before the interrupt");
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p.pid()), Signal::SIGINT).unwrap();
+    // A terminal's Ctrl-C leaves stdin open; `finish` closes it, which must not reach the
+    // writer before its own signal thread has taken the interrupt (under load it could:
+    // end of input, End, EPIPE from the reader already gone, exit 1).
+    p.wait_for(&format!("[pipe-writer {}] interrupted by SIGINT", p.pid()));
     let d = p.finish();
     assert_eq!(d.status.code(), Some(130), "{}", d.stderr);
     assert!(d.stderr.contains("interrupted by SIGINT"), "{}", d.stderr);
@@ -721,16 +761,17 @@ fn bad_flag_values_name_the_flag_and_the_limit() {
         .trim()
         .parse()
         .unwrap();
-    // (Above 16 MiB clap's own --size-style limit answers first, also with status 2.)
-    if max < common::frame::MAX_PAYLOAD {
-        let above = (max + 1).to_string();
-        let (code, err) = run_alone(WRITER, &["--spawn", "--pipe-size", &above]);
-        assert_eq!(code, Some(2), "{err}");
-        assert!(
-            err.contains(&format!("--pipe-size {above} is out of range: 4096 to {max} bytes (/proc/sys/fs/pipe-max-size)")),
-            "{err}"
-        );
-    }
+    // (--pipe-size takes up to 4 GiB, so any pipe-max-size the kernel allows is checked
+    // by the program, which names it.)
+    let above = (max + 1).to_string();
+    let (code, err) = run_alone(WRITER, &["--spawn", "--pipe-size", &above]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--pipe-size {above} is out of range: 4096 to {max} bytes (/proc/sys/fs/pipe-max-size)"
+        )),
+        "{err}"
+    );
 }
 
 /// Runs one program with no peer, stdin empty; returns its exit status and stderr.
@@ -818,4 +859,360 @@ fn an_oversized_text_line_is_refused_and_earlier_lines_survive() {
     assert!(wd.stderr.contains("line 2 is 17825792 bytes; the largest message this mechanism carries is 16777216 bytes"), "{}", wd.stderr);
     assert!(rd.status.success(), "{}", rd.stderr);
     assert_eq!(rd.report("reader", false).count, 1);
+}
+
+/// The kernel's limit for an unprivileged pipe, `/proc/sys/fs/pipe-max-size`.
+fn pipe_max_size() -> usize {
+    fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Issue 10: `pipe-writer --mode stream | pipe-reader` used to print 110,000 lines of
+/// binary payload (the reader ran text mode). The reader now follows the writer's Hello:
+/// stream mode, verified, and nothing on stdout but its report.
+#[test]
+fn a_reader_without_flags_follows_a_stream_writer() {
+    let wargs = ["--mode", "stream", "--count", "3000", "--size", "4K"];
+    let (w, r) = shell_pair(&wargs, &[]);
+    let (wd, rd) = (w.finish(), r.finish());
+    assert!(wd.ok() && rd.ok(), "{}\n{}", wd.stderr, rd.stderr);
+    let cap = wd
+        .stderr
+        .lines()
+        .find_map(|l| l.split_once("pipe capacity: ")?.1.split_once(' '))
+        .map(|(n, _)| n.to_string())
+        .expect("the writer's capacity line");
+    for needle in [
+        "the writer's Hello: pipe-writer ",
+        " runs --mode stream --size 4096 --count 3000 --warmup 300 (shell, waits: block, ",
+        &format!("capacity {cap} B)"),
+        "; this reader follows it",
+    ] {
+        assert!(
+            rd.stderr.contains(needle),
+            "no {needle:?} in:\n{}",
+            rd.stderr
+        );
+    }
+    assert!(
+        rd.stdout.starts_with(
+            "pipe-reader stream (pipe shell, wait: block): 3000 messages x 4096 B, verified"
+        ),
+        "{}",
+        rd.stdout
+    );
+    // Its report and nothing else: no message was printed as a line of text.
+    assert!(
+        rd.stdout.len() < 2000 && !rd.stdout.contains("#0 ("),
+        "{} bytes on stdout:\n{}",
+        rd.stdout.len(),
+        rd.stdout
+    );
+}
+
+/// Spawn mode starts pipe-reader with no mode flags: a shell stands in for it, prints the
+/// arguments it was given, then runs the real reader, which follows the pingpong Hello.
+#[test]
+fn spawn_mode_starts_the_reader_without_mode_flags_and_it_follows_pingpong() {
+    let look = r#"echo "reader argv: $*" >&2; exec "$0" "$@""#;
+    let d = spawn_writer(
+        &[
+            "--mode",
+            "pingpong",
+            "--count",
+            "30",
+            "--size",
+            "100",
+            "--json",
+            "--reader-exe",
+            "/bin/sh",
+            "--reader-arg=-c",
+            &format!("--reader-arg={look}"),
+            &format!("--reader-arg={READER}"),
+        ],
+        b"",
+    );
+    assert!(d.ok(), "{}", d.stderr);
+    let argv = d
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("reader argv: "))
+        .expect("the reader's arguments");
+    for given in ["--spawned", "--json", "--back-fd "] {
+        assert!(argv.contains(given), "{argv}");
+    }
+    for not_given in [
+        "--mode",
+        "--size",
+        "--count",
+        "--warmup",
+        "--timeout",
+        "--name",
+    ] {
+        assert!(!argv.contains(not_given), "{argv}");
+    }
+    assert!(
+        d.stderr
+            .contains("runs --mode pingpong --size 100 --count 30 --warmup 3 (spawn, ")
+            && d.stderr.contains("; this reader follows it"),
+        "{}",
+        d.stderr
+    );
+    let rr = d.report("reader", false);
+    assert_eq!((rr.mode.as_str(), rr.count), ("pingpong", 30), "{rr:?}");
+    let wr = d.report("writer", false);
+    assert!(wr.verified && wr.count == 30, "{wr:?}");
+}
+
+/// A reader flag that contradicts the writer's Hello: the reader says both values and the
+/// fix and exits 1; the writer finds the pipe closed and exits 1 too. Both directions:
+/// a pingpong reader (given a way back, its own stdout as fd 3, so that its flags pass the
+/// start check) with a stream writer, and a stream reader spawned by a pingpong writer.
+#[test]
+fn a_mode_mismatch_is_named_by_the_reader_and_ends_both() {
+    let mut r = Command::new("sh");
+    r.args([
+        "-c",
+        r#"exec "$0" --mode pingpong --back-fd 3 3>&1"#,
+        READER,
+    ]);
+    let mut w = Command::new(WRITER);
+    w.args(["--mode", "stream", "--count", "1e6", "--size", "4K"]);
+    let (w, r) = pipeline(w, r);
+    let (wd, rd) = (w.finish(), r.finish());
+    assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
+    for needle in [
+        "error: the writer (pipe-writer) runs --mode stream --size 4096 --count 1000000 --warmup 10000",
+        "this reader was started with --mode pingpong",
+        "restart the reader without --mode, or with --mode stream",
+    ] {
+        assert!(rd.stderr.contains(needle), "no {needle:?} in:\n{}", rd.stderr);
+    }
+    assert!(!rd.stderr.contains("verified"), "{}", rd.stderr);
+    assert_eq!(wd.status.code(), Some(1), "{}", wd.stderr);
+    assert!(
+        wd.stderr.contains("error: reader closed the pipe"),
+        "{}",
+        wd.stderr
+    );
+
+    let d = spawn_writer(
+        &[
+            "--mode",
+            "pingpong",
+            "--count",
+            "50",
+            "--reader-arg=--mode",
+            "--reader-arg=stream",
+        ],
+        b"",
+    );
+    assert_eq!(d.status.code(), Some(1), "{}", d.stderr);
+    for needle in [
+        "runs --mode pingpong --size 64 --count 50 --warmup 5",
+        "this reader was started with --mode stream",
+        "restart the reader without --mode, or with --mode pingpong",
+        "error: reader closed the pipe",
+    ] {
+        assert!(d.stderr.contains(needle), "no {needle:?} in:\n{}", d.stderr);
+    }
+}
+
+/// `pipe-reader --size 16 --count 10` used to be ignored; now both are checks, and a
+/// writer of 4096-byte messages is refused with both values and the fix.
+#[test]
+fn a_size_mismatch_is_named_by_the_reader_and_ends_both() {
+    let (w, r) = shell_pair(
+        &["--mode", "stream", "--count", "1e6", "--size", "4096"],
+        &["--size", "16", "--count", "10"],
+    );
+    let (wd, rd) = (w.finish(), r.finish());
+    assert_eq!(rd.status.code(), Some(1), "{}", rd.stderr);
+    for needle in [
+        "the writer (pipe-writer) runs --mode stream --size 4096 --count 1000000 --warmup 10000",
+        "this reader was started with --size 16 --count 10",
+        "restart the reader without --size --count, or with --size 4096 --count 1000000",
+    ] {
+        assert!(
+            rd.stderr.contains(needle),
+            "no {needle:?} in:\n{}",
+            rd.stderr
+        );
+    }
+    assert_eq!(wd.status.code(), Some(1), "{}", wd.stderr);
+    assert!(
+        wd.stderr.contains("error: reader closed the pipe"),
+        "{}",
+        wd.stderr
+    );
+}
+
+/// The long flags a program's `--help` lists, and the help text.
+fn help(bin: &str) -> (std::collections::BTreeSet<String>, String) {
+    let d = Proc::spawn(
+        "--help",
+        Command::new(bin).arg("--help").stdin(Stdio::null()),
+    )
+    .finish();
+    assert!(d.ok(), "{}", d.stderr);
+    let flags = d
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .filter_map(|l| l.split_whitespace().find(|t| t.starts_with("--")))
+        .map(|t| t.trim_end_matches(',').to_string())
+        .collect();
+    (flags, d.stdout)
+}
+
+/// Issue 10, flags per role: each program lists only the flags that act on it (no
+/// `--name` or `--timeout`: an anonymous pipe is inherited, not met), with real defaults.
+#[test]
+fn help_lists_only_each_programs_flags_with_real_defaults() {
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    let (flags, text) = help(WRITER);
+    assert_eq!(
+        flags,
+        set(&[
+            "--mode",
+            "--count",
+            "--size",
+            "--warmup",
+            "--json",
+            "--quiet",
+            "--spawn",
+            "--pipe-size",
+            "--help"
+        ]),
+        "{text}"
+    );
+    for default in ["[default: text]", "[default: 100000]", "[default: 64]"] {
+        assert!(text.contains(default), "no {default} in:\n{text}");
+    }
+    let (flags, text) = help(READER);
+    assert_eq!(
+        flags,
+        set(&[
+            "--mode",
+            "--count",
+            "--size",
+            "--warmup",
+            "--json",
+            "--quiet",
+            "--back-fd",
+            "--max-size",
+            "--help"
+        ]),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("[default: follow the writer]").count(),
+        4,
+        "{text}"
+    );
+    assert!(text.contains("[default: 16MiB]"), "{text}");
+    // Flags that would do nothing here are refused, not silently accepted.
+    for (bin, flag) in [
+        (WRITER, "--name"),
+        (WRITER, "--timeout"),
+        (READER, "--name"),
+        (READER, "--timeout"),
+    ] {
+        let (code, err) = run_alone(bin, &[flag, "x"]);
+        assert_eq!(code, Some(2), "{bin} {flag}: {err}");
+        assert!(
+            err.contains(&format!("unexpected argument '{flag}'")),
+            "{err}"
+        );
+    }
+}
+
+/// `--pipe-size` is checked by the program against the kernel's limit, and the error names
+/// that limit (it said "16 MiB", the message size limit, before issue 10).
+#[test]
+fn a_pipe_size_above_pipe_max_size_names_the_kernel_limit() {
+    let max = pipe_max_size();
+    if max >= 100 << 20 {
+        return common::testing::skip("pipe-max-size is 100 MiB or more here");
+    }
+    for args in [
+        &["--pipe-size", "100M"][..],
+        &["--spawn", "--pipe-size", "100M"],
+    ] {
+        let (code, err) = run_alone(WRITER, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "--pipe-size 104857600 is out of range: 4096 to {max} bytes (/proc/sys/fs/pipe-max-size)"
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("16 MiB"), "{err}");
+    }
+}
+
+/// P6 as it happens (issue 10): the reader of a long stream is stopped; half a second
+/// into its wait the writer says it is blocked and why; the reader is resumed and the
+/// writer says how long the wait lasted; the pair still completes, verified.
+#[test]
+fn claim_p6_a_stopped_reader_is_narrated_while_the_writer_waits() {
+    let (mut w, r) = shell_pair(
+        &[
+            "--mode", "stream", "--count", "20000", "--size", "4K", "--json",
+        ],
+        &["--json"],
+    );
+    r.signal(Signal::SIGSTOP);
+    w.wait_for("write() has been blocked for ");
+    assert!(
+        w.stderr_now()
+            .contains(": the pipe is full (P6); the reader is not taking anything"),
+        "{}",
+        w.stderr_now()
+    );
+    r.signal(Signal::SIGCONT);
+    w.wait_for(": the pipe was full (P6); going on");
+    let (wd, rd) = (w.finish(), r.finish());
+    assert!(wd.ok() && rd.ok(), "{}\n{}", wd.stderr, rd.stderr);
+    assert!(wd.stderr.contains("write() blocked for "), "{}", wd.stderr);
+    let rr = rd.report("reader", false);
+    assert!(rr.verified && rr.count == 20000, "{rr:?}");
+    let notes = wd.report("writer", true).notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("write() waited ")
+                && n.contains("(the pipe was full, P6): longest ")),
+        "{notes:?}"
+    );
+}
+
+/// Issue 10: a holder of the pipe is shown by the name it was run by (`argv[0]`), not by
+/// the kernel's 15-byte `comm`. The writer runs through a symbolic link with a long name.
+#[test]
+fn a_holder_of_the_pipe_is_shown_by_its_program_name_not_the_cut_comm() {
+    let d = TestDir::new("pipe", "argv0");
+    fs::create_dir_all(&d.path).unwrap();
+    let name = "pipe-writer-by-a-much-longer-name";
+    std::os::unix::fs::symlink(WRITER, d.join(name)).unwrap();
+    let mut r = Command::new(READER);
+    r.arg("--json");
+    let (mut w, mut r) = pipeline(Command::new(d.join(name)), r);
+    w.write_stdin(b"named\n");
+    r.wait_for("named");
+    let wpid = w.pid();
+    w.close_stdin();
+    let (wd, rd) = (w.finish(), r.finish());
+    assert!(wd.ok() && rd.ok(), "{}\n{}", wd.stderr, rd.stderr);
+    assert!(
+        rd.stderr.contains(&format!(
+            "the write end is held by pid {wpid} ({name}), whose parent"
+        )),
+        "{}",
+        rd.stderr
+    );
+    assert!(!rd.stderr.contains("(pipe-writer-by-)"), "{}", rd.stderr);
 }
