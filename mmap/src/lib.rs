@@ -27,6 +27,7 @@
 //! |----------------|--------------------------------------------------------------------------|
 //! | [`writer`], [`reader`] | the ring programs: system calls top to bottom, the send/receive loop |
 //! | [`rendezvous`] | create or open the file, stale files, checks before mapping (skip at first) |
+//! | [`pair`]       | one reader and one writer, how each side waits, a full ring narrated     |
 //! | [`map`]        | the mapping: raw pointers only, every range checked                      |
 //! | [`bulk`]       | the bulk file's layout and pattern; its writer and reader                |
 //! | [`truncate`]   | the F7 demonstration                                                     |
@@ -82,6 +83,7 @@
 pub mod bulk;
 pub mod map;
 pub mod pagecache;
+pub mod pair;
 pub mod reader;
 pub mod rendezvous;
 pub mod sigbus;
@@ -91,6 +93,7 @@ pub mod writer;
 
 pub use map::Map;
 pub use pagecache::{cachestat, dirty_kib, CacheStat};
+pub use pair::{full_ring, reserve_room, wait_means};
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -99,7 +102,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use common::cli::bad_flag;
-use common::ring::{self, Wait};
+use common::ring;
 use common::timing::{fmt_ns, now_ns, Latency};
 
 /// Default `--name` of the ring file: `<runtime dir>/mmap.map`.
@@ -180,16 +183,13 @@ where
     out
 }
 
-/// The flags both programs share: where the file is, how the ring waits, how big it is.
+/// The flags both programs share: where the file is, how big its ring is, how it is
+/// mapped and flushed (`--wait` is each role's own: the reader's follows its default).
 #[derive(clap::Args, Debug, Clone)]
 pub struct MapArgs {
-    /// The file to map [default: RUNTIME_DIR/NAME.map], the same on both sides; e.g. /dev/shm/x.map (tmpfs) or /var/tmp/x.map (disk).
+    /// The file to map, the same on both sides; e.g. /dev/shm/x.map (tmpfs) or /var/tmp/x.map (disk) [default: NAME.map in the runtime directory].
     #[arg(long, value_name = "PATH")]
     pub path: Option<PathBuf>,
-
-    /// How a waiting side waits: spin, block (futex), adaptive (spin ~20 us, then futex).
-    #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
-    pub wait: Wait,
 
     /// Ring bytes per direction, a power of two from 4K to 256M; the same on both sides.
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = ring::parse_capacity)]
@@ -202,6 +202,53 @@ pub struct MapArgs {
     /// MAP_POPULATE: fault every page in at mmap time instead of on first touch.
     #[arg(long)]
     pub populate: bool,
+}
+
+/// The entry point of both binaries: `--mode bulk` rewritten ([`rewrite_bulk_mode`]),
+/// then the flags parsed with the real defaults of `--name` and `--path` in `--help` (they
+/// depend on the mode and on the runtime directory, so clap cannot state them itself),
+/// then the program run as [`common::cli::start`] runs every program.
+pub fn start<A, I, T>(
+    argv: I,
+    run: fn(A) -> Result<std::process::ExitCode>,
+) -> std::process::ExitCode
+where
+    A: common::cli::Program,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let dir = runtime_dir_shown();
+    let cmd = A::command()
+        .mut_arg("name", |a| {
+            a.help(format!(
+                "Rendezvous name: the file {dir}/NAME.map (letters, digits, '.', '_', '-'; at most 64) \
+                 [default: {DEFAULT_NAME}, with --bulk {DEFAULT_BULK_NAME}]"
+            ))
+        })
+        .mut_arg("path", |a| {
+            a.help(format!(
+                "The file to map, the same on both sides; e.g. /dev/shm/x.map (tmpfs) or /var/tmp/x.map (disk) \
+                 [default: {dir}/NAME.map, i.e. {dir}/{DEFAULT_NAME}{SUFFIX}]"
+            ))
+        });
+    let matches = cmd.get_matches_from(rewrite_bulk_mode(argv));
+    let args = A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let name = A::command().get_name().to_string();
+    let quiet = args.common().quiet;
+    common::cli::run_main(&name, quiet, || run(args))
+}
+
+/// The runtime directory as [`common::runtime::runtime_dir`] chooses it, for `--help`,
+/// without creating it: `$IPC_STUDY_DIR`, else `$XDG_RUNTIME_DIR/ipc-study`, else
+/// `/tmp/ipc-study-<uid>`.
+fn runtime_dir_shown() -> String {
+    let var = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty());
+    let dir = match (var(common::runtime::DIR_ENV), var("XDG_RUNTIME_DIR")) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(x)) => Path::new(&x).join("ipc-study"),
+        (None, None) => PathBuf::from(format!("/tmp/ipc-study-{}", nix::unistd::geteuid())),
+    };
+    dir.display().to_string()
 }
 
 /// `--sync` in the ring modes (F5): `msync(MS_SYNC)` after every frame this side

@@ -40,10 +40,13 @@ use anyhow::{bail, Context, Result};
 use common::cleanup::{self, Owned};
 use common::cli::{bad_flag, CommonArgs, Mode};
 use common::narrate;
-use common::ring::{self, judge, offsets, EndOpts, HeaderView, Region, Role, Verdict};
+use common::ring::{
+    self, judge, offsets, EndOpts, HeaderView, Region, RingError, Role, Verdict, Wait,
+};
 use common::setup::{Flavour, Mechanism, Setup};
 use nix::unistd::geteuid;
 
+use crate::pair::second;
 use crate::space::{ensure_room, Need};
 use crate::{bulk, file_path, fs_kind, show_maps, Map, MapArgs, DEFAULT_NAME};
 
@@ -105,36 +108,37 @@ pub struct OpenRing {
 }
 
 /// Checks the frame size, meets the peer at the file (either start order) and describes
-/// the run: the first steps of both programs' ring modes.
+/// the run: the first steps of both programs' ring modes. `wait` is this side's own. A
+/// reader knows the mode only from the writer's Hello, so nothing here depends on it for
+/// a reader: its waits give up after `--timeout`, and its loop decides what that means.
 pub fn open_ring(
     map: &MapArgs,
     c: &CommonArgs,
+    wait: Wait,
     role: Role,
     program: &'static str,
 ) -> Result<OpenRing> {
-    // Flags are checked before any file exists: the frame must fit half the ring.
-    if c.mode != Mode::Text {
+    // Flags are checked before any file exists: the writer's frame must fit half the ring.
+    if role == Role::Writer && c.mode != Mode::Text {
         ring::check_size(c.size, map.capacity).map_err(bad_flag)?;
     }
     let path = file_path(c.name_or(DEFAULT_NAME), map.path.as_deref())?;
     let rf = rendezvous(&path, role, map, c.timeout)?;
-    if !c.quiet && c.mode == Mode::Text {
+    if role == Role::Writer && !c.quiet && c.mode == Mode::Text {
         show_maps(&rf.path);
     }
     let setup = Setup {
         program,
         mechanism: Mechanism::Mmap,
         flavour: Flavour::File(rf.flavour.clone()),
-        wait: map.wait,
+        wait,
         args: c.clone(),
         max_payload: rf.region.max_payload(),
     };
-    // Text mode waits as long as the peer lives (a person is typing); the measuring
-    // modes also give up after --timeout without progress.
     let opts = EndOpts {
-        wait: map.wait,
+        wait,
         peer: rf.peer,
-        idle_timeout: (c.mode != Mode::Text).then_some(c.timeout),
+        idle_timeout: Some(c.timeout),
     };
     Ok(OpenRing { rf, setup, opts })
 }
@@ -330,7 +334,15 @@ fn become_opener(path: &Path, role: Role, m: &MapArgs, file: File, ino: u64) -> 
             path.display()
         );
     }
-    let peer = region.attach(role)?;
+    // One reader and one writer: the header records who created the file (pid, role) and
+    // who attached; a second process of a role already there is refused, naming that one.
+    let peer = match region.attach(role) {
+        Ok(who) => who,
+        Err(RingError::SameRole { pid, .. } | RingError::Busy { pid }) => {
+            bail!("{}", second(path, role, pid, &region))
+        }
+        Err(e) => return Err(e.into()),
+    };
     // From now on both sides own the file: whoever ends first on an error removes it.
     let owned = own_file_checked(path, ino);
     crate::sigbus::set_mine(true);

@@ -3,8 +3,8 @@
 //! Run it in two terminals (either one first):
 //! ```text
 //! mmap-writer                                   # text: type lines       | mmap-reader
-//! mmap-writer --mode stream --size 64K          #                        | mmap-reader --mode stream
-//! mmap-writer --mode pingpong --wait spin       #                        | mmap-reader --mode pingpong --wait spin
+//! mmap-writer --mode stream --size 64K          #                        | mmap-reader
+//! mmap-writer --mode pingpong --wait spin       #                        | mmap-reader --wait spin
 //! mmap-writer --path /dev/shm/x.map --mode stream   # tmpfs: no disk behind the pages
 //! mmap-writer --mode stream --sync --count 1000 --path /var/tmp/x.map   # msync per publish (F5)
 //! mmap-writer --mode bulk --file-size 1G        # F2, F3: crate::bulk::writer
@@ -24,19 +24,23 @@
 //!    file of a killed run is `unlink`ed and replaced). Both `mmap(MAP_SHARED)`; the
 //!    creator sleeps in `futex(FUTEX_WAIT)` until the opener attaches and wakes it.
 //! 3. Per message, in text mode first `kill(pid, 0)`: is the reader still there? (The
-//!    ring has room for many lines, so nothing else would notice a dead reader.)
+//!    ring has room for many lines, so nothing else would notice a dead reader.) The first
+//!    message is the Hello: what this writer runs (mode, size, count, warm-up, wait, the
+//!    ring's capacity), which the reader follows.
 //! 4. [`Producer::reserve`]: loads of the reader's index, `futex(FUTEX_WAIT)` only while
-//!    the ring is full; [`Producer::copy_in`]: plain stores into the mapped page, no system
-//!    call; [`Producer::publish`]: a Release store of our index, `futex(FUTEX_WAKE)` only
-//!    if the reader said it sleeps.
+//!    the ring is full (a wait over half a second is narrated as it starts and ends: P6's
+//!    analogue for a ring, [`crate::reserve_room`]); [`Producer::copy_in`]: plain stores
+//!    into the mapped page, no system call; [`Producer::publish`]: a Release store of our
+//!    index, `futex(FUTEX_WAKE)` only if the reader said it sleeps.
 //! 5. With `--sync`, `msync(MS_SYNC)` after each publish (F5).
 //! 6. Pingpong: [`Consumer::recv`] takes the Pong from ring 1.
 //! 7. Text: `read(0)` for the next line typed.
 //! 8. `munmap` as the map is dropped. The file stays for the reader, which removes it.
 //!
-//! Start order and cleanup: either program may start first (the rendezvous). When the
-//! pair is done the reader removes the file; on an error, Ctrl-C or a dead peer,
-//! whichever side notices removes it.
+//! One writer per file: a second one is refused with the pid of the one already there
+//! (the ring header records both processes). Start order and cleanup: either program may
+//! start first (the rendezvous). When the pair is done the reader removes the file; on an
+//! error, Ctrl-C or a dead peer, whichever side notices removes it.
 //!
 //! [`Producer::reserve`]: common::ring::Producer::reserve
 //! [`Producer::copy_in`]: common::ring::Producer::copy_in
@@ -48,15 +52,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use common::cli::{CommonArgs, Mode};
-use common::ring::{Direction, EndOpts, RingError, Role};
+use common::cli::{MeetArgs, Mode, OutputArgs, Program, RunArgs};
+use common::frame::Kind;
+use common::narrate;
+use common::ring::{Direction, EndOpts, RingError, Role, Wait, RECORD_ALIGN};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::Setup;
+use common::stall::TELL_AFTER;
 use common::timing::Report;
-use common::{narrate, warn};
 
+use crate::pair::reader_gone as gone;
 use crate::rendezvous::{self, OpenRing, RingFile};
-use crate::{bulk, sigbus, truncate, MapArgs, Msync};
+use crate::{bulk, full_ring, reserve_room, sigbus, truncate, MapArgs, Msync};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "mmap-writer";
@@ -70,16 +77,27 @@ pub const PROGRAM: &str = "mmap-writer";
 )]
 pub struct Args {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub meet: MeetArgs,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     #[command(flatten)]
     pub map: MapArgs,
+
+    /// How this side waits for room in the ring (and, in pingpong, for each Pong): spin,
+    /// block (futex), adaptive (spin ~20 us, then futex); each side of a ring waits its own way.
+    #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
+    pub wait: Wait,
 
     #[command(flatten)]
     pub bulk: bulk::writer::Flags,
 
     /// F7: truncate a mapped file in a child process and touch past the new end (SIGBUS).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["on", "mode", "count", "size", "warmup", "wait", "capacity"])]
     pub demo_truncate: bool,
 }
 
@@ -92,19 +110,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.demo_truncate {
         return truncate::demo(args.map.path.as_deref());
     }
+    let c = &args.common();
     if args.bulk.on {
-        return bulk::writer::run(&args.common, &args.map, &args.bulk);
+        return bulk::writer::run(c, &args.map, &args.bulk);
     }
-    let c = &args.common;
     // 2. Meet the reader at the file, in either start order.
-    let OpenRing { rf, setup, opts } = rendezvous::open_ring(&args.map, c, Role::Writer, PROGRAM)?;
+    let OpenRing { rf, setup, opts } =
+        rendezvous::open_ring(&args.map, c, args.wait, Role::Writer, PROGRAM)?;
     let mut msync = Msync::new(args.map.sync.then(|| rf.map.clone()));
     if args.map.sync {
         narrate!("--sync: msync(MS_SYNC) after every frame; the reader does not need it to see the data (F5)");
     }
     narrate!(
         "writing frames into ring 0 of the mapped file: plain stores, no write() calls; when the ring is full, waiting ({}) for the reader to consume{}",
-        args.map.wait,
+        args.wait,
         if c.mode == Mode::Pingpong { "; each Pong comes back through ring 1" } else { "" }
     );
     let mut report = send_all(&setup, &rf, opts, &mut msync)?;
@@ -127,32 +146,44 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// The loop: the session says what goes next, the ring's calls move it (steps 3 to 7).
 fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> Result<Report> {
-    // Ring 0 carries our frames; ring 1 brings the Pongs back (both sides write, S4).
-    let mut tx = rf.region.producer(Direction::WriterToReader, opts)?;
+    // Ring 0 carries our frames; ring 1 brings the Pongs back (both sides write, S4). A
+    // wait for room returns every half second at most, so a full ring is narrated as it
+    // happens; --timeout is counted across those returns (none in text mode).
+    let room = EndOpts {
+        idle_timeout: Some(TELL_AFTER.min(setup.args.timeout)),
+        ..opts
+    };
+    let mut tx = rf.region.producer(Direction::WriterToReader, room)?;
     let mut rx = rf.region.consumer(Direction::ReaderToWriter, opts)?;
+    let text = setup.mode() == Mode::Text;
+    let (mut full, limit) = (full_ring(), (!text).then_some(setup.args.timeout));
     // Lines come slowly and the ring holds many, so text mode watches the reader itself.
-    let watch = (setup.mode() == Mode::Text).then_some(rf.peer);
-    if watch.is_some() {
+    let watch = text.then_some(rf.peer);
+    if text {
         narrate!(
             "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
         );
     }
-    let mut session = WriterSession::new(setup);
+    // The Hello states the ring's capacity too; `hello` is the bytes it takes in ring 0.
+    let mut session = WriterSession::new(setup).capacity(rf.region.capacity() as u64);
+    let mut hello = 0;
     let mut frame = FrameBuf::new();
     let mut stdin = io::stdin().lock();
     let mut line = Vec::new();
     loop {
         match session.next(&mut frame)? {
             Next::Send(out) => {
+                if out.kind == Kind::Hello {
+                    hello = (out.len() as u64).next_multiple_of(RECORD_ALIGN as u64);
+                }
                 // 3. kill(pid, 0) and /proc/PID/stat: the reader exists and is the process
                 // that attached (same start time), not a later one that got its pid.
                 if let Some(pid) = watch.filter(|who| !who.alive()).map(|who| who.pid) {
-                    return Err(gone(&session, rf, RingError::PeerGone { pid }));
+                    return Err(gone(&session, rf, hello, RingError::PeerGone { pid }));
                 }
                 // 4. Wait for room, store header and payload into the map, publish.
-                let slot = tx
-                    .reserve(out.payload.len())
-                    .map_err(|e| gone(&session, rf, e))?;
+                let slot = reserve_room(&mut tx, out.payload.len(), &mut full, limit)
+                    .map_err(|e| gone(&session, rf, hello, e))?;
                 tx.copy_in(&slot, out.header, out.payload)?;
                 tx.publish(slot);
                 // 5. The reader sees the frame already; msync is for the copy on the disk.
@@ -160,7 +191,7 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
             }
             Next::AwaitAnswer => {
                 // 6. The Pong: wait for it in ring 1, copy it out, check it.
-                let (pong, payload) = rx.recv().map_err(|e| gone(&session, rf, e))?;
+                let (pong, payload) = rx.recv().map_err(|e| gone(&session, rf, hello, e))?;
                 session.answer(&pong, payload)?;
             }
             Next::NeedLine => {
@@ -177,21 +208,7 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
             Next::Done => break,
         }
     }
-    Ok(session.finish())
-}
-
-/// A wait on the ring ends with [`RingError::PeerGone`] when the reader's pid vanished
-/// (checked every 100 ms while waiting): an expected end, said as every pair says it,
-/// with what the file shows of the cause (cut under the map, a full file system).
-fn gone(session: &WriterSession, rf: &RingFile, e: RingError) -> anyhow::Error {
-    match e {
-        RingError::PeerGone { pid } => {
-            warn!("peer (pid {pid}) is gone");
-            if let Some(why) = rf.what_happened() {
-                warn!("{why}");
-            }
-            session.reader_left(&format!("(pid {pid}) is gone"))
-        }
-        e => e.into(),
-    }
+    let mut report = session.finish();
+    report.notes.extend(full.note());
+    Ok(report)
 }

@@ -62,8 +62,8 @@ fn ring_writer_killed_by_sigbus_names_the_file_and_the_reader_says_it_was_cut() 
     dir.finish();
 }
 
-/// Ring reader: stopped, a frame published into a data page, the file cut, the reader
-/// continued: its copy out of the lost page is SIGBUS, explained, the file removed. The
+/// Ring reader: stopped once it took the writer's Hello, a frame published into a data
+/// page, the file cut, the reader continued: its copy out of the lost page is SIGBUS, explained, the file removed. The
 /// writer's check before its next line finds the reader gone and the file cut.
 #[test]
 fn ring_reader_killed_by_sigbus_names_the_file_and_the_writer_says_it_was_cut() {
@@ -71,13 +71,14 @@ fn ring_reader_killed_by_sigbus_names_the_file_and_the_writer_says_it_was_cut() 
     let (mut w, mut typing) = dir.spawn_typing(WRITER, &[]);
     w.wait_for("waiting for a reader to open it");
     let mut r = dir.spawn(READER, &[], None);
-    r.wait_for("reading frames from ring 0");
+    r.wait_for("the writer's Hello");
     r.signal(Signal::SIGSTOP);
     wait_stopped(r.pid());
+    let hello = read_u64(&dir.file(), offsets::head(0) as u64);
     typing.write_all(b"one line\n").unwrap();
     // Published: the producer index of ring 0 moved past the frame.
     let t = std::time::Instant::now();
-    while read_u64(&dir.file(), offsets::head(0) as u64) == 0 {
+    while read_u64(&dir.file(), offsets::head(0) as u64) == hello {
         assert!(t.elapsed() < Duration::from_secs(10), "never published");
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -198,7 +199,8 @@ fn bulk_reader_killed_by_sigbus_names_the_file_and_removes_it() {
 }
 
 /// A full file system under a live ring (root: a small tmpfs): both sides passed the room
-/// check, then the test fills the tmpfs; the next line makes the writer store into a data
+/// check, the writer's Hello took the first data page, then the test fills the tmpfs; the
+/// next line, longer than what is left of that page, makes the writer store into a data
 /// page tmpfs cannot supply. The writer dies of SIGBUS saying the file was not cut, so
 /// the file system had no room, and removes the file; the reader says the same from the
 /// free bytes it finds.
@@ -211,10 +213,12 @@ fn ring_on_a_tmpfs_that_fills_up_sigbus_is_explained_as_no_room() {
     };
     let (mut w, mut typing) = dir.spawn_typing(WRITER, &[]);
     w.wait_for("waiting for a reader to open it");
-    let r = dir.spawn(READER, &[], None);
+    let mut r = dir.spawn(READER, &[], None);
     w.wait_for("opened the file and attached");
+    r.wait_for("the writer's Hello");
     let filler = fs.fill("filler");
-    typing.write_all(b"no room for this page\n").unwrap();
+    let line = format!("{}\n", "no room for this page ".repeat(250));
+    typing.write_all(line.as_bytes()).unwrap();
     let w = w.wait_within(Duration::from_secs(10));
     drop(typing);
     let r = r.wait_within(Duration::from_secs(10));

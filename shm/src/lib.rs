@@ -39,6 +39,7 @@
 //! | `common/src/ring/spsc.rs` | the data path both loops call: [`Producer::reserve`](common::ring::Producer::reserve), [`copy_in`](common::ring::Producer::copy_in), [`publish`](common::ring::Producer::publish), [`Consumer::recv`](common::ring::Consumer::recv) |
 //! | this file | the pair's contract: names, flags, what a paired region is ([`Shared`]) |
 //! | [`rendezvous`](mod@rendezvous) | create-or-open, start-order races, stale objects, ownership (a first reading skips it) |
+//! | `src/peers.rs` | who pairs: a second reader or writer refused by name, a peer of the other flavour pointed out |
 //! | `src/posix.rs`, `src/sysv.rs` | each flavour's calls: `shm_open`/`ftruncate`/`mmap`/`fallocate`/`shm_unlink`; `shmget`/`shmat`/`shmdt`/`shmctl` |
 //! | `src/sigbus.rs` | the SIGBUS handler: what a side says, and removes, when a page of the object is gone (a POSIX object shrunk under the pair) |
 //!
@@ -52,6 +53,15 @@
 //!   header with its pid, role and capacity, publishes `ready` last, and waits (futex on
 //!   the header's `opener_pid`) for the other side. The loser opens the existing object,
 //!   waits until `ready` is published, checks the header and writes its pid.
+//! - One reader, one writer: the header records the creator (pid, start time, role) and
+//!   the opener; a third process of a role already there is refused, naming that process
+//!   (`src/peers.rs`), and the pair goes on. A side waiting for its peer that finds the
+//!   other flavour's object under the same name (a System V segment of the key, or the
+//!   POSIX object) says so while it waits and in its final error: the two never meet.
+//! - The writer's first frame is its Hello (mode, size, count, warm-up, wait, the ring's
+//!   capacity); the reader follows it, and its own `--mode`/`--size`/`--count`/`--warmup`
+//!   are only checks. A wait for room longer than half a second (a stopped reader) is
+//!   narrated as it starts and ends ([`reserve_room`], P6's analogue for a ring).
 //! - Stale objects: the same judgement as the `mmap` crate's ([`common::ring::judge`]): an
 //!   object whose creator and opener are both dead, or that stayed without a header or a
 //!   creator pid for [`common::ring::SETUP_GRACE`], was left by a killed run; it is removed
@@ -73,16 +83,20 @@ pub mod reader;
 pub mod rendezvous;
 pub mod writer;
 
+mod peers;
 mod posix;
 mod sigbus;
 mod sysv;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::cleanup::Owned;
-use common::narrate;
-use common::ring::{self, EndOpts, Region, Wait};
+use common::ring::{self, offsets, EndOpts, Producer, Region, Reserved, RingError, Wait};
+use common::session::WriterSession;
+use common::stall::Stall;
+use common::{narrate, warn};
 use nix::unistd::geteuid;
 
 pub use rendezvous::rendezvous;
@@ -90,17 +104,14 @@ pub use rendezvous::rendezvous;
 /// Default `--name`.
 pub const DEFAULT_NAME: &str = "shm";
 
-/// Flags both programs take besides the common ones.
+/// Flags both programs take besides the common groups (`--wait` is each role's own: the
+/// reader's follows the writer's Hello unless given).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ShmArgs {
-    /// Use System V shared memory (shmget/shmat/shmctl) instead of POSIX (shm_open/mmap).
+    /// Use System V shared memory (shmget/shmat/shmctl) instead of POSIX (shm_open/mmap);
+    /// the same on both sides.
     #[arg(long)]
     pub sysv: bool,
-
-    /// How a side with nothing to do waits: spin (busy, fastest), block (futex sleep),
-    /// adaptive (spin 20 us, then sleep).
-    #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
-    pub wait: Wait,
 
     /// Bytes per ring (one per direction), a power of two from 4K to 256M; both sides must
     /// pass the same value (S5). A frame may take at most half a ring.
@@ -183,6 +194,8 @@ pub struct Shared {
     pub object: String,
     /// The System V id, to show `nattch`.
     sysv_id: Option<i32>,
+    /// First byte of the mapping (kept alive by `region`), for [`Shared::reader_index`].
+    base: *mut u8,
     /// Removes the object on error paths and Ctrl-C; `remove`/`leave` at a normal end.
     owned: Owned,
     /// Keeps the SIGBUS handler pointed at this mapping (`src/sigbus.rs`); declared after
@@ -198,6 +211,18 @@ impl Shared {
             peer: self.peer,
             idle_timeout,
         }
+    }
+
+    /// Ring 0's consumer index as the reader last published it: how many bytes of frames
+    /// it has taken. After the reader is gone, this tells whether it took anything past
+    /// the writer's Hello (a reader that refused the Hello leaves right after it).
+    pub fn reader_index(&self) -> u64 {
+        // SAFETY: `base` is the first byte of the mapping `region` keeps alive (it is
+        // dropped with `self`); `offsets::tail(0)` lies inside the header page, 8-byte
+        // aligned (a page-aligned mapping), and the ring reaches the same word as an
+        // AtomicU64 too, so no non-atomic access to it exists.
+        let tail = unsafe { AtomicU64::from_ptr(self.base.add(offsets::tail(0)).cast()) };
+        tail.load(Ordering::Acquire)
     }
 
     /// A line for the report's notes: what was shared and how big.
@@ -242,5 +267,85 @@ impl Shared {
     pub fn leave(self) {
         narrate!("leaving {} for the reader, which removes it", self.object);
         self.owned.release();
+    }
+}
+
+/// What each `--wait` does, for the narration.
+pub fn wait_means(w: Wait) -> &'static str {
+    match w {
+        Wait::Spin => "re-reading the other side's index in a loop",
+        Wait::Block => "futex sleep on the other side's index until it wakes us",
+        Wait::Adaptive => "spin 20 us, then futex sleep",
+    }
+}
+
+/// The writer's wait for room in ring 0, with a wait longer than half a second narrated
+/// as it starts and as it ends (P6's analogue for a ring: stop the reader with `kill
+/// -STOP` and the writer says so). `tx` was made with an idle limit of at most
+/// [`common::stall::TELL_AFTER`], so [`Producer::reserve`] returns `TimedOut` every half
+/// second of a long wait; `limit` (`--timeout`, `None` in text mode) is counted across
+/// those returns. `try_reserve` first asks, without waiting, whether the ring is full
+/// right now: only then does a wait begin.
+pub fn reserve_room(
+    tx: &mut Producer,
+    len: usize,
+    full: &mut Stall,
+    limit: Option<Duration>,
+) -> Result<Reserved, RingError> {
+    if tx.try_reserve(len)?.is_none() {
+        full.begin();
+    }
+    let start = Instant::now();
+    loop {
+        match tx.reserve(len) {
+            Ok(slot) => {
+                full.end();
+                return Ok(slot);
+            }
+            Err(RingError::TimedOut { what, .. }) => {
+                full.tick();
+                let waited = start.elapsed();
+                if limit.is_some_and(|l| waited >= l) {
+                    return Err(RingError::TimedOut { waited, what });
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A [`Stall`] for ring 0 being full, as [`reserve_room`] counts and narrates it.
+pub fn full_ring() -> Stall {
+    Stall::new(
+        "reserve()",
+        "ring 0 is full",
+        "ring 0 was full",
+        "P6's analogue for a ring",
+    )
+}
+
+/// shm-writer's end when a wait fails: a reader that died is an expected end, not a bug:
+/// say so, then stop with the count (`hello`: the bytes of ring 0 its Hello took). A
+/// reader whose index in ring 0 stopped at the end of the Hello took nothing else: it
+/// refused this writer's settings (its own output says why) or died at once.
+pub fn reader_gone(
+    session: &WriterSession,
+    shared: &Shared,
+    hello: u64,
+    e: RingError,
+) -> anyhow::Error {
+    match e {
+        RingError::PeerGone { pid } => {
+            warn!("peer (pid {pid}) is gone");
+            if shared.reader_index() <= hello {
+                return anyhow::anyhow!(
+                    "reader (pid {pid}) is gone right after this writer's Hello ({}), before taking any message: \
+                     if it refused these settings, its own output says why; stopping",
+                    session.hello().flags()
+                );
+            }
+            session.reader_left(&format!("(pid {pid}) is gone"))
+        }
+        e => e.into(),
     }
 }

@@ -113,6 +113,27 @@ pub(crate) fn tmpfs_size() -> Option<u64> {
     Some(s.blocks() * s.fragment_size())
 }
 
+/// The object `kname`, if one exists: `Some` with its creator's pid as the ring header
+/// records it (`shm_open(O_RDONLY)`, `pread` of the header; `None` inside when it has
+/// none yet or cannot be read). For the other flavour's hint.
+pub(crate) fn creator_of(kname: &str) -> Option<Option<i32>> {
+    use std::os::unix::fs::FileExt;
+    let fd = match shm_open(kname, OFlag::O_RDONLY, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return None,
+        Err(_) => return Some(None),
+    };
+    let mut bytes = [0u8; common::ring::offsets::HEADER_FIELDS];
+    let file = std::fs::File::from(fd);
+    let pid = file
+        .read_exact_at(&mut bytes, 0)
+        .ok()
+        .and_then(|()| common::ring::HeaderView::decode(&bytes))
+        .map(|v| v.creator_pid)
+        .filter(|&p| p > 0);
+    Some(pid)
+}
+
 /// The object exists: open it, check its owner, map it at its own size (0: not mapped).
 fn open_existing(kname: &str) -> Result<Found> {
     let fd = match shm_open(kname, OFlag::O_RDWR, Mode::empty()) {

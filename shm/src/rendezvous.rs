@@ -34,10 +34,14 @@ use common::cleanup::{self, Owned};
 use common::narrate;
 use common::ring::{self, Region, RingError, Role, Verdict, HEADER_PAGE};
 
+use crate::peers::{second, Other};
 use crate::{posix, posix_path, sigbus, sysv, sysv_key, Shared, ShmArgs};
 
 /// Pause between two looks at an object that is not ready yet.
 const POLL: Duration = Duration::from_millis(2);
+
+/// How often a creator waiting for its peer looks for an object of the other flavour.
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
 
 /// Memory mapped from an object, found or made by one exclusive-create attempt.
 pub(crate) struct Mapped {
@@ -120,6 +124,34 @@ impl Object<'_> {
             (true, Some(id)) => format!("ipcrm -m {id}"),
             (true, None) => format!("ipcrm -M {:#x}", self.key),
             _ => format!("rm {}", posix_path(self.name)),
+        }
+    }
+
+    /// The object of the other flavour under the same `--name`, if one exists: a peer
+    /// started with (or without) `--sysv` waits there and never finds this one.
+    fn other_flavour(&self, peer: &str) -> Option<Other> {
+        let name = self.name;
+        if self.sysv {
+            let pid = posix::creator_of(&self.kname)?;
+            Some(Other {
+                what: format!(
+                    "a POSIX shared memory object for --name {name} exists ({}{})",
+                    posix_path(name),
+                    pid.map_or(String::new(), |p| format!(", created by pid {p}"))
+                ),
+                ask: format!(
+                    "is the {peer} running without --sysv? Start both with --sysv, or both without"
+                ),
+            })
+        } else {
+            let (id, cpid) = sysv::find(self.key)?;
+            Some(Other {
+                what: format!(
+                    "a System V segment for --name {name} exists (key {:#010x}, shmid {id}, created by pid {cpid})",
+                    self.key
+                ),
+                ask: format!("is the {peer} running with --sysv? Start both with --sysv, or both without"),
+            })
         }
     }
 
@@ -297,7 +329,7 @@ fn create_side(
     role: Role,
     timeout: Duration,
 ) -> Result<Shared> {
-    let id = m.sysv_id;
+    let (id, base) = (m.sysv_id, m.base);
     let peer = role.peer().as_str();
     let (region, sigbus) = into_region(obj, m, cap, role)?;
     region.initialize(role, common::session::new_nonce());
@@ -306,19 +338,41 @@ fn create_side(
         std::process::id(),
         role.as_str()
     );
+    // A peer started with the other flavour never finds this object: look for its object
+    // under the same name before waiting, and again every LOOK_AGAIN while waiting.
+    let mut other = obj.other_flavour(peer);
     narrate!(
-        "waiting up to {:.1} s for a {peer} to open it (futex wait on the header's opener_pid; start shm-{peer} with the same --name{})",
+        "waiting up to {:.1} s for a {peer} to open it (futex wait on the header's opener_pid; start shm-{peer} with the same --name{}){}",
         timeout.as_secs_f64(),
-        if obj.sysv { " and --sysv" } else { "" }
+        if obj.sysv { " and --sysv" } else { "" },
+        other.as_ref().map_or(String::new(), |o| format!("; but {}", o.now()))
     );
-    let opener = match region.wait_for_opener(timeout) {
-        Ok(who) => who,
-        Err(RingError::TimedOut { waited, .. }) => bail!(
-            "no {peer} opened {} within {:.1} s (--timeout); start shm-{peer} with the same --name",
-            obj.describe(id),
-            waited.as_secs_f64()
-        ),
-        Err(e) => return Err(e).context(obj.describe(id)),
+    let start = Instant::now();
+    let opener = loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match region.wait_for_opener(left.min(LOOK_AGAIN)) {
+            Ok(who) => break who,
+            Err(RingError::TimedOut { .. }) if !left.is_zero() => {
+                if other.is_none() {
+                    other = obj.other_flavour(peer);
+                    if let Some(o) = &other {
+                        narrate!("still waiting, and {}", o.now());
+                    }
+                }
+            }
+            Err(RingError::TimedOut { .. }) => bail!(
+                "no {peer} opened {} within {:.1} s (--timeout); {}",
+                obj.describe(id),
+                timeout.as_secs_f64(),
+                match other {
+                    // Looked up again: the other side may have given up and removed it.
+                    Some(o) if obj.other_flavour(peer).is_some() => o.now(),
+                    Some(o) => o.then(),
+                    None => format!("start shm-{peer} with the same --name"),
+                }
+            ),
+            Err(e) => return Err(e).context(obj.describe(id)),
+        }
     };
     narrate!(
         "the {peer} (pid {}) attached: the two processes now share the same pages (S1)",
@@ -331,6 +385,7 @@ fn create_side(
         created: true,
         object: obj.describe(id),
         sysv_id: id,
+        base,
         owned,
         _sigbus: sigbus,
     };
@@ -354,15 +409,22 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
             m.len
         );
     }
+    let base = m.base;
     let (region, sigbus) = into_region(obj, m, cap, role)?;
     match region.check_header() {
         Ok(Some(_)) => {}
         Ok(None) => bail!("{}: the header stopped being ready", obj.describe(id)),
         Err(e) => return Err(e).context(obj.describe(id)),
     }
-    let creator = region
-        .attach(role)
-        .with_context(|| format!("attaching to {}", obj.describe(id)))?;
+    // One reader and one writer: the header records who created it (pid, role) and who
+    // attached; a second process of a role already there is refused, naming that one.
+    let creator = match region.attach(role) {
+        Ok(who) => who,
+        Err(RingError::SameRole { pid, .. } | RingError::Busy { pid }) => {
+            bail!("{}", second(&obj.describe(id), role, pid, &region))
+        }
+        Err(e) => return Err(e).with_context(|| format!("attaching to {}", obj.describe(id))),
+    };
     narrate!(
         "opened {}: the header is valid (magic, version, capacity {cap}); wrote our pid {} into it and woke its creator (pid {})",
         obj.describe(id),
@@ -376,6 +438,7 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
         created: false,
         object: obj.describe(id),
         sysv_id: id,
+        base,
         owned: obj.own(id),
         _sigbus: sigbus,
     };

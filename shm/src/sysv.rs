@@ -70,6 +70,14 @@ pub(crate) fn remove(id: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// The segment under `key`, if one exists: its id and the pid the kernel recorded as its
+/// creator (`shmget(key, 0, 0)`, `shmctl(IPC_STAT)`). For the other flavour's hint.
+pub(crate) fn find(key: libc::key_t) -> Option<(i32, i32)> {
+    let id = get(key, 0, 0).ok()?;
+    let ds = stat(id).ok()?;
+    Some((id, ds.shm_cpid))
+}
+
 /// `shmget(key, size, flags)`: the segment's id, or the error.
 fn get(key: libc::key_t, size: usize, flags: libc::c_int) -> io::Result<i32> {
     // SAFETY: shmget takes plain integers and has no memory-safety preconditions.

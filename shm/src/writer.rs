@@ -4,9 +4,9 @@
 //! ```text
 //! terminal 1: shm-writer                         # type lines; Ctrl-D ends
 //! terminal 2: shm-reader
-//! shm-writer --mode stream --size 64K --wait spin      # and shm-reader --wait spin
-//! shm-writer --mode pingpong --wait block --json       # and shm-reader --wait block
-//! shm-writer --sysv ...                                 # System V instead of POSIX
+//! shm-writer --mode stream --size 64K --wait spin      # and shm-reader: it follows
+//! shm-writer --mode pingpong --wait block --json       # and shm-reader --json
+//! shm-writer --sysv ...                                 # and shm-reader --sysv
 //! ```
 //! While they run, `ls -l /dev/shm` (POSIX) or `ipcs -m` (System V) shows the object (S3).
 //!
@@ -21,35 +21,43 @@
 //!    attaches. Opener: `mmap` (`shmat`), `sigaction(SIGBUS)`, wait for `ready`, write our
 //!    pid, `futex(FUTEX_WAKE)`. Steps 1 and 2 are [`rendezvous`](crate::rendezvous()),
 //!    which a first reading may skip; a failure after step 1 created the object removes it.
-//! 3. The loop, per frame, in ring 0 ([`common::ring::spsc`]): `reserve` waits for room
-//!    (no system call while there is room; spin, or `futex(FUTEX_WAIT)` on the reader's
-//!    index while the ring is full), `copy_in` copies header and payload into the shared
-//!    pages (`copy_nonoverlapping`, no system call), `publish` stores our index with
-//!    Release and calls `futex(FUTEX_WAKE)` only if the reader said it sleeps. Pingpong:
-//!    each Pong is taken from ring 1 with `recv` (an Acquire load of the reader's index,
-//!    `FUTEX_WAIT` while there is none). Text mode reads each line from stdin (`read`).
+//! 3. The loop, per frame, in ring 0 ([`common::ring::spsc`]). The first frame is the
+//!    Hello: what this writer runs (mode, size, count, warm-up, wait, the ring's capacity),
+//!    which the reader follows. Text mode first checks that the reader still exists
+//!    (`kill(pid, 0)`, `/proc/PID/stat`). `reserve` waits for room (no system call while
+//!    there is room; spin, or `futex(FUTEX_WAIT)` on the reader's index while the ring is
+//!    full; a wait over half a second is narrated, P6's analogue), `copy_in` copies header
+//!    and payload into the shared pages (`copy_nonoverlapping`, no system call), `publish`
+//!    stores our index with Release and calls `futex(FUTEX_WAKE)` only if the reader said
+//!    it sleeps. Pingpong: each Pong is taken from ring 1 with `recv` (an Acquire load of
+//!    the reader's index, `FUTEX_WAIT` while there is none). Text mode reads each line
+//!    from stdin (`read`).
 //! 4. `munmap` (`shmdt`) when the last handle on the region goes; the object stays.
 //!
-//! Start order: either. Cleanup: the reader removes the object when the pair is done; this
-//! program removes it itself only on an error or Ctrl-C (then the reader sees the writer
-//! gone). A run killed with `kill -9` leaves the object; the next run finds it stale. A
-//! SIGBUS (the object shrunk under us, `src/sigbus.rs`) is explained, the object removed,
-//! and the process still dies of SIGBUS (status 135).
+//! One writer per pair: a second one is refused with the pid of the one already there
+//! (the ring header records both processes). Start order: either. Cleanup: the reader
+//! removes the object when the pair is done; this program removes it itself only on an
+//! error or Ctrl-C (then the reader sees the writer gone). A run killed with `kill -9`
+//! leaves the object; the next run finds it stale. A SIGBUS (the object shrunk under us,
+//! `src/sigbus.rs`) is explained, the object removed, and the process still dies of
+//! SIGBUS (status 135).
 
 use std::io;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{CommonArgs, Mode};
-use common::ring::{Consumer, Direction, Producer, RingError, Role};
+use common::cli::{MeetArgs, Mode, OutputArgs, Program, RunArgs};
+use common::frame::Kind;
+use common::narrate;
+use common::ring::{Consumer, Direction, Producer, RingError, Role, Wait, RECORD_ALIGN};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Mechanism, Setup};
+use common::stall::TELL_AFTER;
 use common::stream;
 use common::timing::Report;
-use common::{narrate, warn};
 
-use crate::{rendezvous, ShmArgs, DEFAULT_NAME};
+use crate::{full_ring, reader_gone, rendezvous, reserve_room, Shared, ShmArgs, DEFAULT_NAME};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "shm-writer";
@@ -63,32 +71,48 @@ pub const PROGRAM: &str = "shm-writer";
 )]
 pub struct Args {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub meet: MeetArgs,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     #[command(flatten)]
     pub shm: ShmArgs,
+
+    /// How this side waits for room in the ring (and, in pingpong, for each Pong): spin
+    /// (busy, fastest), block (futex sleep), adaptive (spin 20 us, then sleep); each side
+    /// of a ring waits its own way.
+    #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
+    pub wait: Wait,
 }
 
-common::program!(Args);
+common::program!(Args, name = DEFAULT_NAME);
 
 /// The program: check flags, meet the reader, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let c = &args.common;
+    let c = &args.common();
     // Flags first, before any object exists (a bad value exits 2): a frame must fit half
     // a ring, and the region the kernel's limit for the flavour.
     args.shm.check((c.mode != Mode::Text).then_some(c.size))?;
     // 1-2. Create or open the object, map it, meet the reader.
     let shared = rendezvous(&args.shm, c.name_or(DEFAULT_NAME), Role::Writer, c.timeout)?;
 
-    // Text mode waits for a person typing, so only a dead peer ends a wait there.
-    let idle = (c.mode != Mode::Text).then_some(c.timeout);
     // Every wait also checks, each 100 ms, that the reader's pid still exists (kill -9).
-    let opts = shared.end_opts(args.shm.wait, idle);
+    // A wait for room returns every half second (at most), so a full ring is narrated as
+    // it happens; --timeout is counted across those returns (none in text mode, which
+    // waits for a person typing).
+    let room = shared.end_opts(args.wait, Some(TELL_AFTER.min(c.timeout)));
     // The producer end of ring 0: our frames go there.
-    let mut tx = shared.region.producer(Direction::WriterToReader, opts)?;
+    let mut tx = shared.region.producer(Direction::WriterToReader, room)?;
     // Pingpong's way back is ring 1 (S4: both processes read and write the region).
     let mut rx = match c.mode {
-        Mode::Pingpong => Some(shared.region.consumer(Direction::ReaderToWriter, opts)?),
+        Mode::Pingpong => {
+            let opts = shared.end_opts(args.wait, Some(c.timeout));
+            Some(shared.region.consumer(Direction::ReaderToWriter, opts)?)
+        }
         _ => None,
     };
     // What the report says about this run; a text line may take at most half a ring.
@@ -96,7 +120,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         program: PROGRAM,
         mechanism: Mechanism::Shm,
         flavour: args.shm.flavour(),
-        wait: args.shm.wait,
+        wait: args.wait,
         args: c.clone(),
         max_payload: shared.region.max_payload(),
     };
@@ -111,11 +135,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             c.count,
             c.size,
             c.warmup(),
-            args.shm.wait
+            args.wait
         );
     }
     // 3. The loop.
-    let mut report = send_frames(&setup, &mut tx, rx.as_mut())?;
+    let mut report = send_frames(&setup, &shared, &mut tx, rx.as_mut())?;
     report.notes.push(shared.note());
     // 4. Our endpoints and then the region go: munmap (shmdt). The reader removes the object.
     drop((tx, rx));
@@ -125,21 +149,43 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// Step 3: the session says what to send; each frame goes into ring 0 with the ring's
 /// three calls, and each Pong comes back from ring 1.
-fn send_frames(setup: &Setup, tx: &mut Producer, mut rx: Option<&mut Consumer>) -> Result<Report> {
-    // The session builds each frame in `frame`, our own memory, and says what comes next.
-    let mut session = WriterSession::new(setup);
+fn send_frames(
+    setup: &Setup,
+    shared: &Shared,
+    tx: &mut Producer,
+    mut rx: Option<&mut Consumer>,
+) -> Result<Report> {
+    // The session builds each frame in `frame`, our own memory, and says what comes next;
+    // its Hello states the ring's capacity too.
+    let capacity = shared.region.capacity() as u64;
+    let mut session = WriterSession::new(setup).capacity(capacity);
     let mut frame = FrameBuf::new();
+    // Waits for room, counted; a long one is narrated as it starts and as it ends.
+    let mut full = full_ring();
+    let limit = (setup.mode() != Mode::Text).then_some(setup.args.timeout);
+    // Bytes of ring 0 the Hello takes: a reader that took no more refused it.
+    let mut hello_bytes = 0;
     // Text mode's lines come from stdin, locked once rather than per line.
     let mut stdin = io::stdin().lock();
     let mut line = Vec::new();
     loop {
         match session.next(&mut frame)? {
             Next::Send(out) => {
+                if out.kind == Kind::Hello {
+                    hello_bytes = (out.len() as u64).next_multiple_of(RECORD_ALIGN as u64);
+                }
+                // Text mode sends rarely: kill(pid, 0) and /proc/PID/stat say whether the
+                // reader still exists (and is the process that attached).
+                if setup.mode() == Mode::Text && !shared.peer.alive() {
+                    let gone = RingError::PeerGone {
+                        pid: shared.peer.pid,
+                    };
+                    return Err(reader_gone(&session, shared, hello_bytes, gone));
+                }
                 // Room for the frame: free already (no system call), or wait for the reader
                 // to consume (spin, or FUTEX_WAIT on its index in the shared page).
-                let slot = tx
-                    .reserve(out.payload.len())
-                    .map_err(|e| reader_gone(&session, e))?;
+                let slot = reserve_room(tx, out.payload.len(), &mut full, limit)
+                    .map_err(|e| reader_gone(&session, shared, hello_bytes, e))?;
                 // Plain copies into the shared pages; the reader cannot see them yet.
                 tx.copy_in(&slot, out.header, out.payload)?;
                 // Release store of our index: the bytes above are visible to an Acquire load
@@ -151,7 +197,9 @@ fn send_frames(setup: &Setup, tx: &mut Producer, mut rx: Option<&mut Consumer>) 
                     bail!("pingpong needs a way back from the reader, and this setup has none");
                 };
                 // Acquire load of the reader's index in ring 1, copy out, check, release.
-                let (pong, payload) = rx.recv().map_err(|e| reader_gone(&session, e))?;
+                let (pong, payload) = rx
+                    .recv()
+                    .map_err(|e| reader_gone(&session, shared, hello_bytes, e))?;
                 session.answer(&pong, payload)?;
             }
             // Text mode: read(2) on stdin blocks until a line is typed; None is Ctrl-D.
@@ -162,16 +210,7 @@ fn send_frames(setup: &Setup, tx: &mut Producer, mut rx: Option<&mut Consumer>) 
             Next::Done => break,
         }
     }
-    Ok(session.finish())
-}
-
-/// A reader that died is an expected end, not a bug: say so, then stop with the count.
-fn reader_gone(session: &WriterSession, e: RingError) -> anyhow::Error {
-    match e {
-        RingError::PeerGone { pid } => {
-            warn!("peer (pid {pid}) is gone");
-            session.reader_left(&format!("(pid {pid}) is gone"))
-        }
-        e => e.into(),
-    }
+    let mut report = session.finish();
+    report.notes.extend(full.note());
+    Ok(report)
 }

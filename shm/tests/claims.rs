@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd;
 use common::frame::HEADER_LEN;
 use common::ring::{offsets, region_len, RECORD_ALIGN, RING_MAGIC};
 use harness::{
-    assert_verified, indices, maps_of, pair, read_u32, read_u64, rmid, shm_stat, shmget,
-    sysv_maps_name, the_mapping, try_shm_stat, LivePair, MapsLine, Scene,
+    assert_verified, hello_record, indices, maps_of, pair, read_u32, read_u64, rmid, shm_stat,
+    shmget, sysv_maps_name, the_mapping, try_shm_stat, LivePair, MapsLine, Scene,
 };
 use nix::sys::signal::Signal;
 use nix::sys::stat::{fstat, major, minor};
@@ -253,8 +253,8 @@ fn claim_s2_posix_object_can_be_resized_with_ftruncate() {
 }
 
 /// S2, the other way: a POSIX object shrunk under a running pair. The kernel allows it
-/// (`ftruncate` to one page), and the writer's next store into ring 0's data, now past the
-/// object's end, is SIGBUS: its handler names the byte, the object and its new size,
+/// (`ftruncate` to one page), and the writer's next store into ring 0's data (after the
+/// Hello it sent first), now past the object's end, is SIGBUS: its handler names the byte, the object and its new size,
 /// unlinks it and dies of SIGBUS; the reader, whose waits look at the first page only,
 /// sees its peer gone.
 #[test]
@@ -277,7 +277,7 @@ fn claim_s2_posix_shrink_under_a_pair_is_sigbus() {
     assert!(
         w.stderr.contains(&format!(
             "*** SIGBUS: shm-writer (pid {wpid}) touched byte {} of POSIX shared memory {kname} (ring 0's data area, writer to reader)",
-            offsets::data(0, 64 << 10)
+            offsets::data(0, 64 << 10) as u64 + hello_record("posix")
         )) && w.stderr.contains(&format!(
             "The object is now 4096 bytes, and {} were mapped: another process shrank it",
             region_len(64 << 10)
@@ -434,12 +434,14 @@ fn claim_s4_each_side_stores_into_the_shared_pages() {
     }
     assert_eq!(read_u32(&path, offsets::CREATOR_PID), p.r.pid() as u32);
     assert_eq!(read_u32(&path, offsets::OPENER_PID), p.w.pid() as u32);
-    assert_eq!(indices(&path, 0), (0, 0));
+    // The writer's Hello went first, and the reader took it.
+    let hello = hello_record("posix");
+    assert_eq!(indices(&path, 0), (hello, hello));
     p.send("hi", 0);
     let rec = record_len(2);
     assert_eq!(
         indices(&path, 0),
-        (rec, rec),
+        (hello + rec, hello + rec),
         "writer's head, reader's tail"
     );
     assert_eq!(indices(&path, 1), (0, 0));

@@ -52,7 +52,7 @@ use crate::{bulk, file_path, fs_kind, page_faults, show_maps, sigbus, Map, MapAr
 #[derive(clap::Args, Debug, Clone)]
 pub struct Flags {
     /// Bulk mode (F2, F3): verify the file mmap-writer --bulk filled, through the map.
-    #[arg(long = "bulk")]
+    #[arg(long = "bulk", conflicts_with_all = ["mode", "count", "size", "warmup", "wait", "capacity"])]
     pub on: bool,
 
     /// Bulk: verify the file a second time with plain read() calls and compare (F3).

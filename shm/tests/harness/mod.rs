@@ -129,6 +129,8 @@ impl LivePair {
         let mut w = Proc::spawn("shm-writer", &mut wcmd);
         w.wait_for("type a line");
         r.wait_for("waiting for frames");
+        // The writer's first frame, the Hello, has been taken: ring 0 holds nothing now.
+        r.wait_for("the writer's Hello");
         LivePair { w, r }
     }
 
@@ -142,6 +144,14 @@ impl LivePair {
     pub fn finish(self) -> (Done, Done) {
         (self.w.finish(), self.r.finish())
     }
+}
+
+/// Bytes of ring 0 the writer's Hello takes (header, payload, rounded up to 64): the
+/// fixed 32 bytes, then the program, version and flavour, each after its length byte.
+pub fn hello_record(flavour: &str) -> u64 {
+    let payload =
+        32 + (1 + "shm-writer".len()) + (1 + common::hello::VERSION.len()) + 1 + flavour.len();
+    (common::frame::HEADER_LEN + payload).div_ceil(64) as u64 * 64
 }
 
 /// One line of `/proc/<pid>/maps`: `start-end perms offset dev inode path`.
