@@ -157,6 +157,13 @@ pub const AUDIT_EVERY: u64 = 1024;
 /// Spins between two clock reads: the clock costs ~20 ns, a pause hint ~10-40 ns.
 const SPINS_PER_CLOCK: u64 = 64;
 
+impl Waiting {
+    /// Whether the next pause sleeps (block, or adaptive past its spin budget).
+    pub(super) fn sleepy(&self) -> bool {
+        self.sleepy
+    }
+}
+
 impl Pacer {
     /// A pacer for an endpoint of `region`; a header already complete is the one every
     /// audit compares with (else the first complete one an audit sees).
