@@ -238,7 +238,10 @@ fn reader_left_names_the_messages_sent() {
         assert!(matches!(session.next(&mut buf).unwrap(), Next::Send(_)));
     }
     let e = session.reader_left("closed the pipe").to_string();
-    assert_eq!(e, "reader closed the pipe after 3 messages; stopping");
+    assert!(
+        e.starts_with("reader closed the pipe after this writer sent 4 messages; stopping (a reader that refuses"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -491,21 +491,45 @@ impl WriterSession {
         Ok(())
     }
 
-    /// The error for a reader that went away: "reader {how} after N messages; stopping".
-    /// A reader that left before the first message may have refused this writer's Hello
-    /// (its own terminal says why), and the error says so.
+    /// The error for a reader that went away: "reader {how} after this writer sent N
+    /// messages; stopping". A reader that left before the first message (or, in pingpong,
+    /// before answering the first Ping) probably refused this writer's Hello, and the error
+    /// says so; a stream writer cannot tell (its messages are in the channel before the
+    /// reader reads the Hello), so it says where to look.
     pub fn reader_left(&self, how: &str) -> anyhow::Error {
-        if !self.data_sent && self.phase != Phase::Hello {
+        let before_any = if self.mode == Mode::Pingpong {
+            self.seq == 0
+        } else {
+            !self.data_sent
+        };
+        if before_any && self.phase != Phase::Hello {
             return anyhow!(
-                "reader {how} right after this writer's Hello ({}), before any message: \
+                "reader {how} right after this writer's Hello ({}), before any {}: \
                  if it refused these settings, its own output says why; stopping",
-                self.hello.flags()
+                self.hello.flags(),
+                if self.mode == Mode::Pingpong {
+                    "message was answered"
+                } else {
+                    "message"
+                }
             );
         }
-        let n = self.last_seq;
+        let (n, what) = if self.mode == Mode::Pingpong {
+            (
+                self.seq,
+                if self.seq == 1 {
+                    "round trip"
+                } else {
+                    "round trips"
+                },
+            )
+        } else {
+            let n = self.last_seq + 1;
+            (n, if n == 1 { "message" } else { "messages" })
+        };
         anyhow!(
-            "reader {how} after {n} {}; stopping",
-            if n == 1 { "message" } else { "messages" }
+            "reader {how} after this writer sent {n} {what}; stopping \
+             (a reader that refuses the writer's settings leaves at once: its own output says why)"
         )
     }
 
