@@ -283,6 +283,7 @@ impl Region {
             head: 0,
             tail_seen: 0,
             pacer: Pacer::new(opts, &self.inner),
+            full: None,
         })
     }
 

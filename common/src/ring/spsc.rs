@@ -43,7 +43,8 @@ use super::layout::{
     max_payload, max_record, read_stamp, record_len, stamp, Control, Inner, RECORD_ALIGN, STAMP_LEN,
 };
 use super::wait::{futex_wake, low_word, Pacer};
-use super::{Direction, RingError};
+use super::{Direction, RingError, Wait};
+use crate::stall::Stall;
 
 /// The producing end of one direction.
 pub struct Producer {
@@ -61,6 +62,8 @@ pub struct Producer {
     pub(super) tail_seen: u64,
     /// Waiting.
     pub(super) pacer: Pacer,
+    /// Waits for room, counted and narrated when long ([`Producer::narrate_full`]).
+    pub(super) full: Option<Stall>,
 }
 
 /// The consuming end of one direction.
@@ -107,6 +110,35 @@ impl Producer {
         self.region.control(self.d)
     }
 
+    /// Changes how this end waits for room (a side that follows its peer's Hello).
+    pub fn set_wait(&mut self, wait: Wait) {
+        self.pacer.set_wait(wait);
+    }
+
+    /// Counts the waits for room and narrates each one longer than half a second as it
+    /// starts and ends (a stopped reader: "reserve() has been blocked for 0.50 s: ring 0 is
+    /// full ..."); [`Producer::full_note`] gives the report's line.
+    pub fn narrate_full(&mut self) {
+        self.full = Some(Stall::new(
+            "reserve()",
+            "the ring is full",
+            "the ring was full",
+            "P6's analogue for a ring: the writer waits for the reader",
+        ));
+    }
+
+    /// "reserve() waited 12 times for room (...): longest 3.02 s, ...", if it ever waited
+    /// and [`Producer::narrate_full`] was asked for.
+    pub fn full_note(&self) -> Option<String> {
+        self.full.as_ref().and_then(Stall::note)
+    }
+
+    /// The consumer's index as it is now (bytes it has released), read with Acquire and
+    /// not checked: for telling how far a reader that left got.
+    pub fn peer_index(&self) -> u64 {
+        self.ctl().tail.0.load(Ordering::Acquire)
+    }
+
     /// Reads and checks the consumer's index; returns the free bytes.
     fn refresh_room(&mut self) -> Result<u64, RingError> {
         let tail = self.ctl().tail.0.load(Ordering::Acquire);
@@ -133,6 +165,9 @@ impl Producer {
         let pad = self.pad_before(rec);
         let need = pad + rec;
         if self.room() < need && self.refresh_room()? < need {
+            if let Some(s) = self.full.as_mut() {
+                s.begin();
+            }
             let mut waiting = self.pacer.begin();
             loop {
                 let seen = self.tail_seen;
@@ -148,6 +183,14 @@ impl Producer {
                 if self.refresh_room()? >= need {
                     break;
                 }
+                if waiting.sleepy() || waiting.spins.is_multiple_of(64) {
+                    if let Some(s) = self.full.as_mut() {
+                        s.tick();
+                    }
+                }
+            }
+            if let Some(s) = self.full.as_mut() {
+                s.end();
             }
         }
         Ok(Reserved {
@@ -313,6 +356,16 @@ pub struct Reserved {
 impl Consumer {
     fn ctl(&self) -> &Control {
         self.region.control(self.d)
+    }
+
+    /// Changes how this end waits for frames (a reader that follows the writer's Hello).
+    pub fn set_wait(&mut self, wait: Wait) {
+        self.pacer.set_wait(wait);
+    }
+
+    /// How this end waits.
+    pub fn wait(&self) -> Wait {
+        self.pacer.wait()
     }
 
     /// Reads and checks the producer's index; returns the published bytes it says are not

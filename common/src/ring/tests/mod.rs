@@ -524,3 +524,36 @@ fn hostile_pads_are_corrupt() {
         assert!(e.contains("a pad of") && e.contains("at offset 0"), "{e}");
     }
 }
+
+/// A producer asked to narrate a full ring counts its waits for room and reports them.
+#[test]
+fn a_full_ring_wait_is_counted_and_reported() {
+    let (r, _) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Block))
+        .unwrap();
+    p.narrate_full();
+    assert!(p.full_note().is_none(), "never waited yet");
+    let d = payload(0, 2000);
+    p.send(&hdr(Kind::Data, 0, &d), &d).unwrap();
+    p.send(&hdr(Kind::Data, 1, &d), &d).unwrap();
+    let r2 = r.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = r2
+            .consumer(Direction::WriterToReader, opts(Wait::Block))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..3 {
+            c.recv().unwrap();
+        }
+    });
+    p.send(&hdr(Kind::Data, 2, &d), &d).unwrap();
+    t.join().unwrap();
+    let note = p.full_note().expect("it waited");
+    assert!(
+        note.starts_with("reserve() waited 1 time for room (the ring was full"),
+        "{note}"
+    );
+    assert_eq!(p.peer_index(), 3 * 2048);
+}
