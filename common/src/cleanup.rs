@@ -140,6 +140,17 @@ pub fn remove_all() -> Vec<String> {
 
 /// Starts the thread that turns SIGINT, SIGTERM and SIGHUP into cleanup and exit 130.
 pub fn install_signal_handler() -> Result<()> {
+    // The flag is set in the handler itself, before the thread below even wakes, so a main
+    // thread that an effect of the signal ends first (EPIPE from a reader that is exiting
+    // 130 too) already sees `interrupted()` and leaves the exit to this thread.
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        // SAFETY: the action only stores to a static atomic, which is async-signal-safe;
+        // signal-hook chains it with the handler `Signals` installs below.
+        unsafe {
+            signal_hook::low_level::register(sig, || INTERRUPTED.store(true, Ordering::SeqCst))
+        }
+        .context("installing the interrupted flag")?;
+    }
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing SIGINT/SIGTERM handlers")?;
     std::thread::Builder::new()

@@ -11,12 +11,12 @@
 //! |      0 |    4 | `magic`    | `b"IPCS"`: this is an ipc-study frame at all                 |
 //! |      4 |    1 | `version`  | [`VERSION`]; a reader refuses any other                      |
 //! |      5 |    1 | `kind`     | [`Kind`]: Hello, Data, Ping, Pong or End                     |
-//! |      6 |    2 | `flags`    | [`FLAG_WARMUP`]: sent before timing starts                   |
+//! |      6 |    2 | `flags`    | [`FLAG_WARMUP`]: sent before timing starts; [`FLAG_HEADER_SUM`] |
 //! |      8 |    8 | `nonce`    | the writer's random session id; stale frames differ          |
 //! |     16 |    8 | `seq`      | 0, 1, 2, ... per session; gaps and repeats are detected      |
 //! |     24 |    8 | `sent_ns`  | CLOCK_MONOTONIC when sent (a Pong echoes the Ping's)         |
 //! |     32 |    4 | `len`      | payload length in bytes, checked against a limit first      |
-//! |     36 |    4 | `checksum` | CRC-32C of header bytes 0..36 followed by the payload        |
+//! |     36 |    4 | `checksum` | CRC-32C of header bytes 0..36 followed by the payload (only the header bytes with [`FLAG_HEADER_SUM`]) |
 //!
 //! The header is encoded and decoded field by field with `to_le_bytes`/`from_le_bytes`,
 //! never by casting a struct, so the bytes on the wire do not depend on the compiler's
@@ -42,6 +42,10 @@ pub const MAX_PAYLOAD: usize = 16 << 20;
 pub const END_PAYLOAD_LEN: usize = 16;
 /// Flag bit: this frame is warm-up traffic; a reader verifies it but does not time it.
 pub const FLAG_WARMUP: u16 = 1;
+/// Flag bit: the checksum covers the header only, not the payload (`--verify seq`: the
+/// reader checks sequence, session and length, and need not read the payload at all).
+/// The flag is itself covered by the checksum, so a flipped bit is still detected.
+pub const FLAG_HEADER_SUM: u16 = 2;
 
 /// Byte offset of the checksum field: the checksum covers the header bytes before it.
 const CHECKSUM_AT: usize = 36;
@@ -99,6 +103,11 @@ impl Header {
     /// Whether the warm-up flag is set.
     pub fn is_warmup(&self) -> bool {
         self.flags & FLAG_WARMUP != 0
+    }
+
+    /// Whether the checksum covers the header only ([`FLAG_HEADER_SUM`]).
+    pub fn header_sum_only(&self) -> bool {
+        self.flags & FLAG_HEADER_SUM != 0
     }
 
     /// Payload length as a `usize`.
@@ -223,7 +232,12 @@ pub fn encode_header(fields: Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN],
     h[24..32].copy_from_slice(&fields.sent_ns.to_le_bytes());
     // The cast cannot truncate: MAX_PAYLOAD < u32::MAX, checked above.
     h[32..36].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = checksum(&h[..CHECKSUM_AT], payload);
+    let summed = if fields.flags & FLAG_HEADER_SUM != 0 {
+        &[][..]
+    } else {
+        payload
+    };
+    let crc = checksum(&h[..CHECKSUM_AT], summed);
     h[36..40].copy_from_slice(&crc.to_le_bytes());
     Ok(h)
 }
@@ -264,18 +278,45 @@ pub fn parse_end(payload: &[u8]) -> Option<(u64, u64)> {
 
 /// CRC-32C (Castagnoli) of the header prefix followed by the payload.
 ///
-/// Computed by the `crc-fast` crate, which folds 64 bytes at a time with carry-less
-/// multiplication (PCLMULQDQ, and VPCLMULQDQ on AVX-512 machines) and falls back to
-/// portable code elsewhere: about 60 GB/s at 64 KiB on the development machine, twice the
-/// `crc32c` crate's `crc32` instruction loop, so the checksum does not bind even the
-/// shared-memory ring (run `cargo run --release -p common --example checksum_speed`).
-/// The result is the standard CRC-32C; the tests check it against the `crc32c` crate.
+/// Two implementations compute the same standard CRC-32C, and the faster one for the CPU
+/// and the length is used (the tests check both against each other):
+/// - the `crc32c` crate: the SSE 4.2 / ARMv8 `crc32` instruction, three streams at once;
+///   every x86-64 CPU of the last fifteen years has it, and it is the fastest for short
+///   frames everywhere and for long ones on CPUs without AVX-512;
+/// - the `crc-fast` crate: carry-less multiplication folding 64 bytes at a time, with
+///   VPCLMULQDQ on AVX-512 CPUs, about twice as fast as `crc32` there for long payloads,
+///   and slower than it without AVX-512.
+///
+/// `cargo run --release -p common --example checksum_speed` prints both on this machine
+/// and the choice made here.
 pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
-    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-    d.update(header_prefix);
-    d.update(payload);
-    // A 32-bit CRC's value always fits in the low 32 bits of the u64 it is returned in.
-    d.finalize() as u32
+    if payload.len() >= WIDE_FROM && wide_folding() {
+        let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        d.update(header_prefix);
+        d.update(payload);
+        // A 32-bit CRC's value always fits in the low 32 bits of the u64 it is returned in.
+        d.finalize() as u32
+    } else {
+        crc32c::crc32c_append(crc32c::crc32c(header_prefix), payload)
+    }
+}
+
+/// Payload length from which `crc-fast`'s wide folding beats the `crc32` instruction (on
+/// CPUs where [`wide_folding`] holds), as measured by the `checksum_speed` example.
+pub const WIDE_FROM: usize = 4096;
+
+/// Whether this CPU folds 512 bits at a time: AVX-512F and VPCLMULQDQ (checked once; the
+/// standard library caches the CPUID answer).
+pub fn wide_folding() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Decodes and checks a header, without the payload's checksum (which needs the payload).
@@ -337,7 +378,12 @@ pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, F
 
 /// Checks a payload against the checksum in its header bytes.
 pub fn verify(header: &Header, header_bytes: &[u8], payload: &[u8]) -> Result<(), FrameError> {
-    let computed = checksum(&header_bytes[..CHECKSUM_AT], payload);
+    let summed = if header.flags & FLAG_HEADER_SUM != 0 {
+        &[][..]
+    } else {
+        payload
+    };
+    let computed = checksum(&header_bytes[..CHECKSUM_AT], summed);
     if computed != header.checksum {
         return Err(FrameError::BadChecksum {
             expected: header.checksum,
@@ -533,11 +579,16 @@ mod tests {
     /// The checksum is standard CRC-32C: an independent implementation agrees.
     #[test]
     fn checksum_matches_an_independent_crc32c() {
-        for len in [0usize, 1, 7, 64, 104, 1000, 65536, 100_003] {
+        for len in [0usize, 1, 7, 64, 104, 1000, 4095, 4096, 65536, 100_003] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
             let prefix = [0x5au8; 36];
             let expected = crc32c::crc32c_append(crc32c::crc32c(&prefix), &payload);
             assert_eq!(checksum(&prefix, &payload), expected, "length {len}");
+            // Both implementations, whichever the dispatch picks for this length.
+            let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+            d.update(&prefix);
+            d.update(&payload);
+            assert_eq!(d.finalize() as u32, expected, "crc-fast, length {len}");
         }
     }
 

@@ -13,7 +13,8 @@
 //! |-------:|-----:|------------|-----------------------------------------------------------|
 //! |      0 |    1 | `mode`     | 1 text, 2 stream, 3 pingpong                              |
 //! |      1 |    1 | `wait`     | 1 spin, 2 block, 3 adaptive                               |
-//! |      2 |    2 | reserved   | 0                                                         |
+//! |      2 |    1 | `verify`   | 0 full (checksum over every payload), 1 `--verify seq`    |
+//! |      3 |    1 | `zero_copy`| 0 frames copied through the channel, 1 built in place     |
 //! |      4 |    4 | `size`     | payload bytes per message (0 in text mode)                |
 //! |      8 |    8 | `count`    | timed messages or round trips (0 in text mode)            |
 //! |     16 |    8 | `warmup`   | untimed messages sent first                               |
@@ -59,6 +60,31 @@ pub struct Hello {
     pub wait: Wait,
     /// Bytes the channel holds, 0 when the writer does not know.
     pub capacity: u64,
+    /// How much of each frame is checked.
+    pub verify: Verify,
+    /// Whether the writer builds its frames in place in a shared ring (`--zero-copy`).
+    pub zero_copy: bool,
+}
+
+/// How much of each message the reader checks (`--verify`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Verify {
+    /// Sequence, session, content prefix and a checksum over every payload byte.
+    #[default]
+    Full,
+    /// Sequence, session and length only: the checksum covers the header, and the reader
+    /// need not read the payload at all (as zero-copy frameworks' own benchmarks do).
+    Seq,
+}
+
+impl Verify {
+    /// `full` or `seq`, as on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verify::Full => "full",
+            Verify::Seq => "seq",
+        }
+    }
 }
 
 impl Hello {
@@ -76,6 +102,8 @@ impl Hello {
             flavour: setup.flavour.as_str().into(),
             wait: setup.wait,
             capacity,
+            verify: Verify::Full,
+            zero_copy: false,
         }
     }
 
@@ -84,7 +112,11 @@ impl Hello {
         let mut out = Vec::with_capacity(MAX_LEN);
         out.push(mode_code(self.mode));
         out.push(wait_code(self.wait));
-        out.extend_from_slice(&[0, 0]);
+        out.push(match self.verify {
+            Verify::Full => 0,
+            Verify::Seq => 1,
+        });
+        out.push(u8::from(self.zero_copy));
         // A size never exceeds 16 MiB (frame::MAX_PAYLOAD), so it fits in 32 bits.
         out.extend_from_slice(&(self.size.min(u32::MAX as u64) as u32).to_le_bytes());
         out.extend_from_slice(&self.count.to_le_bytes());
@@ -127,6 +159,16 @@ impl Hello {
             3 => Wait::Adaptive,
             w => bail!("Hello names wait {w} (1 spin, 2 block, 3 adaptive expected)"),
         };
+        let verify = match p[2] {
+            0 => Verify::Full,
+            1 => Verify::Seq,
+            v => bail!("Hello names verify {v} (0 full, 1 seq expected)"),
+        };
+        let zero_copy = match p[3] {
+            0 => false,
+            1 => true,
+            z => bail!("Hello names zero-copy {z} (0 or 1 expected)"),
+        };
         let mut rest = &p[32..];
         let mut text = |field: &str| -> Result<String> {
             let Some((&n, tail)) = rest.split_first() else {
@@ -149,14 +191,16 @@ impl Hello {
             flavour,
             wait,
             capacity: u64_at(24),
+            verify,
+            zero_copy,
         })
     }
 
     /// The writer's command line as far as the Hello states it: `--mode stream --size 65536
     /// --count 100000 --warmup 10000`.
     pub fn flags(&self) -> String {
-        match self.mode {
-            Mode::Text => "--mode text".into(),
+        let mut f = match self.mode {
+            Mode::Text => "--mode text".to_string(),
             m => format!(
                 "--mode {} --size {} --count {} --warmup {}",
                 m.as_str(),
@@ -164,7 +208,14 @@ impl Hello {
                 self.count,
                 self.warmup
             ),
+        };
+        if self.zero_copy {
+            f.push_str(" --zero-copy");
         }
+        if self.verify == Verify::Seq {
+            f.push_str(" --verify seq");
+        }
+        f
     }
 }
 
@@ -292,6 +343,8 @@ mod tests {
             flavour: "shell".into(),
             wait: Wait::Block,
             capacity: 65536,
+            verify: Verify::Full,
+            zero_copy: false,
         }
     }
 
@@ -301,7 +354,8 @@ mod tests {
         let mut expected = vec![
             2, // mode = stream
             2, // wait = block
-            0, 0, // reserved
+            0, // verify = full
+            0, // zero-copy = no
             0, 0, 1, 0, // size = 65536
             0xa0, 0x86, 0x01, 0, 0, 0, 0, 0, // count = 100000
             0x10, 0x27, 0, 0, 0, 0, 0, 0, // warmup = 10000
@@ -340,6 +394,12 @@ mod tests {
         bad[0] = 9;
         let e = Hello::decode(&bad).unwrap_err().to_string();
         assert!(e.contains("mode 9"), "{e}");
+        let mut zc = sample();
+        (zc.verify, zc.zero_copy) = (Verify::Seq, true);
+        let zc_bytes = zc.encode();
+        assert_eq!(&zc_bytes[2..4], &[1, 1]);
+        assert_eq!(Hello::decode(&zc_bytes).unwrap(), zc);
+        assert!(zc.flags().ends_with("--zero-copy --verify seq"));
         let mut bad = bytes.clone();
         bad[32] = 200;
         let e = Hello::decode(&bad).unwrap_err().to_string();

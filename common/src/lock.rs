@@ -59,10 +59,12 @@ impl RoleLock {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
-                let who = if pid.is_empty() {
-                    "another process".to_string()
-                } else {
-                    format!("pid {pid}")
+                let who = match pid.parse::<i32>() {
+                    Ok(p) => match crate::peer::program_name(p) {
+                        Some(name) => format!("{name}, pid {p}"),
+                        None => format!("pid {p}"),
+                    },
+                    Err(_) => "another process".to_string(),
                 };
                 bail!(
                     "{what} already has a {role} ({who}, which holds {}): a pair has one reader and one writer, \

@@ -21,15 +21,21 @@ pub const DIR_ENV: &str = "IPC_STUDY_DIR";
 
 /// The runtime directory, created 0700 if missing and checked to be ours and private.
 pub fn runtime_dir() -> Result<PathBuf> {
-    let dir = match std::env::var_os(DIR_ENV) {
+    let dir = dir_path();
+    ensure_private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Where the runtime directory is, without creating or checking it (for `--help`, which
+/// shows default paths and must create nothing).
+pub fn dir_path() -> PathBuf {
+    match std::env::var_os(DIR_ENV) {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => match std::env::var_os("XDG_RUNTIME_DIR") {
             Some(x) if !x.is_empty() => Path::new(&x).join("ipc-study"),
             _ => PathBuf::from(format!("/tmp/ipc-study-{}", geteuid())),
         },
-    };
-    ensure_private_dir(&dir)?;
-    Ok(dir)
+    }
 }
 
 /// Creates `dir` with mode 0700 if it does not exist, then checks owner, type and mode.

@@ -166,6 +166,13 @@ pub struct Report {
     /// the Pongs; its reader checks the Pings).
     #[serde(default)]
     pub verified_by: String,
+    /// How much of each message was checked: `full` (or empty: every payload byte, by
+    /// checksum) or `seq` (sequence, session and length: `--verify seq`, payloads unread).
+    #[serde(default)]
+    pub verify: String,
+    /// The frames were built and read in place in a shared ring (`--zero-copy`).
+    #[serde(default)]
+    pub zero_copy: bool,
     /// `round_trip` (pingpong writer) or `one_way` (reader: its clock minus `sent_ns`).
     pub latency_kind: String,
     /// Latency quantiles; `null` when nothing was timed.
@@ -303,7 +310,9 @@ impl fmt::Display for LatencyNs {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.verified {
+        let verdict = if self.verified && self.verify == "seq" {
+            "sequence, session and length checked (payloads not read: --verify seq)"
+        } else if self.verified {
             "verified"
         } else if !self.checks_here() {
             "sent (the reader verifies them)"
@@ -323,8 +332,13 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{} {} ({} {}, wait: {}): {what}, {verdict}",
-            self.program, self.mode, self.mechanism, self.flavour, self.wait
+            "{} {} ({} {}, wait: {}{}): {what}, {verdict}",
+            self.program,
+            self.mode,
+            self.mechanism,
+            self.flavour,
+            self.wait,
+            if self.zero_copy { ", zero-copy" } else { "" }
         )?;
         if self.elapsed_ns > 0 {
             writeln!(

@@ -38,15 +38,34 @@
 //!
 //! # Records in the data area
 //!
-//! A frame ([`crate::frame`]: 40-byte header, then the payload) is stored at `head mod C`,
-//! and `head` advances by the frame's length rounded up to 64 bytes. So every frame starts
-//! on a cache line (no line is shared by a frame being read and the next being written),
-//! the 40-byte header never straddles the end of the area (`C` is a multiple of 64), and a
-//! payload that runs past the end **continues at offset 0**: it is split across the wrap
-//! and copied in two pieces. A split costs one extra `memcpy` call; a padding record would
-//! instead waste up to a whole frame of space and need a second record kind.
-//! A record may take at most half the area ([`max_record`]), so the producer can fill one
-//! half while the consumer drains the other.
+//! A record is stored at `head mod C`, and `head` advances by its length rounded up to 64
+//! bytes, so every record starts on a cache line (no line is shared by a record being read
+//! and the next being written):
+//!
+//! | record offset | size | what                                                          |
+//! |--------------:|-----:|---------------------------------------------------------------|
+//! |             0 |    8 | `stamp` ([`stamp`]): position and length, stored **last**      |
+//! |             8 |   40 | the frame header ([`crate::frame`])                           |
+//! |            48 |    n | the payload                                                   |
+//!
+//! **The stamp is how a record is published.** The producer writes the frame, then stores
+//! the stamp with Release; the consumer, which knows the position it expects next (its
+//! `tail`), polls the stamp at that position with Acquire and takes the record when it reads
+//! the stamp of position `tail`. So a spinning consumer polls the record's own first cache
+//! line, which is the line it must fetch anyway, instead of a separate index line and then
+//! the record (one cache-line transfer per message instead of two). A stamp also says how
+//! long the record is, which the frame's header must agree with. Positions only grow, so
+//! whatever an earlier lap left at that offset is not the stamp of `tail`. The
+//! producer also stores `head` after each record, for a consumer that sleeps (its futex
+//! word) and as a second opinion the consumer checks when a stamp is not what it expects.
+//!
+//! **A record never wraps.** When a record does not fit between `head` and the end of the
+//! area, the producer publishes a pad there (a stamp with [`PAD_BIT`] set: "skip to the
+//! start of the area") and stores the record at offset 0. So every frame lies in one piece
+//! of the area, which is what lets a side build or read a frame in place (`--zero-copy`:
+//! [`super::spsc::Loan`], [`super::spsc::Consumer::recv_in_place`]). A pad wastes the bytes
+//! to the end of the area, less than one record; a record may take at most half the area
+//! ([`max_record`]), so there is always room for a pad and a record once the area drains.
 //!
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -58,8 +77,38 @@ use super::Direction;
 
 /// `b"IPCSRING"` read as a little-endian `u64`: this region holds an ipc-study ring.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"IPCSRING");
-/// Version of the region layout. Bump it when an offset or a rule changes.
-pub const RING_VERSION: u32 = 2;
+/// Version of the region layout. Bump it when an offset or a rule changes. Version 3: every
+/// record starts with its stamp, and records never wrap (pads).
+pub const RING_VERSION: u32 = 3;
+/// Bytes of a record's stamp, before the frame.
+pub const STAMP_LEN: usize = 8;
+/// Set in a stamp: a pad, not a record; the consumer skips to the start of the area.
+pub const PAD_BIT: u64 = 1 << 63;
+/// Bits of a stamp that hold the record's position: `position / 64 + 1`, modulo 2^42 (a
+/// value repeats only after 2^48 bytes, 281 TB, have gone through the ring).
+const STAMP_POS_BITS: u32 = 42;
+/// Mask of the position part.
+const STAMP_POS_MASK: u64 = (1 << STAMP_POS_BITS) - 1;
+
+/// The stamp of a record (or, with `pad`, a pad) of `len` bytes at stream position `pos`:
+/// bit 63 pad, bits 42..63 `len / 64`, bits 0..42 `pos / 64 + 1`. Positions and lengths
+/// are multiples of 64, and a length is at most half of 256 MiB, so both fit.
+pub const fn stamp(pos: u64, len: u64, pad: bool) -> u64 {
+    let p = (pos / RECORD_ALIGN as u64 + 1) & STAMP_POS_MASK;
+    let l = (len / RECORD_ALIGN as u64) << STAMP_POS_BITS;
+    p | l | if pad { PAD_BIT } else { 0 }
+}
+
+/// Reads a stamp found where the record at `pos` should be: `Some((len, pad))` if it is
+/// that record's stamp (or its pad's), `None` if it is anything else (not yet published:
+/// what an earlier lap left there).
+pub const fn read_stamp(word: u64, pos: u64) -> Option<(u64, bool)> {
+    if word & STAMP_POS_MASK != (pos / RECORD_ALIGN as u64 + 1) & STAMP_POS_MASK {
+        return None;
+    }
+    let len = ((word & !PAD_BIT) >> STAMP_POS_BITS) * RECORD_ALIGN as u64;
+    Some((len, word & PAD_BIT != 0))
+}
 /// Bytes before the first data area: the header and the index lines, padded to a page.
 pub const HEADER_PAGE: usize = 4096;
 /// Every record starts at a multiple of this: one cache line.
@@ -212,12 +261,12 @@ pub const fn max_record(capacity: usize) -> usize {
 
 /// The largest payload a ring of `capacity` carries.
 pub fn max_payload(capacity: usize) -> usize {
-    (max_record(capacity) - HEADER_LEN).min(MAX_PAYLOAD)
+    (max_record(capacity) - STAMP_LEN - HEADER_LEN).min(MAX_PAYLOAD)
 }
 
-/// A frame's length in the ring: header + payload, rounded up to a cache line.
-pub(super) const fn record_len(payload_len: usize) -> usize {
-    (HEADER_LEN + payload_len).div_ceil(RECORD_ALIGN) * RECORD_ALIGN
+/// A record's length in the ring: stamp, header and payload, rounded up to a cache line.
+pub const fn record_len(payload_len: usize) -> usize {
+    (STAMP_LEN + HEADER_LEN + payload_len).div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
 /// Checks a capacity: a power of two within [`MIN_CAPACITY`]..=[`MAX_CAPACITY`].
@@ -255,8 +304,8 @@ pub fn check_size(size: usize, capacity: usize) -> Result<(), String> {
     if record_len(size) > max_record(capacity) {
         let need = (2 * record_len(size)).next_power_of_two().max(MIN_CAPACITY);
         return Err(format!(
-            "--size {size} does not fit --capacity {capacity}: a frame (40-byte header + payload, \
-             rounded up to 64 bytes) may take at most half the ring ({} bytes, so the writer fills one \
+            "--size {size} does not fit --capacity {capacity}: a record (8-byte stamp, 40-byte header \
+             and payload, rounded up to 64 bytes) may take at most half the ring ({} bytes, so the writer fills one \
              half while the reader drains the other), which allows at most {} payload bytes; use \
              --capacity {need} or more",
             max_record(capacity),

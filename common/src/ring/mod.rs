@@ -66,8 +66,8 @@ pub use crate::setup::{Role, Wait};
 pub use handshake::{judge, Verdict, SETUP_GRACE};
 pub use layout::{
     check_capacity, check_size, max_payload, max_record, offsets, parse_capacity, peek_header,
-    region_len, HeaderView, DEFAULT_CAPACITY, HEADER_PAGE, MAX_CAPACITY, MIN_CAPACITY,
-    RECORD_ALIGN, RING_MAGIC, RING_VERSION,
+    record_len, region_len, HeaderView, DEFAULT_CAPACITY, HEADER_PAGE, MAX_CAPACITY, MIN_CAPACITY,
+    PAD_BIT, RECORD_ALIGN, RING_MAGIC, RING_VERSION, STAMP_LEN,
 };
 pub use spsc::{Consumer, Producer, Reserved};
 pub use wait::{peer_gone, SLEEP_SLICE, SPIN_BEFORE_SLEEP};
@@ -283,6 +283,7 @@ impl Region {
             head: 0,
             tail_seen: 0,
             pacer: Pacer::new(opts, &self.inner),
+            full: None,
         })
     }
 
@@ -301,6 +302,7 @@ impl Region {
             max_payload: max_payload(cap),
             pacer: Pacer::new(opts, &self.inner),
             frame_len: 0,
+            lent: 0,
         })
     }
 

@@ -135,7 +135,7 @@ pub(super) struct Waiting {
     /// When the peer was last checked.
     checked: u64,
     /// Pause hints so far, to read the clock only every so often.
-    spins: u64,
+    pub(super) spins: u64,
     /// Adaptive: the spin budget is spent; sleep from now on.
     sleepy: bool,
 }
@@ -157,7 +157,24 @@ pub const AUDIT_EVERY: u64 = 1024;
 /// Spins between two clock reads: the clock costs ~20 ns, a pause hint ~10-40 ns.
 const SPINS_PER_CLOCK: u64 = 64;
 
+impl Waiting {
+    /// Whether the next pause sleeps (block, or adaptive past its spin budget).
+    pub(super) fn sleepy(&self) -> bool {
+        self.sleepy
+    }
+}
+
 impl Pacer {
+    /// Changes the wait strategy (a reader that follows the writer's Hello).
+    pub(super) fn set_wait(&mut self, wait: Wait) {
+        self.opts.wait = wait;
+    }
+
+    /// The wait strategy in use.
+    pub(super) fn wait(&self) -> Wait {
+        self.opts.wait
+    }
+
     /// A pacer for an endpoint of `region`; a header already complete is the one every
     /// audit compares with (else the first complete one an audit sees).
     pub(super) fn new(opts: EndOpts, region: &Inner) -> Pacer {

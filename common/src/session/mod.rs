@@ -54,7 +54,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use reader::{Action, ReaderSession, TextLine};
+pub use reader::{Action, InPlace, PongInPlace, ReaderSession, TextLine};
 pub use writer::{FrameBuf, Next, Outgoing, WriterSession};
 
 use std::process::ExitCode;

@@ -29,6 +29,76 @@ pub enum Action<'a> {
     Done,
 }
 
+/// What [`ReaderSession::on_frame_in_place`] says: an [`Action`] as usual (never
+/// [`Action::Echo`]), or a Ping to answer in place.
+#[derive(Debug)]
+pub enum InPlace<'a> {
+    /// What to do, as for a copied frame.
+    Action(Action<'a>),
+    /// A Ping: reserve a slot of [`PongInPlace::payload_len`] bytes on the way back,
+    /// [`PongInPlace::seal`] the Pong into it, publish it.
+    Answer(PongInPlace),
+}
+
+/// The answer to a Ping received in place: a Pong of the same length, session and
+/// sequence number, built where it will lie in the way-back ring.
+#[derive(Clone, Copy, Debug)]
+pub struct PongInPlace {
+    /// The Ping's header.
+    ping: Header,
+}
+
+impl PongInPlace {
+    /// The Pong's payload length: the Ping's.
+    pub fn payload_len(&self) -> usize {
+        self.ping.payload_len()
+    }
+
+    /// Writes the Pong into `frame` (header, then [`PongInPlace::payload_len`] bytes: a
+    /// slot lent by the ring): the sequence number in the payload's first 8 bytes, the
+    /// header with the Ping's session, seq, `sent_ns` and flags, and a checksum over the
+    /// payload as it lies (or the header only, as the Ping's flags say). The payload's other
+    /// bytes are not copied from the Ping: that copy is what zero-copy avoids, and the
+    /// writer checks a Pong's length, sequence number and checksum.
+    pub fn seal(&self, frame: &mut [u8]) -> Result<()> {
+        let len = self.payload_len();
+        if frame.len() != HEADER_LEN + len {
+            bail!(
+                "a {}-byte slot for a {}-byte Pong",
+                frame.len(),
+                HEADER_LEN + len
+            );
+        }
+        let n = len.min(8);
+        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(&self.ping.seq.to_le_bytes()[..n]);
+        let fields = Fields {
+            kind: Kind::Pong,
+            flags: self.ping.flags,
+            nonce: self.ping.nonce,
+            seq: self.ping.seq,
+            sent_ns: self.ping.sent_ns,
+        };
+        let header = encode_header(fields, &frame[HEADER_LEN..])?;
+        frame[..HEADER_LEN].copy_from_slice(&header);
+        Ok(())
+    }
+}
+
+/// What [`ReaderSession::accept`] decided (borrowing nothing, so the caller can then
+/// borrow the session for the [`Action`]).
+enum Accepted {
+    /// A Ping of this session, counted: answer it.
+    Ping,
+    /// The writer's first Hello.
+    Hello,
+    /// Nothing to do.
+    Continue,
+    /// Text mode: print the payload, which arrived this long after it was sent.
+    Print { seq: u64, latency_ns: u64 },
+    /// End arrived.
+    Done,
+}
+
 /// A text-mode message as the reader prints it: `#seq (N B, latency after it was sent): text`.
 #[derive(Debug)]
 pub struct TextLine<'a> {
@@ -157,57 +227,102 @@ impl ReaderSession {
     }
 
     /// Takes one received frame (checksum already checked by the decoder) and says what
-    /// to do. The clock is read here, for the one-way latency.
+    /// to do. The clock is read here, for the one-way latency (not for a Ping: in pingpong
+    /// the writer times the round trip, and the hop is kept free of clock reads it does
+    /// not report).
     pub fn on_frame<'a>(&'a mut self, h: &Header, payload: &'a [u8]) -> Result<Action<'a>> {
-        let now = now_ns();
+        match self.accept(h, payload)? {
+            Accepted::Ping => {
+                let pong = Fields {
+                    kind: Kind::Pong,
+                    flags: h.flags,
+                    nonce: h.nonce,
+                    seq: h.seq,
+                    sent_ns: h.sent_ns,
+                };
+                self.pong = encode_header(pong, payload)?;
+                Ok(Action::Echo(Outgoing {
+                    kind: Kind::Pong,
+                    header: &self.pong,
+                    payload,
+                    whole: None,
+                }))
+            }
+            other => Ok(self.action(other, payload)),
+        }
+    }
+
+    /// The [`Action`] for a decision other than a Ping.
+    fn action<'a>(&'a self, d: Accepted, payload: &'a [u8]) -> Action<'a> {
+        match d {
+            Accepted::Hello => match &self.hello {
+                Some(h) => Action::Hello(h),
+                None => Action::Continue,
+            },
+            Accepted::Print { seq, latency_ns } => Action::Print(TextLine {
+                seq,
+                latency_ns,
+                text: payload,
+            }),
+            Accepted::Done => Action::Done,
+            Accepted::Continue | Accepted::Ping => Action::Continue,
+        }
+    }
+
+    /// Zero-copy: as [`ReaderSession::on_frame`], for a frame read in place; a Ping is not
+    /// echoed from its payload but answered with a [`PongInPlace`], which the reader builds
+    /// in a slot lent by the way-back ring ([`PongInPlace::seal`]).
+    pub fn on_frame_in_place<'a>(
+        &'a mut self,
+        h: &Header,
+        payload: &'a [u8],
+    ) -> Result<InPlace<'a>> {
+        Ok(match self.accept(h, payload)? {
+            Accepted::Ping => InPlace::Answer(PongInPlace { ping: *h }),
+            other => InPlace::Action(self.action(other, payload)),
+        })
+    }
+
+    /// The checks and bookkeeping of one frame, for both ways of answering a Ping.
+    fn accept(&mut self, h: &Header, payload: &[u8]) -> Result<Accepted> {
         match self.session {
             _ if h.kind == Kind::Hello => return self.on_hello(h, payload),
             Some(s) if s == h.nonce => {}
             _ => {
                 // Before the Hello, or of another session: left by an earlier run.
                 self.report.stale_skipped += 1;
-                return Ok(Action::Continue);
+                return Ok(Accepted::Continue);
             }
         }
         match h.kind {
             Kind::Hello => unreachable!("handled above"),
-            Kind::End => return self.on_end(payload, h.seq, now),
+            Kind::End => {
+                self.on_end(payload, h.seq, now_ns())?;
+                return Ok(Accepted::Done);
+            }
             Kind::Pong => bail!(
                 "a reader does not expect a Pong (seq {}): is a second writer connected?",
                 h.seq
             ),
             Kind::Data | Kind::Ping => {}
         }
-        self.count(h, payload, now);
+        let now = self.count(h, payload);
         if h.kind == Kind::Ping {
-            let pong = Fields {
-                kind: Kind::Pong,
-                flags: h.flags,
-                nonce: h.nonce,
-                seq: h.seq,
-                sent_ns: h.sent_ns,
-            };
-            self.pong = encode_header(pong, payload)?;
-            return Ok(Action::Echo(Outgoing {
-                kind: Kind::Pong,
-                header: &self.pong,
-                payload,
-                whole: None,
-            }));
+            return Ok(Accepted::Ping);
         }
         if self.text {
-            return Ok(Action::Print(TextLine {
+            return Ok(Accepted::Print {
                 seq: h.seq,
                 latency_ns: now.saturating_sub(h.sent_ns),
-                text: payload,
-            }));
+            });
         }
-        Ok(Action::Continue)
+        Ok(Accepted::Continue)
     }
 
     /// The bookkeeping of one Data or Ping frame: sequence (a gap means lost messages, a
-    /// step back a repeat), content, warm-up or timed, one-way latency.
-    fn count(&mut self, h: &Header, payload: &[u8], now: u64) {
+    /// step back a repeat), content, warm-up or timed, one-way latency (Data only).
+    /// Returns the clock reading it took (0 for a Ping after the first timed one).
+    fn count(&mut self, h: &Header, payload: &[u8]) -> u64 {
         if h.seq != self.expected {
             if h.seq > self.expected {
                 self.missing += h.seq - self.expected;
@@ -226,22 +341,31 @@ impl ReaderSession {
         }
         if h.is_warmup() {
             self.warm += 1;
-        } else {
-            if self.t0.is_none() {
-                self.t0 = Some(now);
-                self.cpu0 = CpuTime::now();
-            }
-            self.timed += 1;
-            self.timed_bytes += payload.len() as u64;
-            self.lat.record(now.saturating_sub(h.sent_ns));
-            self.report.size_bytes = self.report.size_bytes.max(payload.len() as u64);
+            return 0;
         }
+        let ping = h.kind == Kind::Ping;
+        let now = if ping && self.t0.is_some() {
+            0
+        } else {
+            now_ns()
+        };
+        if self.t0.is_none() {
+            self.t0 = Some(now);
+            self.cpu0 = CpuTime::now();
+        }
+        self.timed += 1;
+        self.timed_bytes += payload.len() as u64;
+        if !ping {
+            self.lat.record(now.saturating_sub(h.sent_ns));
+        }
+        self.report.size_bytes = self.report.size_bytes.max(payload.len() as u64);
+        now
     }
 
     /// The writer's Hello: checked against this reader's flags, followed, narrated. A
     /// Hello of another session after the first one means the frames before it were left
     /// by an earlier run: they are discarded, and the new writer must run the same thing.
-    fn on_hello<'a>(&'a mut self, h: &Header, payload: &[u8]) -> Result<Action<'a>> {
+    fn on_hello(&mut self, h: &Header, payload: &[u8]) -> Result<Accepted> {
         let hello = Hello::decode(payload).context("the writer's Hello frame")?;
         if let Some(first) = &self.hello {
             if self.session == Some(h.nonce) {
@@ -266,7 +390,7 @@ impl ReaderSession {
                 session: Some(h.nonce),
                 ..ReaderSession::blank(self.text)
             };
-            return Ok(Action::Continue);
+            return Ok(Accepted::Continue);
         }
         self.expect.check(&hello)?;
         if self.expect.is_empty() {
@@ -276,8 +400,11 @@ impl ReaderSession {
         }
         self.text = hello.mode == Mode::Text;
         self.report.mode = hello.mode.as_str().into();
+        self.report.verify = hello.verify.as_str().into();
+        self.report.zero_copy = hello.zero_copy;
         self.session = Some(h.nonce);
-        Ok(Action::Hello(self.hello.insert(hello)))
+        self.hello = Some(hello);
+        Ok(Accepted::Hello)
     }
 
     /// A session with nothing received yet.
@@ -304,7 +431,7 @@ impl ReaderSession {
         }
     }
 
-    fn on_end(&mut self, payload: &[u8], seq: u64, now: u64) -> Result<Action<'static>> {
+    fn on_end(&mut self, payload: &[u8], seq: u64, now: u64) -> Result<()> {
         let claimed = parse_end(payload).context("End frame")?;
         let (received, bytes_all) = (self.received, self.bytes_all);
         let end_ok = claimed == (received, bytes_all) && seq == received;
@@ -334,7 +461,7 @@ impl ReaderSession {
         r.warmup = self.warm;
         r.latency_ns = self.lat.summary();
         r.set_rates(CpuTime::now().since(self.cpu0));
-        Ok(Action::Done)
+        Ok(())
     }
 
     /// The error for a writer that went away without End. `what` names the channel ("the

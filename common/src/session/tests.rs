@@ -238,7 +238,10 @@ fn reader_left_names_the_messages_sent() {
         assert!(matches!(session.next(&mut buf).unwrap(), Next::Send(_)));
     }
     let e = session.reader_left("closed the pipe").to_string();
-    assert_eq!(e, "reader closed the pipe after 3 messages; stopping");
+    assert!(
+        e.starts_with("reader closed the pipe after this writer sent 4 messages; stopping (a reader that refuses"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -398,4 +401,104 @@ fn a_second_hello_of_another_mode_is_refused() {
         e.contains("a second Hello arrived") && e.contains("--mode pingpong"),
         "{e}"
     );
+}
+
+/// Zero-copy pingpong, both sides in place: the writer builds each Ping in a slot, the
+/// reader answers it with a Pong sealed in another slot, and with `--verify seq` the
+/// checksum covers headers only: both reports say what was checked, never "verified".
+#[test]
+fn zero_copy_pingpong_in_place_checks_what_it_says() {
+    use crate::hello::Verify;
+    for verify in [Verify::Full, Verify::Seq] {
+        let s = setup(&[
+            "--mode", "pingpong", "--count", "20", "--size", "300", "--warmup", "2",
+        ]);
+        let mut w = WriterSession::new(&s).zero_copy(true).verify(verify);
+        let mut r = ReaderSession::new(&s);
+        let mut buf = FrameBuf::new();
+        let mut slot = vec![0xa5u8; HEADER_LEN + 300];
+        let mut back = vec![0x5au8; HEADER_LEN + 300];
+        loop {
+            if w.next_is_timed() {
+                let kind = w.next_in_place(&mut slot).unwrap();
+                assert_eq!(kind, crate::frame::Kind::Ping);
+                let (h, p) = parse(&slot);
+                assert_eq!(h.header_sum_only(), verify == Verify::Seq);
+                let InPlace::Answer(pong) = r.on_frame_in_place(&h, p).unwrap() else {
+                    panic!("a Ping is answered in place")
+                };
+                pong.seal(&mut back).unwrap();
+                let (h, p) = parse(&back);
+                assert_eq!(p[..8], h.seq.to_le_bytes());
+                assert_eq!(
+                    p[8], 0x5a,
+                    "the Pong's payload is built in place, not copied"
+                );
+                w.answer(&h, p).unwrap();
+                continue;
+            }
+            match w.next(&mut buf).unwrap() {
+                Next::Send(out) => {
+                    let f = out.to_vec();
+                    let (h, p) = parse(&f);
+                    let _ = r.on_frame_in_place(&h, p).unwrap();
+                }
+                Next::Done => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        let (wr, rr) = (w.finish(), r.finish());
+        assert!(wr.verified && rr.verified, "{wr:?} {rr:?}");
+        assert!(wr.zero_copy && rr.zero_copy);
+        assert_eq!((wr.count, rr.count), (20, 20));
+        let text = rr.to_string();
+        match verify {
+            Verify::Seq => {
+                assert_eq!(rr.verify, "seq");
+                assert!(
+                    text.contains("sequence, session and length checked")
+                        && !text.contains(", verified"),
+                    "{text}"
+                );
+            }
+            Verify::Full => assert!(text.contains(", verified"), "{text}"),
+        }
+        assert!(text.contains("zero-copy"), "{text}");
+    }
+}
+
+/// `--verify seq` leaves the payload out of the checksum, and only then: a changed payload
+/// byte (past the sequence number) passes with it and fails without it.
+#[test]
+fn a_header_only_checksum_ignores_the_payload_and_nothing_else() {
+    use crate::hello::Verify;
+    for verify in [Verify::Full, Verify::Seq] {
+        let s = setup(&[
+            "--mode", "stream", "--count", "3", "--size", "64", "--warmup", "0",
+        ]);
+        let mut w = WriterSession::new(&s).verify(verify);
+        let mut buf = FrameBuf::new();
+        let _hello = w.next(&mut buf).unwrap();
+        let Next::Send(out) = w.next(&mut buf).unwrap() else {
+            panic!()
+        };
+        let mut f = out.to_vec();
+        f[HEADER_LEN + 20] ^= 1;
+        let r = decode(&f, MAX_PAYLOAD);
+        assert_eq!(r.is_ok(), verify == Verify::Seq, "{verify:?}: {r:?}");
+        f[HEADER_LEN + 20] ^= 1;
+        f[16] ^= 1; // the seq field: covered either way
+        assert!(decode(&f, MAX_PAYLOAD).is_err());
+    }
+}
+
+/// A pingpong reader reads the clock once for the timed part, not once per Ping: the
+/// writer times the round trips, and the reader's report has no one-way latency.
+#[test]
+fn a_pingpong_reader_times_nothing_per_ping() {
+    let s = setup(&["--mode", "pingpong", "--count", "10", "--warmup", "0"]);
+    let (_, wire) = write_all(&s, b"");
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified && rr.latency_ns.is_none(), "{rr:?}");
+    assert_eq!(rr.count, 10);
 }

@@ -6,9 +6,10 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::cli::Mode;
 use crate::frame::{
-    encode_header, end_payload, Fields, Header, Kind, END_PAYLOAD_LEN, FLAG_WARMUP, HEADER_LEN,
+    encode_header, end_payload, Fields, Header, Kind, END_PAYLOAD_LEN, FLAG_HEADER_SUM,
+    FLAG_WARMUP, HEADER_LEN,
 };
-use crate::hello::Hello;
+use crate::hello::{Hello, Verify};
 use crate::setup::{Role, Setup};
 use crate::timing::{now_ns, CpuTime, Latency, Report};
 
@@ -106,11 +107,6 @@ impl FrameBuf {
     fn end_frame(&self) -> Outgoing<'_> {
         Outgoing::from_bytes(Kind::End, &self.end)
             .unwrap_or_else(|| unreachable!("end holds a header"))
-    }
-
-    /// The payload part of the data frame.
-    fn payload_mut(&mut self) -> &mut [u8] {
-        &mut self.data[HEADER_LEN..]
     }
 
     /// Makes the data frame's payload `payload` (its header is written by `encode`).
@@ -236,6 +232,22 @@ impl WriterSession {
         self
     }
 
+    /// `--verify seq`: timed frames carry a checksum of their header only, and the reader
+    /// checks sequence, session and length (the Hello says so, and both reports).
+    pub fn verify(mut self, v: Verify) -> WriterSession {
+        self.hello.verify = v;
+        self.report.verify = v.as_str().into();
+        self
+    }
+
+    /// `--zero-copy`: the frames are built in place in the shared ring (the Hello and both
+    /// reports say so; [`WriterSession::next_in_place`] does it).
+    pub fn zero_copy(mut self, on: bool) -> WriterSession {
+        self.hello.zero_copy = on;
+        self.report.zero_copy = on;
+        self
+    }
+
     /// What this writer's Hello says.
     pub fn hello(&self) -> &Hello {
         &self.hello
@@ -297,7 +309,7 @@ impl WriterSession {
             return Ok(Next::NeedLine);
         };
         buf.set_payload(&line);
-        self.encode(buf, Kind::Data, false)?;
+        self.encode(buf, Kind::Data)?;
         self.text_bytes += line.len() as u64;
         self.report.size_bytes = self.report.size_bytes.max(line.len() as u64);
         self.seq += 1;
@@ -316,30 +328,84 @@ impl WriterSession {
         if buf.data.len() != HEADER_LEN + self.size {
             buf.set_payload(&pattern(self.size));
         }
+        let kind = self.seal_timed(&mut buf.data)?;
+        Ok(Next::Send(buf.data_frame(kind)))
+    }
+
+    /// Whether the next frame is a timed Data or Ping of `--size` bytes: one that a
+    /// zero-copy writer builds in place with [`WriterSession::next_in_place`].
+    pub fn next_is_timed(&self) -> bool {
+        self.phase == Phase::Running
+            && self.mode != Mode::Text
+            && !self.awaiting
+            && self.seq < self.warmup + self.count
+    }
+
+    /// Zero-copy: builds the next timed frame in `frame` (header, then `--size` payload
+    /// bytes: a slot lent by the shared ring), when [`WriterSession::next_is_timed`]. Only
+    /// the header and the payload's first 8 bytes (the sequence number) are written; the
+    /// rest of the payload is what the slot holds, as the copying path re-sends one payload
+    /// buffer and changes only its first 8 bytes. The checksum covers the payload as it
+    /// lies (or only the header, with `--verify seq`). Returns the frame's kind.
+    pub fn next_in_place(&mut self, frame: &mut [u8]) -> Result<Kind> {
+        if !self.next_is_timed() {
+            bail!("next_in_place: the next frame is not a timed message");
+        }
+        if frame.len() != HEADER_LEN + self.size {
+            bail!(
+                "next_in_place: a {}-byte slot for a {}-byte frame",
+                frame.len(),
+                HEADER_LEN + self.size
+            );
+        }
+        self.seal_timed(frame)
+    }
+
+    /// The timed frame in `frame` (header + payload): sequence number into the payload,
+    /// the header (kind, warm-up flag, checksum) in front, the state moved on.
+    fn seal_timed(&mut self, frame: &mut [u8]) -> Result<Kind> {
         if self.seq == self.warmup {
             // The timed part starts with the first frame after the warm-up.
             self.t0 = now_ns();
             self.cpu0 = CpuTime::now();
         }
         let n = self.size.min(8);
-        buf.payload_mut()[..n].copy_from_slice(&self.seq.to_le_bytes()[..n]);
+        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(&self.seq.to_le_bytes()[..n]);
         let kind = if self.mode == Mode::Pingpong {
             self.awaiting = true;
             Kind::Ping
         } else {
             Kind::Data
         };
-        self.encode(buf, kind, self.seq < self.warmup)?;
+        let mut flags = if self.seq < self.warmup {
+            FLAG_WARMUP
+        } else {
+            0
+        };
+        if self.hello.verify == Verify::Seq {
+            flags |= FLAG_HEADER_SUM;
+        }
+        let fields = Fields {
+            kind,
+            flags,
+            nonce: self.nonce,
+            seq: self.seq,
+            sent_ns: now_ns(),
+        };
+        let header = encode_header(fields, &frame[HEADER_LEN..])?;
+        frame[..HEADER_LEN].copy_from_slice(&header);
+        self.last_seq = self.seq;
+        self.data_sent = true;
         if kind == Kind::Data {
             self.seq += 1;
         }
-        Ok(Next::Send(buf.data_frame(kind)))
+        Ok(kind)
     }
 
-    fn encode(&mut self, buf: &mut FrameBuf, kind: Kind, warmup: bool) -> Result<()> {
+    fn encode(&mut self, buf: &mut FrameBuf, kind: Kind) -> Result<()> {
         let fields = Fields {
             kind,
-            flags: if warmup { FLAG_WARMUP } else { 0 },
+            flags: 0,
             nonce: self.nonce,
             seq: self.seq,
             sent_ns: now_ns(),
@@ -425,21 +491,45 @@ impl WriterSession {
         Ok(())
     }
 
-    /// The error for a reader that went away: "reader {how} after N messages; stopping".
-    /// A reader that left before the first message may have refused this writer's Hello
-    /// (its own terminal says why), and the error says so.
+    /// The error for a reader that went away: "reader {how} after this writer sent N
+    /// messages; stopping". A reader that left before the first message (or, in pingpong,
+    /// before answering the first Ping) probably refused this writer's Hello, and the error
+    /// says so; a stream writer cannot tell (its messages are in the channel before the
+    /// reader reads the Hello), so it says where to look.
     pub fn reader_left(&self, how: &str) -> anyhow::Error {
-        if !self.data_sent && self.phase != Phase::Hello {
+        let before_any = if self.mode == Mode::Pingpong {
+            self.seq == 0
+        } else {
+            !self.data_sent
+        };
+        if before_any && self.phase != Phase::Hello {
             return anyhow!(
-                "reader {how} right after this writer's Hello ({}), before any message: \
+                "reader {how} right after this writer's Hello ({}), before any {}: \
                  if it refused these settings, its own output says why; stopping",
-                self.hello.flags()
+                self.hello.flags(),
+                if self.mode == Mode::Pingpong {
+                    "message was answered"
+                } else {
+                    "message"
+                }
             );
         }
-        let n = self.last_seq;
+        let (n, what) = if self.mode == Mode::Pingpong {
+            (
+                self.seq,
+                if self.seq == 1 {
+                    "round trip"
+                } else {
+                    "round trips"
+                },
+            )
+        } else {
+            let n = self.last_seq + 1;
+            (n, if n == 1 { "message" } else { "messages" })
+        };
         anyhow!(
-            "reader {how} after {n} {}; stopping",
-            if n == 1 { "message" } else { "messages" }
+            "reader {how} after this writer sent {n} {what}; stopping \
+             (a reader that refuses the writer's settings leaves at once: its own output says why)"
         )
     }
 
