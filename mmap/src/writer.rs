@@ -55,7 +55,7 @@ use clap::Parser;
 use common::cli::{MeetArgs, Mode, OutputArgs, Program, RunArgs};
 use common::frame::Kind;
 use common::narrate;
-use common::ring::{Direction, EndOpts, RingError, Role, Wait, RECORD_ALIGN};
+use common::ring::{Direction, EndOpts, RingError, Role, Wait};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::Setup;
 use common::stall::TELL_AFTER;
@@ -174,7 +174,7 @@ fn send_all(setup: &Setup, rf: &RingFile, opts: EndOpts, msync: &mut Msync) -> R
         match session.next(&mut frame)? {
             Next::Send(out) => {
                 if out.kind == Kind::Hello {
-                    hello = (out.len() as u64).next_multiple_of(RECORD_ALIGN as u64);
+                    hello = common::ring::record_len(out.payload.len()) as u64;
                 }
                 // 3. kill(pid, 0) and /proc/PID/stat: the reader exists and is the process
                 // that attached (same start time), not a later one that got its pid.

@@ -50,7 +50,7 @@ use clap::Parser;
 use common::cli::{MeetArgs, Mode, OutputArgs, Program, RunArgs};
 use common::frame::Kind;
 use common::narrate;
-use common::ring::{Consumer, Direction, Producer, RingError, Role, Wait, RECORD_ALIGN};
+use common::ring::{Consumer, Direction, Producer, RingError, Role, Wait};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Mechanism, Setup};
 use common::stall::TELL_AFTER;
@@ -172,7 +172,7 @@ fn send_frames(
         match session.next(&mut frame)? {
             Next::Send(out) => {
                 if out.kind == Kind::Hello {
-                    hello_bytes = (out.len() as u64).next_multiple_of(RECORD_ALIGN as u64);
+                    hello_bytes = common::ring::record_len(out.payload.len()) as u64;
                 }
                 // Text mode sends rarely: kill(pid, 0) and /proc/PID/stat say whether the
                 // reader still exists (and is the process that attached).

@@ -12,7 +12,7 @@ mod harness;
 use std::os::fd::AsRawFd;
 
 use common::frame::HEADER_LEN;
-use common::ring::{offsets, region_len, RECORD_ALIGN, RING_MAGIC};
+use common::ring::{offsets, region_len, RING_MAGIC, STAMP_LEN};
 use harness::{
     assert_verified, hello_record, indices, maps_of, pair, read_u32, read_u64, rmid, shm_stat,
     shmget, sysv_maps_name, the_mapping, try_shm_stat, LivePair, MapsLine, Scene,
@@ -25,10 +25,10 @@ use nix::sys::wait::{waitpid, WaitStatus};
 /// destruction and goes when the last process detaches.
 const SHM_DEST: libc::c_ushort = 0o1000;
 
-/// Bytes a text line of `len` bytes takes in a ring: the frame header plus the payload,
-/// rounded up to a cache line (`common::ring::layout`).
+/// Bytes a text line of `len` bytes takes in a ring: the record's stamp, the frame header
+/// and the payload, rounded up to a cache line (`common::ring::layout`).
 fn record_len(len: usize) -> u64 {
-    (HEADER_LEN + len).div_ceil(RECORD_ALIGN) as u64 * RECORD_ALIGN as u64
+    common::ring::record_len(len) as u64
 }
 
 /// The checks S1 makes on one process's mapping of the object: shared and writable, the
@@ -277,7 +277,8 @@ fn claim_s2_posix_shrink_under_a_pair_is_sigbus() {
     assert!(
         w.stderr.contains(&format!(
             "*** SIGBUS: shm-writer (pid {wpid}) touched byte {} of POSIX shared memory {kname} (ring 0's data area, writer to reader)",
-            offsets::data(0, 64 << 10) as u64 + hello_record("posix")
+            // The first byte the writer stores of a record is its frame's, after the stamp.
+            offsets::data(0, 64 << 10) as u64 + hello_record("posix") + STAMP_LEN as u64
         )) && w.stderr.contains(&format!(
             "The object is now 4096 bytes, and {} were mapped: another process shrank it",
             region_len(64 << 10)

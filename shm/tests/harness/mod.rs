@@ -151,7 +151,7 @@ impl LivePair {
 pub fn hello_record(flavour: &str) -> u64 {
     let payload =
         32 + (1 + "shm-writer".len()) + (1 + common::hello::VERSION.len()) + 1 + flavour.len();
-    (common::frame::HEADER_LEN + payload).div_ceil(64) as u64 * 64
+    common::ring::record_len(payload) as u64
 }
 
 /// One line of `/proc/<pid>/maps`: `start-end perms offset dev inode path`.
