@@ -420,6 +420,8 @@ fn hello(nonce: u64, size: u64, count: u64) -> Vec<u8> {
         flavour: "unix".into(),
         wait: common::setup::Wait::Block,
         capacity: 0,
+        verify: common::hello::Verify::Full,
+        zero_copy: false,
     };
     frame(Kind::Hello, nonce, 0, &h.encode())
 }
