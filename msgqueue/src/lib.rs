@@ -21,8 +21,9 @@
 //!   selection; it has priorities instead (0 to 32767, highest first). See [`typed`].
 //! - **M5** "many kinds of communication": one queue carries any number of senders and
 //!   receivers, related or not; pingpong here runs requests and replies over one System V
-//!   queue by giving them two types ([`types`]), and `--shared` ([`shared`]) runs several
-//!   writers and several readers on one queue at once: many to one, and dispatch by type,
+//!   queue by giving them two types ([`types`]; the Hello has a third), and `--shared`
+//!   ([`shared`]) runs several writers and several readers on one queue at once: many to
+//!   one, and dispatch by type,
 //!   each reader taking its own type, each message taken by exactly one `msgrcv`, the
 //!   queue removed by the last member to leave ([`members`]).
 //! - **M6** "limits": System V: `kernel.msgmax` (largest message), `kernel.msgmnb` (bytes in
@@ -39,8 +40,19 @@
 //!   A queue owned by another user is refused.
 //! - **Who is there** ([`pairfile`]). The same file records the writer and the reader, each
 //!   by pid *and start time* (so a pid reused by an unrelated process is not taken for a
-//!   killed side), with its state (`running`, `finished`), in two fixed slots; `cat` shows it.
-//!   Opening takes an exclusive `flock` on it, so the checks below never interleave.
+//!   killed side), with its state (`running`, `finished`, `refused`), in two fixed slots;
+//!   `cat` shows it. Opening takes an exclusive `flock` on it, so the checks below never
+//!   interleave.
+//! - **The Hello** ([`follow`]). The writer's first message says what it runs (mode, size,
+//!   count, warm-up, flavour, the queue's capacity). It has a type of its own (102,
+//!   [`types::HELLO`]; POSIX: the highest priority), so the reader asks for it first,
+//!   whatever else is queued, and only then knows what to ask `msgrcv` for (msgtyp 0,
+//!   -100 for pingpong, `--type T` in text mode). A reader with no mode flags follows it; a
+//!   reader flag that contradicts it is refused, naming both values and the fix, and the
+//!   reader marks its line `refused` so the writer names the cause too.
+//! - **The other flavour** ([`elsewhere`]). A System V and a POSIX queue of one `--name`
+//!   never meet; a side that waits for a peer says so when the other flavour's queue
+//!   exists, in its waiting line and in its timeout error.
 //! - **Stale messages.** A queue outlives a killed run, with its messages. The rule:
 //!   * the writer, when it opens, discards (and counts) every message already in the queue:
 //!     its session has not started, so they belong to an earlier one;
@@ -60,8 +72,8 @@
 //!   `mq_timedreceive`/`mq_timedsend` (100 ms slices) and checks the peer between them. The
 //!   same check ends a wait for a peer that never came (`--timeout`), and one on a live peer
 //!   that makes no progress for `--timeout`: a full queue nobody empties, and in stream and
-//!   pingpong every wait (text mode waits for a human). A System V queue removed by anyone else shows up as
-//!   `EIDRM` and is reported as such. A side that finds its peer dead removes the queue and
+//!   pingpong every wait (text mode waits for a human). A System V queue removed by anyone
+//!   else shows up as `EIDRM` and is reported as such. A side that finds its peer dead removes the queue and
 //!   the pair file: nobody will use them, and a `kill -9` of either side leaves nothing behind.
 //! - **Cleanup.** The reader removes the queue(s) and the file when done, on an error and on
 //!   Ctrl-C. A writer that created the queue removes it on an error or Ctrl-C unless a live
@@ -69,28 +81,33 @@
 //!   claims are taken the moment the queue exists, so a failure later in the rendezvous (a
 //!   full file system refusing the pair file's `pwrite`) leaves nothing behind.
 //! - **One of each.** The pair file records one writer and one reader: a second live
-//!   writer, or a second live reader, is refused and pointed to `--shared` (M5), which has
-//!   its own registry, key and rules ([`members`]).
+//!   writer, or a second live reader, is refused with the pid (and program) already there,
+//!   before it opens any queue, and pointed to `--shared` (M5), which has its own
+//!   registry, key and rules ([`members`]); each of its writers sends its own Hello.
 //!
 //! ## Module map
 //! | module | what it holds |
 //! |---|---|
 //! | [`writer`], [`reader`] | the two programs, top to bottom, each with its send/receive loop |
+//! | [`follow`] | the reader's first message: the writer's Hello, checked, followed, put back for a next typed reader |
 //! | this file | the shared flags, the message types, [`Tx`]/[`Rx`] (a queue and its message buffer), one message = one frame |
 //! | [`sysv`] | the System V wrappers (`msgget`, `msgsnd`, `msgrcv`, `msgctl`, `ftok`): where the `unsafe` is |
 //! | [`posix`] | the POSIX names and the one call nix lacks (`mq_timedsend`, the other `unsafe`) |
-//! | [`limits`] | M6: the kernel's limits, and the first full queue |
+//! | [`limits`] | M6: the kernel's limits (printed once), and the first full queue |
 //! | [`typed`] | M4 in text mode: `N: text` lines, `--type`, the typed reader |
 //! | [`shared`] | M5: `--shared`, several writers and typed readers on one queue at once, each with its own loop |
 //! | [`members`] | M5's registry: who uses a shared queue, and the last one out removes it (a first reading skips it) |
 //! | [`rendezvous`] | create-or-open, stale messages, ownership, cleanup (a first reading skips it) |
-//! | [`watch`] | the peer watch: who the peer is, whether it lives, what a wait does when it dies (a first reading skips it) |
+//! | [`watch`] | the peer watch: who the peer is, whether it lives, what a wait does when it dies, a long wait on a full queue (a first reading skips it) |
+//! | [`elsewhere`] | where to look (`ipcs -q`, `/dev/mqueue`), and a queue of the same name in the other flavour (a first reading skips it) |
 //! | [`pairfile`] | the pair file: the writer's and the reader's line, each a pid and its start time (a first reading skips it) |
 //!
 //! Man pages: msgget(2), msgsnd(2), msgrcv(2), msgctl(2), ftok(3), svipc(7),
 //! mq_overview(7), mq_open(3), mq_send(3), mq_timedsend(3), mq_receive(3), mq_getattr(3),
 //! mq_unlink(3).
 
+pub mod elsewhere;
+pub mod follow;
 pub mod limits;
 pub mod members;
 pub mod pairfile;
@@ -110,12 +127,20 @@ use common::setup::{Flavour, Mechanism, Setup, Wait};
 use nix::mqueue::MqdT;
 
 use crate::limits::Full;
-use crate::rendezvous::Queues;
+use crate::rendezvous::{OpenArgs, Queues};
 use crate::typed::Tagging;
 
 pub use limits::Limits;
 pub use posix::{posix_available, posix_names, posix_unlink};
 pub use sysv::{Message, QueueStat, SysvQueue};
+
+/// "1 message", "2 messages": a count as a line or a report says it.
+pub fn messages(n: u64) -> String {
+    match n {
+        1 => "1 message".into(),
+        n => format!("{n} messages"),
+    }
+}
 
 /// Default rendezvous name.
 pub const DEFAULT_NAME: &str = "msgqueue";
@@ -137,11 +162,19 @@ pub mod types {
     pub const END: i64 = 100;
     /// Pingpong replies; the writer asks for exactly this type.
     pub const REPLY: i64 = 101;
+    /// The writer's Hello, the first message of every session: the reader asks for exactly
+    /// this type first, whatever else is queued, and learns from it what to ask for next
+    /// (`follow.rs`).
+    pub const HELLO: i64 = 102;
+    /// The Hello's POSIX priority, the highest there is (`MQ_PRIO_MAX` - 1): `mq_receive`
+    /// always takes it before anything sent after it.
+    pub const HELLO_PRIORITY: u32 = 32767;
 
-    /// The fixed type of a frame kind: End, Pong (reply) and Ping (request). Data frames
-    /// have none: their type is the line's or `--type`'s ([`crate::typed::Tagging`]).
+    /// The fixed type of a frame kind: Hello, End, Pong (reply) and Ping (request). Data
+    /// frames have none: their type is the line's or `--type`'s ([`crate::typed::Tagging`]).
     pub fn of(kind: Kind) -> Option<i64> {
         match kind {
+            Kind::Hello => Some(HELLO),
             Kind::End => Some(END),
             Kind::Pong => Some(REPLY),
             Kind::Ping => Some(DATA),
@@ -226,6 +259,13 @@ impl Tx {
             Tx::Sysv { full, .. } | Tx::Posix { full, .. } => full,
         }
     }
+
+    /// How each frame gets its type or priority.
+    pub fn tags(&self) -> &Tagging {
+        match self {
+            Tx::Sysv { tags, .. } | Tx::Posix { tags, .. } => tags,
+        }
+    }
 }
 
 /// Where one side's frames come from: the queue, what to ask for, and the buffer each
@@ -289,26 +329,29 @@ pub fn writer_link(
     })
 }
 
-/// The reader's ways: frames in from the main queue by `msgtyp`; in pingpong, replies out
-/// as type 101 (System V) or on the `.back` queue (POSIX).
-pub fn reader_link(queues: Queues, msgtyp: i64, pingpong: bool) -> Result<(Rx, Option<Tx>)> {
-    Ok(match queues {
-        Queues::Sysv(q) => {
-            let rx = Rx::Sysv {
-                q,
-                msgtyp,
-                msg: Message::boxed(),
-            };
-            let tags = Tagging::replies(false);
-            (rx, pingpong.then(|| Tx::sysv(q, Full::new(false), tags)))
-        }
-        Queues::Posix { main, back, .. } => {
-            let tags = Tagging::replies(true);
-            let tx = back
-                .map(|q| Tx::posix(q, Full::new(false), tags))
-                .transpose()?;
-            (posix_rx(main)?, tx)
-        }
+/// The reader's way in: frames from the main queue by `msgtyp` (first [`types::HELLO`],
+/// then what the writer's mode needs: `follow.rs`).
+pub fn reader_rx(queues: Queues, msgtyp: i64) -> Result<Rx> {
+    match queues {
+        Queues::Sysv(q) => Ok(Rx::Sysv {
+            q,
+            msgtyp,
+            msg: Message::boxed(),
+        }),
+        Queues::Posix { main, .. } => posix_rx(main),
+    }
+}
+
+/// The reader's way back in pingpong: replies as type 101 on the same System V queue, or
+/// on the POSIX `.back` queue, opened now (the Hello said pingpong).
+pub fn reader_tx(rx: &Rx, a: &OpenArgs) -> Result<Tx> {
+    Ok(match rx {
+        Rx::Sysv { q, .. } => Tx::sysv(*q, Full::new(false), Tagging::replies(false)),
+        Rx::Posix { .. } => Tx::posix(
+            posix::open_back(a)?,
+            Full::new(false),
+            Tagging::replies(true),
+        )?,
     })
 }
 

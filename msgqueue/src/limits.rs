@@ -1,9 +1,10 @@
 //! M6: the kernel's limits on message queues, read from /proc/sys, and what a sender
 //! does when a queue is full.
 //!
-//! The programs print the limits at start, refuse a `--size` that cannot fit before any
-//! queue exists (naming the sysctl), and size a POSIX queue's messages from them. A full
-//! queue is noticed, narrated once and then waited for ([`Full`]).
+//! The programs print the limits once, at start, refuse a `--size` that cannot fit before
+//! any queue exists (naming the sysctl), and size a POSIX queue's messages from them. A
+//! full queue is noticed, narrated once and then waited for ([`Full`]); a long wait is
+//! narrated as it happens (`watch.rs`, with `common::stall`).
 
 use anyhow::{bail, Context, Result};
 use common::frame::HEADER_LEN;
@@ -174,24 +175,27 @@ impl Full {
         }
     }
 
-    /// msgsnd said EAGAIN.
-    pub(crate) fn sysv(&mut self, q: SysvQueue, peer: Role) -> Result<()> {
+    /// msgsnd said EAGAIN; `absent` says that no peer has come yet (and what the other
+    /// flavour has), for the narration.
+    pub(crate) fn sysv(&mut self, q: SysvQueue, peer: Role, absent: Option<String>) -> Result<()> {
         if self.nowait {
             let st = q.stat().ok();
             bail!(
-                "msgsnd IPC_NOWAIT: EAGAIN: the queue is full ({} messages, {} of {} bytes; kernel.msgmnb) and --nowait asked not to block (M6)",
-                st.map_or(0, |s| s.qnum), st.map_or(0, |s| s.cbytes), st.map_or(0, |s| s.qbytes)
+                "msgsnd IPC_NOWAIT: EAGAIN: the queue is full ({}, {} of {} bytes; kernel.msgmnb) and --nowait asked not to block (M6)",
+                crate::messages(st.map_or(0, |s| s.qnum)), st.map_or(0, |s| s.cbytes), st.map_or(0, |s| s.qbytes)
             );
         }
         self.seen = true;
         narrate!(
-            "the queue is full (msg_qbytes reached, M6): msgsnd blocks here until the {peer} takes a message, at most --timeout while it takes none (--nowait shows EAGAIN instead)"
+            "the queue is full (msg_qbytes reached, M6): msgsnd blocks here until the {peer} takes a message, at most --timeout while it takes none (--nowait shows EAGAIN instead){}",
+            absent.map(|a| format!("; {a}")).unwrap_or_default()
         );
         Ok(())
     }
 
-    /// mq_send said EAGAIN: from now on the descriptor blocks (mq_timedsend).
-    pub(crate) fn posix(&mut self, q: &MqdT, peer: Role) -> Result<()> {
+    /// mq_send said EAGAIN: from now on the descriptor blocks (mq_timedsend); `absent` as
+    /// for [`Full::sysv`].
+    pub(crate) fn posix(&mut self, q: &MqdT, peer: Role, absent: Option<String>) -> Result<()> {
         if self.nowait {
             let at = nix::mqueue::mq_getattr(q).ok();
             bail!(
@@ -201,7 +205,8 @@ impl Full {
         }
         self.seen = true;
         narrate!(
-            "the queue is full (mq_maxmsg messages, M6): mq_send blocks here until the {peer} takes one, at most --timeout while it takes none (--nowait shows EAGAIN instead)"
+            "the queue is full (mq_maxmsg messages, M6): mq_send blocks here until the {peer} takes one, at most --timeout while it takes none (--nowait shows EAGAIN instead){}",
+            absent.map(|a| format!("; {a}")).unwrap_or_default()
         );
         nix::mqueue::mq_remove_nonblock(q).context("mq_setattr (clear O_NONBLOCK)")?;
         Ok(())
@@ -238,12 +243,12 @@ mod tests {
         let (q, _) = SysvQueue::create_or_open(libc::IPC_PRIVATE).unwrap();
         let mut full = Full::new(false);
         assert_eq!(full.sysv_flags(), libc::IPC_NOWAIT);
-        full.sysv(q, Role::Reader).unwrap();
+        full.sysv(q, Role::Reader, None).unwrap();
         assert!(full.seen() && full.note().contains("at least once full"));
         assert_eq!(full.sysv_flags(), 0);
         // --nowait: the first full queue is the error, naming EAGAIN and the limit.
         let mut nowait = Full::new(true);
-        let e = nowait.sysv(q, Role::Reader).unwrap_err().to_string();
+        let e = nowait.sysv(q, Role::Reader, None).unwrap_err().to_string();
         assert!(e.contains("EAGAIN") && e.contains("kernel.msgmnb"), "{e}");
         assert_eq!(nowait.sysv_flags(), libc::IPC_NOWAIT);
         SysvQueue::remove(q.id).unwrap();

@@ -52,7 +52,7 @@ use common::peer::Identity;
 use common::setup::Role;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::rendezvous::{self, OpenArgs};
+use crate::rendezvous::OpenArgs;
 use crate::sysv::{Message, SysvQueue};
 
 /// Bytes per member line: the longest line (a 7-digit pid, `finished`, type 99, a
@@ -334,7 +334,7 @@ pub fn join(a: &OpenArgs, me: Member) -> Result<Joined> {
     }
     // Whatever fails from here on undoes what this join made (see undo_join).
     let (q, created) =
-        rendezvous::open_sysv(a, &path).inspect_err(|_| undo_join(&locked, &path, None))?;
+        crate::sysv::open_sysv(a, &path).inspect_err(|_| undo_join(&locked, &path, None))?;
     let (slot, stale, others) = record(&locked, &mut all, q, me, &path)
         .inspect_err(|_| undo_join(&locked, &path, Some((q, created))))?;
     Ok(Joined {
@@ -383,7 +383,7 @@ fn record(
             .drain(&mut Message::boxed())
             .context("msgrcv IPC_NOWAIT (discarding stale messages)")?;
         if stale > 0 || all.iter().any(Option::is_some) {
-            narrate!("no member of an earlier run is alive and no finished session waits: the registry starts afresh and the {stale} messages in the queue are stale, discarded");
+            narrate!("no member of an earlier run is alive and no finished session waits: the registry starts afresh and what the queue held is stale, discarded: {}", crate::messages(stale));
         }
         locked.file.set_len(0).context("truncating the registry")?;
         all.clear();
@@ -481,14 +481,18 @@ impl Membership {
             .collect();
         if qnum > 0 && !waiting.is_empty() {
             narrate!(
-                "left as {}, the last one running; the sessions of {} wait in the queue ({qnum} messages) for a reader (M1): leaving the queue (ipcs -q)",
+                "left as {}, the last one running; the sessions of {} wait in the queue ({}) for a reader (M1): leaving the queue (ipcs -q)",
                 state.as_str(),
-                waiting.join(", ")
+                waiting.join(", "),
+                crate::messages(qnum)
             );
             return Ok(());
         }
         if qnum > 0 {
-            narrate!("{qnum} messages remain that nobody will read (their writer or reader stopped without finishing)");
+            narrate!(
+                "{} left that nobody will read (their writer or reader stopped without finishing)",
+                crate::messages(qnum)
+            );
         }
         match SysvQueue::remove(self.q.id) {
             Err(e) if !crate::sysv::is_removed(&e) => {

@@ -11,7 +11,11 @@
 //! 22 of `/proc/<pid>/stat`): `common::peer::Identity`, so a pid reused by an unrelated
 //! process after the recorded one died is not taken for it ([`crate::watch`] judges).
 //! Opening takes an exclusive `flock` on the file ([`PairFile::lock`]) while a side checks
-//! the queue, so the two sides' checks never interleave.
+//! the queue, so the two sides' checks never interleave. A reader that refused the
+//! writer's Hello writes `reader 1240 refused start 81234570` before it removes the queue,
+//! and one that stops otherwise (Ctrl-C, an error) `reader 1240 left ...`, so the writer
+//! names the cause. [`peek`] reads a line without opening the pair: the
+//! other flavour's file, for a side that waits in vain (`elsewhere.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -36,6 +40,12 @@ pub enum Slot {
     Running(Identity),
     /// A process said it finished its part cleanly.
     Finished(Identity),
+    /// A reader refused the writer's Hello (a flag that contradicts it) and left: the
+    /// writer says so instead of "someone removed the queue".
+    Refused(Identity),
+    /// A reader stopped before the end (Ctrl-C, an error) and removed the queue: the
+    /// writer's call that fails with EIDRM then knows why.
+    Left(Identity),
 }
 
 /// The pair file, open read-write.
@@ -117,21 +127,7 @@ impl PairFile {
     pub fn read(&self, role: Role) -> Slot {
         let mut buf = [0u8; SLOT];
         let n = self.file.read_at(&mut buf, offset(role)).unwrap_or(0);
-        let line = String::from_utf8_lossy(&buf[..n]);
-        let line = line.lines().next().unwrap_or("");
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let Some(pid) = w.get(1).and_then(|p| p.parse().ok()) else {
-            return Slot::Empty;
-        };
-        let start = match (w.get(3), w.get(4)) {
-            (Some(&"start"), Some(t)) => t.parse().unwrap_or(0),
-            _ => 0,
-        };
-        match w.get(2) {
-            Some(&"running") => Slot::Running(Identity { pid, start }),
-            Some(&"finished") => Slot::Finished(Identity { pid, start }),
-            _ => Slot::Empty,
-        }
+        parse(&String::from_utf8_lossy(&buf[..n]))
     }
 
     /// Writes a slot (`pwrite`).
@@ -140,6 +136,8 @@ impl PairFile {
             Slot::Empty => format!("{role} - none"),
             Slot::Running(id) => format!("{role} {} running start {}", id.pid, id.start),
             Slot::Finished(id) => format!("{role} {} finished start {}", id.pid, id.start),
+            Slot::Refused(id) => format!("{role} {} refused start {}", id.pid, id.start),
+            Slot::Left(id) => format!("{role} {} left start {}", id.pid, id.start),
         };
         let mut buf = [b' '; SLOT];
         let n = text.len().min(SLOT - 1);
@@ -150,6 +148,37 @@ impl PairFile {
             .with_context(|| format!("pwrite of the {role} line to {}", self.path.display()))?;
         Ok(())
     }
+}
+
+/// One slot's text: `<role> <pid> <state> start <ticks>`; a line without the start time
+/// (an older pair file) reads as start 0.
+fn parse(text: &str) -> Slot {
+    let line = text.lines().next().unwrap_or("");
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let Some(pid) = w.get(1).and_then(|p| p.parse().ok()) else {
+        return Slot::Empty;
+    };
+    let start = match (w.get(3), w.get(4)) {
+        (Some(&"start"), Some(t)) => t.parse().unwrap_or(0),
+        _ => 0,
+    };
+    let id = Identity { pid, start };
+    match w.get(2) {
+        Some(&"running") => Slot::Running(id),
+        Some(&"finished") => Slot::Finished(id),
+        Some(&"refused") => Slot::Refused(id),
+        Some(&"left") => Slot::Left(id),
+        _ => Slot::Empty,
+    }
+}
+
+/// `role`'s slot of the pair file at `path`, read without creating or locking anything
+/// (a look at the other flavour's pair: `elsewhere.rs`); `None` if there is no such file.
+pub fn peek(path: &Path, role: Role) -> Option<Slot> {
+    let text = std::fs::read(path).ok()?;
+    let start = offset(role) as usize;
+    let slot = text.get(start..text.len().min(start + SLOT))?;
+    Some(parse(&String::from_utf8_lossy(slot)))
 }
 
 /// Where a role's slot starts in the pair file.
@@ -190,6 +219,13 @@ mod tests {
         p.write(Role::Reader, Slot::Finished(longest)).unwrap();
         assert_eq!(p.read(Role::Reader), Slot::Finished(longest));
         assert_eq!(p.read(Role::Writer), Slot::Running(w));
+        // A reader that refused the writer's Hello says so; a look from outside sees it.
+        p.write(Role::Reader, Slot::Refused(r)).unwrap();
+        assert_eq!(p.read(Role::Reader), Slot::Refused(r));
+        assert_eq!(peek(&d, Role::Reader), Some(Slot::Refused(r)));
+        assert_eq!(peek(&d, Role::Writer), Some(Slot::Running(w)));
+        p.write(Role::Reader, Slot::Left(r)).unwrap();
+        assert_eq!(p.read(Role::Reader), Slot::Left(r));
         // A line of an older pair file, with no start time, is judged by its pid alone.
         std::fs::write(&d, format!("{:<39}\n", "writer 42 running")).unwrap();
         assert_eq!(
@@ -197,5 +233,6 @@ mod tests {
             Slot::Running(Identity { pid: 42, start: 0 })
         );
         std::fs::remove_file(&d).unwrap();
+        assert_eq!(peek(&d, Role::Writer), None);
     }
 }

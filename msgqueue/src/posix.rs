@@ -158,6 +158,13 @@ pub fn open_pair(a: &OpenArgs) -> Result<(Queues, bool)> {
     Ok((Queues::Posix { main, back, names }, created))
 }
 
+/// The reader's `.back` queue for pingpong replies, opened (or created) once the writer's
+/// Hello said pingpong; its sending end is non-blocking, like every sender's.
+pub fn open_back(a: &OpenArgs) -> Result<MqdT> {
+    let back = posix_names(&a.name).1;
+    Ok(open_one(&back, a, MQ_OFlag::O_NONBLOCK)?.0)
+}
+
 /// `mq_open(3)` of one queue: `O_CREAT|O_EXCL` with mode 0600 and `a`'s size and depth,
 /// or, if it exists, the existing one; checked to be ours. Whether this call created it.
 fn open_one(name: &str, a: &OpenArgs, extra: MQ_OFlag) -> Result<(MqdT, bool)> {
@@ -184,11 +191,12 @@ fn open_one(name: &str, a: &OpenArgs, extra: MQ_OFlag) -> Result<(MqdT, bool)> {
     }
     let at = mq_getattr(&q).with_context(|| format!("mq_getattr {name}"))?;
     narrate!(
-        "mq_open {name}: {} (mode {perm:o}); mq_getattr: mq_maxmsg {}, mq_msgsize {}, mq_curmsgs {}",
+        "mq_open {name}: {} (mode {perm:o}); mq_getattr: mq_maxmsg {}, mq_msgsize {}, mq_curmsgs {} ({})",
         if created { "created" } else { "opened the existing queue" },
         at.maxmsg(),
         at.msgsize(),
-        at.curmsgs()
+        at.curmsgs(),
+        crate::elsewhere::look_posix(name)
     );
     Ok((q, created))
 }

@@ -1,6 +1,7 @@
 //! msgqueue-reader: receives messages from a System V (default) or POSIX (`--posix`) queue.
 //!
-//! Run it in two terminals (either one first):
+//! Run it in two terminals (either one first); it needs no mode flags, it follows the
+//! writer's Hello (`--mode`, `--size`, `--count`, `--warmup` here are checks on it):
 //! ```text
 //! msgqueue-writer                  |  msgqueue-reader              # every message, FIFO (M3)
 //! msgqueue-writer  (type "1: a", "2: b", "3: c", Ctrl-D)
@@ -8,6 +9,7 @@
 //!                                  |  msgqueue-reader --type -3    # lowest type <= 3 first
 //! msgqueue-writer --posix (type "0: low", "9: high", Ctrl-D)
 //!                                  |  msgqueue-reader --posix      # high comes out first
+//! msgqueue-writer --mode pingpong  |  msgqueue-reader              # follows: pingpong
 //! ```
 //! Text mode prints each message with its type (System V) or priority (POSIX), its sequence
 //! number, size and the time since it was sent; it is `typed.rs`'s job (M4: `--type T`
@@ -22,21 +24,24 @@
 //!    recorded writer was killed (`mq_timedreceive`); `pwrite` of this side's slot;
 //! 3. a watchdog thread that removes the queue if the writer dies (none for a typed reader,
 //!    which polls, nor for POSIX, whose calls time out);
-//! 4. the loop: one `msgrcv` per message, msgtyp 0 in stream mode and -100 in pingpong
+//! 4. the writer's Hello (`follow.rs`): one `msgrcv(msgtyp 102)` (`mq_timedreceive`: it has
+//!    the highest priority); a flag of this reader that contradicts it: `pwrite` of
+//!    "refused" to the pair file, and step 6; pingpong on POSIX: `mq_open` of `.back`;
+//! 5. the loop: one `msgrcv` per message, msgtyp 0 in stream mode and -100 in pingpong
 //!    (`mq_timedreceive` in 100 ms slices); in pingpong one `msgsnd` of each reply as type
 //!    101 (`mq_send` on `.back`). Text mode's loop, with `--type`, is `typed.rs`'s;
-//! 5. `msgctl(IPC_RMID)` (`mq_unlink` of both queues), and `unlink` of the pair file.
+//! 6. `msgctl(IPC_RMID)` (`mq_unlink` of both queues), and `unlink` of the pair file.
 //!
 //! Start order: either. Cleanup: this program removes the queue(s) and the pair file when
 //! done, on an error and on Ctrl-C; a typed reader leaves the queue if messages of other
-//! types remain, for another reader (which removes it).
+//! types remain, for another reader (which removes it), with the Hello put back.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
 use common::cleanup::Owned;
-use common::cli::{CommonArgs, Mode};
+use common::cli::{ExpectArgs, MeetArgs, Mode, OutputArgs, Program};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
 use common::setup::{Role, Setup};
@@ -48,7 +53,7 @@ use crate::limits::Limits;
 use crate::rendezvous::{self, OpenArgs};
 use crate::sysv;
 use crate::watch::PeerWatch;
-use crate::{frame_of, posix, typed, types, QueueArgs, Rx, Tx};
+use crate::{follow, frame_of, posix, typed, types, QueueArgs, Rx, Tx};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "msgqueue-reader";
@@ -58,12 +63,18 @@ pub const PROGRAM: &str = "msgqueue-reader";
 #[command(
     name = PROGRAM,
     about = "Receive messages from a System V or POSIX message queue (claims M1-M6).",
-    after_help = "Examples:\n  msgqueue-reader\n  msgqueue-reader --type 2      (only type 2, M4)\n  msgqueue-reader --type -3     (lowest type <= 3 first)\n  msgqueue-reader --posix\n  msgqueue-reader --shared --type 1 --writers 2   (M5: type 1, from two writers)"
+    after_help = "Examples:\n  msgqueue-reader               (follows the writer: text, stream or pingpong)\n  msgqueue-reader --mode stream (the same, and refuses a writer in another mode)\n  msgqueue-reader --type 2      (only type 2, M4)\n  msgqueue-reader --type -3     (lowest type <= 3 first)\n  msgqueue-reader --posix\n  msgqueue-reader --shared --type 1 --writers 2   (M5: type 1, from two writers)"
 )]
 pub struct Args {
+    /// Checks on the writer's Hello: --mode --count --size --warmup.
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub run: ExpectArgs,
 
+    /// --name --timeout.
+    #[command(flatten)]
+    pub meet: MeetArgs,
+
+    /// --posix --key --shared.
     #[command(flatten)]
     pub queue: QueueArgs,
 
@@ -75,17 +86,22 @@ pub struct Args {
     /// --shared: how many writers' sessions of this --type to take before finishing (M5).
     #[arg(long, value_name = "N", requires = "shared", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub writers: Option<u64>,
+
+    /// --json --quiet.
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
-common::program!(Args);
+common::program!(Args, name = crate::DEFAULT_NAME);
 
-/// The program: check flags, show the limits, open the queue, receive, remove it, report.
+/// The program: check flags, show the limits, open the queue, follow the writer's Hello,
+/// receive, remove the queue, report.
 pub fn run(args: Args) -> Result<ExitCode> {
     // M5: several writers and readers on one queue at once is shared.rs's program.
     if args.queue.shared {
         return crate::shared::read(&args);
     }
-    let (c, posix) = (&args.common, args.queue.posix);
+    let (c, posix) = (&args.common(), args.queue.posix);
     // Flags first, before anything exists: --type is msgrcv's msgtyp (typed.rs).
     let msgtyp = typed::msgtyp(&args.queue, c.mode, args.mtype)?;
     // 1. The limits (M6).
@@ -93,51 +109,55 @@ pub fn run(args: Args) -> Result<ExitCode> {
     limits.narrate(posix);
     // 2. Create or open the queue and judge what is already in it (rendezvous.rs). The
     // reader owns the queue from now on: removed when done, on an error, on Ctrl-C.
-    let mut opened = rendezvous::open(&OpenArgs::new(Role::Reader, &args.queue, c, &limits))?;
+    let how = OpenArgs::new(Role::Reader, &args.queue, c, &limits);
+    let mut opened = rendezvous::open(&how)?;
     let owned = rendezvous::reader_owns(&mut opened);
-    let (setup, watch) = (crate::setup(PROGRAM, posix, c, &limits), &opened.watch);
-    let mut notes = [opened.notes, limits.describe(posix)].concat();
-    if opened.waiting > 0 {
-        let n = opened.waiting;
-        notes.push(format!(
-            "{n} messages were already waiting when this reader started (M1)"
-        ));
-    }
+    let (mut setup, watch) = (crate::setup(PROGRAM, posix, c, &limits), &opened.watch);
     // A typed reader before us took some messages (M4): End's totals cannot match here.
-    let shared = opened.earlier_reader.is_some();
-    if let Some(pid) = opened.earlier_reader {
-        narrate!("reader pid {pid} read this queue before and left what it did not select (M4)");
-    }
+    let (notes, shared) = (opened.notes, opened.earlier_reader.is_some());
     // 3. msgrcv has no timeout: a watchdog thread removes the queue if the writer dies,
     // which wakes msgrcv with EIDRM (watch.rs). A typed reader polls instead (typed.rs),
     // and POSIX waits in timed calls.
-    let _watchdog = if posix || msgtyp != 0 {
-        None
-    } else {
-        Some(watch.watchdog()?)
-    };
-    // Pingpong asks for msgtyp -100: requests (1) and End (100), never the replies (101).
-    let pingpong = c.mode == Mode::Pingpong;
-    let msgtyp = if pingpong { -types::END } else { msgtyp };
-    let (rx, tx) = crate::reader_link(opened.queues, msgtyp, pingpong)?;
-    let outcome = match c.mode {
+    let _watchdog = (!posix && msgtyp == 0)
+        .then(|| watch.watchdog())
+        .transpose()?;
+    // 4. The writer's Hello says what it runs (follow.rs); this reader follows it.
+    let mut rx = crate::reader_rx(opened.queues, types::HELLO)?;
+    let mut session = ReaderSession::new(&setup);
+    let hello = follow::receive(&mut rx, &mut session, watch, msgtyp, setup.max_payload)?;
+    setup.follow(&hello.hello);
+    watch.set_bounded(setup.mode() != Mode::Text);
+    // The mode chooses msgtyp (M4): stream 0, text --type (0: any), pingpong -100:
+    // requests (1) and End (100), never the replies (101), which go back on the same
+    // queue (POSIX: on .back, opened now).
+    let pingpong = setup.mode() == Mode::Pingpong;
+    if let Rx::Sysv { msgtyp: t, .. } = &mut rx {
+        *t = if pingpong { -types::END } else { msgtyp };
+    }
+    let tx = pingpong.then(|| crate::reader_tx(&rx, &how)).transpose()?;
+    let outcome = match setup.mode() {
         // Text mode, where types and priorities pick what is printed (M4), is typed.rs's.
-        Mode::Text => typed::read(&setup, rx, watch, shared),
-        _ => receive_all(rx, tx, &setup, watch).map(|report| (report, 0)),
+        Mode::Text => typed::read(&setup, rx, watch, shared, &hello),
+        _ => receive_all(rx, tx, session, &setup, watch).map(|report| (report, 0)),
     };
     finish(outcome, watch, owned, opened.stale, notes, c.json)
 }
 
-/// Step 4, the loop: one `msgrcv` (`mq_timedreceive`) per message; in pingpong one
-/// `msgsnd` (`mq_send`) of each reply.
-fn receive_all(mut rx: Rx, mut tx: Option<Tx>, setup: &Setup, watch: &PeerWatch) -> Result<Report> {
+/// Step 5, the loop: one `msgrcv` (`mq_timedreceive`) per message; in pingpong one
+/// `msgsnd` (`mq_send`) of each reply. `session` has taken the Hello.
+fn receive_all(
+    mut rx: Rx,
+    mut tx: Option<Tx>,
+    mut session: ReaderSession,
+    setup: &Setup,
+    watch: &PeerWatch,
+) -> Result<Report> {
     let (end, req, rep) = (types::END, types::DATA, types::REPLY);
     match rx {
         Rx::Sysv { msgtyp: 0, .. } => narrate!("waiting in msgrcv(msgtyp 0): blocks until the writer's msgsnd; a watchdog checks every 100 ms that the writer lives"),
         Rx::Sysv { .. } => narrate!("pingpong on one queue (M4): waiting in msgrcv(msgtyp -{end}), which takes requests (type {req}) and End ({end}), never replies (type {rep}), which this reader sends back"),
         Rx::Posix { .. } => narrate!("waiting in mq_timedreceive (100 ms slices, checking the writer between them): the highest priority comes out first, FIFO within a priority (M3)"),
     }
-    let mut session = ReaderSession::new(setup);
     loop {
         let got = match &mut rx {
             // msgrcv(2): sleeps until a message of msgtyp is queued, then takes it whole (M2).
@@ -151,7 +171,8 @@ fn receive_all(mut rx: Rx, mut tx: Option<Tx>, setup: &Setup, watch: &PeerWatch)
         let n = got.ok_or_else(|| session.writer_left("the queue", None))?;
         let (header, payload) = frame_of(rx.text(n), setup.max_payload)?;
         let pong = match session.on_frame(&header, payload)? {
-            Action::Continue | Action::Print(_) => continue,
+            // The Hello was taken in step 4; a text line cannot come in these modes.
+            Action::Hello(_) | Action::Continue | Action::Print(_) => continue,
             Action::Echo(pong) => pong,
             Action::Done => return Ok(session.finish()),
         };
@@ -179,7 +200,7 @@ fn receive_all(mut rx: Rx, mut tx: Option<Tx>, setup: &Setup, watch: &PeerWatch)
     }
 }
 
-/// Step 5: the queue(s) and the pair file are removed (`msgctl(IPC_RMID)` or `mq_unlink`,
+/// Step 6: the queue(s) and the pair file are removed (`msgctl(IPC_RMID)` or `mq_unlink`,
 /// and `unlink`), unless a typed reader leaves them for another reader (M4); the report.
 fn finish(
     outcome: Result<(Report, u64)>,
@@ -197,6 +218,8 @@ fn finish(
     if left > 0 {
         notes.push(typed::leave_for_another_reader(left, watch, owned)?);
     } else {
+        // "finished", not "left": the writer is done, and nothing went missing.
+        watch.mark_finished()?;
         owned.remove()?;
     }
     report.stale_skipped += stale;

@@ -43,7 +43,7 @@ use nix::fcntl::Flock;
 use nix::mqueue::{mq_getattr, MqdT};
 
 use crate::posix::posix_unlink;
-use crate::sysv::{ftok, is_removed, Message, SysvQueue};
+use crate::sysv::{is_removed, Message, SysvQueue};
 use crate::watch::{not_alive, PeerWatch, Slot};
 use crate::{Limits, QueueArgs, DEFAULT_NAME};
 
@@ -78,7 +78,8 @@ pub struct OpenArgs {
     pub name: String,
     /// `--key`: a System V key instead of ftok.
     pub key: Option<key_t>,
-    /// Pingpong needs the POSIX reply queue.
+    /// A pingpong writer needs the POSIX reply queue now (a reader opens it once the
+    /// writer's Hello said pingpong: [`crate::reader_tx`]).
     pub pingpong: bool,
     /// A POSIX queue is created for messages of this many bytes (frame included).
     pub msgsize: usize,
@@ -87,25 +88,27 @@ pub struct OpenArgs {
     /// `--timeout`: how long a wait gives a peer that has not shown up.
     pub timeout: Duration,
     /// Stream and pingpong: `--timeout` also ends a wait on a live peer that makes no
-    /// progress (text mode waits for a human).
+    /// progress (text mode waits for a human). A reader's first wait, for the Hello, is
+    /// bounded too: a running writer sends it at once; then the Hello's mode decides.
     pub bounded: bool,
 }
 
 impl OpenArgs {
     /// What `role` asks for, from its flags and the limits: a POSIX queue is created for the
-    /// largest frame that fits and at most 10 messages.
+    /// largest frame that fits and at most 10 messages. A reader's mode is not known yet
+    /// (the writer's Hello says it), so only a writer's counts here.
     pub fn new(role: Role, q: &QueueArgs, c: &CommonArgs, limits: &Limits) -> OpenArgs {
-        let posix = q.posix;
+        let (posix, writer) = (q.posix, role == Role::Writer);
         OpenArgs {
             role,
             posix,
             name: c.name_or(DEFAULT_NAME).to_string(),
             key: q.key,
-            pingpong: c.mode == common::cli::Mode::Pingpong,
+            pingpong: writer && c.mode == common::cli::Mode::Pingpong,
             msgsize: limits.max_frame(posix).0,
             maxmsg: limits.mq_msg_max.clamp(1, 10),
             timeout: c.timeout,
-            bounded: c.mode != common::cli::Mode::Text,
+            bounded: !writer || c.mode != common::cli::Mode::Text,
         }
     }
 }
@@ -138,6 +141,9 @@ pub struct Opened {
     pub stale: u64,
     /// Messages already waiting that belong to this session (the writer started first).
     pub waiting: u64,
+    /// Bytes the queue holds (System V `msg_qbytes`; POSIX `mq_maxmsg` x `mq_msgsize`),
+    /// for the writer's Hello.
+    pub capacity: u64,
     /// Facts for the report.
     pub notes: Vec<String>,
     /// A reader that finished before this one and left messages of other types (M4).
@@ -211,7 +217,7 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
     let (queues, created) = if a.posix {
         crate::posix::open_pair(a)?
     } else {
-        let (q, created) = open_sysv(a, &path)?;
+        let (q, created) = crate::sysv::open_sysv(a, &path)?;
         (Queues::Sysv(q), created)
     };
     let mut opened = Opened {
@@ -220,6 +226,7 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
         created,
         stale: 0,
         waiting: 0,
+        capacity: 0,
         notes: Vec::new(),
         earlier_reader,
         owned: None,
@@ -234,6 +241,7 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
     if let Some(c) = file_claim.take_if(|_| opened.owned.is_some()) {
         c.release();
     }
+    opened.capacity = capacity(&opened.queues)?;
     judge_queued(&mut opened, a.role)?;
     forget_dead_peer(&opened.watch, a.role)?;
     opened.watch.write(a.role, Slot::Running(me))?;
@@ -253,7 +261,9 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
 /// removed it while this one waited for the lock (a lock on a removed file guards nothing).
 fn open_pair_file(a: &OpenArgs, path: &Path) -> Result<(Arc<PeerWatch>, Flock<std::fs::File>)> {
     loop {
-        let watch = PeerWatch::open(path, a.role, a.timeout)?.bounded(a.bounded);
+        let watch = PeerWatch::open(path, a.role, a.timeout)?
+            .bounded(a.bounded)
+            .named(&a.name, a.posix);
         let watch = Arc::new(watch);
         narrate!(
             "pair file {}: flock while checking the queue, so writer and reader never check at the same time",
@@ -275,13 +285,18 @@ fn open_pair_file(a: &OpenArgs, path: &Path) -> Result<(Arc<PeerWatch>, Flock<st
 /// finished before this one (it may have left messages of other types, M4).
 fn check_role(watch: &PeerWatch, role: Role, me: Identity) -> Result<Option<i32>> {
     match watch.read(role) {
-        Slot::Finished(id) if role == Role::Reader && id.pid != me.pid => Ok(Some(id.pid)),
+        Slot::Finished(id) if role == Role::Reader && id.pid != me.pid => {
+            let pid = id.pid;
+            narrate!("reader pid {pid} read this queue before and left what it did not select (M4)");
+            Ok(Some(pid))
+        }
         // One writer and one reader at a time: two readers at once would remove the
         // queue under each other, and a second writer would mix two sessions. Several of
         // each is the shared mode's (M5), with its own registry and queue.
         Slot::Running(id) if id.pid != me.pid && id.alive() => bail!(
-            "another {role} (pid {}) is using this queue ({}); wait for it, pick another --name, or run every writer and reader with --shared (several of each at once, M5)",
+            "another {role} (pid {}{}) is using this queue ({}): a pair has one writer and one reader; wait for it, pick another --name, or run every writer and reader with --shared (several of each at once, M5)",
             id.pid,
+            common::peer::program_name(id.pid).map(|p| format!(", {p}")).unwrap_or_default(),
             watch.path().display()
         ),
         Slot::Running(id) if id.pid != me.pid => {
@@ -320,7 +335,14 @@ fn judge_queued(o: &mut Opened, role: Role) -> Result<()> {
     };
     if let Some(why) = keep {
         o.waiting = queued;
-        narrate!("{queued} messages are already waiting in the queue, {why}");
+        let (n, are, were) = match queued {
+            1 => (crate::messages(1), "is", "was"),
+            q => (crate::messages(q), "are", "were"),
+        };
+        narrate!("{n} {are} already waiting in the queue, {why}");
+        o.notes.push(format!(
+            "{n} {were} already waiting when this reader started (M1)"
+        ));
         return Ok(());
     }
     o.stale = drain(&o.queues)?;
@@ -335,8 +357,8 @@ fn judge_queued(o: &mut Opened, role: Role) -> Result<()> {
         _ => "an earlier run".to_string(),
     };
     narrate!(
-        "the queue held {} messages left by {whose}: stale; discarded them before this session starts",
-        o.stale
+        "the queue held {} left by {whose}: stale; discarded them before this session starts",
+        crate::messages(o.stale)
     );
     o.notes.push(format!(
         "{} stale messages of an earlier run discarded",
@@ -346,20 +368,22 @@ fn judge_queued(o: &mut Opened, role: Role) -> Result<()> {
 }
 
 /// Step 6: a peer recorded as running but gone (no such process, or its pid now names
-/// another process) is history: clear its slot so nobody waits on it.
+/// another process) is history: clear its slot so nobody waits on it. So is a reader that
+/// refused or left an earlier writer (its pair file outlived it): it is not this pair's.
 fn forget_dead_peer(watch: &PeerWatch, role: Role) -> Result<()> {
-    if let Slot::Running(id) = watch.read(role.peer()) {
-        if !id.alive() {
+    match watch.read(role.peer()) {
+        Slot::Running(id) if !id.alive() => {
             narrate!(
                 "the pair file names {} pid {} as running, but {}: forgetting it",
                 role.peer(),
                 id.pid,
                 not_alive(id)
             );
-            watch.write(role.peer(), Slot::Empty)?;
+            watch.write(role.peer(), Slot::Empty)
         }
+        Slot::Refused(_) | Slot::Left(_) => watch.write(role.peer(), Slot::Empty),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The writer's claim on a queue it created (taken by [`open`] as soon as the queue
@@ -400,11 +424,20 @@ fn writer_claim(o: &Opened) -> Option<Owned> {
     }))
 }
 
+/// The reader's claim: before it removes the queue, its line says `left` (unless it says
+/// `refused`, or `finished` on the clean way out), so a writer woken by EIDRM knows why
+/// the queue went.
 fn reader_claim(o: &Opened) -> Owned {
-    let (ids, p) = (o.ids(), o.watch.path().to_path_buf());
+    let (ids, watch) = (o.ids(), Arc::clone(&o.watch));
+    let p = watch.path().to_path_buf();
     common::cleanup::own(
         format!("the queue ({}) and {}", ids.describe(), p.display()),
-        move || ids.remove(&p),
+        move || {
+            if let Slot::Running(_) = watch.read(Role::Reader) {
+                let _ = watch.write(Role::Reader, Slot::Left(Identity::me()));
+            }
+            ids.remove(&p)
+        },
     )
 }
 
@@ -416,57 +449,15 @@ fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The System V queue of `path` (its `ftok` key, or `--key`): created or opened, and
-/// checked to be ours. Also the shared queue's (M5, `members.rs`).
-pub(crate) fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(SysvQueue, bool)> {
-    let key = match a.key {
-        Some(k) => {
-            narrate!("System V key {k:#x} from --key");
-            k
+/// Bytes the main queue holds: `msg_qbytes`, or `mq_maxmsg` x `mq_msgsize`.
+fn capacity(q: &Queues) -> Result<u64> {
+    Ok(match q {
+        Queues::Sysv(s) => s.stat().context("msgctl IPC_STAT")?.qbytes,
+        Queues::Posix { main, .. } => {
+            let at = mq_getattr(main).context("mq_getattr")?;
+            (at.maxmsg() * at.msgsize()) as u64
         }
-        None => {
-            let k = ftok(path, b'M')?;
-            narrate!(
-                "System V key {k:#x} = ftok({}, 'M'): from the file's device and inode numbers",
-                path.display()
-            );
-            k
-        }
-    };
-    let (q, created) = SysvQueue::create_or_open(key)?;
-    let st = match q.stat() {
-        Ok(st) => st,
-        Err(e) => {
-            // A queue this call just created is not left behind for a failed check.
-            if created {
-                let _ = SysvQueue::remove(q.id);
-            }
-            return Err(e).with_context(|| format!("msgctl IPC_STAT queue {}", q.id));
-        }
-    };
-    let me = nix::unistd::geteuid().as_raw();
-    if st.uid != me || st.cuid != me {
-        bail!(
-            "System V queue key {key:#x} (msqid {}) belongs to uid {} (created by uid {}), not to you (uid {me}): refusing to use another user's queue",
-            q.id, st.uid, st.cuid
-        );
-    }
-    if created {
-        narrate!(
-            "msgget(key {key:#x}, IPC_CREAT|IPC_EXCL|0600) created queue msqid {} (ipcs -q lists it)",
-            q.id
-        );
-    } else {
-        narrate!(
-            "msgget(key {key:#x}, 0) opened the existing queue msqid {} (mode {:o}, {} messages, {} bytes; last msgsnd by pid {}, last msgrcv by pid {})",
-            q.id, st.mode & 0o777, st.qnum, st.cbytes, st.lspid, st.lrpid
-        );
-    }
-    narrate!(
-        "the queue holds at most {} bytes (msg_qbytes, from kernel.msgmnb): a msgsnd that does not fit blocks (M6)",
-        st.qbytes
-    );
-    Ok((q, created))
+    })
 }
 
 /// Messages currently in the queue(s).

@@ -34,11 +34,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::cli::{bad_flag, CommonArgs, Mode};
+use common::cli::{bad_flag, CommonArgs, Mode, Program};
 use common::frame::Kind;
 use common::narrate;
 use common::session::{conclude, Action, FrameBuf, Next, ReaderSession, WriterSession};
 use common::setup::{Role, Setup, Wait};
+use common::stall::Stall;
 use common::stream;
 use common::timing::{now_ns, CpuTime, Latency, Report};
 
@@ -94,7 +95,7 @@ fn narrate_others(others: &[Member]) {
 
 /// `msgqueue-writer --shared`: joins, sends one session as type `--type`, leaves.
 pub fn write(args: &writer::Args) -> Result<ExitCode> {
-    let c = &args.common;
+    let c = &args.common();
     let mtype = check_flags(&args.queue, c.mode, args.mtype)?;
     if args.priority.is_some() {
         return Err(bad_flag("--priority is POSIX; --shared is System V and sends each writer's messages as its --type"));
@@ -112,6 +113,8 @@ pub fn write(args: &writer::Args) -> Result<ExitCode> {
     // 3. Join: flock of the registry, msgget (create or open), a line of our own.
     let joined = members::join(&OpenArgs::new(Role::Writer, &args.queue, c, &limits), me)?;
     let m = &joined.membership;
+    // The Hello states what the queue holds (msg_qbytes).
+    let session = session.capacity(m.q.stat().map_or(0, |s| s.qbytes));
     // Any error or Ctrl-C from here on leaves the queue as "failed".
     let owned = m.own();
     narrate_others(&joined.others);
@@ -121,19 +124,20 @@ pub fn write(args: &writer::Args) -> Result<ExitCode> {
             "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
         );
     }
-    let how = How {
+    let mut how = How {
         mtype,
         nowait: args.nowait,
         timeout: c.timeout,
+        stall: Stall::new("msgsnd()", "the queue is full", "the queue was full", "M6"),
     };
-    // 4. The loop: one msgsnd(IPC_NOWAIT) per frame, End included.
-    let mut report = send_all(session, m, &how)?;
+    // 4. The loop: one msgsnd(IPC_NOWAIT) per frame, the Hello and End included.
+    let mut report = send_all(session, m, &mut how)?;
     // 5. Leave as finished: the last member out removes the queue, unless this session
     // still waits in it for its reader (M1).
     owned.release();
     m.leave(State::Finished)?;
     report.stale_skipped += joined.stale;
-    report.notes = limits.describe(false);
+    report.notes = how.stall.note().into_iter().collect();
     report.notes.push(format!(
         "shared queue msqid {}: session {nonce:016x} sent as type {mtype}",
         m.q.id
@@ -150,18 +154,20 @@ struct How {
     nowait: bool,
     /// `--timeout`: how long a full queue is waited for.
     timeout: Duration,
+    /// The waits for room, counted; a long one is narrated as it starts and ends.
+    stall: Stall,
 }
 
-/// The writer's loop: one `msgsnd` per frame, every frame as type `how.mtype`.
-fn send_all(mut session: WriterSession, m: &Membership, how: &How) -> Result<Report> {
+/// The writer's loop: one `msgsnd` per frame, the Hello first, every frame as type
+/// `how.mtype`.
+fn send_all(mut session: WriterSession, m: &Membership, how: &mut How) -> Result<Report> {
     let (mut frame, mut msg) = (FrameBuf::new(), Message::boxed());
     let (mut stdin, mut line) = (io::stdin().lock(), Vec::new());
-    let mut full = false;
     loop {
         match session.next(&mut frame)? {
             Next::Send(out) => {
                 let len = msg.load(how.mtype, &out)?;
-                send(m, &msg, len, how, &mut full)?;
+                send(m, &msg, len, how)?;
             }
             Next::NeedLine => match stream::read_line(&mut stdin, &mut line)? {
                 Some(l) => session.push_line(l),
@@ -176,19 +182,23 @@ fn send_all(mut session: WriterSession, m: &Membership, how: &How) -> Result<Rep
 /// msgsnd(2) with IPC_NOWAIT: the kernel copies the message in, or says EAGAIN when the
 /// queue is full (M6). Then 2 ms sleeps, until the reader of this type is gone or the queue
 /// has stayed full for `--timeout` (`nowait`: the first EAGAIN is the error).
-fn send(m: &Membership, msg: &Message, len: usize, how: &How, full: &mut bool) -> Result<()> {
+fn send(m: &Membership, msg: &Message, len: usize, how: &mut How) -> Result<()> {
     let mut wait: Option<Polling> = None;
     loop {
         match sysv::msgsnd(m.q, msg, len, libc::IPC_NOWAIT) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                how.stall.end();
+                return Ok(());
+            }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 if how.nowait {
                     bail!("msgsnd IPC_NOWAIT: EAGAIN: the shared queue is full (kernel.msgmnb) and --nowait asked not to block (M6)");
                 }
-                if !*full {
-                    *full = true;
+                if how.stall.episodes() == 0 {
                     narrate!("the queue is full (msg_qbytes reached, M6): msgsnd(IPC_NOWAIT) says EAGAIN, so this writer retries every 2 ms until a reader takes a message; messages of a type nobody reads block every writer (M4)");
                 }
+                how.stall.begin();
+                how.stall.tick();
                 let w = wait.get_or_insert_with(Polling::new);
                 if w.due() {
                     writer_check(m, how, w.since.elapsed())?;
@@ -236,18 +246,18 @@ impl Polling {
 
     /// Whether 100 ms passed since the registry was last read (and it is read now).
     fn due(&mut self) -> bool {
-        if self.checked.elapsed() < CHECK_EVERY {
-            return false;
+        let due = self.checked.elapsed() >= CHECK_EVERY;
+        if due {
+            self.checked = Instant::now();
         }
-        self.checked = Instant::now();
-        true
+        due
     }
 }
 
 /// `msgqueue-reader --shared`: joins, takes type `--type` until `--writers` sessions have
 /// ended, leaves.
 pub fn read(args: &reader::Args) -> Result<ExitCode> {
-    let c = &args.common;
+    let c = &args.common();
     let mtype = check_flags(&args.queue, c.mode, args.mtype)?;
     let want = args.writers.unwrap_or(1);
     // 1. The limits (M6).
@@ -266,14 +276,13 @@ pub fn read(args: &reader::Args) -> Result<ExitCode> {
     let mut s = Sessions::new(&setup, mtype, want);
     // Stream mode: a writer that runs but sends nothing for --timeout is stuck; in text
     // mode a running writer is waited for as long as its human takes.
-    let bounded = c.mode != Mode::Text;
-    receive_all(&mut s, m, c.timeout, bounded)?;
+    s.bounded = c.mode != Mode::Text;
+    receive_all(&mut s, m, c.timeout)?;
     // 4. Leave as finished; the last member out removes the queue and the registry.
     owned.release();
     m.leave(State::Finished)?;
     let mut report = s.report();
     report.stale_skipped += joined.stale;
-    report.notes.extend(limits.describe(false));
     report
         .notes
         .push(format!("shared queue msqid {}: type {mtype}", m.q.id));
@@ -286,8 +295,8 @@ pub fn read(args: &reader::Args) -> Result<ExitCode> {
 /// The reader's loop: one `msgrcv(msgtyp T, IPC_NOWAIT)` per message; when none of type T
 /// is queued, 2 ms sleeps, and every 100 ms a look at the writers. The wait ends after
 /// `--timeout` with nothing taken, unless a writer of this type runs and the wait is not
-/// `bounded` (text mode).
-fn receive_all(s: &mut Sessions, m: &Membership, timeout: Duration, bounded: bool) -> Result<()> {
+/// bounded (text mode, as the last Hello said).
+fn receive_all(s: &mut Sessions, m: &Membership, timeout: Duration) -> Result<()> {
     let (mut msg, mut out) = (Message::boxed(), io::stdout().lock());
     let mut wait: Option<Polling> = None;
     while !s.complete() {
@@ -301,7 +310,7 @@ fn receive_all(s: &mut Sessions, m: &Membership, timeout: Duration, bounded: boo
                 let w = wait.get_or_insert_with(Polling::new);
                 if w.due() {
                     w.running = s.check(m)?;
-                    if w.running && !bounded {
+                    if w.running && !s.bounded {
                         // A writer of this type is alive and may take its time (text).
                         w.since = Instant::now();
                     }
@@ -351,6 +360,9 @@ struct Sessions<'s> {
     lat: Latency,
     /// When the first message arrived, and the CPU time then.
     t0: Option<(u64, CpuTime)>,
+    /// A running writer that sends nothing for `--timeout` is stuck (stream), or not (text
+    /// mode waits for a human): the reader's `--mode` at first, then each Hello's.
+    bounded: bool,
 }
 
 impl<'s> Sessions<'s> {
@@ -364,6 +376,7 @@ impl<'s> Sessions<'s> {
             stale: 0,
             lat: Latency::new(),
             t0: None,
+            bounded: false,
         }
     }
 
@@ -372,24 +385,26 @@ impl<'s> Sessions<'s> {
         self.done >= self.want && self.open.iter().all(|o| o.ended)
     }
 
-    /// One message: to its session's verifier (a new session begins at seq 0).
+    /// One message: to its session's verifier (a new session begins with its Hello).
     fn take(&mut self, text: &[u8], m: &Membership, out: &mut impl Write) -> Result<()> {
         let now = now_ns();
         let (h, payload) = frame_of(text, self.setup.max_payload)?;
         let i = match self.open.iter().position(|o| o.nonce == h.nonce) {
             Some(i) => i,
-            None if h.seq == 0 && h.kind != Kind::End => self.begin(h.nonce, m)?,
+            None if h.kind == Kind::Hello => self.begin(h.nonce, m)?,
             None => {
                 self.stale += 1;
                 return Ok(());
             }
         };
-        if h.kind != Kind::End && !h.is_warmup() {
+        if matches!(h.kind, Kind::Data | Kind::Ping) && !h.is_warmup() {
             self.t0.get_or_insert_with(|| (now, CpuTime::now()));
             self.lat.record(now.saturating_sub(h.sent_ns));
         }
         let one = &mut self.open[i];
         match one.rs.on_frame(&h, payload)? {
+            // Checked against this reader's flags and narrated by the session.
+            Action::Hello(hello) => self.bounded = hello.mode != Mode::Text,
             Action::Continue => {}
             Action::Print(line) => {
                 writeln!(out, "[type {}, writer {}] {line}", self.mtype, one.pid)
@@ -398,14 +413,9 @@ impl<'s> Sessions<'s> {
             Action::Done => {
                 one.ended = true;
                 self.done += 1;
-                narrate!(
-                    "End of writer pid {}'s session {:016x}: {} messages, in order ({} of {} sessions)",
-                    one.pid,
-                    one.nonce,
-                    one.rs.received(),
-                    self.done,
-                    self.want
-                );
+                let (pid, nonce, n) = (one.pid, one.nonce, crate::messages(one.rs.received()));
+                let (done, want) = (self.done, self.want);
+                narrate!("End of writer pid {pid}'s session {nonce:016x}: {n}, in order ({done} of {want} sessions)");
             }
             Action::Echo(_) => bail!(
                 "a pingpong request on a shared queue: is a one-to-one writer using this --key?"
@@ -417,7 +427,7 @@ impl<'s> Sessions<'s> {
     /// A session's first message: its writer's line in the registry is marked taken.
     fn begin(&mut self, nonce: u64, m: &Membership) -> Result<usize> {
         let pid = m.take(nonce)?.map_or(0, |w| w.pid);
-        narrate!("session {nonce:016x} of writer pid {pid} begins (seq 0): this reader takes it, and marks it taken in the registry");
+        narrate!("session {nonce:016x} of writer pid {pid} begins (its Hello): this reader takes it, and marks it taken in the registry");
         self.open.push(One {
             nonce,
             pid,
@@ -441,12 +451,8 @@ impl<'s> Sessions<'s> {
                 } else {
                     "died"
                 };
-                bail!(
-                    "the writer (pid {}) {how} without finishing: its session {:016x} ended after {} messages, without End",
-                    w.pid,
-                    one.nonce,
-                    one.rs.received()
-                );
+                let (pid, nonce, n) = (w.pid, one.nonce, crate::messages(one.rs.received()));
+                bail!("the writer (pid {pid}) {how} without finishing: its session {nonce:016x} ended after {n}, without End");
             }
         }
         let mine = |w: &&Member| w.role == Role::Writer && w.mtype == self.mtype;
@@ -457,8 +463,12 @@ impl<'s> Sessions<'s> {
     fn report(self) -> Report {
         let mut r = self.setup.report(Role::Reader);
         let mut verified = self.complete();
-        for one in self.open {
+        for (i, one) in self.open.into_iter().enumerate() {
             let s = one.rs.finish();
+            if i == 0 {
+                // The mode the writers' Hellos said (one-to-one-style: the first one's).
+                r.mode = s.mode.clone();
+            }
             verified &= s.verified;
             r.count += s.count;
             r.bytes += s.bytes;
@@ -470,9 +480,10 @@ impl<'s> Sessions<'s> {
             } else {
                 "NOT verified"
             };
+            let (nonce, pid, n) = (one.nonce, one.pid, crate::messages(s.count));
+            let (warm, bytes) = (s.warmup, s.bytes);
             r.notes.push(format!(
-                "session {:016x} of writer pid {}: {} messages (+{} warm-up), {} bytes, {how}",
-                one.nonce, one.pid, s.count, s.warmup, s.bytes
+                "session {nonce:016x} of writer pid {pid}: {n} (+{warm} warm-up), {bytes} bytes, {how}"
             ));
         }
         r.verified = verified;

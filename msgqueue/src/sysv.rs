@@ -5,15 +5,19 @@
 //! `msgget(2)` returns (`ipcs -q` lists both). A message is a C struct, a `long` type and
 //! then the text ([`Message`]); `msgsnd(2)` copies one in and `msgrcv(2)` takes one out,
 //! chosen by type (M4). `msgctl(2)` reads the queue's state, changes its owner or removes it.
+//! The rendezvous's System V half is here too (`open_sysv`: the key, `msgget`, the
+//! owner check), as `posix.rs` holds the POSIX one.
 //! See [svipc(7)](https://man7.org/linux/man-pages/man7/svipc.7.html).
 
 use std::io;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use common::narrate;
 use common::session::Outgoing;
 use libc::{c_int, c_long, key_t};
 
+use crate::rendezvous::OpenArgs;
 use crate::MTEXT_MAX;
 
 /// One System V message as `msgsnd(2)` and `msgrcv(2)` see it (M2): a `long` type, then
@@ -280,6 +284,61 @@ impl SysvQueue {
             }
         }
     }
+}
+
+/// The System V queue of `path` (its `ftok` key, or `--key`): created or opened, and
+/// checked to be ours: the rendezvous's System V half (steps 3 and 4 of
+/// [`crate::rendezvous`]), also the shared queue's (M5, `members.rs`).
+pub(crate) fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(SysvQueue, bool)> {
+    let key = match a.key {
+        Some(k) => {
+            narrate!("System V key {k:#x} from --key");
+            k
+        }
+        None => {
+            let k = ftok(path, b'M')?;
+            narrate!(
+                "System V key {k:#x} = ftok({}, 'M'): from the file's device and inode numbers",
+                path.display()
+            );
+            k
+        }
+    };
+    let (q, created) = SysvQueue::create_or_open(key)?;
+    let st = match q.stat() {
+        Ok(st) => st,
+        Err(e) => {
+            // A queue this call just created is not left behind for a failed check.
+            if created {
+                let _ = SysvQueue::remove(q.id);
+            }
+            return Err(e).with_context(|| format!("msgctl IPC_STAT queue {}", q.id));
+        }
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if st.uid != me || st.cuid != me {
+        bail!(
+            "System V queue key {key:#x} (msqid {}) belongs to uid {} (created by uid {}), not to you (uid {me}): refusing to use another user's queue",
+            q.id, st.uid, st.cuid
+        );
+    }
+    if created {
+        narrate!(
+            "msgget(key {key:#x}, IPC_CREAT|IPC_EXCL|0600) created queue msqid {} ({})",
+            q.id,
+            crate::elsewhere::LOOK_SYSV
+        );
+    } else {
+        narrate!(
+            "msgget(key {key:#x}, 0) opened the existing queue msqid {} (mode {:o}, {}, {} bytes; last msgsnd by pid {}, last msgrcv by pid {})",
+            q.id, st.mode & 0o777, crate::messages(st.qnum), st.cbytes, st.lspid, st.lrpid
+        );
+    }
+    narrate!(
+        "the queue holds at most {} bytes (msg_qbytes, from kernel.msgmnb): a msgsnd that does not fit blocks (M6)",
+        st.qbytes
+    );
+    Ok((q, created))
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@
 //!   End (type 100, never selected): it polls `msgrcv(IPC_NOWAIT)` every 2 ms and stops when
 //!   the writer's slot says "finished" and nothing more comes (or says it died).
 //!
+//! Before any of this, the reader took the writer's Hello (type 102, `follow.rs`): a typed
+//! reader asks for it first, then for its `--type`, and puts it back when it leaves
+//! messages for another reader.
+//!
 //! This is not `common::session`'s reader: here messages legitimately arrive out of
 //! sequence order (priorities, negative msgtyp) or only in part (a typed reader), so a gap
 //! in the sequence is not a loss. What is checked: the session nonce (a leftover of
@@ -24,12 +28,14 @@ use anyhow::{bail, Context, Result};
 use common::cleanup::Owned;
 use common::cli::{bad_flag, Mode};
 use common::frame::{parse_end, Kind};
+use common::hello::Hello;
 use common::narrate;
 use common::session::{Outgoing, TextLine};
 use common::setup::{Role, Setup};
 use common::timing::{now_ns, CpuTime, Latency, Report};
 use nix::mqueue::mq_timedreceive;
 
+use crate::follow::Greeting;
 use crate::sysv::{self, Message, SysvQueue};
 use crate::watch::{After, Gone, PeerWatch};
 use crate::{frame_of, types, QueueArgs, Rx};
@@ -97,7 +103,7 @@ impl Tagging {
         }
     }
 
-    /// Text mode: tells the learner how a line picks its type or priority.
+    /// Text mode: tells the learner how a line picks its type or priority, and how to type.
     pub fn narrate(&self) {
         if !self.text {
             return;
@@ -110,9 +116,22 @@ impl Tagging {
         narrate!(
             "each line is one message; start a line with \"N: \" to send it with {noun} N ({why})"
         );
+        narrate!(
+            "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
+        );
     }
 
-    /// The type or priority of a frame: End, Ping and Pong have fixed types; lines may choose.
+    /// Says how the Hello just went out: as type 102, or at priority 32767 (`follow.rs`).
+    pub fn narrate_hello(&self, hello: &Hello) {
+        let how = match self.posix {
+            true => format!("at priority {}, the highest", types::HELLO_PRIORITY),
+            false => format!("as type {}", types::HELLO),
+        };
+        narrate!("sent the Hello {how}: {hello}; the reader takes it first and follows it");
+    }
+
+    /// The type or priority of a frame: Hello, End, Ping and Pong have fixed types; lines
+    /// may choose.
     pub fn of(&self, frame: &Outgoing<'_>) -> i64 {
         if self.posix {
             return match frame.kind {
@@ -121,6 +140,8 @@ impl Tagging {
                     _ => self.default,
                 },
                 Kind::Data => self.default,
+                // The Hello at the highest priority comes out before anything sent after it.
+                Kind::Hello => i64::from(types::HELLO_PRIORITY),
                 // End at priority 0 comes out after everything sent before it.
                 _ => 0,
             };
@@ -161,9 +182,16 @@ pub fn msgtyp(q: &QueueArgs, mode: Mode, mtype: Option<i64>) -> Result<i64> {
     Ok(mtype.unwrap_or(0))
 }
 
-/// Text mode's reader: prints every message it takes; returns the report and how many
-/// messages of other types it left in the queue (a typed reader, M4).
-pub fn read(setup: &Setup, mut rx: Rx, watch: &PeerWatch, shared: bool) -> Result<(Report, u64)> {
+/// Text mode's reader, after the writer's Hello (`hello`): prints every message it takes;
+/// returns the report and how many messages of other types it left in the queue (a typed
+/// reader, M4), with the Hello put back for the reader that takes them.
+pub fn read(
+    setup: &Setup,
+    mut rx: Rx,
+    watch: &PeerWatch,
+    shared: bool,
+    hello: &Greeting,
+) -> Result<(Report, u64)> {
     let typed = match &rx {
         Rx::Sysv { msgtyp, .. } => {
             narrate!("{}", describe_msgtyp(*msgtyp));
@@ -174,11 +202,14 @@ pub fn read(setup: &Setup, mut rx: Rx, watch: &PeerWatch, shared: bool) -> Resul
             false
         }
     };
-    let report = print_all(setup, &mut rx, watch, typed, shared)?;
+    let report = print_all(setup, &mut rx, watch, (typed, shared), hello.nonce)?;
     let left = match rx {
         Rx::Sysv { q, .. } if typed => what_is_left(q)?,
         _ => 0,
     };
+    if let (Rx::Sysv { q, .. }, true) = (&rx, left > 0) {
+        hello.put_back(*q)?;
+    }
     Ok((report, left))
 }
 
@@ -197,7 +228,7 @@ fn describe_msgtyp(t: i64) -> String {
 #[allow(clippy::useless_conversion)]
 fn recv(rx: &mut Rx, typed: bool, watch: &PeerWatch) -> Result<Option<(i64, usize)>> {
     match rx {
-        Rx::Sysv { q, msgtyp, msg } if typed => poll(*q, msg, *msgtyp, watch),
+        Rx::Sysv { q, msgtyp, msg } if typed => poll(*q, msg, (*msgtyp, false), watch),
         Rx::Sysv { q, msgtyp, msg } => {
             // msgrcv(2) blocks until a message is there (msgtyp 0: any).
             let n = watch.recv_sysv(*q, *msgtyp, |t| sysv::msgrcv(*q, msg, t, 0))?;
@@ -213,12 +244,13 @@ fn recv(rx: &mut Rx, typed: bool, watch: &PeerWatch) -> Result<Option<(i64, usiz
 
 /// A typed reader's wait: `msgrcv(IPC_NOWAIT)` every 2 ms. A blocking msgrcv for one type
 /// is not woken by the End of another, so only polling notices that the writer finished.
+/// `bounded`: a live writer that sends nothing for `--timeout` ends it too (the Hello).
 // mtype is a c_long: i64 here, i32 on 32-bit targets, hence `from`.
 #[allow(clippy::useless_conversion)]
-fn poll(
+pub(crate) fn poll(
     q: SysvQueue,
     msg: &mut Message,
-    msgtyp: i64,
+    (msgtyp, bounded): (i64, bool),
     watch: &PeerWatch,
 ) -> Result<Option<(i64, usize)>> {
     // When this call first had to wait: read only then, to keep clocks off the fast path.
@@ -228,7 +260,7 @@ fn poll(
             Ok(n) => return Ok(Some((i64::from(msg.mtype), n))),
             Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => {
                 // Nothing of our type; is the writer still there?
-                if let Some(g) = watch.waited(&mut since, false) {
+                if let Some(g) = watch.waited(&mut since, bounded) {
                     narrate!(
                         "{}: no more messages for msgtyp {msgtyp}",
                         g.describe(watch.peer())
@@ -256,8 +288,8 @@ struct Tally {
     report: Report,
     /// One-way latencies.
     lat: Latency,
-    /// The writer's session, adopted from the first message.
-    session: Option<u64>,
+    /// The writer's session, from its Hello.
+    session: u64,
     /// End's verdict, once it came.
     end_ok: Option<bool>,
     /// When the reader started (CLOCK_MONOTONIC ns).
@@ -266,21 +298,21 @@ struct Tally {
     cpu0: CpuTime,
 }
 
-/// Prints every message until End (or, for a typed reader, the writer's "finished").
-/// A typed reader does not take every type, so End need not arrive; `shared`: an earlier
-/// reader took some, so End's totals may exceed what arrives here.
+/// Prints every message of session `nonce` until End (or, for a typed reader, the
+/// writer's "finished"). A typed reader does not take every type, so End need not arrive;
+/// `shared`: an earlier reader took some, so End's totals may exceed what arrives here.
 fn print_all(
     setup: &Setup,
     rx: &mut Rx,
     watch: &PeerWatch,
-    typed: bool,
-    shared: bool,
+    (typed, shared): (bool, bool),
+    nonce: u64,
 ) -> Result<Report> {
     let mut out = std::io::stdout().lock();
     let mut t = Tally {
         report: setup.report(Role::Reader),
         lat: Latency::new(),
-        session: None,
+        session: nonce,
         end_ok: None,
         t0: now_ns(),
         cpu0: CpuTime::now(),
@@ -293,7 +325,7 @@ fn print_all(
         let now = now_ns();
         let (h, payload) = frame_of(rx.text(n), setup.max_payload)?;
         // Every frame carries the writer's session; a different one is a leftover.
-        if *t.session.get_or_insert(h.nonce) != h.nonce {
+        if t.session != h.nonce {
             t.report.stale_skipped += 1;
             continue;
         }
@@ -303,6 +335,8 @@ fn print_all(
                 break;
             }
             Kind::Data => {}
+            // Its Hello came first (follow.rs); a copy put back by a typed reader (M4).
+            Kind::Hello => continue,
             k => bail!("a text-mode reader got a {k:?} frame: is a writer in another mode using this queue?"),
         }
         let age = now.saturating_sub(h.sent_ns);
@@ -350,12 +384,17 @@ impl Tally {
         let verified = match self.end_ok {
             Some(ok) => ok,
             None if sees_all => {
-                bail!("the writer went away after {count} messages without sending End")
+                let n = crate::messages(count);
+                bail!("the writer went away after {n} without sending End")
             }
             // A typed reader never sees End (type 100): the writer's "finished" record ends
             // it, unless the writer died or never came.
             None => match watch.verdict() {
-                Some(g) => bail!("{} after {count} messages", g.describe(watch.peer())),
+                Some(g) => bail!(
+                    "{} after {}",
+                    g.describe(watch.peer()),
+                    crate::messages(count)
+                ),
                 None => true,
             },
         };
@@ -385,13 +424,17 @@ fn what_is_left(q: SysvQueue) -> Result<u64> {
 /// A typed reader that left messages of other types: it records itself as finished and
 /// leaves the queue for another reader (which removes it). Returns the report's note.
 pub fn leave_for_another_reader(left: u64, watch: &PeerWatch, owned: Owned) -> Result<String> {
+    let (n, remain) = (
+        crate::messages(left),
+        if left == 1 { "remains" } else { "remain" },
+    );
     narrate!(
-        "{left} messages of other types remain in the queue (M4): leaving it for another reader (msgqueue-reader --type 0 takes them all and removes the queue)"
+        "{n} of other types {remain} in the queue (M4): leaving it for another reader, with the writer's Hello put back so that reader follows the same session (msgqueue-reader --type 0 takes them all and removes the queue)"
     );
     watch.mark_finished()?;
     owned.release();
     Ok(format!(
-        "{left} messages of other types left in the queue for another reader"
+        "{n} of other types left in the queue for another reader"
     ))
 }
 

@@ -2,8 +2,8 @@
 //! when it is not. **A first reading may skip this file**: the role files wrap each
 //! `msgsnd`/`msgrcv`/`mq_send`/`mq_timedreceive` call in one of its four waits
 //! ([`PeerWatch::send_sysv`], [`PeerWatch::recv_sysv`], [`PeerWatch::send_posix`],
-//! [`PeerWatch::recv_posix`]), which retry EINTR, notice a full queue (M6) and turn a dead
-//! or absent peer into a value instead of a wait that never ends.
+//! [`PeerWatch::recv_posix`], in `watch/waits.rs`), which retry EINTR, notice a full queue
+//! (M6) and turn a dead or absent peer into a value instead of a wait that never ends.
 //!
 //! One [`PeerWatch`] per process knows everything about the peer:
 //! - **who is there**: the pair file's two lines ([`PairFile`]: `writer 1234 running
@@ -17,34 +17,34 @@
 //!   live peer that makes no progress too, when the wait is one a live peer cannot
 //!   explain: a send into a full queue (the reader takes nothing), and in stream and
 //!   pingpong every wait (text mode waits for a human, as long as it takes);
-//! - **the verdict**: why a wait ended without a message ([`Gone`]), kept for the error;
-//! - **what to remove** when the peer is gone: the queue and the pair file, once.
+//! - **the verdict**: why a wait ended without a message ([`Gone`]), kept for the error:
+//!   a reader that refused the writer's Hello marks its line `refused` ([`Gone::Refused`]),
+//!   and a peer that never came may be waiting in the other flavour (`elsewhere.rs`);
+//! - **what to remove** when the peer is gone: the queue and the pair file, once;
+//! - **a writer's long waits** on a full queue, narrated as they start and end
+//!   (`common::stall::Stall`): the watchdog sees a `msgsnd` blocked in the kernel, and a
+//!   POSIX send sees each 100 ms slice of `mq_timedsend` run out.
 //!
 //! System V calls have no timeout, so a thread ([`PeerWatch::watchdog`]) checks the peer
 //! every 100 ms while the main thread is blocked, and removes the queue when the peer is
 //! gone: the blocked call returns EIDRM at once. POSIX calls have timeouts, so the POSIX
 //! waits check the peer themselves between 100 ms slices.
 
-use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use common::narrate;
+use anyhow::{Context, Result};
 use common::peer::{start_time, Identity};
+use common::session::WriterSession;
 use common::setup::Role;
-use common::stream::Delivery;
-use libc::c_int;
-use nix::errno::Errno;
-use nix::mqueue::MqdT;
-use nix::sys::time::TimeSpec;
+use common::stall::Stall;
 
-use crate::limits::Full;
 pub use crate::pairfile::{PairFile, Slot};
-use crate::posix::deadline;
-use crate::sysv::{errno_name, failure, queue_gone, SysvQueue};
+pub(crate) use waits::After;
+
+mod waits;
 
 /// How often liveness is checked while blocked.
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -56,12 +56,17 @@ pub enum Gone {
     /// The peer is recorded as running but the process it names is gone (killed): no
     /// process has its pid, or the one that has it started at another time (a reused pid).
     Died(i32),
-    /// No peer was recorded within `--timeout` while this side was blocked.
-    NeverCame,
+    /// No peer was recorded within `--timeout` while this side was blocked; what a queue of
+    /// the same name in the other flavour has, if there is one (`elsewhere.rs`).
+    NeverCame(Option<String>),
     /// The peer is running but this side's wait made no progress for `--timeout`.
     Stalled(i32, Duration),
     /// The peer finished cleanly and nothing more came for this side.
     Finished(i32),
+    /// The reader refused this writer's Hello (a flag of its own contradicts it) and left.
+    Refused(i32),
+    /// The reader stopped before the end (Ctrl-C, an error) and removed the queue.
+    Left(i32),
 }
 
 impl Gone {
@@ -69,13 +74,22 @@ impl Gone {
     pub fn describe(&self, peer: Role) -> String {
         match self {
             Gone::Died(pid) => format!("the {peer} (pid {pid}) died without finishing"),
-            Gone::NeverCame => format!("no {peer} came within --timeout"),
+            Gone::NeverCame(None) => format!("no {peer} came within --timeout"),
+            Gone::NeverCame(Some(other)) => {
+                format!("no {peer} came within --timeout, but {other}")
+            }
             Gone::Stalled(pid, t) => format!(
                 "the {peer} (pid {pid}) is running but made no progress for --timeout ({t:?})"
             ),
             Gone::Finished(pid) => {
                 format!("the {peer} (pid {pid}) finished and nothing more arrived")
             }
+            Gone::Refused(pid) => format!(
+                "the {peer} (pid {pid}) refused this writer's Hello and left (its own output says why)"
+            ),
+            Gone::Left(pid) => format!(
+                "the {peer} (pid {pid}) stopped before the end (Ctrl-C, or an error: its own output says why)"
+            ),
         }
     }
 }
@@ -92,15 +106,6 @@ pub fn not_alive(id: Identity) -> String {
     }
 }
 
-/// What a failed System V call means for the wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum After {
-    /// Interrupted: call again.
-    Retry,
-    /// The watchdog removed the queue because the peer is gone.
-    PeerGone,
-}
-
 /// The one place that knows who the peer is and whether it is alive. Shared (in an `Arc`)
 /// by the main thread, the watchdog thread and the cleanup registry.
 pub struct PeerWatch {
@@ -112,8 +117,19 @@ pub struct PeerWatch {
     /// progress in a bounded wait.
     timeout: Duration,
     /// Stream and pingpong: every wait is bounded by `--timeout`, a live peer's too (its
-    /// messages come at machine speed); text mode waits as long as a human types.
-    bounded: bool,
+    /// messages come at machine speed); text mode waits as long as a human types. A reader
+    /// sets it from the writer's Hello ([`PeerWatch::set_bounded`]).
+    bounded: AtomicBool,
+    /// The pair's `--name` and flavour, to look for the other flavour's queue (`elsewhere.rs`).
+    named: Option<(String, bool)>,
+    /// A writer's long waits on a full queue (M6), narrated as they happen: by the watchdog
+    /// (System V, whose blocked `msgsnd` it sees) or between `mq_timedsend` slices (POSIX).
+    stall: Option<Mutex<Stall>>,
+    /// Whether the call in progress is a send (the watchdog times only those).
+    in_send: AtomicBool,
+    /// The watchdog narrated a long wait of the send in progress: the main thread, whose
+    /// call returns first, says how long it lasted (`send_sysv`).
+    told: AtomicBool,
     /// Blocking System V calls made so far (written by the main thread only).
     calls: AtomicU64,
     /// Non-zero while the main thread is inside a call that may block: the call's number,
@@ -139,7 +155,11 @@ impl PeerWatch {
             pair: PairFile::open(path)?,
             peer: me.peer(),
             timeout,
-            bounded: false,
+            bounded: AtomicBool::new(false),
+            named: None,
+            stall: None,
+            in_send: AtomicBool::new(false),
+            told: AtomicBool::new(false),
             calls: AtomicU64::new(0),
             in_call: AtomicU64::new(0),
             call_bounded: AtomicBool::new(false),
@@ -151,7 +171,51 @@ impl PeerWatch {
 
     /// Bounds every wait by `--timeout`, a live peer's too (stream and pingpong).
     pub fn bounded(self, bounded: bool) -> PeerWatch {
-        PeerWatch { bounded, ..self }
+        self.set_bounded(bounded);
+        self
+    }
+
+    /// Changes whether waits are bounded (a reader, once the Hello said the mode).
+    pub fn set_bounded(&self, bounded: bool) {
+        self.bounded.store(bounded, Ordering::Relaxed);
+    }
+
+    /// The pair's `--name` and flavour, so a wait for nobody can say what the other
+    /// flavour has; a writer also narrates its long waits on a full queue.
+    pub fn named(self, name: &str, posix: bool) -> PeerWatch {
+        let call = if posix { "mq_timedsend()" } else { "msgsnd()" };
+        let stall = (self.peer == Role::Reader).then(|| {
+            Mutex::new(Stall::new(
+                call,
+                "the queue is full",
+                "the queue was full",
+                "M6",
+            ))
+        });
+        PeerWatch {
+            named: Some((name.to_string(), posix)),
+            stall,
+            ..self
+        }
+    }
+
+    /// What a queue of this name in the other flavour has (`elsewhere.rs`), if any.
+    pub fn elsewhere(&self) -> Option<String> {
+        let (name, posix) = self.named.as_ref()?;
+        crate::elsewhere::other_flavour(name, *posix, self.peer)
+    }
+
+    /// For a waiting line: "no reader has opened this queue yet", and what the other
+    /// flavour has; `None` when the peer is recorded.
+    pub fn absent(&self) -> Option<String> {
+        if self.read(self.peer) != Slot::Empty {
+            return None;
+        }
+        let peer = self.peer;
+        Some(match self.elsewhere() {
+            Some(other) => format!("no {peer} has opened this queue yet, but {other}"),
+            None => format!("no {peer} has opened this queue yet"),
+        })
     }
 
     /// The pair file.
@@ -207,6 +271,8 @@ impl PeerWatch {
     /// that made no progress for `--timeout` ends the wait too. `None`: keep waiting.
     pub fn judge(&self, blocked: Duration, bounded: bool) -> Option<Gone> {
         match self.read(self.peer) {
+            Slot::Refused(id) => Some(Gone::Refused(id.pid)),
+            Slot::Left(id) => Some(Gone::Left(id.pid)),
             Slot::Running(id) if !id.alive() => Some(Gone::Died(id.pid)),
             Slot::Running(id) if bounded && blocked >= self.timeout => {
                 Some(Gone::Stalled(id.pid, self.timeout))
@@ -214,7 +280,7 @@ impl PeerWatch {
             Slot::Running(_) => None,
             Slot::Finished(id) if blocked >= AFTER_FINISH => Some(Gone::Finished(id.pid)),
             Slot::Finished(_) => None,
-            Slot::Empty if blocked >= self.timeout => Some(Gone::NeverCame),
+            Slot::Empty if blocked >= self.timeout => Some(Gone::NeverCame(self.elsewhere())),
             Slot::Empty => None,
         }
     }
@@ -235,10 +301,39 @@ impl PeerWatch {
     /// How the peer left, for "reader {how} after N messages": from the verdict.
     pub fn how_gone(&self) -> &'static str {
         match self.verdict() {
-            Some(Gone::NeverCame) => "never came (--timeout)",
+            Some(Gone::NeverCame(_)) => "never came (--timeout)",
+            Some(Gone::Refused(_)) => "refused this writer's Hello",
+            Some(Gone::Left(_)) => "stopped (Ctrl-C or an error)",
             Some(Gone::Stalled(..)) => "made no progress for --timeout",
             Some(_) => "died",
             None => "went away",
+        }
+    }
+
+    /// Why the reader is gone, as a writer's error: it refused the Hello (its line of the
+    /// pair file says so), never came, or left (`session` says after how many messages).
+    pub fn reader_gone(&self, session: &WriterSession) -> anyhow::Error {
+        match self.verdict() {
+            Some(Gone::Refused(pid)) => anyhow::anyhow!(
+                "the reader (pid {pid}) left right after this writer's Hello ({}): it refused these settings, and its own output says why; stopping",
+                session.hello().flags()
+            ),
+            Some(g @ Gone::NeverCame(_)) => {
+                anyhow::anyhow!("{}; stopping", g.describe(Role::Reader))
+            }
+            _ => session.reader_left(self.how_gone()),
+        }
+    }
+
+    /// At a writer's end: a reader that refused the Hello or stopped early removed the
+    /// queue, which a POSIX writer never notices (no EIDRM): what it sent went nowhere.
+    pub fn reader_stayed(&self, session: &WriterSession) -> Result<()> {
+        match self.judge(Duration::ZERO, false) {
+            Some(g @ (Gone::Refused(_) | Gone::Left(_))) => {
+                self.record(g);
+                Err(self.reader_gone(session))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -282,6 +377,10 @@ impl PeerWatch {
             if call == 0 || call != last_call {
                 since = Instant::now();
             }
+            self.time_send(
+                call != 0 && self.in_send.load(Ordering::Relaxed),
+                call != last_call,
+            );
             last_call = call;
             let blocked = if call == 0 {
                 Duration::ZERO
@@ -306,154 +405,24 @@ impl PeerWatch {
         }
     }
 
-    /// Runs one call that may block, numbered for the watchdog; `bounded`: the watchdog
-    /// ends it after `--timeout` even while the peer lives.
-    fn during<T>(&self, bounded: bool, call: impl FnOnce() -> T) -> T {
-        let n = self.calls.load(Ordering::Relaxed) + 1;
-        self.calls.store(n, Ordering::Relaxed);
-        self.call_bounded.store(bounded, Ordering::Relaxed);
-        self.in_call.store(n, Ordering::Relaxed);
-        let r = call();
-        self.in_call.store(0, Ordering::Relaxed);
-        r
-    }
-
-    /// A failed System V call on `q`: EINTR retries; a removed queue (EIDRM if the call
-    /// was waiting in it, EINVAL if it was gone before the call) is the watchdog's doing
-    /// when the peer is gone, else someone else's (an error naming the real errno).
-    pub(crate) fn sysv_failed(
-        &self,
-        call: &str,
-        q: SysvQueue,
-        e: io::Error,
-        what: impl FnOnce() -> String,
-    ) -> Result<After> {
-        if e.raw_os_error() == Some(libc::EINTR) {
-            return Ok(After::Retry);
+    /// The watchdog's look at a writer's send (System V): a blocking `msgsnd` it sees in
+    /// progress begins a wait (`new`: another call than at the last look), one it sees
+    /// again continues it, and [`Stall`] narrates it once it passes 0.5 s; the main thread
+    /// ends a told wait as its call returns ([`PeerWatch::send_sysv`]), and no send in progress
+    /// ends any other. A wait is seen at most 100 ms after it began, so the times said are
+    /// at most 0.1 s short; no clock is read on the send path.
+    fn time_send(&self, sending: bool, new: bool) {
+        let Some(stall) = &self.stall else { return };
+        let mut stall = stall.lock().unwrap_or_else(|p| p.into_inner());
+        if !sending || new {
+            stall.end();
         }
-        if !queue_gone(q, &e) {
-            return Err(e).with_context(what);
-        }
-        match self.verdict() {
-            Some(g) => {
-                narrate!(
-                    "{}; the watchdog removed the queue, which woke {call} ({}: {e})",
-                    g.describe(self.peer),
-                    errno_name(&e)
-                );
-                Ok(After::PeerGone)
-            }
-            // Our own Ctrl-C handler may be the remover: it marks the process interrupted
-            // before it removes anything, and `common::cli::run_main` then leaves the exit
-            // (status 130) to it, so this error is not printed as the verdict.
-            None => bail!(
-                "{}: someone ran ipcrm, or another program removed it",
-                failure(call, q, &e)
-            ),
-        }
-    }
-
-    /// Sends one System V message: `call(flags)` is the `msgsnd`. A full queue is
-    /// narrated once and then waited for, at most `--timeout` while nothing is taken (a
-    /// blocking msgsnd returns as soon as there is room); a peer gone is
-    /// [`Delivery::PeerGone`].
-    pub fn send_sysv(
-        &self,
-        q: SysvQueue,
-        full: &mut Full,
-        mut call: impl FnMut(c_int) -> io::Result<()>,
-    ) -> Result<Delivery> {
-        loop {
-            let flags = full.sysv_flags();
-            match self.during(true, || call(flags)) {
-                Ok(()) => return Ok(Delivery::Sent),
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => full.sysv(q, self.peer)?,
-                Err(e) => {
-                    let what = || format!("msgsnd msqid {}", q.id);
-                    if self.sysv_failed("msgsnd", q, e, what)? == After::PeerGone {
-                        return Ok(Delivery::PeerGone);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Receives one System V message: `call(msgtyp)` is the `msgrcv`. Its length, or
-    /// `None` when the peer is gone.
-    pub fn recv_sysv(
-        &self,
-        q: SysvQueue,
-        msgtyp: i64,
-        mut call: impl FnMut(i64) -> io::Result<usize>,
-    ) -> Result<Option<usize>> {
-        loop {
-            match self.during(self.bounded, || call(msgtyp)) {
-                Ok(n) => return Ok(Some(n)),
-                Err(e) => {
-                    let what = || format!("msgrcv msqid {} msgtyp {msgtyp}", q.id);
-                    if self.sysv_failed("msgrcv", q, e, what)? == After::PeerGone {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sends one POSIX message: `call(None)` is the `mq_send` on the non-blocking
-    /// descriptor; once the queue was found full, `call(Some(deadline))` is an
-    /// `mq_timedsend` that sleeps in the kernel like a plain `mq_send`, but only 100 ms at
-    /// a time, so a dead reader is noticed between slices, and a queue that stays full
-    /// for `--timeout` ends the wait.
-    pub fn send_posix(
-        &self,
-        q: &MqdT,
-        full: &mut Full,
-        mut call: impl FnMut(Option<&TimeSpec>) -> nix::Result<()>,
-    ) -> Result<Delivery> {
-        // When this send first had to wait: read only then, to keep clocks off the fast path.
-        let mut since = None;
-        loop {
-            let r = if full.seen() {
-                call(Some(&deadline(CHECK_EVERY)?))
-            } else {
-                call(None)
-            };
-            match r {
-                Ok(()) => return Ok(Delivery::Sent),
-                Err(Errno::EAGAIN) => full.posix(q, self.peer)?,
-                Err(Errno::ETIMEDOUT) => {
-                    if let Some(g) = self.waited(&mut since, true) {
-                        narrate!("{} while the queue was full", g.describe(self.peer));
-                        self.bury(g);
-                        return Ok(Delivery::PeerGone);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e).context("mq_send"),
-            }
-        }
-    }
-
-    /// Receives one POSIX message: `call(deadline)` is an `mq_timedreceive` that waits
-    /// 100 ms at most; between slices the peer is checked. Its length, or `None` when the
-    /// peer is gone.
-    pub fn recv_posix(
-        &self,
-        mut call: impl FnMut(&TimeSpec) -> nix::Result<usize>,
-    ) -> Result<Option<usize>> {
-        let mut since = None;
-        loop {
-            match call(&deadline(CHECK_EVERY)?) {
-                Ok(n) => return Ok(Some(n)),
-                Err(Errno::ETIMEDOUT) => {
-                    if let Some(g) = self.waited(&mut since, self.bounded) {
-                        narrate!("{}; mq_timedreceive stops waiting", g.describe(self.peer));
-                        self.bury(g);
-                        return Ok(None);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e).context("mq_timedreceive"),
+        if sending {
+            stall.begin();
+            stall.tick();
+            // Told now (begun, nothing more to say): the call's return ends it.
+            if stall.until_tell().is_none() {
+                self.told.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -480,7 +449,7 @@ mod tests {
         assert_eq!(w.peer(), Role::Writer);
         // Nobody yet: wait until --timeout.
         assert_eq!(w.check(Duration::from_millis(999)), None);
-        assert_eq!(w.check(Duration::from_secs(1)), Some(Gone::NeverCame));
+        assert_eq!(w.check(Duration::from_secs(1)), Some(Gone::NeverCame(None)));
         // A live writer is waited for however long.
         w.write(Role::Writer, Slot::Running(Identity::me()))
             .unwrap();
@@ -535,6 +504,25 @@ mod tests {
         assert_eq!(stalled, Some(Gone::Stalled(me.pid, Duration::from_secs(1))));
         let said = stalled.unwrap().describe(Role::Reader);
         assert!(said.contains("made no progress for --timeout"), "{said}");
+        std::fs::remove_file(&d).unwrap();
+    }
+
+    /// A reader that refused the writer's Hello is a verdict at once, whatever the wait:
+    /// the writer names it instead of "someone removed the queue".
+    #[test]
+    fn a_reader_that_refused_the_hello_is_a_verdict_at_once() {
+        let d = std::env::temp_dir().join(format!("msgq-unit-refused-{}", std::process::id()));
+        let w = PeerWatch::open(&d, Role::Writer, Duration::from_secs(30)).unwrap();
+        let me = Identity::me();
+        w.write(Role::Reader, Slot::Refused(me)).unwrap();
+        let g = w.judge(Duration::ZERO, false).unwrap();
+        assert_eq!(g, Gone::Refused(me.pid));
+        let said = g.describe(Role::Reader);
+        assert!(said.contains("refused this writer's Hello"), "{said}");
+        w.record(g);
+        assert_eq!(w.how_gone(), "refused this writer's Hello");
+        // A watch that does not know its name has no other flavour to look at.
+        assert_eq!(w.elsewhere(), None);
         std::fs::remove_file(&d).unwrap();
     }
 }

@@ -6,11 +6,13 @@
 //! msgqueue-reader                          # prints each message with its type
 //! msgqueue-reader --type 2                 # M4: only type 2; the rest stay queued
 //! msgqueue-writer --posix                  # priorities: "5: text" is priority 5
-//! msgqueue-writer --mode stream --size 8152 --count 100000   (+ reader --mode stream)
-//! msgqueue-writer --mode pingpong --count 100000             (+ reader --mode pingpong)
+//! msgqueue-writer --mode stream --size 8152 --count 100000   (+ msgqueue-reader)
+//! msgqueue-writer --mode pingpong --count 100000             (+ msgqueue-reader)
 //! ```
-//! Messages outlive this program (M1): run the writer, type two lines, press Ctrl-D, and
-//! only then start the reader; `ipcs -q` shows them waiting in between.
+//! The reader needs no mode flags: this program's first message, its Hello, says what it
+//! runs, and the reader follows it (`follow.rs`). Messages outlive this program (M1): run
+//! the writer, type two lines, press Ctrl-D, and only then start the reader; `ipcs -q`
+//! (POSIX: `ls -l /dev/mqueue`) shows them waiting in between.
 //!
 //! System calls, in order (System V, with POSIX in parentheses):
 //! 1. `read` of the limits in /proc/sys/kernel (/proc/sys/fs/mqueue) (M6);
@@ -21,25 +23,28 @@
 //!    of any stale message (`mq_timedreceive`); `pwrite` of this side's slot;
 //! 3. a watchdog thread that wakes a blocked call if the reader dies (none: POSIX calls
 //!    time out);
-//! 4. the loop, per frame (a line `read` from stdin in text mode): one `msgsnd`, as the
-//!    line's type, 1, or End's 100 (`mq_send` on the non-blocking descriptor until the queue
-//!    is first found full, then `mq_timedsend` in 100 ms slices); in pingpong one
-//!    `msgrcv(msgtyp 101)` per reply (`mq_timedreceive` on `.back`);
+//! 4. the loop, per frame (a line `read` from stdin in text mode): one `msgsnd`, the Hello
+//!    first as type 102, then as the line's type, 1, or End's 100 (`mq_send` on the
+//!    non-blocking descriptor until the queue is first found full, then `mq_timedsend` in
+//!    100 ms slices; the Hello at priority 32767); in pingpong one `msgrcv(msgtyp 101)`
+//!    per reply (`mq_timedreceive` on `.back`);
 //! 5. `pwrite` of "finished" to the pair file.
 //!
 //! Start order: either. The first side creates the queue; a writer that starts first just
 //! fills it, and `msgsnd` blocks when it is full (M6).
 //! Cleanup: the reader removes the queue. This program removes it only if it created it and
 //! fails (or gets Ctrl-C) with no live reader recorded; after a clean finish it leaves the
-//! queue, and the messages in it, to the reader. A reader that dies is noticed by the
-//! watchdog (System V) or between timed waits (POSIX): see `watch.rs`.
+//! queue, and the messages in it, to the reader. A reader that dies, or refuses the Hello,
+//! is noticed by the watchdog (System V) or between timed waits (POSIX): see `watch.rs`,
+//! which also tells a long wait on a full queue as it starts and ends.
 
 use std::io;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::cli::{CommonArgs, Mode};
+use common::cli::{MeetArgs, Mode, OutputArgs, Program, RunArgs};
+use common::frame::Kind;
 use common::narrate;
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Role, Setup};
@@ -52,7 +57,7 @@ use crate::rendezvous::{self, OpenArgs};
 use crate::sysv;
 use crate::typed::Tagging;
 use crate::watch::PeerWatch;
-use crate::{frame_of, posix, types, QueueArgs, Rx, Tx};
+use crate::{frame_of, posix, types, QueueArgs, Rx, Tx, DEFAULT_NAME};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "msgqueue-writer";
@@ -65,9 +70,15 @@ pub const PROGRAM: &str = "msgqueue-writer";
     after_help = "Examples:\n  msgqueue-writer            (then type: hello / 2: a type-2 line)\n  msgqueue-writer --posix    (then type: 5: a priority-5 line)\n  msgqueue-writer --mode pingpong --count 100000\n  msgqueue-writer --shared --type 2   (M5: one of several writers on one queue)"
 )]
 pub struct Args {
+    /// What this writer runs: --mode --count --size --warmup (its Hello tells the reader).
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub run: RunArgs,
 
+    /// --name --timeout.
+    #[command(flatten)]
+    pub meet: MeetArgs,
+
+    /// --posix --key --shared.
     #[command(flatten)]
     pub queue: QueueArgs,
 
@@ -82,9 +93,13 @@ pub struct Args {
     /// Fail with EAGAIN when the queue is full instead of blocking (M6).
     #[arg(long)]
     pub nowait: bool,
+
+    /// --json --quiet.
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
-common::program!(Args);
+common::program!(Args, name = crate::DEFAULT_NAME);
 
 /// The program: check flags, show the limits, open the queue, run the mode, report.
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -92,7 +107,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.queue.shared {
         return crate::shared::write(&args);
     }
-    let (c, posix) = (&args.common, args.queue.posix);
+    let (c, posix) = (&args.common(), args.queue.posix);
     // Flags first, before anything exists; a line's "N: " prefix, or --type / --priority,
     // picks its type or priority (typed.rs).
     let tags = Tagging::from_flags(&args.queue, c.mode, args.mtype, args.priority)?;
@@ -106,7 +121,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut opened = rendezvous::open(&OpenArgs::new(Role::Writer, &args.queue, c, &limits))?;
     let owned = rendezvous::writer_owns(&mut opened);
     let (setup, watch) = (crate::setup(PROGRAM, posix, c, &limits), &opened.watch);
-    tags.narrate();
     let (pid, path) = (std::process::id(), watch.path().display());
     narrate!("recorded as writer pid {pid} in {path}; the session starts");
     // 3. msgsnd and msgrcv have no timeout: a watchdog thread wakes them if the reader
@@ -119,33 +133,37 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (true, true) => narrate!("pingpong needs a second POSIX queue for replies: mq_receive cannot select, it always takes the highest priority"),
         _ => {}
     }
-    if c.mode == Mode::Text {
-        narrate!(
-            "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
-        );
-    }
+    tags.narrate();
     let (mut tx, rx) = crate::writer_link(opened.queues, pingpong, args.nowait, tags)?;
-    let mut report = send_all(&setup, &mut tx, rx, watch)?;
+    let session = WriterSession::new(&setup).capacity(opened.capacity);
+    let mut report = send_all(session, &setup, &mut tx, rx, watch)?;
     // After a clean finish the queue and its messages are the reader's (M1).
     if let Some(o) = owned {
         o.release();
     }
-    narrate!("sent End; the queue and anything still in it stay in the kernel until a reader removes them (M1: ipcs -q)");
+    let look = crate::elsewhere::look(posix, c.name_or(DEFAULT_NAME));
+    narrate!("sent End; the queue and anything still in it stay in the kernel until a reader removes them (M1: {look})");
     report.stale_skipped += opened.stale;
-    report.notes = [opened.notes, limits.describe(posix)].concat();
+    report.notes = opened.notes;
     report.notes.push(tx.full().note());
     report.notes.push(format!("writer pid {pid}"));
     conclude(&report, c.json)
 }
 
-/// Steps 4 and 5: one `msgsnd` (`mq_send`) per frame, in pingpong one `msgrcv`
-/// (`mq_timedreceive`) of each reply; then "finished" in the pair file.
-fn send_all(setup: &Setup, tx: &mut Tx, mut rx: Option<Rx>, watch: &PeerWatch) -> Result<Report> {
-    let mut session = WriterSession::new(setup);
+/// Steps 4 and 5: one `msgsnd` (`mq_send`) per frame, the Hello first, in pingpong one
+/// `msgrcv` (`mq_timedreceive`) of each reply; then "finished" in the pair file.
+fn send_all(
+    mut session: WriterSession,
+    setup: &Setup,
+    tx: &mut Tx,
+    mut rx: Option<Rx>,
+    watch: &PeerWatch,
+) -> Result<Report> {
     let (mut frame, mut stdin, mut line) = (FrameBuf::new(), io::stdin().lock(), Vec::new());
     loop {
         match session.next(&mut frame)? {
             Next::Send(out) => {
+                let hello = out.kind == Kind::Hello;
                 let sent = match tx {
                     // msgsnd(2): the kernel copies the type and the frame into a new message
                     // at the end of the queue (M2); it sleeps while the queue is full (M6).
@@ -164,7 +182,10 @@ fn send_all(setup: &Setup, tx: &mut Tx, mut rx: Option<Rx>, watch: &PeerWatch) -
                     }
                 };
                 if sent == Delivery::PeerGone {
-                    return Err(session.reader_left(watch.how_gone()));
+                    return Err(watch.reader_gone(&session));
+                }
+                if hello {
+                    tx.tags().narrate_hello(session.hello());
                 }
             }
             Next::AwaitAnswer => {
@@ -183,7 +204,7 @@ fn send_all(setup: &Setup, tx: &mut Tx, mut rx: Option<Rx>, watch: &PeerWatch) -
                         watch.recv_posix(|d| mq_timedreceive(q, buf, prio, d))?
                     }
                 };
-                let n = got.ok_or_else(|| session.reader_left(watch.how_gone()))?;
+                let n = got.ok_or_else(|| watch.reader_gone(&session))?;
                 let (header, payload) = frame_of(rx.text(n), setup.max_payload)?;
                 session.answer(&header, payload)?;
             }
@@ -196,7 +217,8 @@ fn send_all(setup: &Setup, tx: &mut Tx, mut rx: Option<Rx>, watch: &PeerWatch) -
         }
     }
     // 5. End is out: pwrite(2) of "finished" to the pair file, for a typed reader (it
-    // polls) and for a reader that comes later (M1).
+    // polls) and for a reader that comes later (M1); unless the reader left meanwhile.
+    watch.reader_stayed(&session)?;
     watch.mark_finished()?;
     Ok(session.finish())
 }

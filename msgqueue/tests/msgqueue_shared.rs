@@ -254,10 +254,11 @@ fn claim_m5_finished_sessions_wait_in_the_queue_for_their_readers() {
     let two = two.finish();
     ok(&one, "writer 1");
     ok(&two, "writer 2");
-    // Both writers have exited; their sessions (a line and End each) are in the kernel (M1).
+    // Both writers have exited; their sessions (a Hello, a line and End each) are in the
+    // kernel (M1).
     let id = msqid_of(&two);
     assert!(two.stderr.contains("wait in the queue"), "{}", two.stderr);
-    assert_eq!((SysvQueue { id, key: 0 }).stat().unwrap().qnum, 4);
+    assert_eq!((SysvQueue { id, key: 0 }).stat().unwrap().qnum, 6);
     let r2 = env.reader(&["--shared", "--type", "2"]).finish();
     ok(&r2, "reader 2");
     assert!(
@@ -266,7 +267,7 @@ fn claim_m5_finished_sessions_wait_in_the_queue_for_their_readers() {
         r2.stdout
     );
     // Writer 1's session is still whole in the queue: the reader of type 2 leaves it.
-    assert_eq!((SysvQueue { id, key: 0 }).stat().unwrap().qnum, 2);
+    assert_eq!((SysvQueue { id, key: 0 }).stat().unwrap().qnum, 3);
     let r1 = env.reader(&["--shared", "--type", "1"]).finish();
     ok(&r1, "reader 1");
     assert!(r1.stdout.contains(": for type one"), "{}", r1.stdout);

@@ -44,6 +44,16 @@ impl Env {
         }
     }
 
+    /// The same world (directory and name) whose programs get `--timeout secs`: two sides
+    /// of one pair that give up at different times.
+    pub fn twin(&self, secs: &str) -> Env {
+        Env {
+            dir: self.dir.clone(),
+            name: self.name.clone(),
+            timeout: secs.into(),
+        }
+    }
+
     /// The one-to-one pair file of this test's name.
     pub fn pair_file(&self, posix: bool) -> std::path::PathBuf {
         let ext = if posix { "posix-mq" } else { "sysv-mq" };
