@@ -34,6 +34,9 @@ pub struct Stall {
     then: &'static str,
     /// The claim it shows.
     claim: &'static str,
+    /// Who is not doing what, said when a wait is told ("the reader is not taking
+    /// anything").
+    reason: &'static str,
     /// Start of the wait in progress.
     since: Option<Instant>,
     /// The wait in progress was narrated.
@@ -62,6 +65,7 @@ impl Stall {
             now,
             then,
             claim,
+            reason: "the reader is not taking anything",
             since: None,
             told: false,
             episodes: 0,
@@ -69,6 +73,13 @@ impl Stall {
             longest: Duration::ZERO,
             total: Duration::ZERO,
         }
+    }
+
+    /// Says `reason` instead of "the reader is not taking anything" when a wait is told
+    /// (a queue that fills before any reader came, say).
+    pub fn reason(mut self, reason: &'static str) -> Stall {
+        self.reason = reason;
+        self
     }
 
     /// A wait starts (a second call while one is in progress changes nothing).
@@ -86,11 +97,12 @@ impl Stall {
                 self.told = true;
                 self.long += 1;
                 narrate!(
-                    "{} has been blocked for {:.2} s: {} ({}); the reader is not taking anything",
+                    "{} has been blocked for {:.2} s: {} ({}); {}",
                     self.call,
                     t.elapsed().as_secs_f64(),
                     self.now,
-                    self.claim
+                    self.claim,
+                    self.reason
                 );
             }
         }
