@@ -1,7 +1,8 @@
 //! The shared ring's consumer over a region whose every byte the fuzzer controls (a
 //! hostile peer): header, indices and data area. Every call must return a frame or an
 //! error; never panic, never touch memory outside the region (the address sanitizer
-//! checks that), never hand out a frame that did not pass the decoder.
+//! checks that), never hand out a frame that did not pass the decoder, and never lend a
+//! payload slice that is not the frame's own bytes inside the region.
 #![no_main]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -53,9 +54,22 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut rx) = region.consumer(Direction::WriterToReader, opts) else {
         return;
     };
+    // Copying out, then (from wherever that stopped) reading in place: the zero-copy
+    // path hands out a slice of the region itself, which must be exactly the frame's
+    // payload and inside the region.
     for _ in 0..16 {
         match rx.try_recv() {
             Ok(Some(h)) => assert_eq!(rx.payload().len(), h.payload_len()),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    for _ in 0..16 {
+        match rx.try_recv_in_place() {
+            Ok(Some((h, p))) => {
+                assert_eq!(p.len(), h.payload_len());
+                let (start, end) = (p.as_ptr() as usize, p.as_ptr() as usize + p.len());
+                assert!(start >= ptr as usize && end <= ptr as usize + len);
+            }
             Ok(None) | Err(_) => break,
         }
     }

@@ -498,6 +498,21 @@ impl Consumer {
     pub fn recv_in_place(&mut self) -> Result<(Header, &[u8]), RingError> {
         self.settle();
         let rec = self.wait_for_record()?;
+        self.lend(rec)
+    }
+
+    /// [`Consumer::recv_in_place`] without waiting: `None` if no frame is published now.
+    pub fn try_recv_in_place(&mut self) -> Result<Option<(Header, &[u8])>, RingError> {
+        self.pacer.tick(&self.region)?;
+        self.settle();
+        match self.poll(true)? {
+            Some(rec) => self.lend(rec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The published record of `rec` bytes at `tail`, read in place and lent out.
+    fn lend(&mut self, rec: u64) -> Result<(Header, &[u8]), RingError> {
         let data = self.region.data(self.d);
         let at = self.tail;
         let off = (at & (self.cap - 1)) as usize;

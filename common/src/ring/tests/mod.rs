@@ -557,3 +557,22 @@ fn a_full_ring_wait_is_counted_and_reported() {
     );
     assert_eq!(p.peer_index(), 3 * 2048);
 }
+
+/// The non-waiting in-place receive: nothing published, nothing lent; a frame, lent.
+#[test]
+fn try_recv_in_place_lends_only_what_is_published() {
+    let (r, _) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    assert!(c.try_recv_in_place().unwrap().is_none());
+    p.send(&hdr(Kind::Data, 0, b"in place"), b"in place")
+        .unwrap();
+    let (h, got) = c.try_recv_in_place().unwrap().expect("published");
+    assert_eq!((h.seq, got), (0, &b"in place"[..]));
+    assert!(c.try_recv_in_place().unwrap().is_none());
+}
