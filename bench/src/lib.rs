@@ -17,6 +17,7 @@
 //! | [`cases`]   | what to run for each mechanism, flavour, wait strategy, mode, size  |
 //! | [`run`]     | starting a case's processes under a deadline, reading their reports |
 //! | [`floors`]  | cache-line and futex round trips, memcpy bandwidth                  |
+//! | [`bare`]    | each mechanism's kernel path in a bare loop (the "x bare" column)   |
 //! | [`roles`]   | `bench __role`: the programs the runner can become                  |
 //! | [`output`]  | table, JSON, CSV, environment, SVG charts, index.html               |
 //!
@@ -24,6 +25,7 @@
 //! or whose process failed or timed out, is FAILED in the table and left out of the
 //! charts; warm-up messages are not timed; pingpong sends the same size both ways.
 
+pub mod bare;
 pub mod cases;
 pub mod floors;
 pub mod output;
@@ -115,6 +117,13 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench __floor: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("__bare") => match bare::bare_main(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench __bare: {e:#}");
                 ExitCode::FAILURE
             }
         },
