@@ -12,6 +12,7 @@ use common::timing::{fmt_ns, fmt_rate};
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::bare::Bare;
 use crate::floors::Floor;
 use crate::run::Outcome;
 
@@ -41,6 +42,12 @@ pub struct Row {
     pub cpu_ns_per_msg: f64,
     pub floor: String,
     pub x_floor: f64,
+    /// The bare loop of this row (`pipe block`, `shm-copy spin`, ...) and the median over
+    /// the repetitions of the row's multiple of it (0: the bare loop failed every time).
+    #[serde(default)]
+    pub bare: String,
+    #[serde(default)]
+    pub x_bare: f64,
     pub max_rss_kib: u64,
 }
 
@@ -114,6 +121,8 @@ fn fold(key: (String, String, String, String, u64), g: &[&Outcome]) -> Row {
         cpu_ns_per_msg: fl(|o| o.cpu_ns_per_msg),
         floor: g[0].floor.clone(),
         x_floor: fl(|o| o.x_floor),
+        bare: g[0].bare.clone(),
+        x_bare: median_f(ok.iter().map(|o| o.x_bare).filter(|&x| x > 0.0).collect()),
         max_rss_kib: ok
             .iter()
             .map(|o| o.writer_rss_kib.max(o.reader_rss_kib))
@@ -122,7 +131,8 @@ fn fold(key: (String, String, String, String, u64), g: &[&Outcome]) -> Row {
     }
 }
 
-fn size_label(b: u64) -> String {
+/// `64 B`, `8152 B`, `64 KiB`, `1 MiB`: a size as the table writes it.
+pub fn size_label(b: u64) -> String {
     match b {
         b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
         b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
@@ -131,11 +141,11 @@ fn size_label(b: u64) -> String {
 }
 
 /// The table, as printed on stdout.
-pub fn table(rows: &[Row], floors: &[Floor]) -> String {
+pub fn table(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>14}",
+        "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>16} {:>7}",
         "mechanism",
         "flavour",
         "wait",
@@ -147,7 +157,8 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
         "msg/s",
         "bytes/s",
         "cpu/msg",
-        "x floor"
+        "x floor",
+        "x bare"
     );
     for r in rows {
         if r.status != "ok" {
@@ -165,7 +176,7 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10.0} {:>11} {:>9} {:>14}",
+            "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10.0} {:>11} {:>9} {:>16} {:>7}",
             r.mechanism,
             r.flavour,
             r.wait,
@@ -178,15 +189,93 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
             fmt_rate(r.bytes_per_s).replace(' ', ""),
             fmt_ns(r.cpu_ns_per_msg as u64),
             format!("{:.2}x {}", r.x_floor, r.floor),
+            if r.x_bare > 0.0 {
+                format!("{:.2}x", r.x_bare)
+            } else {
+                "-".into()
+            },
         );
     }
     floor_lines(&mut s, floors);
+    bare_lines(&mut s, bares);
     s.push_str(
         "\nlatency: pingpong = round trip on the writer's clock; stream = one-way (includes queueing).\n\
          cpu/msg: writer + reader CPU time per message.\n\
-         x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n",
+         x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n\
+         x bare: the same direction against the row's bare loop above, in the same repetition: pingpong p50 / bare p50;\n\
+         \x20       stream: bare bytes/s / bytes/s. Above 1.00x is what the frame, checksum and statistics cost; - : no bare figure.\n\
+         below 1.00x: a floor or bare loop is a median of a noisy run, not a constant (see its spread; index.html explains).\n",
     );
     s
+}
+
+/// The bare loops measured in this run, under the floors: one line per loop, with the
+/// median over the repetitions and, when there are several, their range.
+fn bare_lines(s: &mut String, bares: &[Bare]) {
+    if bares.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        *s,
+        "\nbare loops measured in this run (no frame, checksum or statistics; pinned as the pairs):"
+    );
+    let mut seen: Vec<(String, String, String, u64)> = Vec::new();
+    for b in bares {
+        let key = (b.kind.clone(), b.wait.clone(), b.mode.clone(), b.size_bytes);
+        if seen.contains(&key) {
+            continue;
+        }
+        let runs: Vec<&Bare> = bares
+            .iter()
+            .filter(|o| {
+                (&o.kind, &o.wait, &o.mode, o.size_bytes) == (&key.0, &key.1, &key.2, key.3)
+            })
+            .collect();
+        let name = format!(
+            "{} {} {} {}",
+            b.kind,
+            b.wait,
+            b.mode,
+            size_label(b.size_bytes)
+        );
+        let ok: Vec<f64> = runs
+            .iter()
+            .filter(|o| o.status == "ok")
+            .map(|o| o.figure())
+            .collect();
+        seen.push(key);
+        if ok.is_empty() {
+            let why = runs
+                .iter()
+                .find_map(|o| o.failure.clone())
+                .unwrap_or_default();
+            let _ = writeln!(*s, "  {name:<34} FAILED: {why}");
+            continue;
+        }
+        let show = |v: f64| {
+            if b.mode == "pingpong" {
+                format!("round trip p50 {}", fmt_ns(v as u64))
+            } else {
+                fmt_rate(v)
+            }
+        };
+        let mid = median_f(ok.clone());
+        let spread = if ok.len() > 1 {
+            let lo = ok.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ok.iter().copied().fold(0.0, f64::max);
+            let f = |v: f64| {
+                if b.mode == "pingpong" {
+                    fmt_ns(v as u64)
+                } else {
+                    fmt_rate(v)
+                }
+            };
+            format!(" (runs {} to {})", f(lo), f(hi))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(*s, "  {name:<34} {}{spread}  [{}]", show(mid), b.setup);
+    }
 }
 
 /// The floors measured in this run, under the table.
@@ -221,13 +310,13 @@ fn floor_lines(s: &mut String, floors: &[Floor]) {
 /// CSV of the raw outcomes (one line per repetition).
 pub fn csv(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
-        "mechanism,flavour,wait,mode,size_bytes,count,repetition,status,p50_ns,p99_ns,p999_ns,msgs_per_s,bytes_per_s,cpu_ns_per_msg,floor,floor_value,x_floor,writer_rss_kib,reader_rss_kib,failure\n",
+        "mechanism,flavour,wait,mode,size_bytes,count,repetition,status,p50_ns,p99_ns,p999_ns,msgs_per_s,bytes_per_s,cpu_ns_per_msg,floor,floor_value,x_floor,bare,bare_value,x_bare,writer_rss_kib,reader_rss_kib,failure\n",
     );
     for o in outcomes {
         let failure = o.failure.as_deref().unwrap_or("").replace('"', "'");
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{},{:.1},{:.3},{},{},\"{}\"",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{},{:.1},{:.3},{},{:.1},{:.3},{},{},\"{}\"",
             o.mechanism,
             o.flavour,
             o.wait,
@@ -245,6 +334,9 @@ pub fn csv(outcomes: &[Outcome]) -> String {
             o.floor,
             o.floor_value,
             o.x_floor,
+            o.bare,
+            o.bare_value,
+            o.x_bare,
             o.writer_rss_kib,
             o.reader_rss_kib,
             failure
@@ -372,32 +464,41 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Everything a run measured, as `results.json` and `--json` hold it.
+pub struct Results<'a> {
+    pub env: &'a serde_json::Value,
+    pub floors: &'a [Floor],
+    pub bares: &'a [Bare],
+    pub rows: &'a [Row],
+    pub outcomes: &'a [Outcome],
+}
+
+impl Results<'_> {
+    /// The one JSON object of `results.json` and `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "environment": self.env,
+            "floors": self.floors,
+            "bare": self.bares,
+            "rows": self.rows,
+            "outcomes": self.outcomes,
+        })
+    }
+}
+
 /// Writes every file into `dir`.
-pub fn write_all(
-    dir: &Path,
-    outcomes: &[Outcome],
-    rows: &[Row],
-    floors: &[Floor],
-    env: &serde_json::Value,
-    table_text: &str,
-) -> Result<()> {
+pub fn write_all(dir: &Path, r: &Results, table_text: &str) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-    let results = serde_json::json!({
-        "environment": env,
-        "floors": floors,
-        "rows": rows,
-        "outcomes": outcomes,
-    });
     fs::write(
         dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
+        serde_json::to_string_pretty(&r.to_json())?,
     )?;
     fs::write(
         dir.join("environment.json"),
-        serde_json::to_string_pretty(env)?,
+        serde_json::to_string_pretty(r.env)?,
     )?;
-    fs::write(dir.join("results.csv"), csv(outcomes))?;
-    charts(dir, rows)?;
+    fs::write(dir.join("results.csv"), csv(r.outcomes))?;
+    charts(dir, r.rows)?;
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ipc-study bench</title>\n\
          <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head>\n\
@@ -406,7 +507,7 @@ pub fn write_all(
          <h2>Throughput</h2><img src=\"throughput.svg\" alt=\"throughput chart\">\n\
          <h2>Environment</h2><pre>{}</pre>\n<p>Raw data: <a href=\"results.json\">results.json</a>, <a href=\"results.csv\">results.csv</a>.</p>\n</body></html>\n",
         html_escape(table_text),
-        html_escape(&serde_json::to_string_pretty(env)?)
+        html_escape(&serde_json::to_string_pretty(r.env)?)
     );
     fs::write(dir.join("index.html"), html)?;
     Ok(())

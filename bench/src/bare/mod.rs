@@ -38,7 +38,8 @@
 //!   before its first timed send to the child's clock just after its last receive (the same
 //!   clock in both processes); the child leaves that instant in a shared page.
 //!
-//! The process prints one JSON line, a [`Bare`].
+//! The process prints one JSON line, a [`Bare`]; the runner ([`crate::run::run_bare`])
+//! reads it and divides each mechanism's figure by it ([`crate::run::apply_bare`]).
 
 pub mod pipes;
 pub mod queues;
