@@ -36,6 +36,9 @@ pub struct Floor {
     pub name: String,
     /// Message size for memcpy; 0 for the round trips.
     pub size_bytes: u64,
+    /// Round trips timed (cacheline, futex) or runs of which the median is taken (memcpy).
+    #[serde(default)]
+    pub count: u64,
     /// Round-trip quantiles (cacheline, futex).
     pub latency_ns: Option<LatencyNs>,
     /// Median bandwidth over the runs (memcpy), bytes per second.
@@ -182,6 +185,7 @@ pub fn cacheline(iters: u64, cpus: (Option<usize>, Option<usize>)) -> Result<Flo
     )?;
     Ok(Floor {
         name: "cacheline".into(),
+        count: iters,
         latency_ns: lat.summary(),
         ..Floor::default()
     })
@@ -254,6 +258,7 @@ pub fn futex_rtt(iters: u32, cpus: (Option<usize>, Option<usize>)) -> Result<Flo
     )?;
     Ok(Floor {
         name: "futex".into(),
+        count: u64::from(iters),
         latency_ns: lat.summary(),
         ..Floor::default()
     })
@@ -290,6 +295,7 @@ pub fn memcpy(size: usize, runs: usize, bytes_per_run: usize, cpu: Option<usize>
     Ok(Floor {
         name: "memcpy".into(),
         size_bytes: size as u64,
+        count: rates.len() as u64,
         latency_ns: None,
         bytes_per_s: rates[rates.len() / 2],
         bytes_per_s_min: rates[0],

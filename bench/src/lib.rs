@@ -21,7 +21,8 @@
 //! | [`floors`]  | cache-line and futex round trips, memcpy bandwidth                  |
 //! | [`bare`]    | each mechanism's kernel path in a bare loop (the "x bare" column)   |
 //! | [`roles`]   | `bench __role`: the programs the runner can become                  |
-//! | [`output`]  | table, JSON, CSV, environment, SVG charts, index.html               |
+//! | [`output`]  | table, JSON, CSV, environment, index.html                           |
+//! | [`charts`]  | the SVG charts: latency and throughput                              |
 //!
 //! Honesty rules: a case whose reader saw a missing, repeated, stale or corrupt message,
 //! or whose process failed or timed out, is FAILED in the table and left out of the
@@ -29,6 +30,7 @@
 
 pub mod bare;
 pub mod cases;
+pub mod charts;
 pub mod floors;
 pub mod output;
 pub mod roles;

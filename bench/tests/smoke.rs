@@ -104,12 +104,14 @@ fn runner_produces_verified_results_and_every_file() {
             "{svg} is not an SVG document"
         );
         assert!(
-            s.contains("<polyline") || s.contains("<circle"),
+            s.contains("<polyline") || s.contains("<circle") || s.contains("<polygon"),
             "{svg} has no data"
         );
     }
     let html = file("index.html");
     assert!(html.contains("latency.svg") && html.contains("x bare"));
+    assert!(html.contains("Why a ratio can be below 1.00x"));
+    assert_eq!(html.matches("<figcaption>").count(), 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
 
