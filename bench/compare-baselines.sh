@@ -1,33 +1,62 @@
 #!/usr/bin/env bash
-# Compares each pair with the bare C loops of ../shared/baselines, interleaved in one run,
-# writer pinned to CPU 0 and reader to CPU 1 (as the C programs pin themselves). This is
-# how the ratios in the crate READMEs were measured. `bench` measures its own floors; this
-# script is for checking the issues' goals against the C programs themselves.
+# Compares each pair with the bare loop of its kernel path, interleaved in one run, writer
+# pinned to CPU 0 and reader to CPU 1. This is how the ratios in the crate READMEs are
+# measured; `bench` prints the same comparison as its "x bare" column, this script gives
+# the raw lines, several repetitions of each, for checking the issues' goals.
+#
+# Everything comes from this repository: the pairs are the release binaries, the bare
+# loops are the bench's own (`bench __bare KIND MODE SIZE COUNT`, bench/src/bare/: each
+# mechanism's system calls, or the copies into shared memory, with no frame, checksum or
+# statistics, pinned by themselves) and the floors are `bench __floor` (cache-line and
+# futex round trips, memcpy bandwidth).
+#
+# BASELINES=DIR also runs the C programs the Rust bare loops follow (stream_pingpong,
+# pipe_bw, sock_bw, mq_bench, shm_copy, cacheline_pingpong, futex_pingpong, memcpy_bw),
+# built with make and gcc from DIR's .c files, common.h and Makefile, as "C" lines.
+# BIN=DIR compares other release binaries (say, a build of an earlier commit); the bare
+# loops and floors still come from this tree's bench.
 #   usage: bench/compare-baselines.sh [REPETITIONS]     (from the workspace root)
+# Prints, per comparison: "ours" (the pair), "bare" (the Rust bare loop), "floor" where
+# one bounds it, and "C" with BASELINES; each line p50 (pingpong) and GB/s (1e9 B/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-3}
-src=${BASELINES:-../shared/baselines}
-bl=$(mktemp -d /tmp/ipc-study-baselines.XXXXXX)
+target=${CARGO_TARGET_DIR:-target}
 rt=$(mktemp -d /tmp/ipc-study-compare.XXXXXX)
-trap 'rm -rf "$bl" "$rt"' EXIT
-cp "$src"/*.c "$src"/*.h "$src"/Makefile "$bl"/ && make -s -C "$bl" >/dev/null
-# BIN=DIR compares other release binaries (say, a build of an earlier commit).
-if [ -z "${BIN:-}" ]; then cargo build --release --workspace --quiet; fi
+bl=
+cleanup() { rm -rf "$rt" ${bl:+"$bl"}; }
+trap cleanup EXIT
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --workspace --quiet
+else
+  cargo build --release -p bench --quiet
+fi
+BENCH=$target/release/bench
+B=${BIN:-$target/release}
+if [ -n "${BASELINES:-}" ]; then
+  if ! ls "$BASELINES"/*.c "$BASELINES"/common.h "$BASELINES"/Makefile >/dev/null 2>&1; then
+    echo "BASELINES=$BASELINES: no .c files, common.h and Makefile there" >&2
+    exit 2
+  fi
+  bl=$(mktemp -d /tmp/ipc-study-baselines.XXXXXX)
+  cp "$BASELINES"/*.c "$BASELINES"/*.h "$BASELINES"/Makefile "$bl"/ && make -s -C "$bl" >/dev/null
+fi
 export IPC_STUDY_DIR="$rt"
-B=${BIN:-target/release}
 
-report() { # role label: print the report of that role from stdin
+line() { # what label [role]: print one JSON report, bare loop or floor from stdin
   python3 -c "
 import sys, json
 for l in sys.stdin:
     l = l.strip()
     if not l.startswith('{'): continue
     r = json.loads(l)
-    if r['role'] != '$1': continue
+    if '${3:-}' and r.get('role') != '${3:-}': continue
     lat = r.get('latency_ns') or {}
-    print('  ours %-34s p50 %8s ns  %7.3f GB/s  %9.0f msg/s' % ('$2', lat.get('p50', '-'), r['bytes_per_s'] / 1e9, r['msgs_per_s']))
+    bps = r.get('bytes_per_s') or 0
+    mps = r.get('msgs_per_s')
+    print('  %-5s %-44s p50 %8s ns  %7.3f GB/s  %9s msg/s' % ('$1', '$2', lat.get('p50', '-'), bps / 1e9, '%.0f' % mps if mps else '-'))
 "; }
+report() { line ours "$2" "$1"; }
 pair() { # label writer reader "writer-only flags" common flags...
   local label=$1 w=$2 r=$3 wonly=$4; shift 4
   taskset -c 1 $B/"$r" "$@" --json -q > "$rt/r.json" &
@@ -43,39 +72,67 @@ spawned() { # label: pipe-writer --spawn with the reader pinned to CPU 1
     --reader-arg=-c --reader-arg=1 --reader-arg "$(realpath "$B")/pipe-reader" > "$rt/p.json"
   if [[ $* == *pingpong* ]]; then report writer "$label" < "$rt/p.json"; else report reader "$label" < "$rt/p.json"; fi
 }
-c() { echo "  C    $*"; }
+bare() { # KIND MODE SIZE COUNT [flags]: the Rust bare loop, pinned to CPUs 0 and 1
+  "$BENCH" __bare "$@" --pin 0,1 | line bare "$*"
+}
+floor() { # NAME ARGS...: a floor of bench, pinned to CPUs 0 and 1 (memcpy: CPU 0)
+  "$BENCH" __floor "$@" | line floor "$*"
+}
+c() { # PROGRAM ARGS...: the C program's last line, with BASELINES only
+  if [ -n "$bl" ]; then echo "  C     $* : $("$bl"/"$@" | tail -1)"; fi
+}
 
 for rep in $(seq "$reps"); do
   echo "== repetition $rep ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))"
-  c "$("$bl"/stream_pingpong pipe 64 50000 | tail -1)"
+  bare pipe pingpong 64 50000
+  c stream_pingpong pipe 64 50000
   spawned "pipe pingpong 64 B" --mode pingpong --count 50000
+  bare fifo pingpong 64 50000
   pair "fifo pingpong 64 B" named-pipe-writer named-pipe-reader "" --name cmp-f1 --mode pingpong --count 50000
-  c "$("$bl"/pipe_bw rw 64 2048 | tail -1)"
+  bare pipe stream 64K 40000 --pipe-size 1M
+  c pipe_bw rw 64 2048
   spawned "pipe stream 64 KiB (1 MiB pipe)" --mode stream --count 40000 --size 64K --pipe-size 1M
+  bare fifo stream 64K 40000 --pipe-size 1M
   pair "fifo stream 64 KiB (1 MiB FIFO)" named-pipe-writer named-pipe-reader "--pipe-size 1M" --name cmp-f2 --mode stream --count 40000 --size 64K
-  c "$("$bl"/stream_pingpong unix 64 50000 | tail -1)"
+  bare unix pingpong 64 50000
+  c stream_pingpong unix 64 50000
   pair "unix pingpong 64 B" socket-writer socket-reader "" --unix "$rt/u1.sock" --mode pingpong --count 50000
-  c "$("$bl"/stream_pingpong tcp 64 50000 | tail -1)"
+  bare tcp pingpong 64 50000
+  c stream_pingpong tcp 64 50000
   pair "tcp pingpong 64 B" socket-writer socket-reader "" --tcp 127.0.0.1:47561 --mode pingpong --count 50000
-  c "$("$bl"/sock_bw unix 64 2048 | tail -1)"
+  bare unix stream 64K 40000
+  c sock_bw unix 64 2048
   pair "unix stream 64 KiB" socket-writer socket-reader "" --unix "$rt/u2.sock" --mode stream --count 40000 --size 64K
-  c "$("$bl"/sock_bw tcp 64 2048 | tail -1)"
+  bare tcp stream 64K 40000
+  c sock_bw tcp 64 2048
   pair "tcp stream 64 KiB" socket-writer socket-reader "" --tcp 127.0.0.1:47562 --mode stream --count 40000 --size 64K
-  c "$("$bl"/mq_bench sysv pingpong 64 50000 | tail -1)"
+  bare sysv-mq pingpong 64 50000
+  c mq_bench sysv pingpong 64 50000
   pair "mq sysv pingpong 64 B" msgqueue-writer msgqueue-reader "" --name cmp-m1 --mode pingpong --count 50000
-  c "$("$bl"/mq_bench posix pingpong 64 50000 | tail -1)"
+  bare posix-mq pingpong 64 50000
+  c mq_bench posix pingpong 64 50000
   pair "mq posix pingpong 64 B" msgqueue-writer msgqueue-reader "" --name cmp-m2 --posix --mode pingpong --count 50000
-  c "$("$bl"/mq_bench sysv stream 8192 200000 | tail -1)"
+  bare sysv-mq stream 8152 200000
+  c mq_bench sysv stream 8192 200000
   pair "mq sysv stream 8152 B" msgqueue-writer msgqueue-reader "" --name cmp-m3 --mode stream --count 200000 --size 8152
-  c "$("$bl"/mq_bench posix stream 8192 200000 | tail -1)"
+  bare posix-mq stream 8152 200000
+  c mq_bench posix stream 8192 200000
   pair "mq posix stream 8152 B" msgqueue-writer msgqueue-reader "" --name cmp-m4 --posix --mode stream --count 200000 --size 8152
-  c "$("$bl"/cacheline_pingpong 500000 | tail -1)"
+  floor cacheline 500000 0 1
+  c cacheline_pingpong 500000
+  bare shm-copy pingpong 64 500000
+  c shm_copy pingpong 64 500000
   pair "shm spin pingpong 64 B" shm-writer shm-reader "" --name cmp-s1 --wait spin --mode pingpong --count 500000
   pair "mmap tmpfs spin pingpong 64 B" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp1.map" --wait spin --mode pingpong --count 500000
-  c "$("$bl"/futex_pingpong 50000 | tail -1)"
+  floor futex 50000 0 1
+  c futex_pingpong 50000
+  bare shm-copy pingpong 64 50000 --wait block
   pair "shm block pingpong 64 B" shm-writer shm-reader "" --name cmp-s2 --wait block --mode pingpong --count 50000
   pair "mmap tmpfs block pingpong 64 B" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp2.map" --wait block --mode pingpong --count 50000
-  c "$(taskset -c 0 "$bl"/memcpy_bw 5 | grep 64KiB)"
+  floor memcpy 65536 1073741824 0
+  if [ -n "$bl" ]; then echo "  C     memcpy_bw 5 : $(taskset -c 0 "$bl"/memcpy_bw 5 | grep 64KiB)"; fi
+  bare shm-copy stream 64K 200000
+  c shm_copy stream 64K 200000
   pair "shm spin stream 64 KiB" shm-writer shm-reader "" --name cmp-s3 --wait spin --mode stream --count 200000 --size 64K
   pair "mmap tmpfs adaptive stream 64 KiB" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp3.map" --mode stream --count 200000 --size 64K
   pair "shm adaptive stream 64 KiB" shm-writer shm-reader "" --name cmp-s4 --mode stream --count 200000 --size 64K

@@ -2,9 +2,12 @@
 //!
 //! A case lists the processes to start. Each is `bench __role --pin CPU PROGRAM ARGS`;
 //! the shared flags (`--mode --count --size --name --json --quiet --timeout`) are added
-//! by the runner, so a case only says what is particular to its mechanism.
+//! by the runner, so a case only says what is particular to its mechanism. It also names
+//! the floor that bounds it and the bare loop ([`crate::bare`]) it is compared with.
 
 use common::cli::Mode;
+
+use crate::bare;
 
 /// Which floor bounds a case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -41,9 +44,44 @@ pub struct Case {
     /// Started in this order (readers first: either order works, this one waits less).
     pub procs: Vec<Launch>,
     pub floor: FloorKind,
+    /// The bare loop this case is compared with (the "x bare" column).
+    pub bare: BareLoop,
+}
+
+/// Which bare loop (see [`crate::bare`]) matches a case: the kind, how it waits, and the
+/// pipe capacity the case's own pipe has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BareLoop {
+    pub kind: bare::Kind,
+    pub wait: bare::Wait,
+    pub pipe_size: Option<usize>,
+}
+
+impl BareLoop {
+    fn new(kind: bare::Kind) -> BareLoop {
+        BareLoop {
+            kind,
+            wait: bare::Wait::Spin,
+            pipe_size: None,
+        }
+    }
 }
 
 impl Case {
+    /// `bench __bare`'s spec for this case's bare loop: same mode, size and count, the
+    /// processes pinned as the case's writer and reader are.
+    pub fn bare_spec(&self, pins: Option<(usize, usize)>) -> bare::Spec {
+        bare::Spec {
+            kind: self.bare.kind,
+            mode: self.mode,
+            size: self.size,
+            count: self.count,
+            pin: pins.map(|(a, b)| vec![a, b]).unwrap_or_default(),
+            pipe_size: self.bare.pipe_size,
+            wait: self.bare.wait,
+        }
+    }
+
     /// "pipe spawn block pingpong 64 B", for progress and errors.
     pub fn label(&self) -> String {
         format!(
@@ -107,7 +145,14 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn case(&self, flavour: &str, wait: &str, floor: FloorKind, procs: Vec<Launch>) -> Case {
+    fn case(
+        &self,
+        flavour: &str,
+        wait: &str,
+        floor: FloorKind,
+        procs: Vec<Launch>,
+        bare: BareLoop,
+    ) -> Case {
         Case {
             mechanism: self.mechanism,
             flavour: flavour.into(),
@@ -122,6 +167,7 @@ impl Plan<'_> {
             } else {
                 floor
             },
+            bare,
         }
     }
 
@@ -141,16 +187,18 @@ impl Plan<'_> {
         for a in reader {
             args.push(format!("--reader-arg={a}"));
         }
+        let mut bare = BareLoop::new(bare::Kind::Pipe);
         if self.mode == Mode::Stream {
             // 1 MiB (pipe-max-size): fewer wake-ups per byte; see pipe/README.md.
             args.extend(["--pipe-size".into(), "1M".into()]);
+            bare.pipe_size = Some(1 << 20);
         }
         let writer = Launch {
             program: "pipe-writer",
             cpu_slot: 0,
             args,
         };
-        vec![self.case("spawn", "block", FloorKind::Futex, vec![writer])]
+        vec![self.case("spawn", "block", FloorKind::Futex, vec![writer], bare)]
     }
 
     fn msgqueue(&self) -> Vec<Case> {
@@ -167,7 +215,18 @@ impl Plan<'_> {
                 vec![]
             };
             let procs = pair("msgqueue", args.clone(), args);
-            let mut c = self.case(flavour, "block", FloorKind::Futex, procs);
+            let kind = if posix {
+                bare::Kind::PosixMq
+            } else {
+                bare::Kind::SysvMq
+            };
+            let mut c = self.case(
+                flavour,
+                "block",
+                FloorKind::Futex,
+                procs,
+                BareLoop::new(kind),
+            );
             c.size = self.size.min(limits.max_payload(posix));
             out.push(c);
         }
@@ -176,12 +235,14 @@ impl Plan<'_> {
 
     fn named_pipe(&self) -> Vec<Case> {
         let mut wargs = Vec::new();
+        let mut bare = BareLoop::new(bare::Kind::Fifo);
         if self.mode == Mode::Stream {
             // As for the anonymous pipe: a 1 MiB FIFO buffer (see named-pipe/README.md).
             wargs.extend(["--pipe-size".into(), "1M".into()]);
+            bare.pipe_size = Some(1 << 20);
         }
         let procs = pair("named-pipe", vec![], wargs);
-        vec![self.case("fifo", "block", FloorKind::Futex, procs)]
+        vec![self.case("fifo", "block", FloorKind::Futex, procs, bare)]
     }
 
     fn socket(&self) -> Vec<Case> {
@@ -194,7 +255,18 @@ impl Plan<'_> {
                 vec!["--unix".to_string()]
             };
             let procs = pair("socket", addr.clone(), addr);
-            out.push(self.case(flavour, "block", FloorKind::Futex, procs));
+            let kind = if flavour == "tcp" {
+                bare::Kind::Tcp
+            } else {
+                bare::Kind::Unix
+            };
+            out.push(self.case(
+                flavour,
+                "block",
+                FloorKind::Futex,
+                procs,
+                BareLoop::new(kind),
+            ));
         }
         out
     }
@@ -237,7 +309,17 @@ impl Plan<'_> {
                 args.extend(["--wait".into(), wait.into()]);
                 args.extend(["--capacity".into(), capacity.to_string()]);
                 let procs = pair(self.mechanism, args.clone(), args);
-                out.push(self.case(flavour, wait, floor, procs));
+                // The bare copy loop waits as the ring does: spinning for spin and
+                // adaptive (which spins while messages come quickly), futex for block.
+                let bare = BareLoop {
+                    wait: if wait == "block" {
+                        bare::Wait::Block
+                    } else {
+                        bare::Wait::Spin
+                    },
+                    ..BareLoop::new(bare::Kind::ShmCopy)
+                };
+                out.push(self.case(flavour, wait, floor, procs, bare));
             }
         }
         out

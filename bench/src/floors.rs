@@ -36,6 +36,9 @@ pub struct Floor {
     pub name: String,
     /// Message size for memcpy; 0 for the round trips.
     pub size_bytes: u64,
+    /// Round trips timed (cacheline, futex) or runs of which the median is taken (memcpy).
+    #[serde(default)]
+    pub count: u64,
     /// Round-trip quantiles (cacheline, futex).
     pub latency_ns: Option<LatencyNs>,
     /// Median bandwidth over the runs (memcpy), bytes per second.
@@ -105,31 +108,39 @@ fn pin(cpu: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Forks; the child runs `child` on `cpu_b` and exits; the parent runs `parent` on `cpu_a`.
-fn fork_pair(
+/// Forks; the child runs `child` on `cpu_b` and exits; the parent runs `parent` on `cpu_a`,
+/// then waits for the child, whose failure is an error. Each process first drops the other
+/// side's closure, so what it captured (a bare loop's file descriptors) is closed there: a
+/// side that dies then shows up as EOF or EPIPE at its peer, not as a hang.
+///
+/// Only for a process that has started no thread (`bench __floor`, `bench __bare`).
+pub(crate) fn fork_pair<T>(
     cpus: (Option<usize>, Option<usize>),
     child: impl FnOnce() -> Result<()>,
-    parent: impl FnOnce() -> Result<Latency>,
-) -> Result<Latency> {
-    // SAFETY: the floor process (`bench __floor`) starts no thread before this point, so
-    // the child is a copy of a single-threaded process and may run any code.
+    parent: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    // SAFETY: the floor and bare-loop processes (`bench __floor`, `bench __bare`) start no
+    // thread before this point, so the child is a copy of a single-threaded process and
+    // may run any code.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
+            drop(parent);
             let code = match pin(cpus.1).and_then(|()| child()) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("floor child: {e:#}");
+                    eprintln!("forked child: {e:#}");
                     1
                 }
             };
             std::process::exit(code);
         }
-        ForkResult::Parent { child } => {
+        ForkResult::Parent { child: pid } => {
+            drop(child);
             pin(cpus.0)?;
             let lat = parent();
-            let status = waitpid(child, None).context("waitpid")?;
+            let status = waitpid(pid, None).context("waitpid")?;
             if !matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)) {
-                bail!("floor child ended with {status:?}");
+                bail!("the forked child ended with {status:?}");
             }
             lat
         }
@@ -174,12 +185,15 @@ pub fn cacheline(iters: u64, cpus: (Option<usize>, Option<usize>)) -> Result<Flo
     )?;
     Ok(Floor {
         name: "cacheline".into(),
+        count: iters,
         latency_ns: lat.summary(),
         ..Floor::default()
     })
 }
 
-fn futex(word: &AtomicU32, op: libc::c_int, val: u32) {
+/// `futex(2)` on a word of shared memory: `FUTEX_WAIT` sleeps while `*word == val`,
+/// `FUTEX_WAKE` wakes up to `val` sleepers.
+pub(crate) fn futex(word: &AtomicU32, op: libc::c_int, val: u32) {
     // SAFETY: `word` is a live, 4-aligned u32 in a MAP_SHARED mapping; FUTEX_WAIT and
     // FUTEX_WAKE (shared, not PRIVATE, since two processes use the word) only read it, and
     // the null timeout means "no timeout". A spurious return is handled by the callers' loops.
@@ -244,6 +258,7 @@ pub fn futex_rtt(iters: u32, cpus: (Option<usize>, Option<usize>)) -> Result<Flo
     )?;
     Ok(Floor {
         name: "futex".into(),
+        count: u64::from(iters),
         latency_ns: lat.summary(),
         ..Floor::default()
     })
@@ -280,6 +295,7 @@ pub fn memcpy(size: usize, runs: usize, bytes_per_run: usize, cpu: Option<usize>
     Ok(Floor {
         name: "memcpy".into(),
         size_bytes: size as u64,
+        count: rates.len() as u64,
         latency_ns: None,
         bytes_per_s: rates[rates.len() / 2],
         bytes_per_s_min: rates[0],

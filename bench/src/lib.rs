@@ -2,8 +2,10 @@
 //!
 //! `cargo run --release -p bench` runs every writer/reader pair of the workspace in
 //! pingpong (64 B) and stream (64 KiB; message queues at the largest size their limits
-//! allow), measures the machine's floors in the same run, and prints one table in which
-//! each result is also given as a multiple of the floor that bounds it.
+//! allow), measures the machine's floors and each mechanism's bare loop in the same run,
+//! and prints one table in which each result is also given as a multiple of the floor that
+//! bounds it ("x floor") and of the bare loop that drives the same kernel path with no
+//! frame, checksum or statistics ("x bare": what the study kit's framing costs).
 //!
 //! How a figure is made: the runner starts itself twice, as `bench __role --pin 0
 //! pipe-writer ...` and `bench __role --pin 1 pipe-reader ...` (see [`roles`]); each child
@@ -17,14 +19,18 @@
 //! | [`cases`]   | what to run for each mechanism, flavour, wait strategy, mode, size  |
 //! | [`run`]     | starting a case's processes under a deadline, reading their reports |
 //! | [`floors`]  | cache-line and futex round trips, memcpy bandwidth                  |
+//! | [`bare`]    | each mechanism's kernel path in a bare loop (the "x bare" column)   |
 //! | [`roles`]   | `bench __role`: the programs the runner can become                  |
-//! | [`output`]  | table, JSON, CSV, environment, SVG charts, index.html               |
+//! | [`output`]  | table, JSON, CSV, environment, index.html                           |
+//! | [`charts`]  | the SVG charts: latency and throughput                              |
 //!
 //! Honesty rules: a case whose reader saw a missing, repeated, stale or corrupt message,
 //! or whose process failed or timed out, is FAILED in the table and left out of the
 //! charts; warm-up messages are not timed; pingpong sends the same size both ways.
 
+pub mod bare;
 pub mod cases;
+pub mod charts;
 pub mod floors;
 pub mod output;
 pub mod roles;
@@ -115,6 +121,13 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench __floor: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("__bare") => match bare::bare_main(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench __bare: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -324,18 +337,26 @@ pub fn run_bench(args: &Args) -> Result<()> {
     }
     let cases = plan(args, &ctx)?;
     let floor_jobs = floor_jobs(args, pins, &cases);
-    let (floors, outcomes) = measure(args, &ctx, &floor_jobs, &cases)?;
+    let Measured {
+        floors,
+        bares,
+        outcomes,
+    } = measure(args, &ctx, &floor_jobs, &cases)?;
 
     let rows = output::rows(&outcomes);
-    let table = output::table(&rows, &floors);
+    let table = output::table(&rows, &floors, &bares);
     let env = environment(args, &ctx);
     let dir = args.out.clone().unwrap_or_else(default_out);
-    output::write_all(&dir, &outcomes, &rows, &floors, &env, &table)?;
+    let measured = output::Results {
+        env: &env,
+        floors: &floors,
+        bares: &bares,
+        rows: &rows,
+        outcomes: &outcomes,
+    };
+    output::write_all(&dir, &measured, &table)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"environment": env, "floors": floors, "rows": rows, "outcomes": outcomes})
-        );
+        println!("{}", measured.to_json());
     } else {
         print!("{table}");
     }
@@ -428,16 +449,28 @@ fn floor_jobs(args: &Args, pins: Option<(usize, usize)>, cases: &[Case]) -> Vec<
     jobs
 }
 
-/// Runs the floors, then every case `--reps` times, with a progress bar.
-fn measure(
-    args: &Args,
-    ctx: &Ctx,
-    floor_jobs: &[Vec<String>],
-    cases: &[Case],
-) -> Result<(Vec<floors::Floor>, Vec<run::Outcome>)> {
+/// What a run measured: the floors (once), the bare loops and the cases (each repetition).
+struct Measured {
+    floors: Vec<floors::Floor>,
+    bares: Vec<bare::Bare>,
+    outcomes: Vec<run::Outcome>,
+}
+
+/// Runs the floors, then every case `--reps` times, with a progress bar. In each
+/// repetition a case's bare loop runs just before the first case that needs it, so a
+/// mechanism and its bare loop are measured close together, and each ratio is taken
+/// within one repetition.
+fn measure(args: &Args, ctx: &Ctx, floor_jobs: &[Vec<String>], cases: &[Case]) -> Result<Measured> {
     let reps = args.reps.unwrap_or(if args.full { 3 } else { 1 });
     let deadline = Duration::from_secs(args.deadline);
-    let total = (floor_jobs.len() + cases.len() * reps as usize) as u64;
+    let mut specs: Vec<bare::Spec> = Vec::new();
+    for c in cases {
+        let s = c.bare_spec(ctx.pins);
+        if !specs.contains(&s) {
+            specs.push(s);
+        }
+    }
+    let total = (floor_jobs.len() + (cases.len() + specs.len()) * reps as usize) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -450,17 +483,34 @@ fn measure(
         bar.inc(1);
     }
     let mut outcomes = Vec::new();
+    let mut bares: Vec<bare::Bare> = Vec::new();
     for rep in 0..reps {
+        let mut this_rep: Vec<(bare::Spec, bare::Bare)> = Vec::new();
         for case in cases {
+            let spec = case.bare_spec(ctx.pins);
+            if !this_rep.iter().any(|(s, _)| *s == spec) {
+                bar.set_message(format!("bare {}", spec.label()));
+                let b = run::run_bare(&ctx.exe, &spec, rep, deadline);
+                this_rep.push((spec.clone(), b));
+                bar.inc(1);
+            }
             bar.set_message(case.label());
             let mut o = run::run_case(ctx, case, rep, deadline)?;
             run::apply_floor(&mut o, case.floor, &floors);
+            if let Some((_, b)) = this_rep.iter().find(|(s, _)| *s == spec) {
+                run::apply_bare(&mut o, b);
+            }
             outcomes.push(o);
             bar.inc(1);
         }
+        bares.extend(this_rep.into_iter().map(|(_, b)| b));
     }
     bar.finish_and_clear();
-    Ok((floors, outcomes))
+    Ok(Measured {
+        floors,
+        bares,
+        outcomes,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! What the runner shows and writes: the table on stdout, and in the output directory
-//! `results.json`, `results.csv`, `environment.json`, `latency.svg`, `throughput.svg` and
-//! an `index.html` that puts the table and the charts on one page.
+//! `results.json`, `results.csv`, `environment.json`, `latency.svg`, `throughput.svg`
+//! (drawn by [`crate::charts`]) and an `index.html` that puts the table, the notes on
+//! reading its ratios, and the charts with their captions on one page.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,9 +10,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use common::timing::{fmt_ns, fmt_rate};
-use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::bare::Bare;
+use crate::charts::{self, Drawn};
 use crate::floors::Floor;
 use crate::run::Outcome;
 
@@ -41,6 +43,12 @@ pub struct Row {
     pub cpu_ns_per_msg: f64,
     pub floor: String,
     pub x_floor: f64,
+    /// The bare loop of this row (`pipe block`, `shm-copy spin`, ...) and the median over
+    /// the repetitions of the row's multiple of it (0: the bare loop failed every time).
+    #[serde(default)]
+    pub bare: String,
+    #[serde(default)]
+    pub x_bare: f64,
     pub max_rss_kib: u64,
 }
 
@@ -114,6 +122,8 @@ fn fold(key: (String, String, String, String, u64), g: &[&Outcome]) -> Row {
         cpu_ns_per_msg: fl(|o| o.cpu_ns_per_msg),
         floor: g[0].floor.clone(),
         x_floor: fl(|o| o.x_floor),
+        bare: g[0].bare.clone(),
+        x_bare: median_f(ok.iter().map(|o| o.x_bare).filter(|&x| x > 0.0).collect()),
         max_rss_kib: ok
             .iter()
             .map(|o| o.writer_rss_kib.max(o.reader_rss_kib))
@@ -122,7 +132,8 @@ fn fold(key: (String, String, String, String, u64), g: &[&Outcome]) -> Row {
     }
 }
 
-fn size_label(b: u64) -> String {
+/// `64 B`, `8152 B`, `64 KiB`, `1 MiB`: a size as the table writes it.
+pub fn size_label(b: u64) -> String {
     match b {
         b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
         b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
@@ -131,11 +142,11 @@ fn size_label(b: u64) -> String {
 }
 
 /// The table, as printed on stdout.
-pub fn table(rows: &[Row], floors: &[Floor]) -> String {
+pub fn table(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>14}",
+        "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>16} {:>7}",
         "mechanism",
         "flavour",
         "wait",
@@ -147,7 +158,8 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
         "msg/s",
         "bytes/s",
         "cpu/msg",
-        "x floor"
+        "x floor",
+        "x bare"
     );
     for r in rows {
         if r.status != "ok" {
@@ -165,7 +177,7 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10.0} {:>11} {:>9} {:>14}",
+            "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10.0} {:>11} {:>9} {:>16} {:>7}",
             r.mechanism,
             r.flavour,
             r.wait,
@@ -178,15 +190,93 @@ pub fn table(rows: &[Row], floors: &[Floor]) -> String {
             fmt_rate(r.bytes_per_s).replace(' ', ""),
             fmt_ns(r.cpu_ns_per_msg as u64),
             format!("{:.2}x {}", r.x_floor, r.floor),
+            if r.x_bare > 0.0 {
+                format!("{:.2}x", r.x_bare)
+            } else {
+                "-".into()
+            },
         );
     }
     floor_lines(&mut s, floors);
+    bare_lines(&mut s, bares);
     s.push_str(
         "\nlatency: pingpong = round trip on the writer's clock; stream = one-way (includes queueing).\n\
          cpu/msg: writer + reader CPU time per message.\n\
-         x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n",
+         x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n\
+         x bare: the same direction against the row's bare loop above, in the same repetition: pingpong p50 / bare p50;\n\
+         \x20       stream: bare bytes/s / bytes/s. Above 1.00x is what the frame, checksum and statistics cost; - : no bare figure.\n\
+         below 1.00x: a floor or bare loop is a median of a noisy run, not a constant (see its spread; index.html explains).\n",
     );
     s
+}
+
+/// The bare loops measured in this run, under the floors: one line per loop, with the
+/// median over the repetitions and, when there are several, their range.
+fn bare_lines(s: &mut String, bares: &[Bare]) {
+    if bares.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        *s,
+        "\nbare loops measured in this run (no frame, checksum or statistics; pinned as the pairs):"
+    );
+    let mut seen: Vec<(String, String, String, u64)> = Vec::new();
+    for b in bares {
+        let key = (b.kind.clone(), b.wait.clone(), b.mode.clone(), b.size_bytes);
+        if seen.contains(&key) {
+            continue;
+        }
+        let runs: Vec<&Bare> = bares
+            .iter()
+            .filter(|o| {
+                (&o.kind, &o.wait, &o.mode, o.size_bytes) == (&key.0, &key.1, &key.2, key.3)
+            })
+            .collect();
+        let name = format!(
+            "{} {} {} {}",
+            b.kind,
+            b.wait,
+            b.mode,
+            size_label(b.size_bytes)
+        );
+        let ok: Vec<f64> = runs
+            .iter()
+            .filter(|o| o.status == "ok")
+            .map(|o| o.figure())
+            .collect();
+        seen.push(key);
+        if ok.is_empty() {
+            let why = runs
+                .iter()
+                .find_map(|o| o.failure.clone())
+                .unwrap_or_default();
+            let _ = writeln!(*s, "  {name:<34} FAILED: {why}");
+            continue;
+        }
+        let show = |v: f64| {
+            if b.mode == "pingpong" {
+                format!("round trip p50 {}", fmt_ns(v as u64))
+            } else {
+                fmt_rate(v)
+            }
+        };
+        let mid = median_f(ok.clone());
+        let spread = if ok.len() > 1 {
+            let lo = ok.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ok.iter().copied().fold(0.0, f64::max);
+            let f = |v: f64| {
+                if b.mode == "pingpong" {
+                    fmt_ns(v as u64)
+                } else {
+                    fmt_rate(v)
+                }
+            };
+            format!(" (runs {} to {})", f(lo), f(hi))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(*s, "  {name:<34} {}{spread}  [{}]", show(mid), b.setup);
+    }
 }
 
 /// The floors measured in this run, under the table.
@@ -221,13 +311,13 @@ fn floor_lines(s: &mut String, floors: &[Floor]) {
 /// CSV of the raw outcomes (one line per repetition).
 pub fn csv(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
-        "mechanism,flavour,wait,mode,size_bytes,count,repetition,status,p50_ns,p99_ns,p999_ns,msgs_per_s,bytes_per_s,cpu_ns_per_msg,floor,floor_value,x_floor,writer_rss_kib,reader_rss_kib,failure\n",
+        "mechanism,flavour,wait,mode,size_bytes,count,repetition,status,p50_ns,p99_ns,p999_ns,msgs_per_s,bytes_per_s,cpu_ns_per_msg,floor,floor_value,x_floor,bare,bare_value,x_bare,writer_rss_kib,reader_rss_kib,failure\n",
     );
     for o in outcomes {
         let failure = o.failure.as_deref().unwrap_or("").replace('"', "'");
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{},{:.1},{:.3},{},{},\"{}\"",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{},{:.1},{:.3},{},{:.1},{:.3},{},{},\"{}\"",
             o.mechanism,
             o.flavour,
             o.wait,
@@ -245,6 +335,9 @@ pub fn csv(outcomes: &[Outcome]) -> String {
             o.floor,
             o.floor_value,
             o.x_floor,
+            o.bare,
+            o.bare_value,
+            o.x_bare,
             o.writer_rss_kib,
             o.reader_rss_kib,
             failure
@@ -253,182 +346,312 @@ pub fn csv(outcomes: &[Outcome]) -> String {
     s
 }
 
-/// The series of a chart: one line per mechanism/flavour/wait, points (size, value).
-fn series(rows: &[Row], mode: &str, value: fn(&Row) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
-    let mut m: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.mode == mode && r.status == "ok") {
-        let v = value(r);
-        if v > 0.0 {
-            let name = format!("{} {} {}", r.mechanism, r.flavour, r.wait);
-            m.entry(name).or_default().push((r.size_bytes as f64, v));
-        }
-    }
-    m.into_iter()
-        .map(|(k, mut v)| {
-            v.sort_by(|a, b| a.0.total_cmp(&b.0));
-            (k, v)
-        })
-        .collect()
-}
-
-/// Strong, distinguishable colours (Okabe-Ito and Tableau), one per series, in order.
-const COLORS: [RGBColor; 16] = [
-    RGBColor(0, 114, 178),
-    RGBColor(213, 94, 0),
-    RGBColor(0, 158, 115),
-    RGBColor(204, 121, 167),
-    RGBColor(86, 180, 233),
-    RGBColor(230, 159, 0),
-    RGBColor(0, 0, 0),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(31, 119, 180),
-];
-
-/// Decimal rate labels for the log axis' powers of ten: 100 MB/s, 1 GB/s, 10 GB/s.
-fn axis_rate(y: f64) -> String {
-    match y {
-        y if y >= 1e9 => format!("{} GB/s", y / 1e9),
-        y if y >= 1e6 => format!("{} MB/s", y / 1e6),
-        y if y >= 1e3 => format!("{} kB/s", y / 1e3),
-        y => format!("{y} B/s"),
-    }
-}
-
-/// Decimal size labels for the log axis' powers of ten: 100 B, 1 kB, 10 kB, 1 MB.
-fn axis_size(x: f64) -> String {
-    match x {
-        x if x >= 1e6 => format!("{} MB", x / 1e6),
-        x if x >= 1e3 => format!("{} kB", x / 1e3),
-        x => format!("{x} B"),
-    }
-}
-
-/// A log-log line chart as SVG; `y_fmt` writes the y axis' labels with units.
-fn chart(
-    path: &Path,
-    title: &str,
-    y_label: &str,
-    y_fmt: &dyn Fn(&f64) -> String,
-    data: &[(String, Vec<(f64, f64)>)],
-) -> Result<()> {
-    let pts = data.iter().flat_map(|(_, v)| v.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, 0f64, f64::MAX, 0f64);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if data.is_empty() {
-        (x0, x1, y0, y1) = (64.0, 65536.0, 1.0, 10.0);
-    }
-    let (x0, x1, y0, y1) = (x0 / 1.5, x1 * 1.5, y0 / 2.0, y1 * 2.0);
-    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut c = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(100)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    c.configure_mesh()
-        .x_desc("message size (bytes)")
-        .y_desc(y_label)
-        .x_label_formatter(&|x| axis_size(*x))
-        .y_label_formatter(y_fmt)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (i, (name, pts)) in data.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()].to_rgba();
-        c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
-        c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        // Both charts leave the lower right empty: large messages are slow and far apart.
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
-}
-
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
+/// Everything a run measured, as `results.json` and `--json` hold it.
+pub struct Results<'a> {
+    pub env: &'a serde_json::Value,
+    pub floors: &'a [Floor],
+    pub bares: &'a [Bare],
+    pub rows: &'a [Row],
+    pub outcomes: &'a [Outcome],
+}
+
+impl Results<'_> {
+    /// The one JSON object of `results.json` and `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "environment": self.env,
+            "floors": self.floors,
+            "bare": self.bares,
+            "rows": self.rows,
+            "outcomes": self.outcomes,
+        })
+    }
+}
+
 /// Writes every file into `dir`.
-pub fn write_all(
-    dir: &Path,
-    outcomes: &[Outcome],
-    rows: &[Row],
-    floors: &[Floor],
-    env: &serde_json::Value,
-    table_text: &str,
-) -> Result<()> {
+pub fn write_all(dir: &Path, r: &Results, table_text: &str) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-    let results = serde_json::json!({
-        "environment": env,
-        "floors": floors,
-        "rows": rows,
-        "outcomes": outcomes,
-    });
     fs::write(
         dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
+        serde_json::to_string_pretty(&r.to_json())?,
     )?;
     fs::write(
         dir.join("environment.json"),
-        serde_json::to_string_pretty(env)?,
+        serde_json::to_string_pretty(r.env)?,
     )?;
-    fs::write(dir.join("results.csv"), csv(outcomes))?;
-    charts(dir, rows)?;
+    fs::write(dir.join("results.csv"), csv(r.outcomes))?;
+    let (latency, throughput) = charts(dir, r.rows)?;
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ipc-study bench</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head>\n\
-         <body><h1>ipc-study: every mechanism against the machine's floors</h1>\n\
-         <h2>Table</h2><pre>{}</pre>\n<h2>Latency</h2><img src=\"latency.svg\" alt=\"latency chart\">\n\
-         <h2>Throughput</h2><img src=\"throughput.svg\" alt=\"throughput chart\">\n\
+         <style>{STYLE}</style></head>\n\
+         <body><h1>ipc-study: every mechanism against the machine's floors and its bare loop</h1>\n\
+         <h2>Table</h2><pre>{}</pre>\n{}\n\
+         <h2>Latency</h2><figure><img src=\"latency.svg\" alt=\"pingpong round trip p50 per mechanism\">\
+         <figcaption>{}</figcaption></figure>\n\
+         <h2>Throughput</h2><figure><img src=\"throughput.svg\" alt=\"stream throughput per mechanism\">\
+         <figcaption>{}</figcaption></figure>\n\
          <h2>Environment</h2><pre>{}</pre>\n<p>Raw data: <a href=\"results.json\">results.json</a>, <a href=\"results.csv\">results.csv</a>.</p>\n</body></html>\n",
         html_escape(table_text),
-        html_escape(&serde_json::to_string_pretty(env)?)
+        ratio_notes(r.rows, r.floors, r.bares),
+        caption(&latency, "round trip"),
+        caption(&throughput, "throughput"),
+        html_escape(&serde_json::to_string_pretty(r.env)?)
     );
     fs::write(dir.join("index.html"), html)?;
     Ok(())
 }
 
-/// Draws `latency.svg` and `throughput.svg` into `dir`.
-pub fn charts(dir: &Path, rows: &[Row]) -> Result<()> {
-    chart(
-        &dir.join("latency.svg"),
-        "pingpong round trip, p50 (lower is better)",
-        "round trip",
-        &|y| fmt_ns(*y as u64),
-        &series(rows, "pingpong", |r| r.p50_ns as f64),
-    )?;
-    chart(
-        &dir.join("throughput.svg"),
-        "stream throughput (higher is better)",
-        "payload per second",
-        &|y| axis_rate(*y),
-        &series(rows, "stream", |r| r.bytes_per_s),
-    )?;
-    Ok(())
+/// The page's style: readable width, the table scrolls sideways rather than wrapping.
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1250px;line-height:1.4}\
+     pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:13px}\
+     figure{margin:0}figcaption{max-width:1150px;color:#333;margin:.4em 0 1.5em}\
+     .notes{max-width:1150px;background:#fbfbf3;border-left:4px solid #e69f00;padding:.5em 1em}\
+     .notes li{margin:.2em 0}";
+
+/// What the page says under a chart: how to read it, and which series coincide.
+fn caption(d: &Drawn, what: &str) -> String {
+    let mut s = if d.dots {
+        format!(
+            "One size per series in this run, so each series is a row and its {what} is written \
+             beside its marker (a run with --full draws lines over message sizes). "
+        )
+    } else {
+        "Each series has its own marker and its mechanism's colour; the legend is on the right. "
+            .to_string()
+    };
+    if d.coinciding.is_empty() {
+        s.push_str("No two series coincide.");
+        return html_escape(&s);
+    }
+    let groups: Vec<String> = d.coinciding.iter().map(|g| and_list(g)).collect();
+    let pct = (charts::COINCIDE - 1.0) * 100.0;
+    let how = if d.dots {
+        format!("lie within {pct:.0} % of each other")
+    } else {
+        format!(
+            "coincide (within {pct:.0} % of each other at three in four of the sizes both \
+             measured), so on the chart the last one drawn hides the others"
+        )
+    };
+    let _ = write!(
+        s,
+        "{} {how}: {}.",
+        if d.coinciding.len() == 1 {
+            "These series"
+        } else {
+            "These groups of series"
+        },
+        groups.join("; ")
+    );
+    let mixes = |g: &Vec<String>| {
+        g.iter().any(|n| n.starts_with("shm ")) && g.iter().any(|n| n.starts_with("mmap "))
+    };
+    if d.coinciding.iter().any(mixes) {
+        s.push_str(
+            " shm and mmap meet by design: both run the same ring (common::ring) over \
+             page-cache pages; only the object behind the pages differs (a POSIX or System V \
+             segment, a file on tmpfs or on disk).",
+        );
+    }
+    if d.coinciding
+        .iter()
+        .any(|g| g.iter().filter(|n| n.ends_with(" block")).count() > 2)
+    {
+        s.push_str(
+            " Everything that sleeps costs about one futex round trip at small sizes, so the \
+             blocking mechanisms meet there.",
+        );
+    }
+    html_escape(&s)
+}
+
+/// "a, b and c".
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The notes beside the table: how to read "x floor" and "x bare", why a ratio can be
+/// below 1.0x (with this run's numbers), and which rows are.
+fn ratio_notes(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> String {
+    let mut s = String::from("<div class=\"notes\"><h3>Reading x floor and x bare</h3>\n");
+    s.push_str(
+        "<p><b>x floor</b> divides a row by what the machine allows: a pingpong p50 by the round-trip \
+         floor (the cache line for spinning waits, the futex for sleeping ones) plus two copies of \
+         the message at memcpy speed; a stream's bytes/s into memcpy's at that size. \
+         <b>x bare</b> divides it, in the same direction, by the bare loop of the same kernel path \
+         (the same system calls, or the same copies into shared memory, with no frame, checksum, \
+         sequence check or histogram), measured just before the row in the same repetition: what is \
+         left above 1.00x is what the study kit's framing costs. Both read alike: 1.00x is as fast \
+         as the bound, 2.00x takes twice as long or carries half the bytes per second.</p>\n",
+    );
+    let spread: Vec<String> = floors
+        .iter()
+        .map(|f| match &f.latency_ns {
+            Some(l) => format!(
+                "{}: p50 {} of {} round trips, min {}, p90 {}",
+                f.name,
+                fmt_ns(l.p50),
+                f.count,
+                fmt_ns(l.min),
+                fmt_ns(l.p90)
+            ),
+            None => format!(
+                "memcpy at {}: median {} of {} runs, from {} to {}",
+                size_label(f.size_bytes),
+                fmt_rate(f.bytes_per_s),
+                f.count,
+                fmt_rate(f.bytes_per_s_min),
+                fmt_rate(f.bytes_per_s_max)
+            ),
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "<p><b>Why a ratio can be below 1.00x.</b> A floor is a median of a noisy measurement, not a \
+         constant. The cache-line and futex floors are the p50 of the round trips of one pair of \
+         processes, measured once at the start of the run; memcpy is the median of a few runs. Half \
+         of the floor's own round trips were faster than its p50, and the machine changes between \
+         the floor and a row measured later, so a row whose figure lies within the floor's spread \
+         can come out a little below 1.00x without beating the hardware. The floors of this run: \
+         {}. The futex floor also bounds waiting on a futex, not every kernel wake-up: pipes and \
+         sockets wake their reader with the scheduler's \"sync\" hint, a path that can be cheaper. \
+         A bare loop is one run per repetition, with the same kind of spread (its line under the \
+         table shows the range when there are several).</p>",
+        html_escape(&spread.join("; "))
+    );
+    let below = |x: fn(&Row) -> f64| -> Vec<&Row> {
+        rows.iter()
+            .filter(|r| r.status == "ok" && x(r) > 0.0 && x(r) < 1.0)
+            .collect()
+    };
+    let label = |r: &Row| {
+        format!(
+            "{} {} {} {} {}",
+            r.mechanism,
+            r.flavour,
+            r.wait,
+            r.mode,
+            size_label(r.size_bytes)
+        )
+    };
+    let figure = |r: &Row| {
+        if r.mode == "pingpong" {
+            format!("p50 {}", fmt_ns(r.p50_ns))
+        } else {
+            fmt_rate(r.bytes_per_s)
+        }
+    };
+    let under_floor = below(|r| r.x_floor);
+    let under_bare = below(|r| r.x_bare);
+    if under_floor.is_empty() && under_bare.is_empty() {
+        s.push_str("<p>No row is below 1.00x its floor or its bare loop in this run.</p>\n");
+    } else {
+        s.push_str("<p>Below 1.00x in this run:</p><ul>\n");
+        for r in &under_floor {
+            let f = floors.iter().find(|f| {
+                f.name == r.floor && (f.latency_ns.is_some() || f.size_bytes == r.size_bytes)
+            });
+            let why = match f {
+                Some(Floor {
+                    latency_ns: Some(l),
+                    ..
+                }) => within(r.p50_ns, l, &format!("the {} floor's", r.floor)),
+                Some(f) => format!(
+                    "{} against memcpy's median {}, whose runs went from {} to {}",
+                    fmt_rate(r.bytes_per_s),
+                    fmt_rate(f.bytes_per_s),
+                    fmt_rate(f.bytes_per_s_min),
+                    fmt_rate(f.bytes_per_s_max)
+                ),
+                None => figure(r),
+            };
+            let _ = writeln!(
+                s,
+                "<li>{}: {:.2}x {}: {}</li>",
+                html_escape(&label(r)),
+                r.x_floor,
+                html_escape(&r.floor),
+                html_escape(&why)
+            );
+        }
+        for r in &under_bare {
+            let runs: Vec<&Bare> = bares
+                .iter()
+                .filter(|b| {
+                    format!("{} {}", b.kind, b.wait) == r.bare
+                        && b.mode == r.mode
+                        && b.size_bytes == r.size_bytes
+                        && b.status == "ok"
+                })
+                .collect();
+            let mut why = match runs.iter().find_map(|b| b.latency_ns) {
+                Some(l) => within(r.p50_ns, &l, "the bare loop's"),
+                None => {
+                    let rates: Vec<String> = runs.iter().map(|b| fmt_rate(b.bytes_per_s)).collect();
+                    format!(
+                        "{} against the bare loop's {}",
+                        fmt_rate(r.bytes_per_s),
+                        rates.join(", ")
+                    )
+                }
+            };
+            // The pairs' rings hold 1 MiB (cases.rs): more than the bare ring's 8 messages
+            // below 128 KiB.
+            if r.bare == "shm-copy block" && r.mode == "stream" && r.size_bytes * 8 < 1 << 20 {
+                why.push_str(
+                    "; the bare ring holds 8 messages and the pair's 1 MiB, so with blocking \
+                     waits the bare loop sleeps and wakes more often (see bench/src/bare/shm_copy.rs)",
+                );
+            }
+            let _ = writeln!(
+                s,
+                "<li>{}: {:.2}x its bare loop ({}): {}</li>",
+                html_escape(&label(r)),
+                r.x_bare,
+                html_escape(&r.bare),
+                html_escape(&why)
+            );
+        }
+        s.push_str("</ul>\n");
+    }
+    s.push_str("</div>");
+    s
+}
+
+/// Where a row's p50 falls in a bound's own round trips: inside their spread (then the
+/// ratio below 1.0x is the bound's noise), or below even the fastest (then the row took a
+/// cheaper path than the bound measures).
+fn within(p50: u64, l: &common::timing::LatencyNs, whose: &str) -> String {
+    let spread = format!(
+        "min {}, p50 {}, p90 {}",
+        fmt_ns(l.min),
+        fmt_ns(l.p50),
+        fmt_ns(l.p90)
+    );
+    if p50 >= l.min {
+        format!("p50 {}, inside {whose} own spread ({spread})", fmt_ns(p50))
+    } else {
+        format!(
+            "p50 {}, below even {whose} fastest round trip ({spread}): a cheaper path \
+             than the one the bound measures, not its noise",
+            fmt_ns(p50)
+        )
+    }
+}
+
+/// Draws `latency.svg` and `throughput.svg` into `dir`; what each shows.
+pub fn charts(dir: &Path, rows: &[Row]) -> Result<(Drawn, Drawn)> {
+    charts::draw(dir, rows)
 }
 
 /// `bench --replot DIR`: redraws the charts of an earlier run from its `results.json`.
@@ -439,5 +662,5 @@ pub fn replot(dir: &Path) -> Result<()> {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let rows: Vec<Row> =
         serde_json::from_value(all["rows"].clone()).context("results.json: rows")?;
-    charts(dir, &rows)
+    charts(dir, &rows).map(|_| ())
 }

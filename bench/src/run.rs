@@ -1,4 +1,5 @@
-//! Running one case: start its processes, wait under a deadline, read their reports.
+//! Running one case: start its processes, wait under a deadline, read their reports; and
+//! running the floors and bare loops, each a fresh `bench __floor` or `bench __bare`.
 //!
 //! Each process is `bench __role --pin CPU PROGRAM ...` in its own process group, so a case
 //! that hangs is killed whole (a pipe writer's child reader included). Its stdout carries
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 use common::timing::Report;
 use serde::Serialize;
 
+use crate::bare::Bare;
 use crate::cases::{Case, Ctx};
 use crate::floors::Floor;
 
@@ -48,6 +50,12 @@ pub struct Outcome {
     pub floor: String,
     pub floor_value: f64,
     pub x_floor: f64,
+    /// The bare loop of the same kernel path in the same repetition (`pipe block`,
+    /// `shm-copy spin`, ...), its figure (p50 ns or bytes/s), and this case's multiple of
+    /// it in the same direction as `x_floor`; 0 when the bare loop failed.
+    pub bare: String,
+    pub bare_value: f64,
+    pub x_bare: f64,
     /// Frames from an earlier session the reader skipped (should be 0 in a bench).
     pub stale_skipped: u64,
     /// What the reader found: messages received, missing, repeated, with wrong content.
@@ -328,17 +336,62 @@ pub fn apply_floor(o: &mut Outcome, kind: crate::cases::FloorKind, floors: &[Flo
     }
 }
 
+/// Fills the bare-loop columns of an outcome from its bare loop's run (same repetition).
+pub fn apply_bare(o: &mut Outcome, b: &Bare) {
+    o.bare = format!("{} {}", b.kind, b.wait);
+    if o.status != "ok" || b.status != "ok" {
+        return;
+    }
+    o.bare_value = b.figure();
+    match o.mode.as_str() {
+        "pingpong" if o.bare_value > 0.0 => o.x_bare = o.p50_ns as f64 / o.bare_value,
+        "stream" if o.bytes_per_s > 0.0 => o.x_bare = o.bare_value / o.bytes_per_s,
+        _ => {}
+    }
+}
+
 /// Runs one floor in a fresh process (`bench __floor ...`) and parses its line.
 pub fn run_floor(exe: &str, args: &[String], deadline: Duration) -> Result<Floor> {
+    let out = run_helper(exe, "__floor", args, deadline)?;
+    serde_json::from_str(out.trim()).with_context(|| format!("floor output {out:?}"))
+}
+
+/// Runs one bare loop in a fresh process (`bench __bare ...`). Its failure is a FAILED
+/// entry (the rows it serves show no "x bare"), not an error of the run.
+pub fn run_bare(exe: &str, spec: &crate::bare::Spec, repetition: u32, deadline: Duration) -> Bare {
+    let result = run_helper(exe, "__bare", &spec.to_args(), deadline).and_then(|out| {
+        serde_json::from_str::<Bare>(out.trim())
+            .with_context(|| format!("bare loop output {out:?}"))
+    });
+    let mut b = match result {
+        Ok(b) => b,
+        Err(e) => Bare {
+            kind: spec.kind.as_str().into(),
+            wait: spec.wait_str().into(),
+            mode: spec.mode.as_str().into(),
+            size_bytes: spec.size as u64,
+            count: spec.count,
+            status: "FAILED".into(),
+            failure: Some(format!("{e:#}")),
+            ..Bare::default()
+        },
+    };
+    b.repetition = repetition;
+    b
+}
+
+/// Runs `bench ROLE ARGS` (a floor or a bare loop) under the deadline, in its own process
+/// group (killed whole past the deadline); its stdout.
+fn run_helper(exe: &str, role: &str, args: &[String], deadline: Duration) -> Result<String> {
     let mut child = Command::new(exe)
-        .arg("__floor")
+        .arg(role)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .context("spawning a floor process")?;
+        .with_context(|| format!("spawning bench {role}"))?;
     let out = collect(child.stdout.take().context("stdout")?);
     let err = collect(child.stderr.take().context("stderr")?);
     let start = Instant::now();
@@ -352,14 +405,14 @@ pub fn run_floor(exe: &str, args: &[String], deadline: Duration) -> Result<Floor
                 nix::sys::signal::Signal::SIGKILL,
             );
             let _ = child.wait();
-            anyhow::bail!("floor {args:?} timed out");
+            anyhow::bail!("{role} {} timed out", args.join(" "));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     let out = out.join().unwrap_or_default();
     let err = err.join().unwrap_or_default();
     if !status.success() {
-        anyhow::bail!("floor {args:?} failed: {}", err.trim());
+        anyhow::bail!("{role} {} failed: {}", args.join(" "), err.trim());
     }
-    serde_json::from_str(out.trim()).with_context(|| format!("floor output {out:?}"))
+    Ok(out)
 }

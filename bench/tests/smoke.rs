@@ -41,6 +41,28 @@ fn runner_produces_verified_results_and_every_file() {
     for r in rows {
         assert_eq!(r["status"], "ok", "{r}");
         assert!(r["msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        // Every row is also divided by its bare loop, run in the same repetition.
+        assert!(!r["bare"].as_str().unwrap().is_empty(), "{r}");
+        assert!(r["x_bare"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let bares = all["bare"].as_array().expect("bare");
+    assert!(!bares.is_empty());
+    for b in bares {
+        assert_eq!(b["status"], "ok", "{b}");
+    }
+    // Each row's bare loop ("pipe block", "shm-copy spin") is among them.
+    for r in rows {
+        let name = r["bare"].as_str().unwrap();
+        assert!(
+            bares.iter().any(|b| format!(
+                "{} {}",
+                b["kind"].as_str().unwrap(),
+                b["wait"].as_str().unwrap()
+            ) == name
+                && b["mode"] == r["mode"]
+                && b["size_bytes"] == r["size_bytes"]),
+            "no bare loop {name} for {r}"
+        );
     }
     // Both modes of every mechanism that has cases in this build.
     for mech in rows.iter().map(|r| r["mechanism"].as_str().unwrap()) {
@@ -72,6 +94,7 @@ fn runner_produces_verified_results_and_every_file() {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert!(header.contains(&"p50_ns") && header.contains(&"bytes_per_s"));
+    assert!(header.contains(&"x_floor") && header.contains(&"x_bare"));
     let body: Vec<&str> = lines.collect();
     assert_eq!(body.len(), all["outcomes"].as_array().unwrap().len());
     for svg in ["latency.svg", "throughput.svg"] {
@@ -81,11 +104,14 @@ fn runner_produces_verified_results_and_every_file() {
             "{svg} is not an SVG document"
         );
         assert!(
-            s.contains("<polyline") || s.contains("<circle"),
+            s.contains("<polyline") || s.contains("<circle") || s.contains("<polygon"),
             "{svg} has no data"
         );
     }
-    assert!(file("index.html").contains("latency.svg"));
+    let html = file("index.html");
+    assert!(html.contains("latency.svg") && html.contains("x bare"));
+    assert!(html.contains("Why a ratio can be below 1.00x"));
+    assert_eq!(html.matches("<figcaption>").count(), 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
 
