@@ -33,8 +33,8 @@ pub const PROGRAMS: &[(&str, Entry)] = &[
     }),
     ("shm-writer", |a| common::cli::start(a, shm::writer::run)),
     ("shm-reader", |a| common::cli::start(a, shm::reader::run)),
-    ("mmap-writer", |a| common::cli::start(a, mmap::writer::run)),
-    ("mmap-reader", |a| common::cli::start(a, mmap::reader::run)),
+    ("mmap-writer", |a| mmap::start(a, mmap::writer::run)),
+    ("mmap-reader", |a| mmap::start(a, mmap::reader::run)),
     ("socket-writer", |a| {
         common::cli::start(a, socket::writer::run)
     }),

@@ -179,14 +179,19 @@ fn spawn(
     if let Some((a, b)) = ctx.pins {
         cmd.args(["--pin", &(if p.cpu_slot == 0 { a } else { b }).to_string()]);
     }
+    // The writer is told what to run; the reader follows its Hello, and is given the same
+    // values only as checks (a mismatch would be a bench bug, and is refused). The anonymous
+    // pipe meets by inheritance: it has no --name and no --timeout.
     cmd.arg(p.program)
         .args(&p.args)
         .args(["--mode", case.mode.as_str()])
         .args(["--count", &case.count.to_string()])
-        .args(["--size", &case.size.to_string()])
-        .args(["--name", name])
-        .args(["--timeout", &deadline.as_secs().to_string()])
-        .args(["--json", "--quiet"])
+        .args(["--size", &case.size.to_string()]);
+    if !p.program.starts_with("pipe-") {
+        cmd.args(["--name", name])
+            .args(["--timeout", &deadline.as_secs().to_string()]);
+    }
+    cmd.args(["--json", "--quiet"])
         .env(common::runtime::DIR_ENV, &ctx.runtime)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
