@@ -38,14 +38,16 @@
 //! ## The modules
 //! | module | what it holds |
 //! |---|---|
-//! | [`writer`] | `named-pipe-writer`, top to bottom: its role lock, the name(s), `open` for writing (N7), the capacity, the send loop (the Hello first, then `NAME.back` for pingpong; `writev` per frame, `poll` on a full FIFO), the report |
+//! | [`writer`] | `named-pipe-writer`, top to bottom: its role lock, the name(s), `open` for writing (N7), the capacity, the send loop (the Hello first, then `NAME.back` for pingpong; `writev` per frame, or `vmsplice` with `--splice`; `poll` on a full FIFO), the report |
 //! | [`reader`] | `named-pipe-reader`, top to bottom: its role lock, the name, `open` for reading, who holds the other end (N5), the receive loop (`read` into a `Reassembler`; the Hello, then `NAME.back` for pingpong; `writev` of each Pong), `unlink` |
 //! | [`rendezvous`] | the role locks, create-or-reuse, the start-order race, stale and foreign paths, ownership, the blocking `open` with a timeout that also ends when the peer leaves, the ways back, who holds a FIFO (`/proc`); a first reading may skip it |
 //!
 //! This file holds the names ([`fifo_paths`]), what the programs say about the FIFO's
 //! buffer ([`show_capacity`], [`blocked_note`]); the capacity calls and the write end that
-//! notices a full FIFO (N7) are `common::stream`'s, shared with
-//! the anonymous pipe. The modes (text, stream, pingpong) are the sans-I/O sessions of
+//! notices a full FIFO (N7) are `common::stream`'s, shared with the anonymous pipe.
+//! `--splice` is the pipe crate's [`pipe::splice`], since a FIFO is a pipe: the frames lent
+//! to the FIFO with `vmsplice(2)` from K buffers in rotation, and why each has been read
+//! before it is rebuilt. The modes (text, stream, pingpong) are the sans-I/O sessions of
 //! `common::session`, the same for every mechanism, driven by the role files' own calls.
 //!
 //! Man pages: fifo(7), mkfifo(3), open(2) (ENXIO), pipe(7) (capacity, PIPE_BUF),
@@ -97,7 +99,8 @@ pub fn show_capacity(fd: BorrowedFd<'_>, want: Option<usize>) -> Result<(usize, 
 
 /// The report's note on the writes that found the FIFO full and waited (N7): how many,
 /// the longest wait and all of them together (`common::stall`); narrated if there were any.
-pub fn blocked_note(full: &FullWatch) -> String {
+/// With `--splice` (`splice`) the call that waited is `vmsplice()`, not `write()`.
+pub fn blocked_note(full: &FullWatch, splice: bool) -> String {
     match full.stall.note() {
         Some(note) => {
             narrate!(
@@ -106,7 +109,10 @@ pub fn blocked_note(full: &FullWatch) -> String {
             );
             note
         }
-        None => "write() never found the FIFO full (N7)".into(),
+        None => format!(
+            "{}() never found the FIFO full (N7)",
+            if splice { "vmsplice" } else { "write" }
+        ),
     }
 }
 

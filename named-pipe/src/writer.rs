@@ -8,6 +8,7 @@
 //!
 //! named-pipe-writer --mode stream --count 1e6 --size 64K --pipe-size 1M
 //! named-pipe-writer --mode pingpong --count 100000  # two FIFOs: NAME and NAME.back (N6)
+//! named-pipe-writer --mode stream --size 64K --splice  # vmsplice: frames lent, not copied
 //! ```
 //!
 //! The reader needs no flags: this program's first frame, its Hello, tells it the mode,
@@ -29,10 +30,13 @@
 //! 5. `fcntl(F_SETFL, O_NONBLOCK)`, so a full FIFO is noticed (N7) and waited for in `poll`.
 //! 6. The loop: one `writev` per frame, the Hello first; `poll(POLLOUT)` when it finds the
 //!    FIFO full (a wait of over half a second is narrated as it starts and as it ends); in
-//!    text mode a `read` of stdin. Pingpong, right after the Hello: `open(NAME.back,
-//!    O_RDONLY)`, which blocks until the reader, told by the Hello, opens it for writing:
-//!    the way back is a second FIFO, because this descriptor only writes (N4, N6)
-//!    ([`open_back_for_reading`]); then a `read` of each Pong from it.
+//!    text mode a `read` of stdin. `--splice` (stream): `vmsplice(SPLICE_F_NONBLOCK)` of the
+//!    same iovecs instead of `writev`, which lends the FIFO the frame's pages; each frame is
+//!    built in the next of K buffers, so it is read before it is rebuilt ([`splice`]).
+//!    Pingpong, right after the Hello: `open(NAME.back, O_RDONLY)`, which blocks until the
+//!    reader, told by the Hello, opens it for writing: the way back is a second FIFO,
+//!    because this descriptor only writes (N4, N6) ([`open_back_for_reading`]); then a
+//!    `read` of each Pong from it.
 //! 7. `close`, which the reader sees as end of input after End; the lock is released.
 //!
 //! Start order: either. Whoever comes first makes the FIFO(s); the other finds them.
@@ -42,6 +46,7 @@
 //! fails with EPIPE (Rust ignores SIGPIPE, so it is an error value, not a death): "reader
 //! closed the FIFO", exit 1.
 //!
+//! [`splice`]: pipe::splice
 //! [`take_role_lock`]: crate::rendezvous::take_role_lock
 //! [`open_back_for_reading`]: crate::rendezvous::open_back_for_reading
 //! [`prepare_fifo`]: crate::rendezvous::prepare_fifo
@@ -60,10 +65,11 @@ use common::cleanup::Owned;
 use common::cli::{parse_bytes, MeetArgs, Mode, OutputArgs, Program, RunArgs};
 use common::frame::{Kind, Reassembler, MAX_PAYLOAD};
 use common::narrate;
-use common::session::{conclude, FrameBuf, Next, WriterSession};
+use common::session::{conclude, Next, WriterSession};
 use common::setup::{Flavour, Role, Setup, Wait};
 use common::stream::{self, check_pipe_size, Delivery, FullWatch};
 use common::timing::Report;
+use pipe::splice::{self, Frames, Vmsplice};
 
 use crate::rendezvous::{
     open_back_for_reading, open_for_writing, own_fifo, prepare_fifo, take_role_lock,
@@ -93,6 +99,10 @@ pub struct Args {
     /// FIFO capacity (F_SETPIPE_SZ), 4 KiB up to /proc/sys/fs/pipe-max-size [default: the kernel's, 64 KiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub pipe_size: Option<usize>,
+
+    /// Stream mode: lend the frames' pages to the FIFO with vmsplice(2) instead of copying them.
+    #[arg(long)]
+    pub splice: bool,
 }
 
 common::program!(Args, name = crate::DEFAULT_NAME);
@@ -101,6 +111,7 @@ common::program!(Args, name = crate::DEFAULT_NAME);
 pub fn run(args: Args) -> Result<ExitCode> {
     // Flags are checked before any FIFO exists.
     check_pipe_size(args.pipe_size)?;
+    splice::check_mode(args.splice, args.run.mode)?;
     let c = &args.common();
     let pingpong = c.mode == Mode::Pingpong;
     let setup = Setup {
@@ -128,15 +139,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // 4. The buffer belongs to the open FIFO, so it is sized now, not at mkfifo.
     let (cap, note) = show_capacity(fifo.as_fd(), args.pipe_size)?;
     let mut notes = vec![note];
-    // 5. Non-blocking, so that a full FIFO is seen rather than slept in (N7).
+    // 5. Non-blocking, so that a full FIFO is seen (N7); the buffers, K with --splice.
     let mut full = FullWatch::new(fifo.as_fd(), "FIFO", "N7")?;
+    let mut frames = Frames::new(args.splice, cap, c.size, &mut full, "FIFO")?;
     // 6. The loop (pingpong opens the way back in it, right after the Hello).
     let back = pingpong.then_some(back_path.as_path());
-    let result = send_all(&setup, cap, &mut fifo, &mut full, back, owned);
+    let result = send_all(&setup, cap, &mut fifo, &mut full, back, owned, &mut frames);
     // 7. Closing the write end is what the reader sees as end of input after End.
     drop(fifo);
     let mut report = result?;
-    notes.push(blocked_note(&full));
+    notes.push(frames.note());
+    notes.push(blocked_note(&full, args.splice));
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
@@ -144,7 +157,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// The send loop: the session says what goes next (its Hello first), this function makes
 /// the calls. Pingpong opens `back` once the Hello is sent. `owned` are the names this side
-/// created: the reader owns them once the pair is connected.
+/// created: the reader owns them once the pair is connected. `frames`: where they are built.
 fn send_all(
     setup: &Setup,
     cap: usize,
@@ -152,11 +165,12 @@ fn send_all(
     full: &mut FullWatch,
     back: Option<&Path>,
     mut owned: Vec<Owned>,
+    frames: &mut Frames,
 ) -> Result<Report> {
     // EPIPE on a write, or EOF on the way back: the reader is gone.
     const GONE: &str = "closed the FIFO (write failed with EPIPE)";
     let mut session = WriterSession::new(setup).capacity(cap as u64);
-    let mut frame = FrameBuf::new();
+    let lent = frames.lent();
     // The Pongs come back as a byte stream too, through NAME.back, once it is open.
     let mut answers: Option<(File, Reassembler)> = None;
     if back.is_none() {
@@ -171,11 +185,17 @@ fn send_all(
         );
     }
     loop {
-        match session.next(&mut frame)? {
+        // Each frame in the next buffer: the one, or the next of K with --splice.
+        match session.next(frames.next_buf())? {
             // writev(2): header and payload in one call; EAGAIN (full, N7) waits in poll.
+            // --splice: vmsplice(2) of the same iovecs, lending the FIFO their pages.
             Next::Send(out) => {
                 let hello = out.kind == Kind::Hello;
-                if full.writev(fifo, out)? == Delivery::PeerGone {
+                let sent = match lent {
+                    true => full.writev(&mut Vmsplice(fifo.as_fd()), out)?,
+                    false => full.writev(fifo, out)?,
+                };
+                if sent == Delivery::PeerGone {
                     return Err(session.reader_left(GONE));
                 }
                 // Pingpong: the way back, a second FIFO, opened for reading now that the

@@ -25,6 +25,7 @@
 //! |---|---|
 //! | [`writer`] | `pipe-writer`, top to bottom: the pipe (the shell's, or made here), its capacity, the send loop (`writev` per frame, `poll` on a full pipe, P6), the report |
 //! | [`reader`] | `pipe-reader`, top to bottom: stdin, the way back, the receive loop (`read` into a `Reassembler`, `writev` of each Pong), the report |
+//! | [`splice`] | `--splice`: the frames lent to the pipe with `vmsplice(2)` instead of copied, from K buffers in rotation, and why the pipe has read a buffer before it is rebuilt (also the FIFO writer's) |
 //! | [`rendezvous`] | how the two ends meet: the shell's pipe on stdout, spawn mode (`pipe2`, the child with the read end as stdin, `--back-fd`), who holds the ends (`/proc`); a first reading may skip it |
 //!
 //! The modes themselves (text, stream, pingpong) are the sans-I/O sessions of
@@ -35,6 +36,7 @@
 
 pub mod reader;
 pub mod rendezvous;
+pub mod splice;
 pub mod writer;
 
 use std::os::fd::BorrowedFd;
@@ -64,7 +66,8 @@ pub fn show_capacity(fd: BorrowedFd<'_>, want: Option<usize>) -> Result<(usize, 
 
 /// The report's note on the writes that found the pipe full and waited (P6): how many,
 /// the longest wait and all of them together (`common::stall`); narrated if there were any.
-pub fn blocked_note(full: &FullWatch) -> String {
+/// With `--splice` (`splice`) the call that waited is `vmsplice()`, not `write()`.
+pub fn blocked_note(full: &FullWatch, splice: bool) -> String {
     match full.stall.note() {
         Some(note) => {
             narrate!(
@@ -73,6 +76,9 @@ pub fn blocked_note(full: &FullWatch) -> String {
             );
             note
         }
-        None => "write() never found the pipe full (P6)".into(),
+        None => format!(
+            "{}() never found the pipe full (P6)",
+            if splice { "vmsplice" } else { "write" }
+        ),
     }
 }

@@ -69,10 +69,11 @@ pub fn fd_kind(fd: BorrowedFd<'_>) -> Result<FdKind> {
 
 /// The writer's flags that only this program can check, before any pipe exists: each bad
 /// one is a [`bad_flag`] (exit status 2, as for the values clap checks). `--pipe-size`
-/// against `/proc/sys/fs/pipe-max-size`; `--mode pingpong` without `--spawn` (the shell
+/// against `/proc/sys/fs/pipe-max-size`; `--splice` outside stream mode; `--mode pingpong` without `--spawn` (the shell
 /// makes one pipe, and an answer needs a second, P5); a `--reader-exe` that does not exist.
 pub fn check_flags(args: &Args) -> Result<()> {
     check_pipe_size(args.pipe_size)?;
+    crate::splice::check_mode(args.splice, args.run.mode)?;
     if args.run.mode == Mode::Pingpong && !args.spawn {
         return Err(bad_flag(
             "--mode pingpong needs --spawn: pingpong needs an answer, and a pipe carries data one way only (P3): \

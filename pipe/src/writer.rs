@@ -6,6 +6,7 @@
 //! pipe-writer --spawn                           # spawn mode: this program makes it (P4)
 //! pipe-writer --spawn --mode pingpong           # round trips over two pipes (P5)
 //! pipe-writer --mode stream --size 64K | pipe-reader
+//! pipe-writer --spawn --mode stream --size 64K --splice   # vmsplice: frames lent, not copied
 //! ```
 //! Type lines in text mode; each line is one message. Ctrl-D ends both programs cleanly.
 //! The reader needs no flags: this program's first frame, its Hello, tells it the mode,
@@ -23,6 +24,9 @@
 //! 4. The loop: one `writev` per frame, the Hello first; `poll(POLLOUT)` when it finds the
 //!    pipe full (a wait of over half a second is narrated as it starts and as it ends); in
 //!    pingpong a `read` of each Pong from the way back; in text mode a `read` of stdin.
+//!    `--splice` (stream mode): `vmsplice(SPLICE_F_NONBLOCK)` of the same iovecs instead, which
+//!    lends the pipe the frame's pages; each frame is built in the next of K buffers, so the
+//!    reader has read a buffer before it is rebuilt ([`splice`](crate::splice) says why).
 //! 5. `close` of the write end, which the reader sees as end of input after End; in spawn
 //!    mode `waitpid` for the child.
 //!
@@ -47,12 +51,13 @@ use clap::Parser;
 use common::cli::{parse_bytes, Mode, OutputArgs, Program, RunArgs};
 use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
-use common::session::{conclude, FrameBuf, Next, WriterSession};
+use common::session::{conclude, Next, WriterSession};
 use common::setup::{Flavour, Setup, Wait};
 use common::stream::{self, Delivery, FullWatch};
 use common::timing::Report;
 
 use crate::rendezvous::{self, FdKind};
+use crate::splice::{Frames, Vmsplice};
 use crate::{blocked_note, show_capacity, MECHANISM};
 
 /// Program name, in narration and reports.
@@ -79,6 +84,10 @@ pub struct Args {
     /// Pipe capacity (F_SETPIPE_SZ), 4 KiB up to /proc/sys/fs/pipe-max-size [default: the kernel's, 64 KiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub pipe_size: Option<usize>,
+
+    /// Stream mode: lend the frames' pages to the pipe with vmsplice(2) instead of copying them.
+    #[arg(long)]
+    pub splice: bool,
 
     /// Spawn mode: the reader program [default: pipe-reader beside this program].
     #[arg(long, hide = true)]
@@ -127,16 +136,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         cap = bytes;
         notes.push(note);
     }
-    // 3. Non-blocking, so that a full pipe is seen rather than slept in.
+    // 3. Non-blocking, so that a full pipe is seen rather than slept in; the frame buffers.
     let mut pipe = File::from(there);
     let mut full = FullWatch::new(pipe.as_fd(), "pipe", "P6")?;
+    let mut frames = Frames::new(args.splice, cap, c.size, &mut full, "pipe")?;
     // 4. The loop.
-    let result = send_all(&setup, cap, &mut pipe, &mut full, back.map(File::from));
+    let back = back.map(File::from);
+    let result = send_all(&setup, cap, &mut pipe, &mut full, back, &mut frames);
+    notes.push(frames.note());
     // 5. Closing the write end is what the reader sees as end of input after End.
     drop(pipe);
     let Some(child) = child.as_mut() else {
         let mut report = result?;
-        notes.push(blocked_note(&full));
+        notes.push(blocked_note(&full, args.splice));
         report.notes = notes;
         // stdout is the pipe: the report goes to stderr, in one write so that it never
         // mixes with the reader's lines on the same terminal.
@@ -148,23 +160,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if !status.success() {
         bail!("pipe-reader (pid {}) failed: {status}", child.id());
     }
-    notes.push(blocked_note(&full));
+    notes.push(blocked_note(&full, args.splice));
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
 }
 
 /// The send loop: the session says what goes next (its Hello first), this function makes
-/// the calls. `cap` is the pipe's capacity, for the Hello.
+/// the calls. `cap` is the pipe's capacity, for the Hello; `frames`, where they are built.
 fn send_all(
     setup: &Setup,
     cap: usize,
     pipe: &mut File,
     full: &mut FullWatch,
     back: Option<File>,
+    frames: &mut Frames,
 ) -> Result<Report> {
     let mut session = WriterSession::new(setup).capacity(cap as u64);
-    let mut frame = FrameBuf::new();
+    let lent = frames.lent();
     // The Pongs come back as a byte stream too, through the second pipe.
     let mut answers = back.map(|f| (f, Reassembler::new(MAX_PAYLOAD)));
     let mut stdin = io::stdin().lock();
@@ -175,11 +188,17 @@ fn send_all(
         );
     }
     loop {
-        match session.next(&mut frame)? {
+        // Each frame in the next buffer: the one, or the next of K with --splice.
+        match session.next(frames.next_buf())? {
             // writev(2): header and payload in one call; EAGAIN (full, P6) waits in poll.
-            // The first frame is the Hello, sent like any other.
+            // The first frame is the Hello, sent like any other. --splice: vmsplice(2) of
+            // the same iovecs, which lends the pipe their pages instead of copying them.
             Next::Send(out) => {
-                if full.writev(pipe, out)? == Delivery::PeerGone {
+                let sent = match lent {
+                    true => full.writev(&mut Vmsplice(pipe.as_fd()), out)?,
+                    false => full.writev(pipe, out)?,
+                };
+                if sent == Delivery::PeerGone {
                     // EPIPE: no read end is open any more.
                     return Err(session.reader_left("closed the pipe"));
                 }

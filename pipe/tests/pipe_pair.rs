@@ -662,6 +662,8 @@ fn hello_frame() -> Vec<u8> {
         flavour: "shell".into(),
         wait: Wait::Block,
         capacity: 0,
+        verify: common::hello::Verify::Full,
+        zero_copy: false,
     };
     frame_of(Kind::Hello, 0, &hello.encode())
 }
@@ -1085,6 +1087,7 @@ fn help_lists_only_each_programs_flags_with_real_defaults() {
             "--quiet",
             "--spawn",
             "--pipe-size",
+            "--splice",
             "--help"
         ]),
         "{text}"
@@ -1215,4 +1218,193 @@ fn a_holder_of_the_pipe_is_shown_by_its_program_name_not_the_cut_comm() {
         rd.stderr
     );
     assert!(!rd.stderr.contains("(pipe-writer-by-)"), "{}", rd.stderr);
+}
+
+/// Issue 13 item 3, `--splice`: the sizes and pipe sizes a spliced stream is checked at.
+/// 64 B frames fill one slot each (the most frames in the pipe at once, the largest K),
+/// 4 KiB + header two, 64 KiB + 1 B just over a default pipe, 1 MiB sixteen pipes' worth;
+/// `--pipe-size 4096` is a one-slot pipe: the writer waits on nearly every vmsplice, and
+/// each buffer is rebuilt with the pipe as full as it gets. (size, count)
+const SPLICE_CASES: [(usize, &str); 4] = [
+    (64, "3000"),
+    (4096, "1000"),
+    (65537, "200"),
+    (1 << 20, "20"),
+];
+
+/// K as the writer must have chosen it, from the capacity its report states.
+fn splice_buffers(capacity: usize, size: usize) -> usize {
+    pipe::splice::buffers_needed(capacity, HEADER_LEN + size, pipe::splice::page_size())
+}
+
+/// Checks one spliced stream: the reader verified every message, and the writer said at
+/// start and in its report that it lent its frames from K buffers (K from its capacity).
+fn assert_spliced(
+    wd: &harness::Done,
+    rd: &harness::Done,
+    wr: common::timing::Report,
+    size: usize,
+    count: &str,
+) {
+    let case = format!("size {size}, count {count}");
+    assert!(wd.ok() && rd.ok(), "{case}\n{}\n{}", wd.stderr, rd.stderr);
+    let rr = rd.report("reader", false);
+    let n: u64 = count.parse().unwrap();
+    assert!(
+        rr.verified && rr.count == n && rr.bytes == n * size as u64,
+        "{case}: {rr:?}"
+    );
+    let cap: usize = wr
+        .notes
+        .iter()
+        .find_map(|n| {
+            n.strip_prefix("pipe capacity ")?
+                .strip_suffix(" bytes")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{case}: no capacity in {:?}", wr.notes));
+    let k = splice_buffers(cap, size);
+    let lent = format!("vmsplice: frames lent to the pipe from {k} rotating buffers of ");
+    assert!(
+        wr.notes.iter().any(|n| n.starts_with(&lent)
+            && n.ends_with("(no copy into the pipe; the reader's read() copies out)")),
+        "{case}: {:?}",
+        wr.notes
+    );
+    assert!(wd.stderr.contains(&format!("--splice: frames are lent to the pipe with vmsplice(2), not copied, from {k} buffers of ")), "{case}: {}", wd.stderr);
+    assert!(
+        !wr.notes
+            .iter()
+            .any(|n| n.starts_with("writev:") || n.starts_with("write()")),
+        "{case}: {:?}",
+        wr.notes
+    );
+}
+
+#[test]
+fn splice_stream_in_spawn_mode_arrives_verified_at_every_size() {
+    for pipe_size in [None, Some("4096")] {
+        for (size, count) in SPLICE_CASES {
+            let size_s = size.to_string();
+            let mut args = vec![
+                "--mode", "stream", "--splice", "--size", &size_s, "--count", count, "--json",
+            ];
+            args.extend(pipe_size.iter().flat_map(|p| ["--pipe-size", p]));
+            let d = spawn_writer(&args, b"");
+            // Spawn mode: both reports on the writer's stdout, the reader's narration on its stderr.
+            assert_spliced(&d, &d, d.report("writer", false), size, count);
+        }
+    }
+}
+
+#[test]
+fn splice_stream_in_a_shell_pipeline_arrives_verified_at_every_size() {
+    for pipe_size in [None, Some("4096")] {
+        for (size, count) in SPLICE_CASES {
+            let size_s = size.to_string();
+            let mut args = vec![
+                "--mode", "stream", "--splice", "--size", &size_s, "--count", count, "--json",
+            ];
+            args.extend(pipe_size.iter().flat_map(|p| ["--pipe-size", p]));
+            let (w, r) = shell_pair(&args, &["--json"]);
+            let (wd, rd) = (w.finish(), r.finish());
+            // Shell mode: stdout is the pipe, so the writer reports on stderr.
+            let wr = wd.report("writer", true);
+            assert_spliced(&wd, &rd, wr, size, count);
+        }
+    }
+}
+
+/// `--splice` with the reader stopped: the pipe fills with frames lent from all K buffers,
+/// the writer waits in poll and says so (as vmsplice()), and when the reader resumes every
+/// frame it reads is intact: no buffer was rebuilt while the pipe held its pages.
+#[test]
+fn splice_a_stopped_reader_leaves_every_lent_frame_intact() {
+    let (mut w, r) = shell_pair(
+        &[
+            "--mode", "stream", "--splice", "--count", "20000", "--size", "64", "--json",
+        ],
+        &["--json"],
+    );
+    r.signal(Signal::SIGSTOP);
+    w.wait_for("vmsplice() has been blocked for ");
+    assert!(
+        w.stderr_now()
+            .contains(": the pipe is full (P6); the reader is not taking anything"),
+        "{}",
+        w.stderr_now()
+    );
+    r.signal(Signal::SIGCONT);
+    w.wait_for("vmsplice() blocked for ");
+    let (wd, rd) = (w.finish(), r.finish());
+    assert!(wd.ok() && rd.ok(), "{}\n{}", wd.stderr, rd.stderr);
+    let rr = rd.report("reader", false);
+    assert!(rr.verified && rr.count == 20000, "{rr:?}");
+    let notes = wd.report("writer", true).notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("vmsplice() waited ") && n.contains("(the pipe was full, P6)")),
+        "{notes:?}"
+    );
+}
+
+/// `--splice` is for stream mode: text and pingpong are refused as a bad flag (exit 2)
+/// naming the flag and the mode, before any pipe or child exists.
+#[test]
+fn splice_outside_stream_mode_is_a_bad_flag_naming_the_mode() {
+    for (args, mode) in [
+        (&["--splice"][..], "text"),
+        (&["--spawn", "--splice"][..], "text"),
+        (
+            &["--spawn", "--mode", "pingpong", "--splice"][..],
+            "pingpong",
+        ),
+    ] {
+        let (code, err) = run_alone(WRITER, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "--splice works with --mode stream only, and this run is --mode {mode}"
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("started pipe-reader") && !err.contains("stdout is"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// What `--splice` has to guard against, at the system-call level: `vmsplice` lends the
+/// pipe the writer's page, so a change made after the call (and before the reader reads)
+/// is what the reader gets; `write` copied, so a change after it is not.
+#[test]
+fn splice_lends_the_page_so_a_change_after_vmsplice_is_what_the_reader_reads() {
+    use nix::fcntl::{vmsplice, SpliceFFlags};
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut buf = vec![b'a'; 4096];
+    let n = vmsplice(
+        &w,
+        &[std::io::IoSlice::new(&buf)],
+        SpliceFFlags::SPLICE_F_NONBLOCK,
+    )
+    .unwrap();
+    assert_eq!(n, 4096);
+    buf.fill(b'b');
+    let mut got = vec![0u8; 4096];
+    assert_eq!(nix::unistd::read(&r, &mut got).unwrap(), 4096);
+    assert!(
+        got.iter().all(|&c| c == b'b'),
+        "the pipe held a reference to the page, not a copy"
+    );
+    // write(2) copies: the change after it stays ours.
+    assert_eq!(nix::unistd::write(&w, &buf).unwrap(), 4096);
+    buf.fill(b'c');
+    assert_eq!(nix::unistd::read(&r, &mut got).unwrap(), 4096);
+    assert!(
+        got.iter().all(|&c| c == b'b'),
+        "write copied the bytes into the pipe"
+    );
 }
