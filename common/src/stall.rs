@@ -136,6 +136,11 @@ impl Stall {
         }
     }
 
+    /// The call that waits (`write()`, `vmsplice()`, ...).
+    pub fn call(&self) -> &'static str {
+        self.call
+    }
+
     /// Waits so far.
     pub fn episodes(&self) -> u64 {
         self.episodes

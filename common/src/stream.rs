@@ -136,8 +136,9 @@ impl FullWatch {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         if self.stall.episodes() == 0 {
             narrate!(
-                "the {} is full: write() would block here until the reader reads ({}); waiting in poll()",
+                "the {} is full: {} would block here until the reader reads ({}); waiting in poll()",
                 self.what,
+                self.stall.call(),
                 self.claim
             );
         }
