@@ -16,7 +16,11 @@
 //!   call the ring's data path by name: [`Producer::reserve`], [`Producer::copy_in`],
 //!   [`Producer::publish`] and [`Consumer::recv`] (`common/src/ring/spsc.rs`). With
 //!   `--sync` every publish is followed by `msync(MS_SYNC)` ([`Msync`]), whose cost the
-//!   report shows (F5).
+//!   report shows (F5). With `mmap-writer --zero-copy` ([`loans`]) no payload is copied:
+//!   the writer builds each timed frame in the reserved bytes of the map themselves
+//!   ([`Producer::frame_mut`]) and the reader, following the Hello, checks and reads it
+//!   where it lies ([`Consumer::recv_in_place`]); what a loan is and why it is safe is in
+//!   the ring's docs ([`common::ring::spsc`], "Loans") and the README.
 //! - **bulk** (`--mode bulk` or `--bulk`): [`bulk::writer`] fills a large file through its
 //!   map and exits; the file outlives it (F2). [`bulk::reader`], started at the same time
 //!   or later, verifies every block through its own map and, with `--compare-read`, again
@@ -27,7 +31,8 @@
 //! |----------------|--------------------------------------------------------------------------|
 //! | [`writer`], [`reader`] | the ring programs: system calls top to bottom, the send/receive loop |
 //! | [`rendezvous`] | create or open the file, stale files, checks before mapping (skip at first) |
-//! | [`pair`]       | one reader and one writer, how each side waits, a full ring narrated     |
+//! | [`pair`]       | one reader and one writer, how each side waits, a reader that left       |
+//! | [`loans`]      | `--zero-copy` and `--verify`: the writer's flags, what both sides say    |
 //! | [`map`]        | the mapping: raw pointers only, every range checked                      |
 //! | [`bulk`]       | the bulk file's layout and pattern; its writer and reader                |
 //! | [`truncate`]   | the F7 demonstration                                                     |
@@ -79,8 +84,11 @@
 //! [`Producer::copy_in`]: common::ring::Producer::copy_in
 //! [`Producer::publish`]: common::ring::Producer::publish
 //! [`Consumer::recv`]: common::ring::Consumer::recv
+//! [`Producer::frame_mut`]: common::ring::Producer::frame_mut
+//! [`Consumer::recv_in_place`]: common::ring::Consumer::recv_in_place
 
 pub mod bulk;
+pub mod loans;
 pub mod map;
 pub mod pagecache;
 pub mod pair;
@@ -93,7 +101,7 @@ pub mod writer;
 
 pub use map::Map;
 pub use pagecache::{cachestat, dirty_kib, CacheStat};
-pub use pair::{full_ring, reserve_room, wait_means};
+pub use pair::wait_means;
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -217,7 +225,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let dir = runtime_dir_shown();
+    let dir = common::runtime::dir_path().display().to_string();
     let cmd = A::command()
         .mut_arg("name", |a| {
             a.help(format!(
@@ -238,19 +246,6 @@ where
     common::cli::run_main(&name, quiet, || run(args))
 }
 
-/// The runtime directory as [`common::runtime::runtime_dir`] chooses it, for `--help`,
-/// without creating it: `$IPC_STUDY_DIR`, else `$XDG_RUNTIME_DIR/ipc-study`, else
-/// `/tmp/ipc-study-<uid>`.
-fn runtime_dir_shown() -> String {
-    let var = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty());
-    let dir = match (var(common::runtime::DIR_ENV), var("XDG_RUNTIME_DIR")) {
-        (Some(d), _) => PathBuf::from(d),
-        (None, Some(x)) => Path::new(&x).join("ipc-study"),
-        (None, None) => PathBuf::from(format!("/tmp/ipc-study-{}", nix::unistd::geteuid())),
-    };
-    dir.display().to_string()
-}
-
 /// `--sync` in the ring modes (F5): `msync(MS_SYNC)` after every frame this side
 /// publishes, each one timed.
 pub struct Msync {
@@ -261,8 +256,11 @@ pub struct Msync {
 }
 
 impl Msync {
-    /// `map` is `Some` with `--sync`.
+    /// `map` is `Some` with `--sync`, which is narrated.
     pub fn new(map: Option<Arc<Map>>) -> Msync {
+        if map.is_some() {
+            common::narrate!("--sync: msync(MS_SYNC) after every frame this side publishes; the other side does not need it to see the data (F5)");
+        }
         Msync {
             map,
             cost: Latency::new(),

@@ -1,16 +1,15 @@
 //! What the two ring programs agree on besides the file: one reader and one writer (a
-//! third process is refused, naming the one already there), how each side waits (each
-//! its own way, said once the writer's Hello has come), and a full ring narrated as it
-//! happens (P6's analogue for a ring). The role files call these by name.
+//! third process is refused, naming the one already there), how each side waits (the
+//! reader as the writer's Hello says, or its own `--wait`, said once the Hello has come),
+//! and how the writer tells a reader that left. The role files call these by name.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use common::cli::Mode;
 use common::hello::Hello;
-use common::ring::{offsets, Producer, Region, Reserved, RingError, Role, Wait, HEADER_PAGE};
-use common::session::WriterSession;
-use common::stall::Stall;
+use common::ring::{record_len, Producer, Region, RingError, Role, Wait, HEADER_PAGE};
+use common::session::{ReaderSession, WriterSession};
 use common::{narrate, warn};
 
 use crate::rendezvous::RingFile;
@@ -24,62 +23,16 @@ pub fn wait_means(w: Wait) -> &'static str {
     }
 }
 
-/// The writer's wait for room in ring 0, with a wait longer than half a second narrated
-/// as it starts and as it ends (P6's analogue for a ring: stop the reader with `kill
-/// -STOP` and the writer says so). `tx` was made with an idle limit of at most
-/// [`common::stall::TELL_AFTER`], so [`Producer::reserve`] returns `TimedOut` every half
-/// second of a long wait; `limit` (`--timeout`, `None` in text mode) is counted across
-/// those returns. `try_reserve` first asks, without waiting, whether the ring is full
-/// right now: only then does a wait begin.
-pub fn reserve_room(
-    tx: &mut Producer,
-    len: usize,
-    full: &mut Stall,
-    limit: Option<Duration>,
-) -> Result<Reserved, RingError> {
-    if tx.try_reserve(len)?.is_none() {
-        full.begin();
-    }
-    let start = Instant::now();
-    loop {
-        match tx.reserve(len) {
-            Ok(slot) => {
-                full.end();
-                return Ok(slot);
-            }
-            Err(RingError::TimedOut { what, .. }) => {
-                full.tick();
-                let waited = start.elapsed();
-                if limit.is_some_and(|l| waited >= l) {
-                    return Err(RingError::TimedOut { waited, what });
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// A [`Stall`] for ring 0 being full, as [`reserve_room`] counts and narrates it.
-pub fn full_ring() -> Stall {
-    Stall::new(
-        "reserve()",
-        "ring 0 is full",
-        "ring 0 was full",
-        "P6's analogue for a ring",
-    )
-}
-
-/// How the two sides wait: each side of a ring waits its own way (the futex wake-ups
-/// work whatever the other side does), so a different `--wait` here is run, and said.
+/// How the two sides wait: this reader follows the writer's wait, or runs its own
+/// `--wait` (each side of a ring waits its own way: the futex wake-ups work whatever the
+/// other side does), and says which.
 pub fn say_waits(hello: &Hello, mine: Wait, asked: Option<Wait>) {
     let theirs = hello.wait;
     match asked {
-        _ if mine == theirs => narrate!("both sides wait {mine}"),
+        None => narrate!("both sides wait {mine}: this reader follows the writer's Hello"),
+        Some(_) if mine == theirs => narrate!("both sides wait {mine}"),
         Some(_) => narrate!(
             "this reader waits {mine} (--wait), the writer {theirs}: each side of the ring waits its own way"
-        ),
-        None => narrate!(
-            "this reader waits {mine}, the writer {theirs}: each side of the ring waits its own way (pass --wait {theirs} to wait as the writer does)"
         ),
     }
 }
@@ -104,15 +57,16 @@ pub(crate) fn second(path: &Path, role: Role, pid: i32, region: &Region) -> Stri
     )
 }
 
-/// mmap-writer's end when a wait fails. A wait on the ring ends with [`RingError::PeerGone`] when the reader's pid vanished
-/// (checked every 100 ms while waiting): an expected end, said as every pair says it,
-/// with what the file shows of the cause (cut under the map, a full file system). A
-/// reader whose index in ring 0 stopped at the end of the Hello (`hello` bytes) took
-/// nothing else: it refused this writer's settings (its own output says why).
+/// mmap-writer's end when a wait fails. A wait on the ring ends with
+/// [`RingError::PeerGone`] when the reader's pid vanished (checked every 100 ms while
+/// waiting): an expected end, said as every pair says it, with what the file shows of the
+/// cause (cut under the map, a full file system). A reader whose index in ring 0 (`tx`'s
+/// [`Producer::peer_index`]) stopped at the end of the Hello took nothing else: it refused
+/// this writer's settings (its own output says why).
 pub fn reader_gone(
     session: &WriterSession,
     rf: &RingFile,
-    hello: u64,
+    tx: &Producer,
     e: RingError,
 ) -> anyhow::Error {
     match e {
@@ -121,7 +75,8 @@ pub fn reader_gone(
             if let Some(why) = rf.what_happened() {
                 warn!("{why}");
             }
-            if reader_index(rf).is_some_and(|taken| taken <= hello) {
+            let hello = record_len(session.hello().encode().len()) as u64;
+            if reader_index(rf, tx).is_some_and(|taken| taken <= hello) {
                 return anyhow!(
                     "reader (pid {pid}) is gone right after this writer's Hello ({}), before taking any message: \
                      if it refused these settings, its own output says why; stopping",
@@ -138,11 +93,31 @@ pub fn reader_gone(
 /// has taken. After the reader is gone, this tells whether it took anything past the
 /// writer's Hello. `None` when the file no longer holds its header page (cut under the
 /// map: touching that page would be SIGBUS, F7).
-fn reader_index(rf: &RingFile) -> Option<u64> {
+fn reader_index(rf: &RingFile, tx: &Producer) -> Option<u64> {
     if rf.file.metadata().ok()?.len() < HEADER_PAGE as u64 {
         return None;
     }
-    let mut b = [0u8; 8];
-    rf.map.read_bytes(offsets::tail(0), &mut b).ok()?;
-    Some(u64::from_le_bytes(b))
+    Some(tx.peer_index())
+}
+
+/// mmap-reader's end when a wait fails: [`RingError::PeerGone`] when the writer's pid
+/// vanished (checked every 100 ms while waiting): it ended without End, so this run
+/// failed; what the file shows of the cause (cut under the map, a full file system) is
+/// said too.
+pub fn writer_gone(session: &ReaderSession, rf: &RingFile, e: RingError) -> anyhow::Error {
+    match e {
+        RingError::PeerGone { pid } => {
+            warn!("peer (pid {pid}) is gone");
+            if let Some(why) = rf.what_happened() {
+                warn!("{why}");
+            }
+            session.writer_left(&format!("its end of the ring (pid {pid} is gone)"), None)
+        }
+        e => e.into(),
+    }
+}
+
+/// Whether the writer's Hello said text mode: a person types, so a wait may last.
+pub fn follows_text(session: &ReaderSession) -> bool {
+    session.writer_hello().is_some_and(|h| h.mode == Mode::Text)
 }

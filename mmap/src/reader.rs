@@ -8,9 +8,9 @@
 //! mmap-writer --mode bulk --file-size 1G        | mmap-reader --mode bulk --compare-read   # crate::bulk::reader
 //! ```
 //! The writer's first frame, its Hello, says what it runs (mode, size, count, warm-up,
-//! wait, the ring's capacity), and this reader follows it. `--mode`, `--size`, `--count`
-//! and `--warmup` given here are checks: a writer that runs something else is refused,
-//! naming both values and the fix.
+//! wait, the ring's capacity, zero-copy), and this reader follows it. `--mode`, `--size`,
+//! `--count` and `--warmup` given here are checks: a writer that runs something else is
+//! refused, naming both values and the fix; `--wait` given here is run instead.
 //! It prints each message (text), or verifies every message and reports throughput and
 //! one-way latency (stream), or answers each Ping through the second ring (pingpong). In
 //! text mode it shows its own `/proc/self/maps` lines: the shared file (F1) and its own
@@ -24,40 +24,49 @@
 //!    skip it): `statvfs` (room for the ring), `open(O_CREAT|O_EXCL)` or `open` of the
 //!    writer's file, `fstat` and `pread` of the header before `mmap(MAP_SHARED)` (F7),
 //!    then the futex handshake.
-//! 3. Per message, [`Consumer::recv`]: an Acquire load of the writer's index (in a loop,
+//! 3. Per message, [`Consumer::recv`]: an Acquire load of the record's stamp (in a loop,
 //!    or `futex(FUTEX_WAIT)` while the ring is empty with `--wait block|adaptive`, every
 //!    100 ms checking with `kill(pid, 0)` that the writer still exists), a copy out of the
 //!    mapped page, the checks, and a Release store of our index (`futex(FUTEX_WAKE)` only
 //!    if the writer sleeps for room). The first message is the writer's Hello: from it
-//!    this reader knows the mode, takes the producer end of ring 1 for pingpong, and in
-//!    text mode shows its `/proc/self/maps` lines.
-//! 4. Text: `write(1)` of the line.
-//! 5. Pingpong: the Pong into ring 1 with [`Producer::send`] (reserve, copy in, publish,
-//!    as the writer does on ring 0); with `--sync`, `msync(MS_SYNC)` after it (F5).
-//! 6. `unlink` of the file: the pair is done. `munmap` as the map is dropped at exit.
+//!    this reader knows the mode and the wait, takes the producer end of ring 1 for
+//!    pingpong, and in text mode shows its `/proc/self/maps` lines.
+//! 4. Zero-copy (the Hello says so): every later message with
+//!    [`Consumer::recv_in_place`] instead: checked and read where it lies in the map, no
+//!    copy, lent to us until the next receive.
+//! 5. Text: `write(1)` of the line.
+//! 6. Pingpong: the Pong into ring 1 with [`Producer::send`] (reserve, copy in, publish,
+//!    as the writer does on ring 0); zero-copy: built in place ([`Producer::reserve`],
+//!    [`Producer::frame_mut`], the session's `seal`, [`Producer::publish`]). With
+//!    `--sync`, `msync(MS_SYNC)` after it (F5).
+//! 7. `unlink` of the file: the pair is done. `munmap` as the map is dropped at exit.
 //!
 //! One reader per file: a second one is refused with the pid of the one already there
 //! (the ring header records both processes). Cleanup: this program removes the file when
 //! the pair is done; on an error, Ctrl-C or a dead writer it removes it too.
 //!
 //! [`Consumer::recv`]: common::ring::Consumer::recv
+//! [`Consumer::recv_in_place`]: common::ring::Consumer::recv_in_place
 //! [`Producer::send`]: common::ring::Producer::send
+//! [`Producer::reserve`]: common::ring::Producer::reserve
+//! [`Producer::frame_mut`]: common::ring::Producer::frame_mut
+//! [`Producer::publish`]: common::ring::Producer::publish
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use common::cli::{ExpectArgs, MeetArgs, Mode, OutputArgs, Program};
+use common::narrate;
 use common::ring::{Direction, EndOpts, Producer, RingError, Role, Wait};
-use common::session::{conclude, Action, ReaderSession};
+use common::session::{conclude, Action, InPlace, ReaderSession};
 use common::setup::Setup;
 use common::timing::Report;
-use common::{narrate, warn};
 
-use crate::pair::say_waits;
+use crate::pair::{follows_text, say_waits, writer_gone as gone};
 use crate::rendezvous::{self, OpenRing, RingFile};
-use crate::{bulk, show_maps, sigbus, wait_means, MapArgs, Msync};
+use crate::{bulk, loans, show_maps, sigbus, wait_means, MapArgs, Msync};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "mmap-reader";
@@ -83,7 +92,7 @@ pub struct Args {
     pub map: MapArgs,
 
     /// How this side waits for frames: spin, block (futex), adaptive (spin ~20 us, then
-    /// futex); each side of a ring waits its own way [default: adaptive].
+    /// futex); each side of a ring waits its own way [default: as the writer's Hello says].
     #[arg(long, value_enum)]
     pub wait: Option<Wait>,
 
@@ -93,7 +102,7 @@ pub struct Args {
 
 common::program!(Args);
 
-/// The program: bulk or a ring mode (steps 1 to 6 of the module docs).
+/// The program: bulk or a ring mode (steps 1 to 7 of the module docs).
 pub fn run(args: Args) -> Result<ExitCode> {
     // 1. A SIGBUS from a map is fatal; the handler says why and cleans up before death.
     sigbus::install(PROGRAM)?;
@@ -101,7 +110,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.bulk.on {
         return bulk::reader::run(c, &args.map, &args.bulk);
     }
-    // 2. Meet the writer at the file, in either start order.
+    // 2. Meet the writer at the file, in either start order; until its Hello says how it
+    // waits, this side waits adaptive (or its own --wait).
     let wait = args.wait.unwrap_or(Wait::Adaptive);
     let OpenRing {
         rf,
@@ -114,25 +124,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     let mut msync = Msync::new(args.map.sync.then(|| rf.map.clone()));
     let mut report = receive_all(&mut setup, &rf, opts, args.wait, &mut msync)?;
-    report.notes.push(format!(
-        "ring file {} on {}, {} bytes per direction, {}",
-        rf.path.display(),
-        rf.flavour,
-        args.map.capacity,
-        if rf.created {
-            "created here"
-        } else {
-            "created by the writer"
-        }
-    ));
+    report.notes.push(rf.note(Role::Writer));
     report.notes.extend(msync.note());
-    // 6. The pair is done: this side removes the file (the writer already let go of it).
+    // 7. The pair is done: this side removes the file (the writer already let go of it).
     rf.remove()?;
     conclude(&report, c.json)
 }
 
 /// The loop: each frame from ring 0 goes to the session, which says what to do with it
-/// (steps 3 to 5). `asked` is this reader's own `--wait`, if given.
+/// (steps 3 to 6). `asked` is this reader's own `--wait`, if given.
 fn receive_all(
     setup: &mut Setup,
     rf: &RingFile,
@@ -141,23 +141,57 @@ fn receive_all(
     msync: &mut Msync,
 ) -> Result<Report> {
     let mut rx = rf.region.consumer(Direction::WriterToReader, opts)?;
-    // Ring 1 only in pingpong, which the Hello says: a Ping in another mode is an error.
-    let mut back: Option<Producer> = None;
+    // Ring 1 only in pingpong, which the Hello says (a Ping in another mode is an error);
+    // frames read in place (and Pongs built in place) once it says zero-copy.
+    let (mut back, mut in_place): (Option<Producer>, bool) = (None, false);
     let mut session = ReaderSession::new(setup);
     let mut stdout = io::stdout().lock();
     loop {
-        // 3. Wait for the next frame, copy it out of the map, check it, release its bytes.
-        let (header, payload) = match rx.recv() {
+        // 3. Wait for the next frame, copy it out of the map, check it, release its bytes;
+        // 4. or (zero-copy) check it where it lies, lent to us until the next receive.
+        let frame = if in_place {
+            rx.recv_in_place()
+        } else {
+            rx.recv()
+        };
+        let (header, payload) = match frame {
             Ok(frame) => frame,
             // A text writer waits for a person typing: silence is no error while it lives.
             Err(RingError::TimedOut { .. }) if follows_text(&session) => continue,
             Err(e) => return Err(gone(&session, rf, e)),
         };
-        match session.on_frame(&header, payload)? {
+        let action = if !in_place {
+            session.on_frame(&header, payload)?
+        } else {
+            match session.on_frame_in_place(&header, payload)? {
+                InPlace::Action(action) => action,
+                InPlace::Answer(pong) => {
+                    // 6. The Pong, built where it will lie in ring 1: reserve, seal, publish.
+                    let tx = back
+                        .as_mut()
+                        .context("a Ping, but the Hello said no pingpong")?;
+                    let slot = tx
+                        .reserve(pong.payload_len())
+                        .map_err(|e| gone(&session, rf, e))?;
+                    pong.seal(tx.frame_mut(&slot))?;
+                    tx.publish(slot);
+                    msync.after_publish()?;
+                    continue;
+                }
+            }
+        };
+        match action {
             Action::Hello(hello) => {
-                // The writer's settings are this run's now; set up what its mode needs.
+                // The writer's settings are this run's now, its wait too unless --wait.
                 setup.follow(hello);
+                setup.wait = asked.unwrap_or(hello.wait);
                 say_waits(hello, setup.wait, asked);
+                loans::say_following(hello);
+                in_place = hello.zero_copy;
+                let opts = EndOpts {
+                    wait: setup.wait,
+                    ..opts
+                };
                 match hello.mode {
                     Mode::Pingpong => {
                         back = Some(rf.region.producer(Direction::ReaderToWriter, opts)?)
@@ -165,15 +199,16 @@ fn receive_all(
                     Mode::Text if !setup.args.quiet => show_maps(&rf.path),
                     _ => {}
                 }
+                rx.set_wait(setup.wait);
             }
             Action::Continue => {}
-            // 4. Data to stdout, narration to stderr.
+            // 5. Data to stdout, narration to stderr.
             Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
             Action::Echo(pong) => {
-                let Some(tx) = back.as_mut() else {
-                    bail!("a Ping came, but the writer's Hello did not say pingpong");
-                };
-                // 5. The Pong into ring 1: reserve, copy in, publish.
+                let tx = back
+                    .as_mut()
+                    .context("a Ping, but the Hello said no pingpong")?;
+                // 6. The Pong into ring 1: reserve, copy in, publish.
                 if let Err(e) = tx.send(pong.header, pong.payload) {
                     return Err(gone(&session, rf, e));
                 }
@@ -182,26 +217,10 @@ fn receive_all(
             Action::Done => break,
         }
     }
-    Ok(session.finish())
-}
-
-/// Whether the writer's Hello said text mode: a person types, so a wait may last.
-fn follows_text(session: &ReaderSession) -> bool {
-    session.writer_hello().is_some_and(|h| h.mode == Mode::Text)
-}
-
-/// A wait on the ring ends with [`RingError::PeerGone`] when the writer's pid vanished
-/// (checked every 100 ms while waiting): it ended without End, so this run failed; what
-/// the file shows of the cause (cut under the map, a full file system) is said too.
-fn gone(session: &ReaderSession, rf: &RingFile, e: RingError) -> anyhow::Error {
-    match e {
-        RingError::PeerGone { pid } => {
-            warn!("peer (pid {pid}) is gone");
-            if let Some(why) = rf.what_happened() {
-                warn!("{why}");
-            }
-            session.writer_left(&format!("its end of the ring (pid {pid} is gone)"), None)
-        }
-        e => e.into(),
-    }
+    let notes = loans::reader_notes(session.writer_hello());
+    let mut report = session.finish();
+    // The wait this side ran: its own --wait, or the writer's from the Hello.
+    report.wait = setup.wait.as_str().into();
+    report.notes.extend(notes);
+    Ok(report)
 }

@@ -84,6 +84,21 @@ impl RingFile {
         crate::sigbus::what_happened(&self.file, &self.path, self.map.len() as u64)
     }
 
+    /// The report's note on the file: where, on which file system, how big, who made it
+    /// (`peer`: the other program's role).
+    pub fn note(&self, peer: Role) -> String {
+        let who = match self.created {
+            true => "created here".to_string(),
+            false => format!("created by the {peer}"),
+        };
+        format!(
+            "ring file {} on {}, {} bytes per direction, {who}",
+            self.path.display(),
+            self.flavour,
+            self.region.capacity()
+        )
+    }
+
     /// Stops owning the file (the peer removes it): a later SIGBUS leaves it too.
     pub fn release(self) {
         crate::sigbus::set_mine(false);

@@ -234,7 +234,8 @@ fn a_stopped_reader_is_narrated_as_a_full_ring() {
     assert_verified(&w, &r);
     assert_eq!(r.any_report().count, 100);
     assert!(
-        line_with(&w, "has been blocked for").contains("ring 0 is full (P6's analogue for a ring)"),
+        line_with(&w, "has been blocked for")
+            .contains("the ring is full (P6's analogue for a ring"),
         "{}",
         w.stderr
     );
@@ -287,12 +288,26 @@ fn help_lists_only_each_programs_flags_and_the_real_defaults() {
         "--sync",
         "--populate",
         "--wait",
-        "--bulk",
     ];
+    // Only the writer chooses loans (--zero-copy, --verify): the reader follows its Hello.
     let mut writer = shared.to_vec();
-    writer.extend_from_slice(&["--file-size", "--demo-truncate", "--help"]);
+    writer.extend_from_slice(&[
+        "--zero-copy",
+        "--verify",
+        "--bulk",
+        "--file-size",
+        "--demo-truncate",
+        "--help",
+    ]);
     let mut reader = shared.to_vec();
-    reader.extend_from_slice(&["--compare-read", "--keep", "--offset", "--length", "--help"]);
+    reader.extend_from_slice(&[
+        "--bulk",
+        "--compare-read",
+        "--keep",
+        "--offset",
+        "--length",
+        "--help",
+    ]);
     let runtime = dir.path.display().to_string();
     for (exe, want) in [(WRITER, writer), (READER, reader)] {
         let (flags, help) = help_of(&dir, exe);
@@ -310,6 +325,15 @@ fn help_lists_only_each_programs_flags_and_the_real_defaults() {
     let (_, help) = help_of(&dir, READER);
     assert!(
         help.contains("Check that the writer runs this mode [default: follow the writer]"),
+        "{help}"
+    );
+    assert!(
+        help.contains("[default: as the writer's Hello says]"),
+        "{help}"
+    );
+    let (_, help) = help_of(&dir, WRITER);
+    assert!(
+        help.contains("(seq only with --zero-copy;") && help.contains("[default: full]"),
         "{help}"
     );
     // Flags of the ring modes are refused with --bulk, before anything is made.

@@ -25,18 +25,28 @@
 //!   `shm_segsz`) with the one its own `--capacity` needs and explains a mismatch; the
 //!   header's capacity is checked after that, for an object of the right size.
 //! - **What the note leaves out: synchronisation.** Shared memory gives neither ordering
-//!   nor wake-ups. The ring publishes each frame with a Release store of an index and the
-//!   other side reads the index with Acquire; a side with nothing to do spins, sleeps in a
-//!   futex on the index word, or both (`--wait spin|block|adaptive`). The report's `wait`
-//!   and `cpu_ns_per_msg` fields show the trade: spinning is fast and burns a CPU.
+//!   nor wake-ups. The ring publishes each frame with a Release store of its record's
+//!   stamp and the other side reads the stamp with Acquire; a side with nothing to do
+//!   spins, sleeps in a futex on the index word, or both (`--wait spin|block|adaptive`).
+//!   The report's `wait` and `cpu_ns_per_msg` fields show the trade: spinning is fast and
+//!   burns a CPU.
+//! - **Zero-copy (`shm-writer --zero-copy`): loans.** Shared memory needs no copy at all:
+//!   the ring lends the writer the reserved bytes themselves
+//!   ([`Producer::frame_mut`](common::ring::Producer::frame_mut)), where the frame is
+//!   built in place, and lends the reader each published record
+//!   ([`Consumer::recv_in_place`](common::ring::Consumer::recv_in_place)), which it checks
+//!   and reads where it lies; the reader follows the writer's Hello. Who owns which bytes
+//!   when, and what a hostile peer can still do, is in the ring's docs
+//!   ([`common::ring::spsc`], "Loans") and the README; the flags are [`loans`].
 //!
 //! ## Where to read
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | [`writer`] | shm-writer top to bottom: meet the reader, then per frame `reserve`, `copy_in`, `publish` |
-//! | [`reader`] | shm-reader top to bottom: `recv` each frame, answer Pings in ring 1, remove the object |
-//! | `common/src/ring/spsc.rs` | the data path both loops call: [`Producer::reserve`](common::ring::Producer::reserve), [`copy_in`](common::ring::Producer::copy_in), [`publish`](common::ring::Producer::publish), [`Consumer::recv`](common::ring::Consumer::recv) |
+//! | [`writer`] | shm-writer top to bottom: meet the reader, then per frame `reserve`, `copy_in` (or, zero-copy, `frame_mut`), `publish` |
+//! | [`reader`] | shm-reader top to bottom: `recv` (or `recv_in_place`) each frame, answer Pings in ring 1, remove the object |
+//! | `common/src/ring/spsc.rs` | the data path both loops call: [`Producer::reserve`](common::ring::Producer::reserve), [`copy_in`](common::ring::Producer::copy_in), [`frame_mut`](common::ring::Producer::frame_mut), [`publish`](common::ring::Producer::publish), [`Consumer::recv`](common::ring::Consumer::recv), [`recv_in_place`](common::ring::Consumer::recv_in_place) |
+//! | [`loans`] | `--zero-copy` and `--verify`: the writer's flags, and what both sides say about them |
 //! | this file | the pair's contract: names, flags, what a paired region is ([`Shared`]) |
 //! | [`rendezvous`](mod@rendezvous) | create-or-open, start-order races, stale objects, ownership (a first reading skips it) |
 //! | `src/peers.rs` | who pairs: a second reader or writer refused by name, a peer of the other flavour pointed out |
@@ -59,9 +69,11 @@
 //!   other flavour's object under the same name (a System V segment of the key, or the
 //!   POSIX object) says so while it waits and in its final error: the two never meet.
 //! - The writer's first frame is its Hello (mode, size, count, warm-up, wait, the ring's
-//!   capacity); the reader follows it, and its own `--mode`/`--size`/`--count`/`--warmup`
-//!   are only checks. A wait for room longer than half a second (a stopped reader) is
-//!   narrated as it starts and ends ([`reserve_room`], P6's analogue for a ring).
+//!   capacity, zero-copy, verify level); the reader follows it, and its own `--mode`/`--size`/`--count`/`--warmup`
+//!   are only checks; it waits as the writer does unless given its own `--wait`. A wait
+//!   for room longer than half a second (a stopped reader) is narrated as it starts and
+//!   ends (the ring's [`Producer::narrate_full`](common::ring::Producer::narrate_full),
+//!   P6's analogue for a ring).
 //! - Stale objects: the same judgement as the `mmap` crate's ([`common::ring::judge`]): an
 //!   object whose creator and opener are both dead, or that stayed without a header or a
 //!   creator pid for [`common::ring::SETUP_GRACE`], was left by a killed run; it is removed
@@ -79,6 +91,7 @@
 //!   ring, a region larger than /dev/shm or `kernel.shmmax`) exits 2 before any object
 //!   exists ([`ShmArgs::check`]), like clap's own checks.
 
+pub mod loans;
 pub mod reader;
 pub mod rendezvous;
 pub mod writer;
@@ -88,14 +101,14 @@ mod posix;
 mod sigbus;
 mod sysv;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use common::cleanup::Owned;
-use common::ring::{self, offsets, EndOpts, Producer, Region, Reserved, RingError, Wait};
-use common::session::WriterSession;
-use common::stall::Stall;
+use common::cli::Mode;
+use common::hello::Hello;
+use common::ring::{self, EndOpts, Producer, Region, RingError, Wait};
+use common::session::{ReaderSession, WriterSession};
 use common::{narrate, warn};
 use nix::unistd::geteuid;
 
@@ -194,8 +207,6 @@ pub struct Shared {
     pub object: String,
     /// The System V id, to show `nattch`.
     sysv_id: Option<i32>,
-    /// First byte of the mapping (kept alive by `region`), for [`Shared::reader_index`].
-    base: *mut u8,
     /// Removes the object on error paths and Ctrl-C; `remove`/`leave` at a normal end.
     owned: Owned,
     /// Keeps the SIGBUS handler pointed at this mapping (`src/sigbus.rs`); declared after
@@ -213,16 +224,13 @@ impl Shared {
         }
     }
 
-    /// Ring 0's consumer index as the reader last published it: how many bytes of frames
-    /// it has taken. After the reader is gone, this tells whether it took anything past
-    /// the writer's Hello (a reader that refused the Hello leaves right after it).
-    pub fn reader_index(&self) -> u64 {
-        // SAFETY: `base` is the first byte of the mapping `region` keeps alive (it is
-        // dropped with `self`); `offsets::tail(0)` lies inside the header page, 8-byte
-        // aligned (a page-aligned mapping), and the ring reaches the same word as an
-        // AtomicU64 too, so no non-atomic access to it exists.
-        let tail = unsafe { AtomicU64::from_ptr(self.base.add(offsets::tail(0)).cast()) };
-        tail.load(Ordering::Acquire)
+    /// `PeerGone` unless the peer still exists and is the process that attached (`kill(pid,
+    /// 0)` and `/proc/PID/stat`): for text mode, which waits rarely and so seldom notices.
+    pub fn peer_alive(&self) -> Result<(), RingError> {
+        match self.peer.alive() {
+            true => Ok(()),
+            false => Err(RingError::PeerGone { pid: self.peer.pid }),
+        }
     }
 
     /// A line for the report's notes: what was shared and how big.
@@ -279,65 +287,17 @@ pub fn wait_means(w: Wait) -> &'static str {
     }
 }
 
-/// The writer's wait for room in ring 0, with a wait longer than half a second narrated
-/// as it starts and as it ends (P6's analogue for a ring: stop the reader with `kill
-/// -STOP` and the writer says so). `tx` was made with an idle limit of at most
-/// [`common::stall::TELL_AFTER`], so [`Producer::reserve`] returns `TimedOut` every half
-/// second of a long wait; `limit` (`--timeout`, `None` in text mode) is counted across
-/// those returns. `try_reserve` first asks, without waiting, whether the ring is full
-/// right now: only then does a wait begin.
-pub fn reserve_room(
-    tx: &mut Producer,
-    len: usize,
-    full: &mut Stall,
-    limit: Option<Duration>,
-) -> Result<Reserved, RingError> {
-    if tx.try_reserve(len)?.is_none() {
-        full.begin();
-    }
-    let start = Instant::now();
-    loop {
-        match tx.reserve(len) {
-            Ok(slot) => {
-                full.end();
-                return Ok(slot);
-            }
-            Err(RingError::TimedOut { what, .. }) => {
-                full.tick();
-                let waited = start.elapsed();
-                if limit.is_some_and(|l| waited >= l) {
-                    return Err(RingError::TimedOut { waited, what });
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// A [`Stall`] for ring 0 being full, as [`reserve_room`] counts and narrates it.
-pub fn full_ring() -> Stall {
-    Stall::new(
-        "reserve()",
-        "ring 0 is full",
-        "ring 0 was full",
-        "P6's analogue for a ring",
-    )
-}
-
 /// shm-writer's end when a wait fails: a reader that died is an expected end, not a bug:
-/// say so, then stop with the count (`hello`: the bytes of ring 0 its Hello took). A
-/// reader whose index in ring 0 stopped at the end of the Hello took nothing else: it
-/// refused this writer's settings (its own output says why) or died at once.
-pub fn reader_gone(
-    session: &WriterSession,
-    shared: &Shared,
-    hello: u64,
-    e: RingError,
-) -> anyhow::Error {
+/// say so, then stop with the count. `taken` is ring 0's consumer index as the reader left
+/// it ([`Producer::peer_index`](common::ring::Producer::peer_index)): a reader that took
+/// no more than this writer's Hello refused its settings (its own output says why) or
+/// died at once.
+pub fn reader_gone(session: &WriterSession, taken: u64, e: RingError) -> anyhow::Error {
     match e {
         RingError::PeerGone { pid } => {
             warn!("peer (pid {pid}) is gone");
-            if shared.reader_index() <= hello {
+            let hello = ring::record_len(session.hello().encode().len()) as u64;
+            if taken <= hello {
                 return anyhow::anyhow!(
                     "reader (pid {pid}) is gone right after this writer's Hello ({}), before taking any message: \
                      if it refused these settings, its own output says why; stopping",
@@ -348,4 +308,42 @@ pub fn reader_gone(
         }
         e => e.into(),
     }
+}
+
+/// How the two sides wait: this reader follows the writer's wait, or runs its own
+/// `--wait` (each side of a ring waits its own way: the futex wake-ups work whatever the
+/// other side does), and says which.
+pub fn say_waits(hello: &Hello, mine: Wait, asked: Option<Wait>) {
+    let theirs = hello.wait;
+    match asked {
+        None => narrate!("both sides wait {mine}: this reader follows the writer's Hello"),
+        Some(_) if mine == theirs => narrate!("both sides wait {mine}"),
+        Some(_) => narrate!(
+            "this reader waits {mine} (--wait), the writer {theirs}: each side of the ring waits its own way"
+        ),
+    }
+}
+
+/// Whether the writer's Hello said text mode: a person types, so a wait may last.
+pub fn follows_text(session: &ReaderSession) -> bool {
+    session.writer_hello().is_some_and(|h| h.mode == Mode::Text)
+}
+
+/// shm-reader's end when a wait fails: a writer that died without End: say so, then fail
+/// with what arrived (`what` names the object and the writer).
+pub fn writer_gone(session: &ReaderSession, e: RingError, what: &str) -> anyhow::Error {
+    match e {
+        RingError::PeerGone { pid } => {
+            warn!("peer (pid {pid}) is gone");
+            session.writer_left(what, None)
+        }
+        e => e.into(),
+    }
+}
+
+/// shm-reader's way back, ring 1, taken when the Hello said pingpong; a Ping before that
+/// is an error.
+pub fn way_back(back: &mut Option<Producer>) -> Result<&mut Producer> {
+    back.as_mut()
+        .context("a Ping came, but the writer's Hello did not say pingpong")
 }

@@ -9,9 +9,10 @@
 //! shm-reader --mode pingpong --size 64           # only with a writer that runs that
 //! ```
 //! Pass the same `--name`, `--sysv` and `--capacity` as the writer (S5). The rest is the
-//! writer's business: its first frame, the Hello, says its mode, size, count, warm-up and
-//! wait, and this reader follows it. `--mode`, `--size`, `--count` and `--warmup` given
-//! here are checks: a writer that runs something else is refused, naming both values.
+//! writer's business: its first frame, the Hello, says its mode, size, count, warm-up,
+//! wait and whether it lends its frames (`--zero-copy`), and this reader follows it.
+//! `--mode`, `--size`, `--count` and `--warmup` given here are checks: a writer that runs
+//! something else is refused, naming both values. `--wait` given here is run instead.
 //!
 //! System calls, in order (POSIX, with System V in parentheses):
 //! 1. `shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)` (`shmget(IPC_CREAT|IPC_EXCL|0600)`); if the
@@ -21,14 +22,18 @@
 //!    `sigaction(SIGBUS)`, wait for `ready`, attach, `FUTEX_WAKE`. Steps 1 and 2 are
 //!    [`rendezvous`](crate::rendezvous()), which a first reading may skip.
 //! 3. The loop ([`common::ring::spsc`]): `recv` takes each frame out of ring 0 after an
-//!    Acquire load of the writer's index (spin, or `futex(FUTEX_WAIT)` while the ring is
+//!    Acquire load of its record's stamp (spin, or `futex(FUTEX_WAIT)` while the ring is
 //!    empty), copies it into our private buffer, decodes and checksums that copy, then
 //!    publishes our index so the writer may reuse the bytes (`FUTEX_WAKE` only if the
 //!    writer sleeps on a full ring). The first frame is the writer's Hello: from it this
-//!    reader knows the mode, and in pingpong takes the producer end of ring 1. Each Ping
-//!    is answered with a Pong in ring 1 by `reserve`, `copy_in`, `publish`, as the writer
-//!    sends. Text mode prints each message on stdout (`write`).
-//! 4. At End: System V shows `nattch` (`shmctl(IPC_STAT)`), then `shm_unlink`
+//!    reader knows the mode and the wait, and in pingpong takes the producer end of the
+//!    way back, ring 1, where each Ping is answered by `reserve`, `copy_in`, `publish`.
+//!    Text mode prints each message on stdout (`write`).
+//! 4. If the Hello says zero-copy, every later frame is taken with `recv_in_place`: the
+//!    header copied and decoded, the checksum computed over the payload where it lies (no
+//!    copy), the record lent to us until the next receive; each Pong is built in place in
+//!    ring 1 (`reserve`, `frame_mut`, the session's `seal`, `publish`).
+//! 5. At End: System V shows `nattch` (`shmctl(IPC_STAT)`), then `shm_unlink`
 //!    (`shmctl(IPC_RMID)`): this program removes the object (S3: the kernel keeps it until
 //!    someone does); `munmap` (`shmdt`) as the last handle on the region goes.
 //!
@@ -45,14 +50,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use common::cli::{ExpectArgs, MeetArgs, Mode, OutputArgs, Program};
-use common::hello::Hello;
+use common::narrate;
 use common::ring::{Consumer, Direction, Producer, RingError, Role, Wait};
-use common::session::{conclude, Action, ReaderSession};
+use common::session::{conclude, Action, InPlace, ReaderSession};
 use common::setup::{Mechanism, Setup};
 use common::timing::Report;
-use common::{narrate, warn};
 
-use crate::{rendezvous, wait_means, Shared, ShmArgs, DEFAULT_NAME};
+use crate::{follows_text, loans, rendezvous, say_waits, wait_means, way_back, writer_gone};
+use crate::{Shared, ShmArgs, DEFAULT_NAME};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "shm-reader";
@@ -78,7 +83,8 @@ pub struct Args {
     pub shm: ShmArgs,
 
     /// How this side waits for frames: spin (busy, fastest), block (futex sleep), adaptive
-    /// (spin 20 us, then sleep); each side of a ring waits its own way [default: adaptive].
+    /// (spin 20 us, then sleep); each side of a ring waits its own way [default: as the
+    /// writer's Hello says].
     #[arg(long, value_enum)]
     pub wait: Option<Wait>,
 }
@@ -95,13 +101,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let shared = rendezvous(&args.shm, c.name_or(DEFAULT_NAME), Role::Reader, c.timeout)?;
 
     // Every wait also checks, each 100 ms, that the writer's pid still exists (kill -9),
-    // and returns after --timeout without a frame; only the Hello says whether that ends
-    // the run (stream, pingpong) or not (text: a person is typing).
+    // and returns after --timeout without a frame; the Hello says whether that ends the
+    // run (stream, pingpong) or not (text: a person types), and how to wait from then on.
     let wait = args.wait.unwrap_or(Wait::Adaptive);
     let opts = shared.end_opts(wait, Some(c.timeout));
     // The consumer end of ring 0, with a private buffer of one maximal frame.
     let mut rx = shared.region.consumer(Direction::WriterToReader, opts)?;
-    // What the report says about this run; the mode, size and count come with the Hello.
+    // What the report says about this run; the mode, size, count and wait come with the Hello.
     let mut setup = Setup {
         program: PROGRAM,
         mechanism: Mechanism::Shm,
@@ -111,13 +117,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_payload: shared.region.max_payload(),
     };
     narrate!(
-        "waiting for frames in ring 0 ({wait} waiting: {}), the writer's Hello first",
-        wait_means(wait)
+        "waiting for frames in ring 0 ({wait} waiting: {}), the writer's Hello first{}",
+        wait_means(wait),
+        if args.wait.is_none() {
+            "; then this reader waits as it says"
+        } else {
+            ""
+        }
     );
-    // 3. The loop.
+    // 3-4. The loop.
     let mut report = take_frames(&mut setup, &shared, &mut rx, args.wait)?;
     report.notes.push(shared.note());
-    // 4. nattch, then shm_unlink (IPC_RMID); the mapping goes with the region.
+    // 5. nattch, then shm_unlink (IPC_RMID); the mapping goes with the region.
     shared.show_nattch("at the end");
     drop(rx);
     shared.remove()?;
@@ -136,37 +147,64 @@ fn take_frames(
     let what = format!("{} (writer pid {})", shared.object, shared.peer_pid);
     // The session verifies each frame (sequence, session, content, End's totals) and times.
     let mut session = ReaderSession::new(setup);
-    // Ring 1 carries Pongs back: taken once the Hello says pingpong.
-    let mut back: Option<Producer> = None;
+    // Ring 1 carries Pongs back once the Hello says pingpong; frames are read where they
+    // lie (and Pongs built in place) once it says zero-copy.
+    let (mut back, mut in_place): (Option<Producer>, bool) = (None, false);
     // Text mode prints on stdout (narration goes to stderr), locked once.
     let mut stdout = io::stdout().lock();
     loop {
-        // Acquire load of the writer's index (waiting while ring 0 is empty), a copy into
-        // our private buffer, the checks, then our index published: the bytes are free.
-        let (header, payload) = match rx.recv() {
+        // Acquire load of the record's stamp (waiting while ring 0 is empty), then a copy
+        // into our private buffer and the checks, our index published: the bytes are free.
+        // 4. Zero-copy: the checks over the bytes where they lie, lent to the next receive.
+        let frame = if in_place {
+            rx.recv_in_place()
+        } else {
+            rx.recv()
+        };
+        let (header, payload) = match frame {
             Ok(frame) => frame,
             // A text writer waits for a person typing: silence is no error while it lives.
             Err(RingError::TimedOut { .. }) if follows_text(&session) => continue,
             Err(e) => return Err(writer_gone(&session, e, &what)),
         };
-        match session.on_frame(&header, payload)? {
+        let action = if !in_place {
+            session.on_frame(&header, payload)?
+        } else {
+            match session.on_frame_in_place(&header, payload)? {
+                InPlace::Action(action) => action,
+                InPlace::Answer(pong) => {
+                    // 4. The Pong is built where it will lie in ring 1: reserve, seal in
+                    // place (sequence number, header, checksum), publish.
+                    let back = way_back(&mut back)?;
+                    let slot = back
+                        .reserve(pong.payload_len())
+                        .map_err(|e| writer_gone(&session, e, &what))?;
+                    pong.seal(back.frame_mut(&slot))?;
+                    back.publish(slot);
+                    continue;
+                }
+            }
+        };
+        match action {
             Action::Hello(hello) => {
-                // The writer's settings are this run's now; pingpong needs the way back.
+                // The writer's settings are this run's now, its wait too unless --wait.
                 setup.follow(hello);
+                setup.wait = asked.unwrap_or(hello.wait);
                 say_waits(hello, setup.wait, asked);
+                loans::say_following(hello);
+                in_place = hello.zero_copy;
                 if hello.mode == Mode::Pingpong {
                     let opts = shared.end_opts(setup.wait, Some(setup.args.timeout));
                     back = Some(shared.region.producer(Direction::ReaderToWriter, opts)?);
                 }
+                rx.set_wait(setup.wait);
             }
             Action::Continue => {}
             Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
             Action::Echo(pong) => {
-                let Some(back) = back.as_mut() else {
-                    anyhow::bail!("a Ping came, but the writer's Hello did not say pingpong");
-                };
                 // The Pong goes back in ring 1 the way the writer sends: reserve room,
                 // copy in, publish with a Release store (and FUTEX_WAKE if it sleeps).
+                let back = way_back(&mut back)?;
                 let slot = match back.reserve(pong.payload.len()) {
                     Ok(slot) => slot,
                     Err(e) => return Err(writer_gone(&session, e, &what)),
@@ -177,36 +215,10 @@ fn take_frames(
             Action::Done => break,
         }
     }
-    Ok(session.finish())
-}
-
-/// How the two sides wait: each side of a ring waits its own way (the futex wake-ups
-/// work whatever the other side does), so a different `--wait` here is run, and said.
-fn say_waits(hello: &Hello, mine: Wait, asked: Option<Wait>) {
-    let theirs = hello.wait;
-    match asked {
-        _ if mine == theirs => narrate!("both sides wait {mine}"),
-        Some(_) => narrate!(
-            "this reader waits {mine} (--wait), the writer {theirs}: each side of the ring waits its own way"
-        ),
-        None => narrate!(
-            "this reader waits {mine}, the writer {theirs}: each side of the ring waits its own way (pass --wait {theirs} to wait as the writer does)"
-        ),
-    }
-}
-
-/// Whether the writer's Hello said text mode: a person types, so a wait may last.
-fn follows_text(session: &ReaderSession) -> bool {
-    session.writer_hello().is_some_and(|h| h.mode == Mode::Text)
-}
-
-/// A writer that died without End: say so, then fail with what arrived.
-fn writer_gone(session: &ReaderSession, e: RingError, what: &str) -> anyhow::Error {
-    match e {
-        RingError::PeerGone { pid } => {
-            warn!("peer (pid {pid}) is gone");
-            session.writer_left(what, None)
-        }
-        e => e.into(),
-    }
+    let notes = loans::reader_notes(session.writer_hello());
+    let mut report = session.finish();
+    // The wait this side ran: its own --wait, or the writer's from the Hello.
+    report.wait = setup.wait.as_str().into();
+    report.notes.extend(notes);
+    Ok(report)
 }

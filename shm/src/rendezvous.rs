@@ -329,7 +329,7 @@ fn create_side(
     role: Role,
     timeout: Duration,
 ) -> Result<Shared> {
-    let (id, base) = (m.sysv_id, m.base);
+    let id = m.sysv_id;
     let peer = role.peer().as_str();
     let (region, sigbus) = into_region(obj, m, cap, role)?;
     region.initialize(role, common::session::new_nonce());
@@ -385,7 +385,6 @@ fn create_side(
         created: true,
         object: obj.describe(id),
         sysv_id: id,
-        base,
         owned,
         _sigbus: sigbus,
     };
@@ -409,7 +408,6 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
             m.len
         );
     }
-    let base = m.base;
     let (region, sigbus) = into_region(obj, m, cap, role)?;
     match region.check_header() {
         Ok(Some(_)) => {}
@@ -438,7 +436,6 @@ fn open_side(obj: &Object<'_>, m: Mapped, cap: usize, role: Role) -> Result<Shar
         created: false,
         object: obj.describe(id),
         sysv_id: id,
-        base,
         owned: obj.own(id),
         _sigbus: sigbus,
     };

@@ -21,18 +21,21 @@
 //!    attaches. Opener: `mmap` (`shmat`), `sigaction(SIGBUS)`, wait for `ready`, write our
 //!    pid, `futex(FUTEX_WAKE)`. Steps 1 and 2 are [`rendezvous`](crate::rendezvous()),
 //!    which a first reading may skip; a failure after step 1 created the object removes it.
-//! 3. The loop, per frame, in ring 0 ([`common::ring::spsc`]). The first frame is the
-//!    Hello: what this writer runs (mode, size, count, warm-up, wait, the ring's capacity),
-//!    which the reader follows. Text mode first checks that the reader still exists
-//!    (`kill(pid, 0)`, `/proc/PID/stat`). `reserve` waits for room (no system call while
-//!    there is room; spin, or `futex(FUTEX_WAIT)` on the reader's index while the ring is
-//!    full; a wait over half a second is narrated, P6's analogue), `copy_in` copies header
-//!    and payload into the shared pages (`copy_nonoverlapping`, no system call), `publish`
-//!    stores our index with Release and calls `futex(FUTEX_WAKE)` only if the reader said
-//!    it sleeps. Pingpong: each Pong is taken from ring 1 with `recv` (an Acquire load of
-//!    the reader's index, `FUTEX_WAIT` while there is none). Text mode reads each line
-//!    from stdin (`read`).
-//! 4. `munmap` (`shmdt`) when the last handle on the region goes; the object stays.
+//! 3. The loop, per frame, in ring 0 ([`common::ring::spsc`]); the first frame is the
+//!    Hello (mode, size, count, warm-up, wait, the ring's capacity, zero-copy, verify
+//!    level), which the reader follows. Text mode first checks that the reader still
+//!    exists (`kill(pid, 0)`, `/proc/PID/stat`) and reads each line from stdin (`read`).
+//!    `reserve` waits for room (no system call while there is room; spin, or
+//!    `futex(FUTEX_WAIT)` on the reader's index while the ring is full; a wait over half a
+//!    second is narrated, P6's analogue); `copy_in` copies header and payload into the
+//!    shared pages (`copy_nonoverlapping`, no system call); `publish` stores the record's
+//!    stamp and our index with Release, and `futex(FUTEX_WAKE)` only if the reader sleeps.
+//!    Pingpong: each Pong from ring 1 with `recv` (an Acquire load of its stamp).
+//! 4. `--zero-copy`: no payload is copied. `frame_mut` lends us the reserved bytes
+//!    themselves; the session writes the header and the payload's sequence number there
+//!    (the rest is what the slot holds), then `publish`. Each Pong is read where it lies
+//!    (`recv_in_place`: checksum over those bytes, lent to us until the next receive).
+//! 5. `munmap` (`shmdt`) when the last handle on the region goes; the object stays.
 //!
 //! One writer per pair: a second one is refused with the pid of the one already there
 //! (the ring header records both processes). Start order: either. Cleanup: the reader
@@ -45,19 +48,18 @@
 use std::io;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use common::cli::{MeetArgs, Mode, OutputArgs, Program, RunArgs};
-use common::frame::Kind;
 use common::narrate;
-use common::ring::{Consumer, Direction, Producer, RingError, Role, Wait};
+use common::ring::{Consumer, Direction, Producer, Role, Wait};
 use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Mechanism, Setup};
-use common::stall::TELL_AFTER;
 use common::stream;
 use common::timing::Report;
 
-use crate::{full_ring, reader_gone, rendezvous, reserve_room, Shared, ShmArgs, DEFAULT_NAME};
+use crate::loans::LoanArgs;
+use crate::{reader_gone, rendezvous, Shared, ShmArgs, DEFAULT_NAME};
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "shm-writer";
@@ -67,7 +69,7 @@ pub const PROGRAM: &str = "shm-writer";
 #[command(
     name = PROGRAM,
     about = "Send messages through shared memory, POSIX or System V (claims S1-S5).",
-    after_help = "Examples:\n  shm-writer                     (and shm-reader in another terminal)\n  shm-writer --mode pingpong --wait spin --json\n  shm-writer --sysv --mode stream --size 64K --capacity 1M"
+    after_help = "Examples:\n  shm-writer                     (and shm-reader in another terminal)\n  shm-writer --mode pingpong --wait spin --json\n  shm-writer --zero-copy --mode pingpong --size 64K\n  shm-writer --sysv --mode stream --size 64K --capacity 1M"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -83,10 +85,13 @@ pub struct Args {
     pub shm: ShmArgs,
 
     /// How this side waits for room in the ring (and, in pingpong, for each Pong): spin
-    /// (busy, fastest), block (futex sleep), adaptive (spin 20 us, then sleep); each side
-    /// of a ring waits its own way.
+    /// (busy, fastest), block (futex sleep), adaptive (spin 20 us, then sleep); the reader
+    /// waits the same way unless given its own --wait.
     #[arg(long, value_enum, default_value_t = Wait::Adaptive)]
     pub wait: Wait,
+
+    #[command(flatten)]
+    pub loans: LoanArgs,
 }
 
 common::program!(Args, name = DEFAULT_NAME);
@@ -95,26 +100,22 @@ common::program!(Args, name = DEFAULT_NAME);
 pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common();
     // Flags first, before any object exists (a bad value exits 2): a frame must fit half
-    // a ring, and the region the kernel's limit for the flavour.
+    // a ring, the region the kernel's limit for the flavour; --verify seq needs --zero-copy.
     args.shm.check((c.mode != Mode::Text).then_some(c.size))?;
+    args.loans.check()?;
     // 1-2. Create or open the object, map it, meet the reader.
     let shared = rendezvous(&args.shm, c.name_or(DEFAULT_NAME), Role::Writer, c.timeout)?;
 
-    // Every wait also checks, each 100 ms, that the reader's pid still exists (kill -9).
-    // A wait for room returns every half second (at most), so a full ring is narrated as
-    // it happens; --timeout is counted across those returns (none in text mode, which
-    // waits for a person typing).
-    let room = shared.end_opts(args.wait, Some(TELL_AFTER.min(c.timeout)));
-    // The producer end of ring 0: our frames go there.
-    let mut tx = shared.region.producer(Direction::WriterToReader, room)?;
+    // The producer end of ring 0, our frames'. Every wait checks each 100 ms that the
+    // reader's pid still exists (kill -9) and gives up after --timeout (not in text mode:
+    // a person types); one over half a second is narrated as it starts and ends.
+    let limit = (c.mode != Mode::Text).then_some(c.timeout);
+    let opts = shared.end_opts(args.wait, limit);
+    let mut tx = shared.region.producer(Direction::WriterToReader, opts)?;
+    tx.narrate_full();
     // Pingpong's way back is ring 1 (S4: both processes read and write the region).
-    let mut rx = match c.mode {
-        Mode::Pingpong => {
-            let opts = shared.end_opts(args.wait, Some(c.timeout));
-            Some(shared.region.consumer(Direction::ReaderToWriter, opts)?)
-        }
-        _ => None,
-    };
+    let back = (c.mode == Mode::Pingpong).then_some(Direction::ReaderToWriter);
+    let mut rx = back.map(|d| shared.region.consumer(d, opts)).transpose()?;
     // What the report says about this run; a text line may take at most half a ring.
     let setup = Setup {
         program: PROGRAM,
@@ -124,82 +125,90 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args: c.clone(),
         max_payload: shared.region.max_payload(),
     };
-    if c.mode == Mode::Text {
-        narrate!(
+    match c.mode {
+        Mode::Text => narrate!(
             "type a line and press Enter to send it as one message; Ctrl-D (end of input) ends"
-        );
-    } else {
-        narrate!(
+        ),
+        m => narrate!(
             "{} mode: {} messages of {} bytes (+{} warm-up), waiting strategy {}",
-            c.mode.as_str(),
+            m.as_str(),
             c.count,
             c.size,
             c.warmup(),
             args.wait
-        );
+        ),
     }
-    // 3. The loop.
-    let mut report = send_frames(&setup, &shared, &mut tx, rx.as_mut())?;
+    args.loans.say(c.mode == Mode::Text);
+    // 3-4. The loop.
+    let mut report = send_frames(&setup, &args.loans, &shared, &mut tx, rx.as_mut())?;
     report.notes.push(shared.note());
-    // 4. Our endpoints and then the region go: munmap (shmdt). The reader removes the object.
+    report.notes.extend(args.loans.notes());
+    // 5. Our endpoints and then the region go: munmap (shmdt). The reader removes the object.
     drop((tx, rx));
     shared.leave();
     conclude(&report, c.json)
 }
 
 /// Step 3: the session says what to send; each frame goes into ring 0 with the ring's
-/// three calls, and each Pong comes back from ring 1.
+/// three calls (built in place with `--zero-copy`), and each Pong comes back from ring 1.
 fn send_frames(
     setup: &Setup,
+    loans: &LoanArgs,
     shared: &Shared,
     tx: &mut Producer,
     mut rx: Option<&mut Consumer>,
 ) -> Result<Report> {
     // The session builds each frame in `frame`, our own memory, and says what comes next;
-    // its Hello states the ring's capacity too.
-    let capacity = shared.region.capacity() as u64;
-    let mut session = WriterSession::new(setup).capacity(capacity);
+    // its Hello states the ring's capacity, whether frames are lent, and the verify level.
+    let mut session = WriterSession::new(setup)
+        .capacity(shared.region.capacity() as u64)
+        .zero_copy(loans.zero_copy)
+        .verify(loans.verify);
     let mut frame = FrameBuf::new();
-    // Waits for room, counted; a long one is narrated as it starts and as it ends.
-    let mut full = full_ring();
-    let limit = (setup.mode() != Mode::Text).then_some(setup.args.timeout);
-    // Bytes of ring 0 the Hello takes: a reader that took no more refused it.
-    let mut hello_bytes = 0;
     // Text mode's lines come from stdin, locked once rather than per line.
-    let mut stdin = io::stdin().lock();
-    let mut line = Vec::new();
+    let (mut stdin, mut line) = (io::stdin().lock(), Vec::new());
     loop {
+        // 4. Zero-copy: a timed frame is built in the reserved bytes of ring 0 themselves
+        // (a loan: the reader reads nothing there before the publish), then published.
+        if loans.zero_copy && session.next_is_timed() {
+            let slot = tx
+                .reserve(setup.args.size)
+                .map_err(|e| reader_gone(&session, tx.peer_index(), e))?;
+            session.next_in_place(tx.frame_mut(&slot))?;
+            tx.publish(slot);
+            continue;
+        }
         match session.next(&mut frame)? {
             Next::Send(out) => {
-                if out.kind == Kind::Hello {
-                    hello_bytes = common::ring::record_len(out.payload.len()) as u64;
-                }
                 // Text mode sends rarely: kill(pid, 0) and /proc/PID/stat say whether the
                 // reader still exists (and is the process that attached).
-                if setup.mode() == Mode::Text && !shared.peer.alive() {
-                    let gone = RingError::PeerGone {
-                        pid: shared.peer.pid,
-                    };
-                    return Err(reader_gone(&session, shared, hello_bytes, gone));
+                if setup.mode() == Mode::Text {
+                    shared
+                        .peer_alive()
+                        .map_err(|e| reader_gone(&session, tx.peer_index(), e))?;
                 }
                 // Room for the frame: free already (no system call), or wait for the reader
                 // to consume (spin, or FUTEX_WAIT on its index in the shared page).
-                let slot = reserve_room(tx, out.payload.len(), &mut full, limit)
-                    .map_err(|e| reader_gone(&session, shared, hello_bytes, e))?;
+                let slot = tx
+                    .reserve(out.payload.len())
+                    .map_err(|e| reader_gone(&session, tx.peer_index(), e))?;
                 // Plain copies into the shared pages; the reader cannot see them yet.
                 tx.copy_in(&slot, out.header, out.payload)?;
-                // Release store of our index: the bytes above are visible to an Acquire load
-                // of it. FUTEX_WAKE only if the reader said it sleeps.
+                // Release store of the record's stamp and our index: the bytes above are
+                // visible to an Acquire load of it. FUTEX_WAKE only if the reader sleeps.
                 tx.publish(slot);
             }
             Next::AwaitAnswer => {
-                let Some(rx) = rx.as_deref_mut() else {
-                    bail!("pingpong needs a way back from the reader, and this setup has none");
+                let rx = rx.as_deref_mut().context("pingpong without a way back")?;
+                // Acquire load of the Pong's stamp in ring 1; copy out and check, or (4.
+                // zero-copy) check it where it lies, lent to us until the next receive.
+                let pong = if loans.zero_copy {
+                    rx.recv_in_place()
+                } else {
+                    rx.recv()
                 };
-                // Acquire load of the reader's index in ring 1, copy out, check, release.
-                let (pong, payload) = rx
-                    .recv()
-                    .map_err(|e| reader_gone(&session, shared, hello_bytes, e))?;
+                let (pong, payload) =
+                    pong.map_err(|e| reader_gone(&session, tx.peer_index(), e))?;
                 session.answer(&pong, payload)?;
             }
             // Text mode: read(2) on stdin blocks until a line is typed; None is Ctrl-D.
@@ -211,6 +220,6 @@ fn send_frames(
         }
     }
     let mut report = session.finish();
-    report.notes.extend(full.note());
+    report.notes.extend(tx.full_note());
     Ok(report)
 }

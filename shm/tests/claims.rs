@@ -11,7 +11,6 @@ mod harness;
 
 use std::os::fd::AsRawFd;
 
-use common::frame::HEADER_LEN;
 use common::ring::{offsets, region_len, RING_MAGIC, STAMP_LEN};
 use harness::{
     assert_verified, hello_record, indices, maps_of, pair, read_u32, read_u64, rmid, shm_stat,

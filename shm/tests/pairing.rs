@@ -283,7 +283,8 @@ fn a_stopped_reader_is_narrated_as_a_full_ring() {
     assert_verified(&w, &r);
     assert_eq!(r.any_report().count, 100);
     assert!(
-        line_with(&w, "has been blocked for").contains("ring 0 is full (P6's analogue for a ring)"),
+        line_with(&w, "has been blocked for")
+            .contains("the ring is full (P6's analogue for a ring"),
         "{}",
         w.stderr
     );
@@ -312,11 +313,15 @@ fn help_lists_only_each_programs_flags_and_the_default_name() {
         "--sysv",
         "--capacity",
         "--wait",
-        "--help",
     ];
-    for exe in [WRITER, READER] {
+    // Only the writer chooses loans (--zero-copy, --verify): the reader follows its Hello.
+    let mut writer = all.to_vec();
+    writer.extend_from_slice(&["--zero-copy", "--verify", "--help"]);
+    let mut reader = all.to_vec();
+    reader.push("--help");
+    for (exe, want) in [(WRITER, writer), (READER, reader)] {
         let (flags, help) = flags_in_help(exe);
-        assert_eq!(flags, all, "{help}");
+        assert_eq!(flags, want, "{help}");
         assert!(help.contains("[default: shm]"), "{help}");
         assert!(!help.contains("per mechanism"), "{help}");
     }
@@ -326,7 +331,16 @@ fn help_lists_only_each_programs_flags_and_the_default_name() {
         "{help}"
     );
     assert!(
+        help.contains("[default: as the writer's Hello says]"),
+        "{help}"
+    );
+    assert!(
         !help.contains("[default: 100000]"),
         "a reader's --count is a check: {help}"
+    );
+    let (_, help) = flags_in_help(WRITER);
+    assert!(
+        help.contains("(seq only with --zero-copy;") && help.contains("[default: full]"),
+        "{help}"
     );
 }

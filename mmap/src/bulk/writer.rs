@@ -53,7 +53,7 @@ use crate::{Map, MapArgs, DEFAULT_BULK_NAME};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Flags {
     /// Bulk mode (F2, F3): fill --file-size bytes through the map, then exit; the data stays.
-    #[arg(long = "bulk", conflicts_with_all = ["mode", "count", "size", "warmup", "wait", "capacity"])]
+    #[arg(long = "bulk", conflicts_with_all = ["mode", "count", "size", "warmup", "wait", "capacity", "zero_copy", "verify"])]
     pub on: bool,
 
     /// Bulk: bytes of data, 4K to 1T, a multiple of 4096; K, M, G suffixes.
