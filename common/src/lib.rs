@@ -29,6 +29,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod frame;
 pub mod hello;
+pub mod loans;
 pub mod lock;
 pub mod narrate;
 pub mod peer;

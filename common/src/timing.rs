@@ -311,7 +311,7 @@ impl fmt::Display for LatencyNs {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.verified && self.verify == "seq" {
-            "sequence, session and length checked (payloads not read: --verify seq)"
+            "sequence, session and length checked (payloads not read past their sequence number: --verify seq)"
         } else if self.verified {
             "verified"
         } else if !self.checks_here() {

@@ -16,7 +16,7 @@
 //!   call the ring's data path by name: [`Producer::reserve`], [`Producer::copy_in`],
 //!   [`Producer::publish`] and [`Consumer::recv`] (`common/src/ring/spsc.rs`). With
 //!   `--sync` every publish is followed by `msync(MS_SYNC)` ([`Msync`]), whose cost the
-//!   report shows (F5). With `mmap-writer --zero-copy` ([`loans`]) no payload is copied:
+//!   report shows (F5). With `mmap-writer --zero-copy` ([`common::loans`]) no payload is copied:
 //!   the writer builds each timed frame in the reserved bytes of the map themselves
 //!   ([`Producer::frame_mut`]) and the reader, following the Hello, checks and reads it
 //!   where it lies ([`Consumer::recv_in_place`]); what a loan is and why it is safe is in
@@ -32,7 +32,6 @@
 //! | [`writer`], [`reader`] | the ring programs: system calls top to bottom, the send/receive loop |
 //! | [`rendezvous`] | create or open the file, stale files, checks before mapping (skip at first) |
 //! | [`pair`]       | one reader and one writer, how each side waits, a reader that left       |
-//! | [`loans`]      | `--zero-copy` and `--verify`: the writer's flags, what both sides say    |
 //! | [`map`]        | the mapping: raw pointers only, every range checked                      |
 //! | [`bulk`]       | the bulk file's layout and pattern; its writer and reader                |
 //! | [`truncate`]   | the F7 demonstration                                                     |
@@ -88,7 +87,6 @@
 //! [`Consumer::recv_in_place`]: common::ring::Consumer::recv_in_place
 
 pub mod bulk;
-pub mod loans;
 pub mod map;
 pub mod pagecache;
 pub mod pair;

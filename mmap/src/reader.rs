@@ -66,7 +66,8 @@ use common::timing::Report;
 
 use crate::pair::{follows_text, say_waits, writer_gone as gone};
 use crate::rendezvous::{self, OpenRing, RingFile};
-use crate::{bulk, loans, show_maps, sigbus, wait_means, MapArgs, Msync};
+use crate::{bulk, show_maps, sigbus, wait_means, MapArgs, Msync};
+use common::loans;
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "mmap-reader";

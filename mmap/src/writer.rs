@@ -64,10 +64,10 @@ use common::setup::Setup;
 use common::stream;
 use common::timing::Report;
 
-use crate::loans::LoanArgs;
 use crate::pair::reader_gone as gone;
 use crate::rendezvous::{self, OpenRing, RingFile};
 use crate::{bulk, sigbus, truncate, MapArgs, Msync};
+use common::loans::LoanArgs;
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "mmap-writer";

@@ -153,7 +153,7 @@ fn verify_seq_reports_say_what_was_checked() {
         let (w, r) = pair(&dir, &wargs, &["--timeout", "30"], mode == "pingpong");
         w.assert_ok("writer");
         r.assert_ok("reader");
-        let checked = "sequence, session and length checked (payloads not read: --verify seq)";
+        let checked = "sequence, session and length checked (payloads not read past their sequence number: --verify seq)";
         for (who, d) in [("writer", &w), ("reader", &r)] {
             assert!(!d.stdout.contains(", verified"), "{who}: {}", d.stdout);
             assert!(d.stdout.contains(", zero-copy)"), "{who}: {}", d.stdout);

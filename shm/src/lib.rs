@@ -37,7 +37,7 @@
 //!   ([`Consumer::recv_in_place`](common::ring::Consumer::recv_in_place)), which it checks
 //!   and reads where it lies; the reader follows the writer's Hello. Who owns which bytes
 //!   when, and what a hostile peer can still do, is in the ring's docs
-//!   ([`common::ring::spsc`], "Loans") and the README; the flags are [`loans`].
+//!   ([`common::ring::spsc`], "Loans") and the README; the flags are [`common::loans`].
 //!
 //! ## Where to read
 //!
@@ -46,7 +46,6 @@
 //! | [`writer`] | shm-writer top to bottom: meet the reader, then per frame `reserve`, `copy_in` (or, zero-copy, `frame_mut`), `publish` |
 //! | [`reader`] | shm-reader top to bottom: `recv` (or `recv_in_place`) each frame, answer Pings in ring 1, remove the object |
 //! | `common/src/ring/spsc.rs` | the data path both loops call: [`Producer::reserve`](common::ring::Producer::reserve), [`copy_in`](common::ring::Producer::copy_in), [`frame_mut`](common::ring::Producer::frame_mut), [`publish`](common::ring::Producer::publish), [`Consumer::recv`](common::ring::Consumer::recv), [`recv_in_place`](common::ring::Consumer::recv_in_place) |
-//! | [`loans`] | `--zero-copy` and `--verify`: the writer's flags, and what both sides say about them |
 //! | this file | the pair's contract: names, flags, what a paired region is ([`Shared`]) |
 //! | [`rendezvous`](mod@rendezvous) | create-or-open, start-order races, stale objects, ownership (a first reading skips it) |
 //! | `src/peers.rs` | who pairs: a second reader or writer refused by name, a peer of the other flavour pointed out |
@@ -91,7 +90,6 @@
 //!   ring, a region larger than /dev/shm or `kernel.shmmax`) exits 2 before any object
 //!   exists ([`ShmArgs::check`]), like clap's own checks.
 
-pub mod loans;
 pub mod reader;
 pub mod rendezvous;
 pub mod writer;

@@ -56,8 +56,9 @@ use common::session::{conclude, Action, InPlace, ReaderSession};
 use common::setup::{Mechanism, Setup};
 use common::timing::Report;
 
-use crate::{follows_text, loans, rendezvous, say_waits, wait_means, way_back, writer_gone};
+use crate::{follows_text, rendezvous, say_waits, wait_means, way_back, writer_gone};
 use crate::{Shared, ShmArgs, DEFAULT_NAME};
+use common::loans;
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "shm-reader";

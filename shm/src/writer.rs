@@ -58,8 +58,8 @@ use common::setup::{Mechanism, Setup};
 use common::stream;
 use common::timing::Report;
 
-use crate::loans::LoanArgs;
 use crate::{reader_gone, rendezvous, Shared, ShmArgs, DEFAULT_NAME};
+use common::loans::LoanArgs;
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "shm-writer";

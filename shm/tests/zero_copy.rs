@@ -114,7 +114,7 @@ fn verify_seq_reports_say_what_was_checked() {
         let (w, r) = pair(&s, &wargs, &["--timeout", "30"], false);
         assert!(w.ok(), "{}", w.stderr);
         assert!(r.ok(), "{}", r.stderr);
-        let checked = "sequence, session and length checked (payloads not read: --verify seq)";
+        let checked = "sequence, session and length checked (payloads not read past their sequence number: --verify seq)";
         for (who, d) in [("writer", &w), ("reader", &r)] {
             assert!(!d.stdout.contains(", verified"), "{who}: {}", d.stdout);
             assert!(d.stdout.contains(", zero-copy)"), "{who}: {}", d.stdout);

@@ -63,7 +63,7 @@
 //! area, the producer publishes a pad there (a stamp with [`PAD_BIT`] set: "skip to the
 //! start of the area") and stores the record at offset 0. So every frame lies in one piece
 //! of the area, which is what lets a side build or read a frame in place (`--zero-copy`:
-//! [`super::spsc::Loan`], [`super::spsc::Consumer::recv_in_place`]). A pad wastes the bytes
+//! [`super::spsc::Producer::frame_mut`], [`super::spsc::Consumer::recv_in_place`]). A pad wastes the bytes
 //! to the end of the area, less than one record; a record may take at most half the area
 //! ([`max_record`]), so there is always room for a pad and a record once the area drains.
 //!

@@ -17,7 +17,7 @@
 //! | file           | what it holds                                                             |
 //! |----------------|---------------------------------------------------------------------------|
 //! | [`layout`]     | the byte-by-byte layout of the region, its constants and const asserts     |
-//! | [`spsc`]       | the data path: reserve, copy in, publish; take, copy out, release          |
+//! | [`spsc`]       | the data path: reserve, copy in (or build in place), publish; take, copy out (or read in place), release |
 //! | [`wait`]       | spinning, futex sleeps and wake-ups, and noticing a dead peer              |
 //! | [`handshake`]  | creating the header, checking it, attaching, judging a leftover region     |
 //!
@@ -39,10 +39,14 @@
 //! So a bad region gives "corrupt shared region: ...", never a panic, undefined behaviour
 //! or an access outside the region. Look for `check:` comments: each marks one such test.
 //!
-//! Bytes are copied with `ptr::copy_nonoverlapping` from raw pointers: no `&[u8]` or
-//! `&mut [u8]` is ever made over memory the peer can write (a reference promises that the
-//! bytes do not change while it lives, which another process can break; memmap2's docs
-//! say the same). The shared words are reached as `&AtomicU64`/`&AtomicU32`: an atomic is
+//! On the copying path bytes are copied with `ptr::copy_nonoverlapping` from raw pointers:
+//! no `&[u8]` or `&mut [u8]` is made over memory the peer can write (a reference promises
+//! that the bytes do not change while it lives, which another process can break; memmap2's
+//! docs say the same). The zero-copy path is the one exception, and it is explicit: a
+//! **loan** ([`Producer::frame_mut`], [`Consumer::recv_in_place`]) is a slice over bytes
+//! that the protocol gives to this side alone until it publishes or releases them; what a
+//! peer that breaks the protocol can still do to them, and why nothing is decided from
+//! them once checked, is in [`spsc`] ("Loans"). The shared words are reached as `&AtomicU64`/`&AtomicU32`: an atomic is
 //! valid for any bit pattern and may be changed by others at any time, which is exactly
 //! what shared memory does. A hostile peer scribbling the data area while we copy it is a
 //! race in the abstract machine's terms; we never act on those bytes before checking them,

@@ -14,7 +14,7 @@
 //! [u8]` over the shared bytes themselves, where it builds the frame in place, and then
 //! [`Producer::publish`]es. The consumer either copies a frame out ([`Consumer::recv`]) or
 //! reads it where it lies ([`Consumer::recv_in_place`]), and the record stays lent to it
-//! until its next receive (or [`Consumer::release`]). Who owns the bytes, and when:
+//! until its next receive (or [`Consumer::release_lent`]). Who owns the bytes, and when:
 //!
 //! | bytes of a record | after `reserve`      | after `publish`            | after the consumer's release |
 //! |-------------------|----------------------|----------------------------|------------------------------|
@@ -493,7 +493,7 @@ impl Consumer {
     /// Waits for the next frame and returns its header (decoded from a private copy) and
     /// its payload **where it lies in the shared area**, checksum verified over those
     /// bytes: zero-copy. The record stays lent to this consumer (the producer cannot
-    /// reuse it) until the next receive or [`Consumer::release`]. See the module docs
+    /// reuse it) until the next receive or [`Consumer::release_lent`]. See the module docs
     /// (Loans) for what a peer that breaks the protocol can still do to those bytes.
     pub fn recv_in_place(&mut self) -> Result<(Header, &[u8]), RingError> {
         self.settle();

@@ -1,14 +1,15 @@
-//! `--zero-copy` and `--verify`: the writer's flags for loans, and what both programs say
-//! about them. The loans themselves are the ring's ([`common::ring::spsc`], "Loans"):
-//! [`Producer::frame_mut`](common::ring::Producer::frame_mut) lends the writer the
+//! `--zero-copy` and `--verify`: the shared-memory writers' flags for loans (`shm`, `mmap`),
+//! and what both programs of such a pair say about them. The loans themselves are the
+//! ring's ([`crate::ring::spsc`], "Loans"):
+//! [`Producer::frame_mut`](crate::ring::Producer::frame_mut) lends the writer the
 //! reserved bytes of ring 0 to build a frame in, and
-//! [`Consumer::recv_in_place`](common::ring::Consumer::recv_in_place) lends the reader a
+//! [`Consumer::recv_in_place`](crate::ring::Consumer::recv_in_place) lends the reader a
 //! published record to read where it lies, until its next receive.
 
+use crate::cli::{bad_flag, Mode};
+use crate::hello::{Hello, Verify};
+use crate::narrate;
 use anyhow::Result;
-use common::cli::{bad_flag, Mode};
-use common::hello::{Hello, Verify};
-use common::narrate;
 
 /// The writer's zero-copy flags; the reader has none: it follows the writer's Hello.
 #[derive(clap::Args, Debug, Clone)]
