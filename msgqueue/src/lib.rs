@@ -29,7 +29,8 @@
 //! - **M6** "limits": System V: `kernel.msgmax` (largest message), `kernel.msgmnb` (bytes in
 //!   one queue), `kernel.msgmni` (number of queues). POSIX: `fs.mqueue.msgsize_max`,
 //!   `fs.mqueue.msg_max` (messages per queue), `fs.mqueue.queues_max`, and the
-//!   per-user `RLIMIT_MSGQUEUE`. See [`Limits`].
+//!   per-user `RLIMIT_MSGQUEUE`. See [`Limits`]; `--queue-bytes` and `--queue-depth` change
+//!   how much one queue holds, within them ([`depth`]).
 //!
 //! ## The pair's contract
 //! - **Rendezvous** ([`rendezvous`]). A file in the private runtime directory,
@@ -94,6 +95,7 @@
 //! | [`sysv`] | the System V wrappers (`msgget`, `msgsnd`, `msgrcv`, `msgctl`, `ftok`): where the `unsafe` is |
 //! | [`posix`] | the POSIX names and the one call nix lacks (`mq_timedsend`, the other `unsafe`) |
 //! | [`limits`] | M6: the kernel's limits (printed once), and the first full queue |
+//! | [`depth`] | M6: `--queue-bytes`, `--queue-depth`, a POSIX queue's `mq_msgsize` from `--size`: what the queue holds, read back (a first reading skips it) |
 //! | [`typed`] | M4 in text mode: `N: text` lines, `--type`, the typed reader |
 //! | [`shared`] | M5: `--shared`, several writers and typed readers on one queue at once, each with its own loop |
 //! | [`members`] | M5's registry: who uses a shared queue, and the last one out removes it (a first reading skips it) |
@@ -106,6 +108,7 @@
 //! mq_overview(7), mq_open(3), mq_send(3), mq_timedsend(3), mq_receive(3), mq_getattr(3),
 //! mq_unlink(3).
 
+pub mod depth;
 pub mod elsewhere;
 pub mod follow;
 pub mod limits;
@@ -122,7 +125,9 @@ pub mod writer;
 
 use anyhow::{bail, Result};
 use common::cli::CommonArgs;
-use common::frame::{decode, Decoded, Header, HEADER_LEN};
+use common::frame::{decode, Decoded, Header, Kind, HEADER_LEN};
+use common::narrate;
+use common::session::{Outgoing, WriterSession};
 use common::setup::{Flavour, Mechanism, Setup, Wait};
 use nix::mqueue::MqdT;
 
@@ -223,7 +228,7 @@ pub enum Tx {
         /// The queue.
         q: SysvQueue,
         /// The message being sent.
-        msg: Box<Message>,
+        msg: Outbox,
         /// Whether the queue was found full yet (M6).
         full: Full,
         /// Each frame's type.
@@ -244,13 +249,38 @@ pub enum Tx {
 
 impl Tx {
     fn sysv(q: SysvQueue, full: Full, tags: Tagging) -> Tx {
-        let msg = Message::boxed();
+        let msg = Outbox::default();
         Tx::Sysv { q, msg, full, tags }
     }
 
     fn posix(q: MqdT, full: Full, tags: Tagging) -> Result<Tx> {
         let buf = posix::buffer(&q)?;
         Ok(Tx::Posix { q, buf, full, tags })
+    }
+
+    /// System V, stream and pingpong: the session's next frame sealed in place, in the
+    /// message whose text already holds its payload (copied in with the first such frame,
+    /// [`Outbox::load`]), so that `msgsnd` sends it with no copy in user space: only the
+    /// header and the sequence number change (`WriterSession::next_in_place`, as
+    /// `FrameBuf` does). Returns the queue, the message, the state of the queue and the
+    /// text length for the `msgsnd`; `None` when the next frame is another kind, or the
+    /// first: the caller builds it with `WriterSession::next` and loads it.
+    pub fn seal_in_place(
+        &mut self,
+        session: &mut WriterSession,
+    ) -> Result<Option<(SysvQueue, &Message, &mut Full, usize)>> {
+        let Tx::Sysv { q, msg, full, tags } = self else {
+            return Ok(None);
+        };
+        let Some(len) = msg.laid.filter(|_| session.next_is_timed()) else {
+            return Ok(None);
+        };
+        let kind = session.next_in_place(&mut msg.msg.mtext[..len])?;
+        let Some(out) = Outgoing::from_bytes(kind, &msg.msg.mtext[..len]) else {
+            bail!("a frame of {len} bytes is shorter than its header");
+        };
+        msg.msg.mtype = tags.of(&out) as libc::c_long;
+        Ok(Some((*q, &msg.msg, full, len)))
     }
 
     /// Whether a send ever found the queue full (M6).
@@ -265,6 +295,41 @@ impl Tx {
         match self {
             Tx::Sysv { tags, .. } | Tx::Posix { tags, .. } => tags,
         }
+    }
+}
+
+/// A System V sender's message, and whether its text holds a stream or pingpong frame
+/// whose payload the next one can reuse ([`Tx::seal_in_place`]).
+pub struct Outbox {
+    /// The message: `mtype`, then the frame.
+    msg: Box<Message>,
+    /// The text length of the stream or pingpong frame loaded last (`None`: the text holds
+    /// another kind, or nothing yet).
+    laid: Option<usize>,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        let (msg, laid) = (Message::boxed(), None);
+        Outbox { msg, laid }
+    }
+}
+
+impl Outbox {
+    /// Copies a frame in ([`Message::load`]) and returns the text length for `msgsnd`; a
+    /// Data or Ping frame's payload stays there for the frames after it.
+    pub fn load(&mut self, mtype: i64, frame: &Outgoing<'_>) -> Result<usize> {
+        let len = self.msg.load(mtype, frame)?;
+        self.laid = matches!(frame.kind, Kind::Data | Kind::Ping).then_some(len);
+        Ok(len)
+    }
+}
+
+impl std::ops::Deref for Outbox {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.msg
     }
 }
 
@@ -293,6 +358,24 @@ pub enum Rx {
 }
 
 impl Rx {
+    /// What the queue really got, read back from the kernel (`depth.rs`), for the report.
+    pub fn got(&self, limits: &Limits) -> Result<String> {
+        match self {
+            Rx::Sysv { q, .. } => depth::got_sysv(*q, limits),
+            Rx::Posix { q, .. } => depth::got_posix(q, limits),
+        }
+    }
+
+    /// The reader's loop, as it starts waiting: what it asks for and how it waits.
+    pub fn narrate_wait(&self) {
+        let (end, req, rep) = (types::END, types::DATA, types::REPLY);
+        match self {
+            Rx::Sysv { msgtyp: 0, .. } => narrate!("waiting in msgrcv(msgtyp 0): blocks until the writer's msgsnd; a watchdog checks every 100 ms that the writer lives"),
+            Rx::Sysv { .. } => narrate!("pingpong on one queue (M4): waiting in msgrcv(msgtyp -{end}), which takes requests (type {req}) and End ({end}), never replies (type {rep}), which this reader sends back"),
+            Rx::Posix { .. } => narrate!("waiting in mq_timedreceive (100 ms slices, checking the writer between them): the highest priority comes out first, FIFO within a priority (M3)"),
+        }
+    }
+
     /// The text of the message just received, `n` bytes.
     pub fn text(&self, n: usize) -> &[u8] {
         match self {
@@ -304,13 +387,20 @@ impl Rx {
 
 /// The writer's ways: frames out on the main queue, typed by `tags` (`nowait`: a full
 /// queue is an error, not a wait); in pingpong, replies in as type 101 (System V) or on
-/// the `.back` queue (POSIX).
+/// the `.back` queue (POSIX). Narrated.
 pub fn writer_link(
     queues: Queues,
     pingpong: bool,
     nowait: bool,
     tags: Tagging,
 ) -> Result<(Tx, Option<Rx>)> {
+    let (req, rep) = (types::DATA, types::REPLY);
+    match (pingpong, &queues) {
+        (true, Queues::Sysv(_)) => narrate!("pingpong on one queue (M4): requests are type {req}, replies type {rep}; msgrcv(type {rep}) takes only replies"),
+        (true, Queues::Posix { .. }) => narrate!("pingpong needs a second POSIX queue for replies: mq_receive cannot select, it always takes the highest priority"),
+        _ => {}
+    }
+    tags.narrate();
     let full = Full::new(nowait);
     Ok(match queues {
         Queues::Sysv(q) => {
@@ -408,5 +498,55 @@ mod tests {
         assert!(e.contains("not one of ours"), "{e}");
         assert_eq!(types::of(Kind::Pong), Some(types::REPLY));
         assert_eq!(types::of(Kind::Data), None);
+    }
+
+    /// The lean copy path: the Hello and the first stream frame are copied into the
+    /// message; every later one is sealed in place there, and is what the copying path
+    /// would have sent (the same payload, a header of its own, a valid checksum).
+    #[test]
+    fn after_the_first_a_stream_frame_is_sealed_in_place_in_the_message() {
+        use common::session::{FrameBuf, Next};
+        let flags = [
+            "--mode", "stream", "--count", "3", "--size", "100", "--warmup", "0",
+        ];
+        let setup = common::session::example_setup(&flags);
+        let mut session = WriterSession::new(&setup);
+        let (q, _) = SysvQueue::create_or_open(libc::IPC_PRIVATE).unwrap();
+        let tags = Tagging {
+            text: false,
+            default: types::DATA,
+            posix: false,
+        };
+        let mut tx = Tx::sysv(q, Full::new(true), tags);
+        let mut frame = FrameBuf::new();
+        let mut first = Vec::new();
+        let mut sealed = Vec::new();
+        loop {
+            if let Some((_, msg, _, len)) = tx.seal_in_place(&mut session).unwrap() {
+                assert_eq!(msg.mtype, types::DATA as libc::c_long);
+                let (h, payload) = frame_of(&msg.mtext[..len], 100).unwrap();
+                assert_eq!(payload[8..], first[8..], "the payload stays in place");
+                sealed.push(h.seq);
+                continue;
+            }
+            let out = match session.next(&mut frame).unwrap() {
+                Next::Send(out) => out,
+                Next::Done => break,
+                other => panic!("{other:?}"),
+            };
+            let Tx::Sysv { msg, tags, .. } = &mut tx else {
+                unreachable!()
+            };
+            let len = msg.load(tags.of(&out), &out).unwrap();
+            if out.kind == Kind::Data {
+                first = frame_of(&msg.mtext[..len], 100).unwrap().1.to_vec();
+            }
+        }
+        assert_eq!(
+            sealed,
+            [1, 2],
+            "frame 0 was copied in, 1 and 2 sealed in place"
+        );
+        SysvQueue::remove(q.id).unwrap();
     }
 }

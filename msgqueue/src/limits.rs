@@ -181,7 +181,7 @@ impl Full {
         if self.nowait {
             let st = q.stat().ok();
             bail!(
-                "msgsnd IPC_NOWAIT: EAGAIN: the queue is full ({}, {} of {} bytes; kernel.msgmnb) and --nowait asked not to block (M6)",
+                "msgsnd IPC_NOWAIT: EAGAIN: the queue is full ({}, {} of msg_qbytes {} bytes; kernel.msgmnb unless --queue-bytes) and --nowait asked not to block (M6)",
                 crate::messages(st.map_or(0, |s| s.qnum)), st.map_or(0, |s| s.cbytes), st.map_or(0, |s| s.qbytes)
             );
         }
@@ -199,7 +199,7 @@ impl Full {
         if self.nowait {
             let at = nix::mqueue::mq_getattr(q).ok();
             bail!(
-                "mq_send: EAGAIN: the queue is full ({} of mq_maxmsg {} messages; fs.mqueue.msg_max) and --nowait asked not to block (M6)",
+                "mq_send: EAGAIN: the queue is full ({} of mq_maxmsg {} messages; at most fs.mqueue.msg_max, --queue-depth) and --nowait asked not to block (M6)",
                 at.map_or(0, |a| a.curmsgs()), at.map_or(0, |a| a.maxmsg())
             );
         }

@@ -20,16 +20,18 @@
 //! 1. `read` of the limits in /proc/sys (M6);
 //! 2. the rendezvous (`rendezvous.rs`): `open`/`flock` of the pair file; `ftok`; `msgget`
 //!    (create or open) and `msgctl(IPC_STAT)`: owner, messages waiting, last sender
-//!    (`mq_open`, `fstat`, `mq_getattr`); `msgrcv(IPC_NOWAIT)` of stale messages if the
-//!    recorded writer was killed (`mq_timedreceive`); `pwrite` of this side's slot;
+//!    (`mq_open`, `mq_maxmsg` from `--queue-depth` if this side makes the queue: `depth.rs`;
+//!    `fstat`, `mq_getattr`); `msgrcv(IPC_NOWAIT)` of stale messages if the recorded
+//!    writer was killed (`mq_timedreceive`); `pwrite` of this side's slot;
 //! 3. a watchdog thread that removes the queue if the writer dies (none for a typed reader,
 //!    which polls, nor for POSIX, whose calls time out);
 //! 4. the writer's Hello (`follow.rs`): one `msgrcv(msgtyp 102)` (`mq_timedreceive`: it has
 //!    the highest priority); a flag of this reader that contradicts it: `pwrite` of
 //!    "refused" to the pair file, and step 6; pingpong on POSIX: `mq_open` of `.back`;
 //! 5. the loop: one `msgrcv` per message, msgtyp 0 in stream mode and -100 in pingpong
-//!    (`mq_timedreceive` in 100 ms slices); in pingpong one `msgsnd` of each reply as type
-//!    101 (`mq_send` on `.back`). Text mode's loop, with `--type`, is `typed.rs`'s;
+//!    (`mq_timedreceive` in 100 ms slices), checked where it landed; in pingpong one
+//!    `msgsnd` of each reply as type 101 (`mq_send` on `.back`), sealed over the request
+//!    in that same buffer: no copy in user space. Text mode's loop is `typed.rs`'s;
 //! 6. `msgctl(IPC_RMID)` (`mq_unlink` of both queues), and `unlink` of the pair file.
 //!
 //! Start order: either. Cleanup: this program removes the queue(s) and the pair file when
@@ -42,13 +44,13 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use common::cleanup::Owned;
 use common::cli::{ExpectArgs, MeetArgs, Mode, OutputArgs, Program};
-use common::narrate;
-use common::session::{conclude, Action, ReaderSession};
+use common::session::{conclude, Action, InPlace, ReaderSession};
 use common::setup::{Role, Setup};
 use common::stream::Delivery;
 use common::timing::Report;
-use nix::mqueue::{mq_send, mq_timedreceive};
+use nix::mqueue::mq_timedreceive;
 
+use crate::depth::ReaderDepth;
 use crate::limits::Limits;
 use crate::rendezvous::{self, OpenArgs};
 use crate::sysv;
@@ -87,6 +89,10 @@ pub struct Args {
     #[arg(long, value_name = "N", requires = "shared", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub writers: Option<u64>,
 
+    /// --queue-depth (POSIX): how many messages the queue holds, if this reader makes it.
+    #[command(flatten)]
+    pub depth: ReaderDepth,
+
     /// --json --quiet.
     #[command(flatten)]
     pub out: OutputArgs,
@@ -104,17 +110,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (c, posix) = (&args.common(), args.queue.posix);
     // Flags first, before anything exists: --type is msgrcv's msgtyp (typed.rs).
     let msgtyp = typed::msgtyp(&args.queue, c.mode, args.mtype)?;
-    // 1. The limits (M6).
+    // 1. The limits (M6), and what shape this side makes a queue in (depth.rs).
     let limits = Limits::read()?;
+    let shape = args.depth.shape(&args.queue, c, &limits)?;
     limits.narrate(posix);
     // 2. Create or open the queue and judge what is already in it (rendezvous.rs). The
     // reader owns the queue from now on: removed when done, on an error, on Ctrl-C.
-    let how = OpenArgs::new(Role::Reader, &args.queue, c, &limits);
+    let how = OpenArgs::new(Role::Reader, &args.queue, c, &limits).shaped(shape);
     let mut opened = rendezvous::open(&how)?;
     let owned = rendezvous::reader_owns(&mut opened);
     let (mut setup, watch) = (crate::setup(PROGRAM, posix, c, &limits), &opened.watch);
     // A typed reader before us took some messages (M4): End's totals cannot match here.
-    let (notes, shared) = (opened.notes, opened.earlier_reader.is_some());
+    let (mut notes, shared) = (opened.notes, opened.earlier_reader.is_some());
     // 3. msgrcv has no timeout: a watchdog thread removes the queue if the writer dies,
     // which wakes msgrcv with EIDRM (watch.rs). A typed reader polls instead (typed.rs),
     // and POSIX waits in timed calls.
@@ -127,6 +134,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let hello = follow::receive(&mut rx, &mut session, watch, msgtyp, setup.max_payload)?;
     setup.follow(&hello.hello);
     watch.set_bounded(setup.mode() != Mode::Text);
+    // The writer has shaped the queue by now (--queue-bytes): what it holds, read back.
+    notes.push(rx.got(&limits)?);
     // The mode chooses msgtyp (M4): stream 0, text --type (0: any), pingpong -100:
     // requests (1) and End (100), never the replies (101), which go back on the same
     // queue (POSIX: on .back, opened now).
@@ -152,12 +161,7 @@ fn receive_all(
     setup: &Setup,
     watch: &PeerWatch,
 ) -> Result<Report> {
-    let (end, req, rep) = (types::END, types::DATA, types::REPLY);
-    match rx {
-        Rx::Sysv { msgtyp: 0, .. } => narrate!("waiting in msgrcv(msgtyp 0): blocks until the writer's msgsnd; a watchdog checks every 100 ms that the writer lives"),
-        Rx::Sysv { .. } => narrate!("pingpong on one queue (M4): waiting in msgrcv(msgtyp -{end}), which takes requests (type {req}) and End ({end}), never replies (type {rep}), which this reader sends back"),
-        Rx::Posix { .. } => narrate!("waiting in mq_timedreceive (100 ms slices, checking the writer between them): the highest priority comes out first, FIFO within a priority (M3)"),
-    }
+    rx.narrate_wait();
     loop {
         let got = match &mut rx {
             // msgrcv(2): sleeps until a message of msgtyp is queued, then takes it whole (M2).
@@ -170,29 +174,27 @@ fn receive_all(
         };
         let n = got.ok_or_else(|| session.writer_left("the queue", None))?;
         let (header, payload) = frame_of(rx.text(n), setup.max_payload)?;
-        let pong = match session.on_frame(&header, payload)? {
+        let pong = match session.on_frame_in_place(&header, payload)? {
+            InPlace::Answer(pong) => pong,
             // The Hello was taken in step 4; a text line cannot come in these modes.
-            Action::Hello(_) | Action::Continue | Action::Print(_) => continue,
-            Action::Echo(pong) => pong,
-            Action::Done => return Ok(session.finish()),
+            InPlace::Action(Action::Done) => return Ok(session.finish()),
+            InPlace::Action(_) => continue,
         };
-        let sent = match &mut tx {
+        // The reply is the request with a new header: sealed over it where msgrcv put it
+        // (same payload), and sent from there.
+        let sent = match (&mut rx, &mut tx) {
             // msgsnd(2) of the reply as type 101: only the writer's msgrcv(101) takes it.
-            Some(Tx::Sysv { q, msg, full, tags }) => {
-                let (q, len) = (*q, msg.load(tags.of(&pong), &pong)?);
-                watch.send_sysv(q, full, |flags| sysv::msgsnd(q, msg, len, flags))?
+            (Rx::Sysv { msg, .. }, Some(Tx::Sysv { q, full, .. })) => {
+                pong.seal(&mut msg.mtext[..n])?;
+                msg.mtype = types::REPLY as libc::c_long;
+                watch.send_sysv(*q, full, |flags| sysv::msgsnd(*q, msg, n, flags))?
             }
             // mq_send(3) of the reply on the .back queue, at priority 0.
-            Some(Tx::Posix { q, buf, full, tags }) => {
-                let (m, prio) = (posix::load(buf, &pong)?, tags.of(&pong) as u32);
-                watch.send_posix(q, full, |deadline| match deadline {
-                    None => mq_send(q, m, prio),
-                    Some(d) => posix::mq_timedsend(q, m, prio, d),
-                })?
+            (Rx::Posix { buf, .. }, Some(Tx::Posix { q, full, .. })) => {
+                pong.seal(&mut buf[..n])?;
+                watch.send_posix(q, full, |d| posix::send(q, &buf[..n], 0, d))?
             }
-            None => {
-                bail!("got a Ping (pingpong mode) but this reader has no way back to the writer")
-            }
+            _ => bail!("got a Ping (pingpong mode) but this reader has no way back to the writer"),
         };
         if sent == Delivery::PeerGone {
             return Err(session.writer_left("the queue", None));

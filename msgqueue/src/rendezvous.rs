@@ -42,6 +42,7 @@ use libc::key_t;
 use nix::fcntl::Flock;
 use nix::mqueue::{mq_getattr, MqdT};
 
+use crate::depth::{Misfit, Shape};
 use crate::posix::posix_unlink;
 use crate::sysv::{is_removed, Message, SysvQueue};
 use crate::watch::{not_alive, PeerWatch, Slot};
@@ -81,10 +82,9 @@ pub struct OpenArgs {
     /// A pingpong writer needs the POSIX reply queue now (a reader opens it once the
     /// writer's Hello said pingpong: [`crate::reader_tx`]).
     pub pingpong: bool,
-    /// A POSIX queue is created for messages of this many bytes (frame included).
-    pub msgsize: usize,
-    /// A POSIX queue is created to hold this many messages.
-    pub maxmsg: usize,
+    /// What the queue(s) should hold: System V `msg_qbytes`, POSIX `mq_maxmsg` and
+    /// `mq_msgsize` (`depth.rs`).
+    pub shape: Shape,
     /// `--timeout`: how long a wait gives a peer that has not shown up.
     pub timeout: Duration,
     /// Stream and pingpong: `--timeout` also ends a wait on a live peer that makes no
@@ -94,9 +94,10 @@ pub struct OpenArgs {
 }
 
 impl OpenArgs {
-    /// What `role` asks for, from its flags and the limits: a POSIX queue is created for the
-    /// largest frame that fits and at most 10 messages. A reader's mode is not known yet
-    /// (the writer's Hello says it), so only a writer's counts here.
+    /// What `role` asks for, from its flags and the limits: by default a POSIX queue is
+    /// created for the largest frame that fits and at most 10 messages ([`OpenArgs::shaped`]
+    /// says otherwise). A reader's mode is not known yet (the writer's Hello says it), so
+    /// only a writer's counts here.
     pub fn new(role: Role, q: &QueueArgs, c: &CommonArgs, limits: &Limits) -> OpenArgs {
         let (posix, writer) = (q.posix, role == Role::Writer);
         OpenArgs {
@@ -105,11 +106,16 @@ impl OpenArgs {
             name: c.name_or(DEFAULT_NAME).to_string(),
             key: q.key,
             pingpong: writer && c.mode == common::cli::Mode::Pingpong,
-            msgsize: limits.max_frame(posix).0,
-            maxmsg: limits.mq_msg_max.clamp(1, 10),
+            shape: Shape::plain(limits, limits.max_frame(posix).0),
             timeout: c.timeout,
             bounded: !writer || c.mode != common::cli::Mode::Text,
         }
+    }
+
+    /// The queue(s) in `shape` (`--queue-bytes`, `--queue-depth`, `mq_msgsize` from
+    /// `--size`: `depth.rs`).
+    pub fn shaped(self, shape: Shape) -> OpenArgs {
+        OpenArgs { shape, ..self }
     }
 }
 
@@ -214,8 +220,11 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
     });
     let me = Identity::me();
     let earlier_reader = check_role(&watch, a.role, me)?;
+    // Whether the peer uses the queue: a writer insists on its shape in a live reader's
+    // queue; a queue nobody uses is made anew in this side's shape (depth.rs).
+    let peer_here = peer_here(&watch, a.role);
     let (queues, created) = if a.posix {
-        crate::posix::open_pair(a)?
+        crate::posix::open_pair(a, peer_here).map_err(|e| refuse_misfit(&watch, e))?
     } else {
         let (q, created) = crate::sysv::open_sysv(a, &path)?;
         (Queues::Sysv(q), created)
@@ -241,8 +250,26 @@ pub fn open(a: &OpenArgs) -> Result<Opened> {
     if let Some(c) = file_claim.take_if(|_| opened.owned.is_some()) {
         c.release();
     }
-    opened.capacity = capacity(&opened.queues)?;
     judge_queued(&mut opened, a.role)?;
+    // A POSIX queue nobody uses (emptied just now) in another shape is made anew, this
+    // side's from now on: a leftover, or a writer's .back (a reader opens it later).
+    let writer = a.role == Role::Writer;
+    if crate::posix::reshape(&mut opened.queues, a, !peer_here)? && !opened.created {
+        opened.created = true;
+        if writer {
+            opened.owned = writer_claim(&opened);
+        }
+    }
+    // What the queue holds, as the kernel reads it back (the Hello says it too). A reader
+    // reads it again after the Hello: a writer's --queue-bytes may change it till then.
+    opened.capacity = capacity(&opened.queues)?;
+    if writer {
+        opened.notes.push(got(&opened.queues)?);
+    }
+    if let Some(n) = unapplied(a, &opened)? {
+        narrate!("{n}");
+        opened.notes.push(n);
+    }
     forget_dead_peer(&opened.watch, a.role)?;
     opened.watch.write(a.role, Slot::Running(me))?;
     drop(lock);
@@ -278,6 +305,39 @@ fn open_pair_file(a: &OpenArgs, path: &Path) -> Result<(Arc<PeerWatch>, Flock<st
             path.display()
         );
     }
+}
+
+/// Whether the peer uses the queue now: a live reader, for a writer; for a reader, a live
+/// writer, or one that finished and left its session in the queue (M1).
+fn peer_here(watch: &PeerWatch, role: Role) -> bool {
+    match watch.read(role.peer()) {
+        Slot::Running(id) => id.alive(),
+        Slot::Finished(_) => role == Role::Reader,
+        _ => false,
+    }
+}
+
+/// A live reader's queue that cannot serve this writer (depth.rs): the writer's line says
+/// `refused` before it leaves, so the reader, waiting for the Hello, stops and says why.
+fn refuse_misfit(watch: &PeerWatch, e: anyhow::Error) -> anyhow::Error {
+    if e.downcast_ref::<Misfit>().is_none() {
+        return e;
+    }
+    match watch.write(Role::Writer, Slot::Refused(Identity::me())) {
+        Ok(()) => e,
+        Err(w) => e.context(format!("(and the pair file could not say so: {w:#})")),
+    }
+}
+
+/// A reader's `--queue-depth` that the queue, made by the writer, does not have.
+fn unapplied(a: &OpenArgs, o: &Opened) -> Result<Option<String>> {
+    Ok(match &o.queues {
+        Queues::Posix { main, .. } if a.shape.depth.is_some() => {
+            let got = mq_getattr(main).context("mq_getattr")?.maxmsg() as usize;
+            crate::depth::unapplied(a, o.created, got)
+        }
+        _ => None,
+    })
 }
 
 /// Step 2: is another process already playing this role? A live one is refused; one
@@ -458,6 +518,15 @@ fn capacity(q: &Queues) -> Result<u64> {
             (at.maxmsg() * at.msgsize()) as u64
         }
     })
+}
+
+/// What the main queue holds, read back from the kernel, for the report (`depth.rs`).
+fn got(q: &Queues) -> Result<String> {
+    let limits = Limits::read()?;
+    match q {
+        Queues::Sysv(s) => crate::depth::got_sysv(*s, &limits),
+        Queues::Posix { main, .. } => crate::depth::got_posix(main, &limits),
+    }
 }
 
 /// Messages currently in the queue(s).

@@ -96,6 +96,12 @@ fn narrate_others(others: &[Member]) {
 /// `msgqueue-writer --shared`: joins, sends one session as type `--type`, leaves.
 pub fn write(args: &writer::Args) -> Result<ExitCode> {
     let c = &args.common();
+    let d = &args.depth;
+    crate::depth::refuse_misplaced(
+        &args.queue,
+        d.queue_bytes.is_some(),
+        d.queue_depth.is_some(),
+    )?;
     let mtype = check_flags(&args.queue, c.mode, args.mtype)?;
     if args.priority.is_some() {
         return Err(bad_flag("--priority is POSIX; --shared is System V and sends each writer's messages as its --type"));
@@ -258,6 +264,7 @@ impl Polling {
 /// ended, leaves.
 pub fn read(args: &reader::Args) -> Result<ExitCode> {
     let c = &args.common();
+    crate::depth::refuse_misplaced(&args.queue, false, args.depth.queue_depth.is_some())?;
     let mtype = check_flags(&args.queue, c.mode, args.mtype)?;
     let want = args.writers.unwrap_or(1);
     // 1. The limits (M6).

@@ -272,6 +272,20 @@ impl SysvQueue {
         Ok(())
     }
 
+    /// `msgctl(IPC_SET)` of `msg_qbytes`: the bytes the queue holds before `msgsnd` waits
+    /// (`--queue-bytes`, M6). The owner may lower it; raising it above `kernel.msgmnb`
+    /// needs `CAP_SYS_RESOURCE` (else EPERM).
+    pub fn set_qbytes(&self, bytes: u64) -> io::Result<()> {
+        let mut ds = self.msqid_ds()?;
+        ds.msg_qbytes = bytes as libc::msglen_t;
+        // SAFETY: IPC_SET reads the struct we pass, which lives across the call.
+        let rc = unsafe { libc::msgctl(self.id, libc::IPC_SET, &mut ds) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Takes every message out without waiting (any type); returns how many there were.
     pub fn drain(&self, msg: &mut Message) -> io::Result<u64> {
         let mut n = 0;
@@ -305,16 +319,17 @@ pub(crate) fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(SysvQueue, bool)> 
         }
     };
     let (q, created) = SysvQueue::create_or_open(key)?;
-    let st = match q.stat() {
-        Ok(st) => st,
-        Err(e) => {
-            // A queue this call just created is not left behind for a failed check.
-            if created {
-                let _ = SysvQueue::remove(q.id);
-            }
-            return Err(e).with_context(|| format!("msgctl IPC_STAT queue {}", q.id));
+    // A queue this call just created is not left behind for a failed check.
+    let forget = |e: anyhow::Error| {
+        if created {
+            let _ = SysvQueue::remove(q.id);
         }
+        e
     };
+    let st = q
+        .stat()
+        .with_context(|| format!("msgctl IPC_STAT queue {}", q.id))
+        .map_err(forget)?;
     let me = nix::unistd::geteuid().as_raw();
     if st.uid != me || st.cuid != me {
         bail!(
@@ -334,9 +349,17 @@ pub(crate) fn open_sysv(a: &OpenArgs, path: &Path) -> Result<(SysvQueue, bool)> 
             q.id, st.mode & 0o777, crate::messages(st.qnum), st.cbytes, st.lspid, st.lrpid
         );
     }
+    // --queue-bytes: msg_qbytes is the owner's to change at any time (depth.rs).
+    let qbytes = match a.shape.qbytes {
+        Some(b) => {
+            let got = crate::depth::set_qbytes(q, b).map_err(forget)?;
+            narrate!("msgctl(IPC_SET) msg_qbytes {b} (--queue-bytes; it was {}): IPC_STAT reads back {got}", st.qbytes);
+            got
+        }
+        None => st.qbytes,
+    };
     narrate!(
-        "the queue holds at most {} bytes (msg_qbytes, from kernel.msgmnb): a msgsnd that does not fit blocks (M6)",
-        st.qbytes
+        "the queue holds at most {qbytes} bytes (msg_qbytes; a new queue gets kernel.msgmnb, --queue-bytes changes it): a msgsnd that does not fit blocks (M6)"
     );
     Ok((q, created))
 }

@@ -19,7 +19,8 @@
 //!   pingpong every wait (text mode waits for a human, as long as it takes);
 //! - **the verdict**: why a wait ended without a message ([`Gone`]), kept for the error:
 //!   a reader that refused the writer's Hello marks its line `refused` ([`Gone::Refused`]),
-//!   and a peer that never came may be waiting in the other flavour (`elsewhere.rs`);
+//!   as does a writer that refused the queue a reader made (`depth.rs`), and a peer that
+//!   never came may be waiting in the other flavour (`elsewhere.rs`);
 //! - **what to remove** when the peer is gone: the queue and the pair file, once;
 //! - **a writer's long waits** on a full queue, narrated as they start and end
 //!   (`common::stall::Stall`): the watchdog sees a `msgsnd` blocked in the kernel, and a
@@ -84,6 +85,9 @@ impl Gone {
             Gone::Finished(pid) => {
                 format!("the {peer} (pid {pid}) finished and nothing more arrived")
             }
+            Gone::Refused(pid) if peer == Role::Writer => format!(
+                "the writer (pid {pid}) refused this queue and left: it does not have the shape the writer asks for (its --queue-depth; its own output says why)"
+            ),
             Gone::Refused(pid) => format!(
                 "the {peer} (pid {pid}) refused this writer's Hello and left (its own output says why)"
             ),

@@ -15,19 +15,22 @@
 //! (POSIX: `ls -l /dev/mqueue`) shows them waiting in between.
 //!
 //! System calls, in order (System V, with POSIX in parentheses):
-//! 1. `read` of the limits in /proc/sys/kernel (/proc/sys/fs/mqueue) (M6);
+//! 1. `read` of the limits in /proc/sys/kernel (/proc/sys/fs/mqueue) (M6), and of
+//!    /proc/self/status for a `--queue-bytes` / `--queue-depth` beyond them (`depth.rs`);
 //! 2. the rendezvous (`rendezvous.rs`): `open` and `flock` of the pair file; `ftok` for the
-//!    key; `msgget(IPC_CREAT|IPC_EXCL|0600)`, or `msgget(key, 0)` if it exists, and
-//!    `msgctl(IPC_STAT)` for its owner and contents (`mq_open(O_CREAT|O_EXCL|O_NONBLOCK,
-//!    0600, attr)`, and `.back` for replies, `fstat`, `mq_getattr`); `msgrcv(IPC_NOWAIT)`
-//!    of any stale message (`mq_timedreceive`); `pwrite` of this side's slot;
+//!    key; `msgget(IPC_CREAT|IPC_EXCL|0600)`, or `msgget(key, 0)` if it exists,
+//!    `msgctl(IPC_STAT)` for its owner and contents and `msgctl(IPC_SET)` of `msg_qbytes`
+//!    (`mq_open(O_CREAT|O_EXCL|O_NONBLOCK, 0600, attr)`, attr from `--queue-depth` and
+//!    `--size`, and `.back` for replies, `fstat`, `mq_getattr`); `msgrcv(IPC_NOWAIT)` of
+//!    any stale message (`mq_timedreceive`); `pwrite` of this side's slot;
 //! 3. a watchdog thread that wakes a blocked call if the reader dies (none: POSIX calls
 //!    time out);
 //! 4. the loop, per frame (a line `read` from stdin in text mode): one `msgsnd`, the Hello
 //!    first as type 102, then as the line's type, 1, or End's 100 (`mq_send` on the
 //!    non-blocking descriptor until the queue is first found full, then `mq_timedsend` in
 //!    100 ms slices; the Hello at priority 32767); in pingpong one `msgrcv(msgtyp 101)`
-//!    per reply (`mq_timedreceive` on `.back`);
+//!    per reply (`mq_timedreceive` on `.back`); no copy in user space: a stream or pingpong
+//!    frame is sealed where it is sent from, a reply checked where it lands;
 //! 5. `pwrite` of "finished" to the pair file.
 //!
 //! Start order: either. The first side creates the queue; a writer that starts first just
@@ -50,8 +53,9 @@ use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Role, Setup};
 use common::stream::{self, Delivery};
 use common::timing::Report;
-use nix::mqueue::{mq_send, mq_timedreceive};
+use nix::mqueue::mq_timedreceive;
 
+use crate::depth::WriterDepth;
 use crate::limits::Limits;
 use crate::rendezvous::{self, OpenArgs};
 use crate::sysv;
@@ -94,6 +98,10 @@ pub struct Args {
     #[arg(long)]
     pub nowait: bool,
 
+    /// --queue-bytes (System V) --queue-depth (POSIX): how much the queue holds (M6).
+    #[command(flatten)]
+    pub depth: WriterDepth,
+
     /// --json --quiet.
     #[command(flatten)]
     pub out: OutputArgs,
@@ -108,17 +116,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return crate::shared::write(&args);
     }
     let (c, posix) = (&args.common(), args.queue.posix);
-    // Flags first, before anything exists; a line's "N: " prefix, or --type / --priority,
-    // picks its type or priority (typed.rs).
+    // Flags first: a line's "N: " prefix, or --type / --priority, picks its type (typed.rs).
     let tags = Tagging::from_flags(&args.queue, c.mode, args.mtype, args.priority)?;
     // 1. The limits (M6). Text mode sends lines, not --size bytes, but a --size that
-    // cannot fit is still a mistake worth naming.
+    // cannot fit is still a mistake worth naming; so is a depth beyond the limits.
     let limits = Limits::read()?;
     limits.check_size(c.size, posix)?;
+    let shape = args.depth.shape(&args.queue, c, &limits)?;
     limits.narrate(posix);
-    // 2. Create or open the queue and judge what is already in it (rendezvous.rs). A queue
-    // this side created is its to remove on failure, unless a reader took over.
-    let mut opened = rendezvous::open(&OpenArgs::new(Role::Writer, &args.queue, c, &limits))?;
+    // 2. Create or open the queue in that shape, judge what is in it (rendezvous.rs). A
+    // queue this side created is its to remove on failure, unless a reader took over.
+    let how = OpenArgs::new(Role::Writer, &args.queue, c, &limits).shaped(shape);
+    let mut opened = rendezvous::open(&how)?;
     let owned = rendezvous::writer_owns(&mut opened);
     let (setup, watch) = (crate::setup(PROGRAM, posix, c, &limits), &opened.watch);
     let (pid, path) = (std::process::id(), watch.path().display());
@@ -127,13 +136,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // dies (watch.rs). POSIX waits in timed calls instead.
     let _watchdog = if posix { None } else { Some(watch.watchdog()?) };
     let pingpong = c.mode == Mode::Pingpong;
-    let (req, rep) = (types::DATA, types::REPLY);
-    match (pingpong, posix) {
-        (true, false) => narrate!("pingpong on one queue (M4): requests are type {req}, replies type {rep}; msgrcv(type {rep}) takes only replies"),
-        (true, true) => narrate!("pingpong needs a second POSIX queue for replies: mq_receive cannot select, it always takes the highest priority"),
-        _ => {}
-    }
-    tags.narrate();
     let (mut tx, rx) = crate::writer_link(opened.queues, pingpong, args.nowait, tags)?;
     let session = WriterSession::new(&setup).capacity(opened.capacity);
     let mut report = send_all(session, &setup, &mut tx, rx, watch)?;
@@ -161,24 +163,32 @@ fn send_all(
 ) -> Result<Report> {
     let (mut frame, mut stdin, mut line) = (FrameBuf::new(), io::stdin().lock(), Vec::new());
     loop {
+        // System V, stream and pingpong: after the first, each frame is sealed in place in
+        // the message it goes out in (lib.rs), and msgsnd(2) copies it straight from there.
+        if let Some((q, msg, full, len)) = tx.seal_in_place(&mut session)? {
+            let sent = watch.send_sysv(q, full, |flags| sysv::msgsnd(q, msg, len, flags))?;
+            if sent == Delivery::PeerGone {
+                return Err(watch.reader_gone(&session));
+            }
+            continue;
+        }
         match session.next(&mut frame)? {
             Next::Send(out) => {
                 let hello = out.kind == Kind::Hello;
                 let sent = match tx {
                     // msgsnd(2): the kernel copies the type and the frame into a new message
                     // at the end of the queue (M2); it sleeps while the queue is full (M6).
+                    // The frame is copied in first (a stream or pingpong one only once).
                     Tx::Sysv { q, msg, full, tags } => {
                         let (q, len) = (*q, msg.load(tags.of(&out), &out)?);
                         watch.send_sysv(q, full, |flags| sysv::msgsnd(q, msg, len, flags))?
                     }
                     // mq_send(3) links the message in at its priority; once the queue was
-                    // found full (M6), mq_timedsend(3) waits for room 100 ms at a time.
+                    // found full (M6), mq_timedsend(3) waits for room 100 ms at a time,
+                    // sending the session's buffer as it is (posix::load).
                     Tx::Posix { q, buf, full, tags } => {
                         let (m, prio) = (posix::load(buf, &out)?, tags.of(&out) as u32);
-                        watch.send_posix(q, full, |deadline| match deadline {
-                            None => mq_send(q, m, prio),
-                            Some(d) => posix::mq_timedsend(q, m, prio, d),
-                        })?
+                        watch.send_posix(q, full, |d| posix::send(q, m, prio, d))?
                     }
                 };
                 if sent == Delivery::PeerGone {

@@ -408,12 +408,13 @@ fn help_lists_only_the_flags_that_act_on_each_program_and_the_default_name() {
     let writer: Vec<&str> = common
         .iter()
         .copied()
-        .chain(["type", "priority", "nowait", "json", "quiet", "help"])
+        .chain(["type", "priority", "nowait", "queue-bytes", "queue-depth"])
+        .chain(["json", "quiet", "help"])
         .collect();
     let reader: Vec<&str> = common
         .iter()
         .copied()
-        .chain(["type", "writers", "json", "quiet", "help"])
+        .chain(["type", "writers", "queue-depth", "json", "quiet", "help"])
         .collect();
     for (exe, want) in [(harness::WRITER, writer), (harness::READER, reader)] {
         let (flags, text) = flags_in_help(exe);

@@ -65,7 +65,7 @@ impl Env {
         self.dir.join(format!("{}.shared-mq", self.name))
     }
 
-    fn cmd(&self, exe: &str, args: &[&str]) -> Command {
+    pub fn cmd(&self, exe: &str, args: &[&str]) -> Command {
         let mut c = Command::new(exe);
         c.env("IPC_STUDY_DIR", &self.dir)
             .args(["--name", &self.name, "--timeout", &self.timeout])
