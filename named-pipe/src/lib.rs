@@ -43,8 +43,9 @@
 //! | [`rendezvous`] | the role locks, create-or-reuse, the start-order race, stale and foreign paths, ownership, the blocking `open` with a timeout that also ends when the peer leaves, the ways back, who holds a FIFO (`/proc`); a first reading may skip it |
 //!
 //! This file holds the names ([`fifo_paths`]), what the programs say about the FIFO's
-//! buffer ([`show_capacity`], [`blocked_note`]); the capacity calls and the write end that
-//! notices a full FIFO (N7) are `common::stream`'s, shared with the anonymous pipe.
+//! buffer ([`show_capacity`], [`blocked_note`]); the capacity calls are `common::stream`'s,
+//! and the write end that notices a full FIFO (N7, [`common::stream::FullWatch`]) and the writer's way back
+//! ([`pipe::WayBack`]) are the pipe crate's, shared with the anonymous pipe.
 //! `--splice` is the pipe crate's [`pipe::splice`], since a FIFO is a pipe: the frames lent
 //! to the FIFO with `vmsplice(2)` from K buffers in rotation, and why each has been read
 //! before it is rebuilt. The modes (text, stream, pingpong) are the sans-I/O sessions of
@@ -65,7 +66,8 @@ use anyhow::{Context, Result};
 use common::cli::CommonArgs;
 use common::narrate;
 use common::setup::Mechanism;
-use common::stream::{capacity, set_capacity, FullWatch};
+use common::stream::FullWatch;
+use common::stream::{capacity, set_capacity};
 
 /// Mechanism name in reports.
 pub const MECHANISM: Mechanism = Mechanism::NamedPipe;

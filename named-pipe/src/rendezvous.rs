@@ -165,6 +165,19 @@ pub fn take_role_lock(fifo: &Path, role: Role, program: &str) -> Result<RoleLock
     Ok(lock)
 }
 
+/// The writer's names: [`prepare_fifo`] for `there` and, in pingpong, for `back`. Returns
+/// the guards of those this call created: the writer owns them (Ctrl-C or an error removes
+/// them) until a reader has opened them, then releases them to the reader.
+pub fn prepare_fifos(there: &Path, back: Option<&Path>) -> Result<Vec<Owned>> {
+    let mut owned = Vec::new();
+    for path in std::iter::once(there).chain(back) {
+        if prepare_fifo(path)? {
+            owned.push(own_fifo(path));
+        }
+    }
+    Ok(owned)
+}
+
 /// Registers a FIFO for removal on every way out (normal end, error, Ctrl-C).
 pub fn own_fifo(path: &Path) -> Owned {
     let p = path.to_path_buf();

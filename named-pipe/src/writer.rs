@@ -20,7 +20,7 @@
 //!    let it in and mix its messages with ours ([`take_role_lock`]).
 //! 2. `lstat` of `<runtime dir>/NAME`: missing -> `mkfifo(0600)`; a FIFO of ours -> reuse
 //!    it; anything else -> refuse (never unlink what is not ours). Pingpong: the same for
-//!    `NAME.back` ([`prepare_fifo`]).
+//!    `NAME.back` ([`prepare_fifos`]).
 //! 3. `open(NAME, O_WRONLY|O_NONBLOCK)`: succeeds if a reader already has the FIFO open,
 //!    fails with ENXIO if not. Then, if needed, the real `open(NAME, O_WRONLY)`, which
 //!    blocks until a reader opens the other end (N7); a watchdog ends the wait at
@@ -28,15 +28,15 @@
 //! 4. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`: the capacity, which the
 //!    Hello states.
 //! 5. `fcntl(F_SETFL, O_NONBLOCK)`, so a full FIFO is noticed (N7) and waited for in `poll`.
-//! 6. The loop: one `writev` per frame, the Hello first; `poll(POLLOUT)` when it finds the
-//!    FIFO full (a wait of over half a second is narrated as it starts and as it ends); in
-//!    text mode a `read` of stdin. `--splice` (stream): `vmsplice(SPLICE_F_NONBLOCK)` of the
-//!    same iovecs instead of `writev`, which lends the FIFO the frame's pages; each frame is
-//!    built in the next of K buffers, so it is read before it is rebuilt ([`splice`]).
-//!    Pingpong, right after the Hello: `open(NAME.back, O_RDONLY)`, which blocks until the
-//!    reader, told by the Hello, opens it for writing: the way back is a second FIFO,
-//!    because this descriptor only writes (N4, N6) ([`open_back_for_reading`]); then a
-//!    `read` of each Pong from it.
+//! 6. The loop: one `writev` per frame, the Hello first; on a full FIFO (a short count or
+//!    EAGAIN) `poll(POLLOUT)`, then the rest (a wait over half a second is narrated;
+//!    [`FullWatch`](common::stream::FullWatch)); in text mode a `read` of stdin. `--splice` (stream):
+//!    `vmsplice(SPLICE_F_NONBLOCK)` of the same iovecs instead of `writev`, which lends the
+//!    FIFO the frame's pages; each frame is built in the next of K buffers, so it is read
+//!    before it is rebuilt ([`splice`]). Pingpong, right after the Hello: `open(NAME.back,
+//!    O_RDONLY)`, which blocks until the reader, told by the Hello, opens it for writing:
+//!    the way back is a second FIFO, because this descriptor only writes (N4, N6)
+//!    ([`open_back_for_reading`]); then a `read` of each Pong from it.
 //! 7. `close`, which the reader sees as end of input after End; the lock is released.
 //!
 //! Start order: either. Whoever comes first makes the FIFO(s); the other finds them.
@@ -49,31 +49,30 @@
 //! [`splice`]: pipe::splice
 //! [`take_role_lock`]: crate::rendezvous::take_role_lock
 //! [`open_back_for_reading`]: crate::rendezvous::open_back_for_reading
-//! [`prepare_fifo`]: crate::rendezvous::prepare_fifo
+//! [`prepare_fifos`]: crate::rendezvous::prepare_fifos
 //! [`open_for_writing`]: crate::rendezvous::open_for_writing
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::process::ExitCode;
-
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
 use common::cleanup::Owned;
 use common::cli::{parse_bytes, MeetArgs, Mode, OutputArgs, Program, RunArgs};
-use common::frame::{Kind, Reassembler, MAX_PAYLOAD};
+use common::frame::{Kind, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, Next, WriterSession};
 use common::setup::{Flavour, Role, Setup, Wait};
-use common::stream::{self, check_pipe_size, Delivery, FullWatch};
+use common::stream::FullWatch;
+use common::stream::{self, check_pipe_size, Delivery};
 use common::timing::Report;
 use pipe::splice::{self, Frames, Vmsplice};
+use pipe::WayBack;
 
-use crate::rendezvous::{
-    open_back_for_reading, open_for_writing, own_fifo, prepare_fifo, take_role_lock,
-};
+use crate::rendezvous::{open_back_for_reading, open_for_writing, prepare_fifos, take_role_lock};
 use crate::{blocked_note, fifo_paths, show_capacity, MECHANISM};
 
 /// Program name, in narration and reports.
@@ -113,7 +112,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     check_pipe_size(args.pipe_size)?;
     splice::check_mode(args.splice, args.run.mode)?;
     let c = &args.common();
-    let pingpong = c.mode == Mode::Pingpong;
     let setup = Setup {
         program: PROGRAM,
         mechanism: MECHANISM,
@@ -125,15 +123,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (there_path, back_path) = fifo_paths(c.name.as_deref())?;
     // 1. One writer per FIFO, before the FIFO is touched: held until this program ends.
     let _lock = take_role_lock(&there_path, Role::Writer, PROGRAM)?;
-    // 2. The names. What this side creates it owns until a reader has opened it: Ctrl-C
-    //    while waiting below removes it, and so does an error on the way.
-    let mut owned = Vec::new();
-    if prepare_fifo(&there_path)? {
-        owned.push(own_fifo(&there_path));
-    }
-    if pingpong && prepare_fifo(&back_path)? {
-        owned.push(own_fifo(&back_path));
-    }
+    // 2. The names (and NAME.back for pingpong). What this side creates it owns until a
+    //    reader has opened it: Ctrl-C while waiting below removes it, and so does an error.
+    let back = (c.mode == Mode::Pingpong).then_some(back_path.as_path());
+    let owned = prepare_fifos(&there_path, back)?;
     // 3. The way there: blocks until a reader opens the other end (N7).
     let mut fifo = open_for_writing(&there_path, c)?;
     // 4. The buffer belongs to the open FIFO, so it is sized now, not at mkfifo.
@@ -143,7 +136,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut full = FullWatch::new(fifo.as_fd(), "FIFO", "N7")?;
     let mut frames = Frames::new(args.splice, cap, c.size, &mut full, "FIFO")?;
     // 6. The loop (pingpong opens the way back in it, right after the Hello).
-    let back = pingpong.then_some(back_path.as_path());
     let result = send_all(&setup, cap, &mut fifo, &mut full, back, owned, &mut frames);
     // 7. Closing the write end is what the reader sees as end of input after End.
     drop(fifo);
@@ -156,8 +148,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// The send loop: the session says what goes next (its Hello first), this function makes
-/// the calls. Pingpong opens `back` once the Hello is sent. `owned` are the names this side
-/// created: the reader owns them once the pair is connected. `frames`: where they are built.
+/// the calls; pingpong opens `back` after the Hello. `owned`: the names this side created.
 fn send_all(
     setup: &Setup,
     cap: usize,
@@ -172,7 +163,7 @@ fn send_all(
     let mut session = WriterSession::new(setup).capacity(cap as u64);
     let lent = frames.lent();
     // The Pongs come back as a byte stream too, through NAME.back, once it is open.
-    let mut answers: Option<(File, Reassembler)> = None;
+    let mut answers: Option<WayBack> = None;
     if back.is_none() {
         // The reader has the FIFO open: from here on it owns the name and removes it.
         owned.drain(..).for_each(Owned::release);
@@ -187,7 +178,7 @@ fn send_all(
     loop {
         // Each frame in the next buffer: the one, or the next of K with --splice.
         match session.next(frames.next_buf())? {
-            // writev(2): header and payload in one call; EAGAIN (full, N7) waits in poll.
+            // writev(2): header and payload in one call; a full FIFO (N7) waits in poll.
             // --splice: vmsplice(2) of the same iovecs, lending the FIFO their pages.
             Next::Send(out) => {
                 let hello = out.kind == Kind::Hello;
@@ -204,24 +195,19 @@ fn send_all(
                     let Some(f) = open_back_for_reading(back, fifo.as_fd(), &setup.args)? else {
                         return Err(session.reader_left("closed the FIFO"));
                     };
-                    answers = Some((f, Reassembler::new(MAX_PAYLOAD)));
+                    answers = Some(WayBack::new(f));
                     // Both FIFOs are connected: the reader owns the names now.
                     owned.drain(..).for_each(Owned::release);
                 }
             }
             // read(2) from NAME.back until the Pong is whole; it blocks while empty.
+            // false: read returned 0, the reader closed its end.
             Next::AwaitAnswer => {
-                let Some((back, pongs)) = answers.as_mut() else {
+                let Some(back) = answers.as_mut() else {
                     bail!("pingpong needs a way back from the reader, and this setup has none");
                 };
-                loop {
-                    if let Some((header, payload)) = pongs.next_frame()? {
-                        session.answer(&header, payload)?;
-                        break;
-                    }
-                    if stream::read(back, pongs)? == 0 {
-                        return Err(session.reader_left(GONE));
-                    }
+                if !back.read_pong(&mut session)? {
+                    return Err(session.reader_left(GONE));
                 }
             }
             // Text mode: read(2) of stdin up to a newline; 0 bytes is Ctrl-D.

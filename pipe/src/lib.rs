@@ -30,21 +30,27 @@
 //!
 //! The modes themselves (text, stream, pingpong) are the sans-I/O sessions of
 //! `common::session`, the same for every mechanism: the role files drive them with the
-//! pipe's own calls. The capacity calls (`F_GETPIPE_SZ`, `F_SETPIPE_SZ`) and the write
-//! that notices a full pipe are `common::stream`, shared with the FIFO; this file holds
-//! what the pipe programs say about them ([`show_capacity`], [`blocked_note`]).
+//! pipe's own calls. The capacity calls (`F_GETPIPE_SZ`, `F_SETPIPE_SZ`) are
+//! `common::stream`, shared with the FIFO; this file holds what the pipe programs say about
+//! them and about a full pipe ([`show_capacity`], [`blocked_note`]), and the writer's way
+//! back in pingpong ([`WayBack`], also the FIFO writer's).
 
 pub mod reader;
 pub mod rendezvous;
 pub mod splice;
 pub mod writer;
 
+use std::fs::File;
 use std::os::fd::BorrowedFd;
 
 use anyhow::Result;
+use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
+use common::session::WriterSession;
 use common::setup::Mechanism;
-use common::stream::{capacity, set_capacity, FullWatch};
+use common::stream::{self, capacity, set_capacity};
+
+use common::stream::FullWatch;
 
 /// Mechanism name in reports.
 pub const MECHANISM: Mechanism = Mechanism::Pipe;
@@ -80,5 +86,40 @@ pub fn blocked_note(full: &FullWatch, splice: bool) -> String {
             "{}() never found the pipe full (P6)",
             if splice { "vmsplice" } else { "write" }
         ),
+    }
+}
+
+/// The writer's end of the way back (pingpong, P5; the FIFO's N6): the Pongs come back as
+/// a byte stream too, so they are read into a [`Reassembler`].
+#[derive(Debug)]
+pub struct WayBack {
+    /// The read end of the second pipe (or of the FIFO `NAME.back`).
+    pipe: File,
+    /// Finds the Pongs in whatever each read returned.
+    pongs: Reassembler,
+}
+
+impl WayBack {
+    /// The way back, read from `pipe`.
+    pub fn new(pipe: File) -> WayBack {
+        WayBack {
+            pipe,
+            pongs: Reassembler::new(MAX_PAYLOAD),
+        }
+    }
+
+    /// `read(2)` until the Pong of the Ping just sent is whole, and hands it to the
+    /// session, which checks it; one `read` per Pong when it comes whole, as it does in
+    /// pingpong. `Ok(false)`: `read` returned 0, the reader closed its end first.
+    pub fn read_pong(&mut self, session: &mut WriterSession) -> Result<bool> {
+        loop {
+            if let Some((header, payload)) = self.pongs.next_frame()? {
+                session.answer(&header, payload)?;
+                return Ok(true);
+            }
+            if stream::read(&mut self.pipe, &mut self.pongs)? == 0 {
+                return Ok(false);
+            }
+        }
     }
 }

@@ -201,8 +201,8 @@ impl Drop for Frames {
 /// with `SPLICE_F_NONBLOCK`, which takes the same iovecs as `writev(2)` and answers the same
 /// way (the bytes taken, fewer when the pipe fills mid-frame; EAGAIN when it is full; EPIPE
 /// when no reader is left). So `FullWatch::writev` drives it unchanged: a short vmsplice
-/// goes on with the rest of the iovecs, EAGAIN waits in `poll(POLLOUT)` with the P6/N7
-/// narration, EPIPE is the reader gone.
+/// (the pipe is full) or EAGAIN waits in `poll(POLLOUT)` with the P6/N7 narration, then the
+/// rest of the iovecs go; EPIPE is the reader gone.
 #[derive(Debug)]
 pub struct Vmsplice<'a>(pub BorrowedFd<'a>);
 

@@ -21,9 +21,10 @@
 //!    not use, which is what lets each side see EOF.
 //! 2. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`.
 //! 3. `fcntl(F_SETFL, O_NONBLOCK)`, so a full pipe is noticed (P6) and waited for in `poll`.
-//! 4. The loop: one `writev` per frame, the Hello first; `poll(POLLOUT)` when it finds the
-//!    pipe full (a wait of over half a second is narrated as it starts and as it ends); in
-//!    pingpong a `read` of each Pong from the way back; in text mode a `read` of stdin.
+//! 4. The loop: one `writev` per frame, the Hello first; on a full pipe (a short count or
+//!    EAGAIN) `poll(POLLOUT)`, then the rest of the frame (a wait over half a second is
+//!    narrated; [`FullWatch`](common::stream::FullWatch)); in pingpong a `read` of each Pong from the way
+//!    back; in text mode a `read` of stdin.
 //!    `--splice` (stream mode): `vmsplice(SPLICE_F_NONBLOCK)` of the same iovecs instead, which
 //!    lends the pipe the frame's pages; each frame is built in the next of K buffers, so the
 //!    reader has read a buffer before it is rebuilt ([`splice`](crate::splice) says why).
@@ -49,16 +50,17 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Parser;
 use common::cli::{parse_bytes, Mode, OutputArgs, Program, RunArgs};
-use common::frame::{Reassembler, MAX_PAYLOAD};
+use common::frame::MAX_PAYLOAD;
 use common::narrate;
 use common::session::{conclude, Next, WriterSession};
 use common::setup::{Flavour, Setup, Wait};
-use common::stream::{self, Delivery, FullWatch};
+use common::stream::{self, Delivery};
 use common::timing::Report;
 
 use crate::rendezvous::{self, FdKind};
 use crate::splice::{Frames, Vmsplice};
-use crate::{blocked_note, show_capacity, MECHANISM};
+use crate::{blocked_note, show_capacity, WayBack, MECHANISM};
+use common::stream::FullWatch;
 
 /// Program name, in narration and reports.
 pub const PROGRAM: &str = "pipe-writer";
@@ -129,13 +131,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     // 2. Its capacity (a FIFO or a file on stdout has none of ours to show); the Hello
     //    states it (0: unknown).
-    let mut notes = Vec::new();
-    let mut cap = 0;
-    if kind == FdKind::Pipe {
-        let (bytes, note) = show_capacity(there.as_fd(), args.pipe_size)?;
-        cap = bytes;
-        notes.push(note);
-    }
+    let (cap, mut notes) = match kind {
+        FdKind::Pipe => show_capacity(there.as_fd(), args.pipe_size).map(|(b, n)| (b, vec![n]))?,
+        _ => (0, Vec::new()),
+    };
     // 3. Non-blocking, so that a full pipe is seen rather than slept in; the frame buffers.
     let mut pipe = File::from(there);
     let mut full = FullWatch::new(pipe.as_fd(), "pipe", "P6")?;
@@ -144,23 +143,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let back = back.map(File::from);
     let result = send_all(&setup, cap, &mut pipe, &mut full, back, &mut frames);
     notes.push(frames.note());
-    // 5. Closing the write end is what the reader sees as end of input after End.
+    // 5. Closing the write end is what the reader sees as end of input after End; waitpid.
     drop(pipe);
-    let Some(child) = child.as_mut() else {
-        let mut report = result?;
-        notes.push(blocked_note(&full, args.splice));
-        report.notes = notes;
+    let status = child.as_mut().map(rendezvous::wait_child).transpose()?;
+    let mut report = result?;
+    notes.push(blocked_note(&full, args.splice));
+    let Some((child, status)) = child.zip(status) else {
         // stdout is the pipe: the report goes to stderr, in one write so that it never
         // mixes with the reader's lines on the same terminal.
+        report.notes = notes;
         report.eprint(c.json);
         return Ok(ExitCode::SUCCESS);
     };
-    let status = rendezvous::wait_child(child)?;
-    let mut report = result?;
     if !status.success() {
         bail!("pipe-reader (pid {}) failed: {status}", child.id());
     }
-    notes.push(blocked_note(&full, args.splice));
     notes.push(format!("writer pid {}", std::process::id()));
     report.notes = notes;
     conclude(&report, c.json)
@@ -179,7 +176,7 @@ fn send_all(
     let mut session = WriterSession::new(setup).capacity(cap as u64);
     let lent = frames.lent();
     // The Pongs come back as a byte stream too, through the second pipe.
-    let mut answers = back.map(|f| (f, Reassembler::new(MAX_PAYLOAD)));
+    let mut answers = back.map(WayBack::new);
     let mut stdin = io::stdin().lock();
     let mut line = Vec::new();
     if setup.mode() == Mode::Text {
@@ -190,7 +187,7 @@ fn send_all(
     loop {
         // Each frame in the next buffer: the one, or the next of K with --splice.
         match session.next(frames.next_buf())? {
-            // writev(2): header and payload in one call; EAGAIN (full, P6) waits in poll.
+            // writev(2): header and payload in one call; a full pipe (P6) waits in poll.
             // The first frame is the Hello, sent like any other. --splice: vmsplice(2) of
             // the same iovecs, which lends the pipe their pages instead of copying them.
             Next::Send(out) => {
@@ -204,19 +201,13 @@ fn send_all(
                 }
             }
             // read(2) from the way back until the Pong is whole; it blocks while empty.
+            // false: read returned 0, the reader closed its end of the way back.
             Next::AwaitAnswer => {
-                let Some((back, pongs)) = answers.as_mut() else {
+                let Some(back) = answers.as_mut() else {
                     bail!("pingpong needs a way back from the reader, and this setup has none");
                 };
-                loop {
-                    if let Some((header, payload)) = pongs.next_frame()? {
-                        session.answer(&header, payload)?;
-                        break;
-                    }
-                    // 0: the reader closed its end of the way back.
-                    if stream::read(back, pongs)? == 0 {
-                        return Err(session.reader_left("closed the pipe"));
-                    }
+                if !back.read_pong(&mut session)? {
+                    return Err(session.reader_left("closed the pipe"));
                 }
             }
             // Text mode: read(2) of stdin up to a newline; 0 bytes is Ctrl-D.

@@ -31,24 +31,28 @@
 //! | `lib.rs`        | this essay, the names and defaults, [`Stream`] (either kind of connection) and its socket options |
 //! | [`writer`]      | `socket-writer`, the client: connect, options, the send loop (`writev`, and `read` of each Pong) |
 //! | [`reader`]      | `socket-reader`, the server: listen, accept, the receive loop (`read`, `writev` of each Pong) |
+//! | [`batch`]       | `--batch`: several stream frames per `writev`, and what that changes (a first reading may skip it) |
 //! | [`handshake`]   | the writer's Hello and the reader's answer to it, before the first message |
 //! | [`rendezvous`]  | how the two ends meet: addresses, bind with the stale-file probe, accept with a timeout, connect with retries (a first reading may skip it) |
-//! | [`options`]     | socket options: the Nagle rule (`TCP_NODELAY`), `SO_SNDBUF`, `SO_RCVBUF` (a first reading may skip it) |
+//! | [`options`]     | socket options: the Nagle rule (`TCP_NODELAY`), `SO_SNDBUF`, `SO_RCVBUF`, `SO_BUSY_POLL` (a first reading may skip it) |
+//! | [`reads`]       | `--show-reads`: how many `read` calls each message took (K5; a first reading may skip it) |
 //! | [`who`]         | who is already at an address (a reader listening, a reader with its writer), from the kernel's socket tables, for "one reader, one writer" (a first reading may skip it) |
 //!
 //! Man pages: socket(7), tcp(7) (TCP_NODELAY), unix(7) (sun_path length), bind(2)
 //! (EADDRINUSE), connect(2) (ECONNREFUSED), accept(2), poll(2).
 
+pub mod batch;
 pub mod handshake;
 pub mod options;
 pub mod reader;
+pub mod reads;
 pub mod rendezvous;
 pub mod who;
 pub mod writer;
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use anyhow::{Context, Result};
@@ -122,6 +126,54 @@ impl Stream {
     pub fn set_receive_buffer(&self, bytes: usize) -> Result<usize> {
         sock::setsockopt(self, sockopt::RcvBuf, &bytes).context("setsockopt SO_RCVBUF")?;
         self.receive_buffer()
+    }
+
+    /// `setsockopt(SO_BUSY_POLL, usec)`, and what the kernel then reports: how long a read
+    /// on an empty socket polls the device's receive queue before it sleeps. Above
+    /// `net.core.busy_read` the kernel wants CAP_NET_ADMIN (EPERM). nix has no name for
+    /// this option, so it is libc's.
+    pub fn set_busy_poll(&self, usec: u32) -> Result<u32> {
+        let fd = self.as_fd().as_raw_fd();
+        let val = libc::c_int::try_from(usec).context("--busy-poll does not fit in an int")?;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is this connection's open socket, borrowed for the call; the option
+        // value is a live c_int on the stack and `len` is its size, as socket(7) asks.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_BUSY_POLL,
+                (&raw const val).cast(),
+                len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("setsockopt SO_BUSY_POLL");
+        }
+        let (mut got, mut got_len): (libc::c_int, libc::socklen_t) = (0, len);
+        // SAFETY: as above; the kernel writes at most `got_len` bytes into `got`, a live c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_BUSY_POLL,
+                (&raw mut got).cast(),
+                &mut got_len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("getsockopt SO_BUSY_POLL");
+        }
+        Ok(got.max(0) as u32)
+    }
+
+    /// Whether the peer is this machine through the loopback device (TCP to 127.0.0.0/8 or
+    /// ::1), where nothing arrives through a device queue for SO_BUSY_POLL to poll.
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().is_ok_and(|a| a.ip().is_loopback()),
+            Stream::Unix(_) => false,
+        }
     }
 
     /// `getsockopt(SO_SNDBUF)`: the send buffer as the kernel reports it (bookkeeping

@@ -20,7 +20,8 @@
 //! 2. `poll(POLLIN)` on the listening socket, so the wait ends at `--timeout`, then
 //!    `accept`: the kernel has completed the handshake, and accept hands over the connection.
 //!    `close` of the listening socket: one writer. `getpeername`/`SO_PEERCRED`: who it is.
-//! 3. `setsockopt(SO_RCVBUF)` if `--sock-buf` asks (`options::tune_reader`).
+//! 3. `setsockopt(SO_RCVBUF)` if `--sock-buf` asks, `setsockopt(SO_BUSY_POLL)` if
+//!    `--busy-poll` does (`options::tune_reader`, which says what busy polling trades).
 //! 4. The loop: `read` into a 1 MiB buffer: whatever has arrived, which is neither one
 //!    message nor a whole number of them (K5); the header's length field puts the messages
 //!    back together. The first frame is the writer's Hello: this reader takes its mode and
@@ -41,14 +42,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::cli::{parse_size, ExpectArgs, MeetArgs, OutputArgs, Program};
-use common::frame::{Header, Kind, Reassembler, MAX_PAYLOAD};
+use common::frame::{Reassembler, MAX_PAYLOAD};
 use common::narrate;
 use common::session::{conclude, Action, ReaderSession};
 use common::setup::{Setup, Wait};
 use common::stream::{self, Delivery};
 
 use crate::rendezvous::{self, EndpointArgs};
-use crate::{handshake, options};
+use crate::{handshake, options, reads};
 use crate::{Stream, MECHANISM};
 
 /// Program name, in narration and reports.
@@ -83,6 +84,10 @@ pub struct Args {
     #[arg(long, conflicts_with = "unix")]
     pub nagle: bool,
 
+    /// TCP (SO_BUSY_POLL): a read() with nothing to take polls the network card's queue for up to this many µs instead of sleeping, trading a CPU, busy while it waits, for quicker wake-ups. Above net.core.busy_read it needs CAP_NET_ADMIN; over loopback there is no queue to poll.
+    #[arg(long, value_name = "MICROSECONDS", conflicts_with = "unix", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub busy_poll: Option<u32>,
+
     /// Print, per message, how many read() calls it took (K5). For study, not for timing.
     #[arg(long)]
     pub show_reads: bool,
@@ -99,6 +104,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common();
     // Every flag is checked (and the host name resolved) before any socket exists.
     let ep = rendezvous::resolve(&args.endpoint, args.listen.as_deref(), c)?;
+    options::check_busy_poll(args.busy_poll)?;
     let mut setup = Setup {
         program: PROGRAM,
         mechanism: MECHANISM,
@@ -131,8 +137,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     narrate!("accepted a connection from {peer}");
     let mut notes = vec![format!("accepted {peer} on {bound}")];
 
-    // 3. SO_RCVBUF.
-    notes.extend(options::tune_reader(&conn, args.sock_buf)?);
+    // 3. SO_RCVBUF, SO_BUSY_POLL.
+    notes.extend(options::tune_reader(&conn, args.sock_buf, args.busy_poll)?);
 
     // 4. The loop: the session says what each frame asks for; the calls are in receive.
     narrate!("reading: read() blocks until bytes arrive, and returns whatever has arrived (K5); the writer's Hello comes first");
@@ -180,7 +186,7 @@ fn receive(
         // One read may have completed no frame, one, or many.
         while let Some((header, payload)) = frames.next_frame()? {
             if args.show_reads {
-                show(&header, payload.len(), shown, reads);
+                reads::show(&header, payload.len(), shown, reads);
                 shown = reads;
             }
             match s.on_frame(&header, payload)? {
@@ -203,24 +209,5 @@ fn receive(
         if stream::read(&mut conn, frames)? == 0 {
             return Ok(Ended::WriterLeft(frames.cut()));
         }
-    }
-}
-
-/// `--show-reads` (K5): how many `read` calls, `before` this frame and `after` it was
-/// whole, it took. Zero means it came out of the read that finished the one before.
-fn show(h: &Header, len: usize, before: u64, after: u64) {
-    let what = match h.kind {
-        Kind::Hello => format!("the writer's Hello ({len} B + 40 B header)"),
-        _ => format!("message #{} ({len} B + 40 B header)", h.seq),
-    };
-    match after - before {
-        0 => narrate!(
-            "{what}: no new read(): it came out of read #{after} together with the message before it (K5)"
-        ),
-        1 => narrate!("{what}: 1 read() (#{after})"),
-        n => narrate!(
-            "{what}: {n} read() calls (#{}..#{after}): it arrived in pieces and was put back together by its length field (K5)",
-            before + 1
-        ),
     }
 }

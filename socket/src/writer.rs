@@ -26,8 +26,9 @@
 //! 3. The Hello leaves in one `writev`; `read` until the reader's answer is whole (its own
 //!    Hello: it runs this one), or 0 (it refused the Hello and closed) (`handshake.rs`).
 //! 4. The loop, driven by the session: text mode `read`s a line from stdin; each frame
-//!    leaves in one `writev` (header and payload); in pingpong the Pong comes back on
-//!    the same socket, a socket being two-way: `read` until the Pong is whole.
+//!    leaves in one `writev` (header and payload), or with `--batch` (stream) several
+//!    frames in one (`batch.rs`); in pingpong the Pong comes back on the same socket, a
+//!    socket being two-way: `read` until the Pong is whole.
 //! 5. `close`, which sends FIN: the reader's `read` returns 0 after the End frame.
 //!
 //! Start order: either; this side waits for the server by retrying `connect`.
@@ -48,6 +49,7 @@ use common::session::{conclude, FrameBuf, Next, WriterSession};
 use common::setup::{Setup, Wait};
 use common::stream::{self, Delivery};
 
+use crate::batch::{self, Batch};
 use crate::rendezvous::{self, EndpointArgs};
 use crate::{handshake, options};
 use crate::{Stream, MECHANISM};
@@ -81,6 +83,10 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
     pub sock_buf: Option<usize>,
 
+    /// Stream mode: gather frames until at least BYTES, then send them in one writev (at most 512 frames) [default: one writev per frame].
+    #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
+    pub batch: Option<usize>,
+
     /// TCP: leave Nagle's algorithm on (no TCP_NODELAY) whatever the mode, to see what it costs.
     // A Unix socket has no Nagle algorithm: the two flags contradict each other (exit 2).
     #[arg(long, conflicts_with = "unix")]
@@ -94,6 +100,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let c = &args.common();
     // Every flag is checked (and the host name resolved) before any socket exists.
     let ep = rendezvous::resolve(&args.endpoint, None, c)?;
+    batch::check(args.batch, c.mode)?;
     let setup = Setup {
         program: PROGRAM,
         mechanism: MECHANISM,
@@ -124,7 +131,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // 3 and 4. The Hello, its answer, the loop: the session says what to send; the calls
     // are below, in send_all.
     let mut session = WriterSession::new(&setup).capacity(sndbuf as u64);
-    send_all(&mut session, &conn, c.timeout)?;
+    let mut batch = args.batch.map(|bytes| Batch::new(bytes, c.size));
+    notes.extend(batch.as_ref().map(Batch::note));
+    send_all(&mut session, &conn, c.timeout, batch.as_mut())?;
     // 5. close sends FIN: the reader's read() returns 0 after End.
     drop(conn);
 
@@ -136,8 +145,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// Steps 3 and 4: the session's frames out through `writev`, the reader's answer to the
 /// Hello and its Pongs in through `read`, all on the one socket; text lines from stdin.
+/// `batch` (`--batch`, stream mode): after the Hello, several frames per `writev`.
 /// Returns once End has left.
-fn send_all(session: &mut WriterSession, mut conn: &Stream, timeout: Duration) -> Result<()> {
+fn send_all(
+    session: &mut WriterSession,
+    mut conn: &Stream,
+    timeout: Duration,
+    batch: Option<&mut Batch>,
+) -> Result<()> {
     let mut frame = FrameBuf::new();
     let mut stdin = io::stdin().lock();
     let mut line = Vec::new();
@@ -166,6 +181,13 @@ fn send_all(session: &mut WriterSession, mut conn: &Stream, timeout: Duration) -
                     }
                     if session.hello().mode == Mode::Text {
                         narrate!("type a line and press Enter to send it as one message; Ctrl-D (end of input) ends");
+                    }
+                    // --batch: the rest of the stream, several frames per writev(2).
+                    if let Some(b) = batch {
+                        return match b.send_rest(session, conn)? {
+                            Delivery::Sent => Ok(()),
+                            Delivery::PeerGone => Err(session.reader_left(READER_GONE)),
+                        };
                     }
                 }
             }

@@ -237,6 +237,7 @@ fn help_lists_only_each_programs_flags_with_the_real_defaults() {
     ];
     let w = help(&d, WRITER);
     let mut want: Vec<String> = shared.iter().map(|s| s.to_string()).collect();
+    want.push("--batch".into());
     want.sort();
     assert_eq!(listed_flags(&w), want, "{w}");
     for needle in [
@@ -247,6 +248,7 @@ fn help_lists_only_each_programs_flags_with_the_real_defaults() {
         "[default: 100000]",
         "[default: 64]",
         "SO_SNDBUF",
+        "[default: one writev per frame]",
     ] {
         assert!(w.contains(needle), "writer --help: no {needle:?} in\n{w}");
     }
@@ -256,7 +258,8 @@ fn help_lists_only_each_programs_flags_with_the_real_defaults() {
     );
 
     let r = help(&d, READER);
-    want.extend(["--listen", "--max-size", "--show-reads"].map(String::from));
+    want.retain(|f| f != "--batch");
+    want.extend(["--busy-poll", "--listen", "--max-size", "--show-reads"].map(String::from));
     want.sort();
     assert_eq!(listed_flags(&r), want, "{r}");
     for needle in [
@@ -265,6 +268,8 @@ fn help_lists_only_each_programs_flags_with_the_real_defaults() {
         &sock,
         "[default: 16MiB]",
         "SO_RCVBUF",
+        "SO_BUSY_POLL",
+        "net.core.busy_read it needs CAP_NET_ADMIN",
     ] {
         assert!(r.contains(needle), "reader --help: no {needle:?} in\n{r}");
     }
@@ -277,9 +282,12 @@ fn help_lists_only_each_programs_flags_with_the_real_defaults() {
     // --help creates nothing, not even the runtime dir it names.
     assert!(!d.path.exists(), "--help made {}", d.path.display());
     // A flag of the other role is refused (clap: exit 2).
-    for other in ["--show-reads", "--listen", "--max-size"] {
+    for other in ["--show-reads", "--listen", "--max-size", "--busy-poll"] {
         let out = start(&d, WRITER, &[other, "1", "--timeout", "0.5"]).finish();
         assert_eq!(out.status.code(), Some(2), "writer {other}: {}", out.stderr);
         assert!(out.stderr.contains("unexpected argument"), "{}", out.stderr);
     }
+    let out = start(&d, READER, &["--batch", "1", "--timeout", "0.5"]).finish();
+    assert_eq!(out.status.code(), Some(2), "reader --batch: {}", out.stderr);
+    assert!(out.stderr.contains("unexpected argument"), "{}", out.stderr);
 }

@@ -709,6 +709,144 @@ fn tcp_nodelay_follows_the_mode_and_the_frame_size() {
     d.assert_empty();
 }
 
+/// Issue 13: `socket-writer --batch BYTES` sends a stream several frames per `writev`; the
+/// reader, unchanged, verifies every one, over TCP and Unix. The report says how many
+/// frames a call takes. Any other mode, or 0 bytes, is a bad flag (exit 2).
+#[test]
+fn batch_sends_several_frames_per_writev_and_the_stream_arrives_verified() {
+    let d = dir("batch");
+    for (via, size, frames) in [
+        (Via::Tcp, "64K", 4),
+        (Via::Unix, "64K", 4),
+        (Via::Tcp, "100", 512),
+        (Via::Unix, "1M", 1),
+    ] {
+        let args = [
+            "--mode", "stream", "--count", "300", "--size", size, "--json",
+        ];
+        let wargs = [&args[..], &["--batch", "256K"]].concat();
+        let (wd, rd) = run_pair(&d, via, true, &wargs, &args);
+        assert_ok(&wd, "writer");
+        assert_ok(&rd, "reader");
+        let report = rd.report("reader", false);
+        assert!(
+            report.verified && report.count == 300,
+            "{via:?} {size}: {}",
+            rd.stdout
+        );
+        let note = format!("--batch 262144: up to {frames} frames per writev()");
+        let notes = wd.report("writer", false).notes;
+        assert!(notes.contains(&note), "{via:?} {size}: {notes:?}");
+    }
+    for (args, needle) in [
+        (
+            &["--mode", "pingpong", "--batch", "64K"][..],
+            "--batch works with --mode stream only, and this run is --mode pingpong",
+        ),
+        (
+            &["--mode", "stream", "--batch", "0"][..],
+            "invalid value '0' for '--batch <BYTES>'",
+        ),
+    ] {
+        let out = start(&d, WRITER, &[args, &["--timeout", "0.5"]].concat()).finish();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("connecting to"), "{}", out.stderr);
+    }
+    d.assert_empty();
+}
+
+/// Whether this test (and so the readers it starts) holds CAP_NET_ADMIN: bit 12 of CapEff.
+fn has_net_admin() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+}
+
+/// Issue 13: `socket-reader --busy-poll N` sets SO_BUSY_POLL on the accepted connection and
+/// says so (narration and the report's note, with what loopback makes of it). Above
+/// `net.core.busy_read` a reader without CAP_NET_ADMIN refuses the flag before any socket
+/// exists (exit 2, naming the sysctl, its value and the capability); so does a Unix socket
+/// or 0. Run as root, the refusal is shown by dropping the capability (`setpriv`).
+#[test]
+fn busy_poll_is_set_on_the_readers_socket_or_refused_naming_the_sysctl_and_the_capability() {
+    let d = dir("busy-poll");
+    let busy_read: u32 = fs::read_to_string("/proc/sys/net/core/busy_read")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let usec = (busy_read + 50).to_string();
+    let bad: [(&[&str], &str); 2] = [
+        (&["--unix", "--busy-poll", "50"], "cannot be used with"),
+        (&["--busy-poll", "0"], "0 is not in 1..=1000000"),
+    ];
+    for (args, needle) in bad {
+        let out = start(&d, READER, &[args, &["--timeout", "0.5"]].concat()).finish();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+    let refused = |out: &harness::Done| {
+        assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+        for needle in [
+            format!("--busy-poll {usec}: SO_BUSY_POLL above net.core.busy_read ({busy_read} µs) needs CAP_NET_ADMIN"),
+            format!("sysctl net.core.busy_read={usec}"),
+        ] {
+            assert!(out.stderr.contains(&needle), "no {needle:?} in {}", out.stderr);
+        }
+        assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
+    };
+    let flags = [
+        "--busy-poll",
+        usec.as_str(),
+        "--tcp",
+        "127.0.0.1:0",
+        "--timeout",
+        "0.5",
+    ];
+    if !has_net_admin() {
+        refused(&start(&d, READER, &flags).finish());
+        d.assert_empty();
+        return skip("no CAP_NET_ADMIN: SO_BUSY_POLL above net.core.busy_read is not set here");
+    }
+    // Allowed: the option is on the reader's connection, and loopback is named.
+    let args = ["--mode", "pingpong", "--count", "200", "--json"];
+    let rargs = [&args[..], &["--busy-poll", &usec]].concat();
+    let (wd, rd) = run_pair(&d, Via::Tcp, true, &args, &rargs);
+    assert_ok(&wd, "writer");
+    assert_ok(&rd, "reader");
+    let note = format!("SO_BUSY_POLL {usec} us (loopback: nothing to poll)");
+    assert!(
+        rd.report("reader", false).notes.contains(&note),
+        "{}",
+        rd.stdout
+    );
+    for needle in [
+        format!("SO_BUSY_POLL set to {usec} µs"),
+        "this connection is loopback".to_string(),
+    ] {
+        assert!(
+            rd.stderr.contains(&needle),
+            "no {needle:?} in {}",
+            rd.stderr
+        );
+    }
+    // The same reader without the capability refuses the flag.
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        d.assert_empty();
+        return skip("no setpriv: the refusal without CAP_NET_ADMIN is not shown as root");
+    }
+    let mut c = d.cmd(
+        "setpriv",
+        &[&["--bounding-set=-net_admin", READER][..], &flags].concat(),
+    );
+    refused(&Proc::spawn("socket-reader", &mut c).finish());
+    d.assert_empty();
+}
+
 /// Issue 12, item 9: a `--tcp`, `--listen` or `--unix` value that only the program can
 /// check (it does not parse, does not resolve, is too long for `sun_path`, names a
 /// directory that does not exist, is not an address of this machine), and `--nagle` with
