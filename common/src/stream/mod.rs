@@ -6,17 +6,18 @@
 //! calls (`F_GETPIPE_SZ`, `F_SETPIPE_SZ`) and the non-blocking write that notices a full
 //! pipe (P6) instead of just stalling in it.
 
+mod full;
+pub use full::FullWatch;
+
 use std::io::{self, BufRead, IoSlice, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg};
 
 use crate::frame::Reassembler;
-use crate::narrate;
 use crate::session::Outgoing;
-use crate::stall::Stall;
 
 /// Whether a frame left, or the peer had already gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,25 +32,13 @@ pub enum Delivery {
 /// kernel stopped after a short write, so a frame is never interleaved or resent in part.
 /// See [writev(2)](https://man7.org/linux/man-pages/man2/writev.2.html).
 pub fn writev<W: Write>(w: &mut W, frame: Outgoing<'_>) -> Result<Delivery> {
-    writev_or(w, frame, |_| {
-        // A blocking descriptor never answers EAGAIN; a non-blocking one belongs in FullWatch.
-        Err(io::Error::from(io::ErrorKind::WouldBlock)).context("writev")
-    })
-}
-
-/// The writev loop; `full` is what to do when a non-blocking descriptor has no room.
-fn writev_or<W: Write>(
-    w: &mut W,
-    frame: Outgoing<'_>,
-    mut full: impl FnMut(&mut W) -> Result<()>,
-) -> Result<Delivery> {
     let (mut bufs, n) = frame.iovecs();
     let mut slices: &mut [IoSlice<'_>] = &mut bufs[..n];
     while !slices.is_empty() {
         match w.write_vectored(slices) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context("writev"),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => full(w)?,
+            // A blocking descriptor never answers EAGAIN; a non-blocking one is FullWatch's.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return gone_or(e, "writev"),
         }
@@ -88,85 +77,6 @@ fn gone_or(e: io::Error, call: &'static str) -> Result<Delivery> {
     match e.kind() {
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Ok(Delivery::PeerGone),
         _ => Err(e).context(call),
-    }
-}
-
-/// A writer that notices a full pipe (P6): its descriptor is non-blocking, so a `writev`
-/// that finds no room returns EAGAIN instead of sleeping; the writer counts that, says so
-/// the first time, and waits in `poll(2)` until the reader has made room. A wait longer
-/// than half a second is narrated as it starts and as it ends ([`Stall`]), so stopping
-/// the reader (`kill -STOP`) shows the writer blocked.
-#[derive(Debug)]
-pub struct FullWatch {
-    /// What the buffer is called in narration ("pipe", "FIFO").
-    what: &'static str,
-    /// The claim a full buffer shows: P6 for a pipe, N7 for a FIFO.
-    claim: &'static str,
-    /// The waits, counted and narrated.
-    pub stall: Stall,
-}
-
-impl FullWatch {
-    /// Makes `fd` non-blocking (`fcntl(F_SETFL, O_NONBLOCK)`) and starts counting;
-    /// `what` names the buffer and `claim` the note's claim in the narration ("pipe",
-    /// "P6"; "FIFO", "N7").
-    pub fn new(fd: BorrowedFd<'_>, what: &'static str, claim: &'static str) -> Result<FullWatch> {
-        let flags = fcntl(fd, FcntlArg::F_GETFL).context("fcntl F_GETFL")?;
-        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        fcntl(fd, FcntlArg::F_SETFL(flags)).context("fcntl F_SETFL O_NONBLOCK")?;
-        let (now, then) = match what {
-            "FIFO" => ("the FIFO is full", "the FIFO was full"),
-            _ => ("the pipe is full", "the pipe was full"),
-        };
-        Ok(FullWatch {
-            what,
-            claim,
-            stall: Stall::new("write()", now, then, claim),
-        })
-    }
-
-    /// `writev(2)` of one frame on the non-blocking descriptor: what fits goes at once;
-    /// on EAGAIN the pipe is full, and `poll(POLLOUT)` sleeps until there is room again.
-    pub fn writev<W: Write + AsFd>(&mut self, w: &mut W, frame: Outgoing<'_>) -> Result<Delivery> {
-        writev_or(w, frame, |w| self.wait_for_room(w.as_fd()))
-    }
-
-    /// Waits with poll(2) until the descriptor has room again.
-    fn wait_for_room(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        if self.stall.episodes() == 0 {
-            narrate!(
-                "the {} is full: {} would block here until the reader reads ({}); waiting in poll()",
-                self.what,
-                self.stall.call(),
-                self.claim
-            );
-        }
-        self.stall.begin();
-        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-        loop {
-            let timeout = match self.stall.until_tell() {
-                // Wake up to say "blocked" once the wait is long enough to tell.
-                Some(d) => {
-                    PollTimeout::try_from(d.as_millis().max(1) as i32).unwrap_or(PollTimeout::NONE)
-                }
-                None => PollTimeout::NONE,
-            };
-            match poll(&mut fds, timeout) {
-                Ok(0) => self.stall.tick(),
-                Ok(_) => {
-                    self.stall.end();
-                    return Ok(());
-                }
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e).context("poll POLLOUT"),
-            }
-        }
-    }
-
-    /// How many times a write found the buffer full and waited.
-    pub fn blocked(&self) -> u64 {
-        self.stall.episodes()
     }
 }
 
