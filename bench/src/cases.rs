@@ -193,12 +193,27 @@ impl Plan<'_> {
             args.extend(["--pipe-size".into(), "1M".into()]);
             bare.pipe_size = Some(1 << 20);
         }
+        let mut out = Vec::new();
+        if self.mode == Mode::Stream {
+            // vmsplice: the writer's pages lent to the pipe (pipe/README.md), compared with
+            // the bare vmsplice loop (`pipe_bw.c vms_read`).
+            let mut spliced = args.clone();
+            spliced.push("--splice".into());
+            let writer = Launch {
+                program: "pipe-writer",
+                cpu_slot: 0,
+                args: spliced,
+            };
+            let bare = BareLoop::new(bare::Kind::PipeVmsplice);
+            out.push(self.case("spawn+splice", "block", FloorKind::Futex, vec![writer], bare));
+        }
         let writer = Launch {
             program: "pipe-writer",
             cpu_slot: 0,
             args,
         };
-        vec![self.case("spawn", "block", FloorKind::Futex, vec![writer], bare)]
+        out.insert(0, self.case("spawn", "block", FloorKind::Futex, vec![writer], bare));
+        out
     }
 
     fn msgqueue(&self) -> Vec<Case> {
@@ -241,8 +256,17 @@ impl Plan<'_> {
             wargs.extend(["--pipe-size".into(), "1M".into()]);
             bare.pipe_size = Some(1 << 20);
         }
+        let mut out = Vec::new();
+        if self.mode == Mode::Stream {
+            let mut spliced = wargs.clone();
+            spliced.push("--splice".into());
+            let procs = pair("named-pipe", vec![], spliced);
+            let bare = BareLoop::new(bare::Kind::PipeVmsplice);
+            out.push(self.case("fifo+splice", "block", FloorKind::Futex, procs, bare));
+        }
         let procs = pair("named-pipe", vec![], wargs);
-        vec![self.case("fifo", "block", FloorKind::Futex, procs, bare)]
+        out.insert(0, self.case("fifo", "block", FloorKind::Futex, procs, bare));
+        out
     }
 
     fn socket(&self) -> Vec<Case> {
@@ -308,7 +332,6 @@ impl Plan<'_> {
                 let mut args = extra.clone();
                 args.extend(["--wait".into(), wait.into()]);
                 args.extend(["--capacity".into(), capacity.to_string()]);
-                let procs = pair(self.mechanism, args.clone(), args);
                 // The bare copy loop waits as the ring does: spinning for spin and
                 // adaptive (which spins while messages come quickly), futex for block.
                 let bare = BareLoop {
@@ -319,7 +342,28 @@ impl Plan<'_> {
                     },
                     ..BareLoop::new(bare::Kind::ShmCopy)
                 };
+                // Zero-copy (frames built and read in place, `--zero-copy`), on the page
+                // cache backings (posix, tmpfs) with spin and block waits, fully verified;
+                // and with spin, `--verify seq` (the payload not read at all), as the
+                // zero-copy frameworks' own benchmarks measure.
+                let zero: &[(&str, &[&str])] = match (flavour, wait) {
+                    ("posix" | "tmpfs", "spin") => &[
+                        ("zc", &["--zero-copy"]),
+                        ("zc-seq", &["--zero-copy", "--verify", "seq"]),
+                    ],
+                    ("posix" | "tmpfs", "block") => &[("zc", &["--zero-copy"])],
+                    _ => &[],
+                };
+                let procs = pair(self.mechanism, args.clone(), args.clone());
                 out.push(self.case(flavour, wait, floor, procs, bare));
+                for (label, flags) in zero {
+                    let mut wargs = args.clone();
+                    wargs.extend(flags.iter().map(|f| f.to_string()));
+                    let procs = pair(self.mechanism, args.clone(), wargs);
+                    let f = format!("{flavour}+{label}");
+                    out.push(self.case(&f, wait, floor, procs, bare));
+                }
+
             }
         }
         out

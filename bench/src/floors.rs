@@ -10,8 +10,9 @@
 //!   copies each message once could carry. A pingpong round trip moves its message twice
 //!   (there and back), so its floor is the round-trip floor plus two such copies.
 //!
-//! They follow the C programs in `shared/baselines/` (`cacheline_pingpong.c`,
-//! `futex_pingpong.c`, `memcpy_bw.c`) with one difference: time is read with
+//! They follow the classic C floor programs (a cache-line ping-pong, a futex ping-pong, a
+//! memcpy bandwidth sweep; `bench/compare-baselines.sh` runs C versions beside them when
+//! given `BASELINES=DIR`) with one difference: time is read with
 //! `clock_gettime(CLOCK_MONOTONIC)` (about 20 ns from the vDSO), the same clock the
 //! mechanisms' own reports use, so floor and mechanism are measured with one instrument.
 //!

@@ -60,6 +60,15 @@ pub struct Args {
     #[arg(long)]
     pub full: bool,
 
+    /// With --full: only these message sizes (comma-separated, 64, 4K, 64K, 1M, ...) and only
+    /// these modes' cases (--modes).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = common::cli::parse_size, requires = "full")]
+    pub sizes: Vec<usize>,
+
+    /// With --full: only these modes (pingpong, stream).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "full")]
+    pub modes: Vec<String>,
+
     /// Repetitions of each case (median and min-max reported) [default: 1 quick, 3 full].
     #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub reps: Option<u32>,
@@ -183,10 +192,16 @@ fn plan(args: &Args, ctx: &Ctx) -> Result<Vec<Case>> {
             } else {
                 1 << 20
             };
+            let sizes: &[usize] = if args.sizes.is_empty() {
+                FULL_SIZES
+            } else {
+                &args.sizes
+            };
             [Mode::Pingpong, Mode::Stream]
                 .into_iter()
+                .filter(|m| args.modes.is_empty() || args.modes.iter().any(|o| o == m.as_str()))
                 .flat_map(|mode| {
-                    FULL_SIZES
+                    sizes
                         .iter()
                         .filter(move |&&s| s <= max)
                         .map(move |&s| (mode, s))

@@ -146,7 +146,7 @@ pub fn table(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>16} {:>7}",
+        "{:<10} {:<12} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>16} {:>7}",
         "mechanism",
         "flavour",
         "wait",
@@ -165,7 +165,7 @@ pub fn table(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> String {
         if r.status != "ok" {
             let _ = writeln!(
                 s,
-                "{:<10} {:<8} {:<9} {:<8} {:>8}  FAILED: {}",
+                "{:<10} {:<12} {:<9} {:<8} {:>8}  FAILED: {}",
                 r.mechanism,
                 r.flavour,
                 r.wait,
@@ -177,7 +177,7 @@ pub fn table(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<10} {:<8} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10.0} {:>11} {:>9} {:>16} {:>7}",
+            "{:<10} {:<12} {:<9} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10.0} {:>11} {:>9} {:>16} {:>7}",
             r.mechanism,
             r.flavour,
             r.wait,
@@ -201,6 +201,8 @@ pub fn table(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> String {
     bare_lines(&mut s, bares);
     s.push_str(
         "\nlatency: pingpong = round trip on the writer's clock; stream = one-way (includes queueing).\n\
+         flavour +splice: the writer's --splice (vmsplice); +zc: --zero-copy (frames built and read in place);\n\
+         \x20       +zc-seq: --zero-copy --verify seq (sequence, session and length checked; payloads not read).\n\
          cpu/msg: writer + reader CPU time per message.\n\
          x floor: pingpong p50 / (round-trip floor + two memcpy of the message); stream: memcpy bytes/s / bytes/s.\n\
          x bare: the same direction against the row's bare loop above, in the same repetition: pingpong p50 / bare p50;\n\

@@ -97,6 +97,21 @@ fn every_bare_loop_runs_in_both_modes() {
 }
 
 #[test]
+fn the_vmsplice_loop_streams_and_has_no_pingpong() {
+    for size in ["4K", "64K"] {
+        let b = check("pipe-vmsplice", "stream", size, &[]);
+        let setup = b["setup"].as_str().unwrap();
+        assert!(setup.contains("vmsplice from two alternating"), "{setup}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["__bare", "pipe-vmsplice", "pingpong", "64", "100"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stream loop"));
+}
+
+#[test]
 fn shm_copy_also_waits_with_futexes() {
     for mode in ["pingpong", "stream"] {
         let b = check("shm-copy", mode, "4K", &["--wait", "block"]);

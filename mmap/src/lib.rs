@@ -64,7 +64,7 @@
 //!   the dying process names the file and removes it if it owns it, the survivor of a
 //!   pair says what it finds of the file.
 //!
-//! ## Rules for the memory (see DESIGN.md)
+//! ## Rules for the memory
 //! - The mapping is `memmap2::MmapRaw`: it hands out a pointer, never a `&[u8]`. Memory
 //!   another process may write is only copied with raw pointers, after an Acquire load of
 //!   the index or marker the other side published with Release. A reference over it would

@@ -12,6 +12,7 @@
 //! |------------|----------------------------------------------|------------------------------------------|---------------|
 //! | `pipe`     | write/read over two pipes                    | write/read over one pipe                 | [`pipes`]     |
 //! | `fifo`     | the same over two `mkfifo`'d paths           | the same over one FIFO                   | [`pipes`]     |
+//! | `pipe-vmsplice` | (stream only)                           | `vmsplice` of two alternating buffers, `read` (`pipe_bw.c vms_read`) | [`pipes`] |
 //! | `sysv-mq`  | `msgsnd`/`msgrcv` over two System V queues   | `msgsnd`/`msgrcv` over one queue         | [`queues`]    |
 //! | `posix-mq` | `mq_send`/`mq_receive` over two POSIX queues | `mq_send`/`mq_receive` over one queue    | [`queues`]    |
 //! | `shm-copy` | memcpy into a slot, release store, wait, memcpy out: 4 copies per round trip | a ring of 8 slots | [`shm_copy`] |
@@ -66,6 +67,7 @@ use crate::floors::fork_pair;
 pub enum Kind {
     Pipe,
     Fifo,
+    PipeVmsplice,
     SysvMq,
     PosixMq,
     ShmCopy,
@@ -79,6 +81,7 @@ impl Kind {
         match self {
             Kind::Pipe => "pipe",
             Kind::Fifo => "fifo",
+            Kind::PipeVmsplice => "pipe-vmsplice",
             Kind::SysvMq => "sysv-mq",
             Kind::PosixMq => "posix-mq",
             Kind::ShmCopy => "shm-copy",
@@ -248,6 +251,7 @@ pub fn bare_main(args: &[String]) -> Result<()> {
 pub fn run(spec: &Spec) -> Result<Bare> {
     match spec.kind {
         Kind::Pipe | Kind::Fifo => pipes::run(spec),
+        Kind::PipeVmsplice => pipes::vmsplice(spec),
         Kind::SysvMq | Kind::PosixMq => queues::run(spec),
         Kind::ShmCopy => shm_copy::run(spec),
         Kind::Unix | Kind::Tcp => sockets::run(spec),

@@ -14,6 +14,12 @@
 //!
 //! A stream's data pipe takes `--pipe-size` (`F_SETPIPE_SZ`), as the bench's pipe and FIFO
 //! streams ask for 1 MiB.
+//!
+//! - `pipe-vmsplice` (stream only): the writer hands its pages to the pipe with
+//!   `vmsplice(2)` instead of copying them in, alternating between two message-sized
+//!   buffers, in a pipe sized to one message (so a buffer's pages have been read before it is
+//!   used again), and the reader `read`s: one copy, as `pipe_bw.c vms_read` does. It is the
+//!   bare loop of `pipe-writer --splice`.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -94,4 +100,69 @@ fn fifo(path: &Path) -> Result<(File, File)> {
     fcntl(r.as_fd(), FcntlArg::F_SETFL(OFlag::empty()))
         .with_context(|| format!("fcntl F_SETFL {} (blocking reads)", path.display()))?;
     Ok((File::from(r), File::from(w)))
+}
+
+/// The `pipe-vmsplice` stream: `vmsplice` from two alternating buffers into a pipe of one
+/// message's size (`--pipe-size` overrides it), `read` on the other side.
+pub fn vmsplice(spec: &Spec) -> Result<Bare> {
+    if spec.mode != Mode::Stream {
+        anyhow::bail!("pipe-vmsplice is a stream loop (pipe_bw.c has no vmsplice pingpong)");
+    }
+    let (r, w) = nix::unistd::pipe().context("pipe")?;
+    let want = i32::try_from(spec.pipe_size.unwrap_or(spec.size).max(4096)).context("--pipe-size")?;
+    let capacity = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(want))
+        .with_context(|| format!("fcntl F_SETPIPE_SZ {want}"))?;
+    let setup = format!(
+        "one pipe of {capacity} bytes, vmsplice from two alternating {}-byte buffers",
+        spec.size
+    );
+    // Two halves, written once: the pages are lent to the pipe, never changed after.
+    let bufs = vec![b'x'; 2 * spec.size];
+    let w = File::from(w);
+    let mut half = 0usize;
+    let send = move |_| -> Result<()> {
+        let mut at = half * spec.size;
+        let end = at + spec.size;
+        half ^= 1;
+        while at < end {
+            let iov = libc::iovec {
+                iov_base: bufs[at..].as_ptr() as *mut libc::c_void,
+                iov_len: end - at,
+            };
+            // SAFETY: one iovec over `bufs[at..end]`, alive for the whole run (the closure
+            // owns it) and never written after it was filled; `w` is the pipe's write end.
+            let n = unsafe { libc::vmsplice(std::os::fd::AsRawFd::as_raw_fd(&w), &iov, 1, 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e).context("vmsplice");
+            }
+            at += n as usize;
+        }
+        Ok(())
+    };
+    let total = (spec.warmup() + spec.count) * spec.size as u64;
+    let mut rx = File::from(r);
+    let mut cbuf = vec![0u8; spec.size];
+    super::stream(
+        spec,
+        setup,
+        move || {
+            use std::io::Read;
+            let mut got = 0u64;
+            while got < total {
+                let n = match rx.read(&mut cbuf) {
+                    Ok(0) => anyhow::bail!("read: end of file after {got} of {total} bytes"),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).context("read"),
+                };
+                got += n as u64;
+            }
+            Ok(())
+        },
+        send,
+    )
 }
