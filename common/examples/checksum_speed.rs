@@ -3,7 +3,7 @@
 //! and `crc-fast`'s carry-less-multiply folding), what the dispatch picks on this CPU, and a
 //! plain copy of the same buffer, from 64 B to 1 MiB: so you can see whether the checksum
 //! or the copy bounds a mechanism at a given message size, and check the dispatch's
-//! threshold (`frame::WIDE_FROM`) on the CPU you have.
+//! choice on the CPU you have.
 //!
 //! Run: `cargo run --release -p common --example checksum_speed` (pin it: `taskset -c 0`).
 
@@ -12,9 +12,9 @@ use std::time::Instant;
 
 fn main() {
     println!(
-        "CPU folds 512 bits at a time (AVX-512F + VPCLMULQDQ): {}; crc-fast is used from {} bytes when it does",
+        "CPU folds 512 bits at a time (AVX-512F + VPCLMULQDQ): {}; the frame checksum uses {}",
         common::frame::wide_folding(),
-        common::frame::WIDE_FROM
+        if common::frame::wide_folding() { "crc-fast" } else { "crc32c" }
     );
     println!(
         "{:>8} {:>14} {:>14} {:>16} {:>14}",
