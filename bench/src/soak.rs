@@ -63,7 +63,7 @@ fn table(outcomes: &[Outcome], count: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<10} {:<7} {:<9} {:>11} {:>11} {:>5} {:>5} {:>7} {:>10} {:>17} {:>17}  status",
+        "{:<10} {:<12} {:<9} {:>11} {:>11} {:>5} {:>5} {:>7} {:>10} {:>17} {:>17}  status",
         "mechanism",
         "flavour",
         "wait",
@@ -80,7 +80,7 @@ fn table(outcomes: &[Outcome], count: u64) -> String {
         let rss = |a: u64, b: u64| format!("{a} -> {b}");
         let _ = writeln!(
             s,
-            "{:<10} {:<7} {:<9} {:>11} {:>11} {:>5} {:>5} {:>7} {:>10.0} {:>17} {:>17}  {}",
+            "{:<10} {:<12} {:<9} {:>11} {:>11} {:>5} {:>5} {:>7} {:>10.0} {:>17} {:>17}  {}",
             o.mechanism,
             o.flavour,
             o.wait,
