@@ -204,15 +204,28 @@ impl Plan<'_> {
                 cpu_slot: 0,
                 args: spliced,
             };
-            let bare = BareLoop::new(bare::Kind::PipeVmsplice);
-            out.push(self.case("spawn+splice", "block", FloorKind::Futex, vec![writer], bare));
+            // The bare loop gets the same 1 MiB pipe (its buffers are never rewritten).
+            let bare = BareLoop {
+                pipe_size: Some(1 << 20),
+                ..BareLoop::new(bare::Kind::PipeVmsplice)
+            };
+            out.push(self.case(
+                "spawn+splice",
+                "block",
+                FloorKind::Futex,
+                vec![writer],
+                bare,
+            ));
         }
         let writer = Launch {
             program: "pipe-writer",
             cpu_slot: 0,
             args,
         };
-        out.insert(0, self.case("spawn", "block", FloorKind::Futex, vec![writer], bare));
+        out.insert(
+            0,
+            self.case("spawn", "block", FloorKind::Futex, vec![writer], bare),
+        );
         out
     }
 
@@ -261,7 +274,10 @@ impl Plan<'_> {
             let mut spliced = wargs.clone();
             spliced.push("--splice".into());
             let procs = pair("named-pipe", vec![], spliced);
-            let bare = BareLoop::new(bare::Kind::PipeVmsplice);
+            let bare = BareLoop {
+                pipe_size: Some(1 << 20),
+                ..BareLoop::new(bare::Kind::PipeVmsplice)
+            };
             out.push(self.case("fifo+splice", "block", FloorKind::Futex, procs, bare));
         }
         let procs = pair("named-pipe", vec![], wargs);
@@ -363,7 +379,6 @@ impl Plan<'_> {
                     let f = format!("{flavour}+{label}");
                     out.push(self.case(&f, wait, floor, procs, bare));
                 }
-
             }
         }
         out

@@ -14,7 +14,11 @@ fn main() {
     println!(
         "CPU folds 512 bits at a time (AVX-512F + VPCLMULQDQ): {}; the frame checksum uses {}",
         common::frame::wide_folding(),
-        if common::frame::wide_folding() { "crc-fast" } else { "crc32c" }
+        if common::frame::wide_folding() {
+            "crc-fast"
+        } else {
+            "crc32c"
+        }
     );
     println!(
         "{:>8} {:>14} {:>14} {:>16} {:>14}",

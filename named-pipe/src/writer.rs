@@ -30,7 +30,7 @@
 //! 5. `fcntl(F_SETFL, O_NONBLOCK)`, so a full FIFO is noticed (N7) and waited for in `poll`.
 //! 6. The loop: one `writev` per frame, the Hello first; on a full FIFO (a short count or
 //!    EAGAIN) `poll(POLLOUT)`, then the rest (a wait over half a second is narrated;
-//!    [`FullWatch`](common::stream::FullWatch)); in text mode a `read` of stdin. `--splice` (stream):
+//!    [`FullWatch`]); in text mode a `read` of stdin. `--splice` (stream):
 //!    `vmsplice(SPLICE_F_NONBLOCK)` of the same iovecs instead of `writev`, which lends the
 //!    FIFO the frame's pages; each frame is built in the next of K buffers, so it is read
 //!    before it is rebuilt ([`splice`]). Pingpong, right after the Hello: `open(NAME.back,

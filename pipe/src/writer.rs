@@ -23,7 +23,7 @@
 //! 3. `fcntl(F_SETFL, O_NONBLOCK)`, so a full pipe is noticed (P6) and waited for in `poll`.
 //! 4. The loop: one `writev` per frame, the Hello first; on a full pipe (a short count or
 //!    EAGAIN) `poll(POLLOUT)`, then the rest of the frame (a wait over half a second is
-//!    narrated; [`FullWatch`](common::stream::FullWatch)); in pingpong a `read` of each Pong from the way
+//!    narrated; [`FullWatch`]); in pingpong a `read` of each Pong from the way
 //!    back; in text mode a `read` of stdin.
 //!    `--splice` (stream mode): `vmsplice(SPLICE_F_NONBLOCK)` of the same iovecs instead, which
 //!    lends the pipe the frame's pages; each frame is built in the next of K buffers, so the

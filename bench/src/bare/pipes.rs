@@ -109,7 +109,8 @@ pub fn vmsplice(spec: &Spec) -> Result<Bare> {
         anyhow::bail!("pipe-vmsplice is a stream loop (pipe_bw.c has no vmsplice pingpong)");
     }
     let (r, w) = nix::unistd::pipe().context("pipe")?;
-    let want = i32::try_from(spec.pipe_size.unwrap_or(spec.size).max(4096)).context("--pipe-size")?;
+    let want =
+        i32::try_from(spec.pipe_size.unwrap_or(spec.size).max(4096)).context("--pipe-size")?;
     let capacity = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(want))
         .with_context(|| format!("fcntl F_SETPIPE_SZ {want}"))?;
     let setup = format!(
