@@ -14,7 +14,7 @@
 //!   the same single-producer single-consumer ring of frames as the `shm` pair; only the
 //!   backing differs, so `mmap` and `shm` compare fairly. The loops in the two role files
 //!   call the ring's data path by name: [`Producer::reserve`], [`Producer::copy_in`],
-//!   [`Producer::publish`] and [`Consumer::recv`] (`common/src/ring/spsc.rs`). With
+//!   [`Producer::publish`] and [`Consumer::recv`] (`common/src/ring/spsc/`). With
 //!   `--sync` every publish is followed by `msync(MS_SYNC)` ([`Msync`]), whose cost the
 //!   report shows (F5). With `mmap-writer --zero-copy` ([`common::loans`]) no payload is copied:
 //!   the writer builds each timed frame in the reserved bytes of the map themselves

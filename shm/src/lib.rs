@@ -45,7 +45,7 @@
 //! |---|---|
 //! | [`writer`] | shm-writer top to bottom: meet the reader, then per frame `reserve`, `copy_in` (or, zero-copy, `frame_mut`), `publish` |
 //! | [`reader`] | shm-reader top to bottom: `recv` (or `recv_in_place`) each frame, answer Pings in ring 1, remove the object |
-//! | `common/src/ring/spsc.rs` | the data path both loops call: [`Producer::reserve`](common::ring::Producer::reserve), [`copy_in`](common::ring::Producer::copy_in), [`frame_mut`](common::ring::Producer::frame_mut), [`publish`](common::ring::Producer::publish), [`Consumer::recv`](common::ring::Consumer::recv), [`recv_in_place`](common::ring::Consumer::recv_in_place) |
+//! | `common/src/ring/spsc/` | the data path both loops call: [`Producer::reserve`](common::ring::Producer::reserve), [`copy_in`](common::ring::Producer::copy_in), [`frame_mut`](common::ring::Producer::frame_mut), [`publish`](common::ring::Producer::publish), [`Consumer::recv`](common::ring::Consumer::recv), [`recv_in_place`](common::ring::Consumer::recv_in_place) |
 //! | this file | the pair's contract: names, flags, what a paired region is ([`Shared`]) |
 //! | [`rendezvous`](mod@rendezvous) | create-or-open, start-order races, stale objects, ownership (a first reading skips it) |
 //! | `src/peers.rs` | who pairs: a second reader or writer refused by name, a peer of the other flavour pointed out |

@@ -48,14 +48,16 @@
 //! Nothing here allocates, prints or takes a lock per message, except text mode's one
 //! line of narration per message, which is not timed.
 
+mod buf;
 mod reader;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
+pub use buf::{FrameBuf, Outgoing};
 pub use reader::{Action, InPlace, PongInPlace, ReaderSession, TextLine};
-pub use writer::{FrameBuf, Next, Outgoing, WriterSession};
+pub use writer::{Next, WriterSession};
 
 use std::process::ExitCode;
 

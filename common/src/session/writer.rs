@@ -1,120 +1,16 @@
 //! The writer's half of the protocol: what to send next, and what the answers must be.
 
-use std::io::IoSlice;
-
 use anyhow::{anyhow, bail, Result};
 
 use crate::cli::Mode;
 use crate::frame::{
-    encode_header, end_payload, Fields, Header, Kind, END_PAYLOAD_LEN, FLAG_HEADER_SUM,
-    FLAG_WARMUP, HEADER_LEN,
+    encode_header, end_payload, Fields, Header, Kind, FLAG_HEADER_SUM, FLAG_WARMUP, HEADER_LEN,
 };
 use crate::hello::{Hello, Verify};
+
+use super::{FrameBuf, Outgoing};
 use crate::setup::{Role, Setup};
 use crate::timing::{now_ns, CpuTime, Latency, Report};
-
-/// One frame ready to leave: the 40-byte header and the payload, in two pieces so a
-/// byte stream can send them with one `writev(2)` and the shared ring can copy them in
-/// two steps; and, when the two lie back to back in memory (every frame a writer session
-/// builds), the whole frame as one slice, which a message queue sends as one message with
-/// no copy of its own.
-#[derive(Clone, Copy, Debug)]
-pub struct Outgoing<'a> {
-    /// What kind of frame this is (message queues give Pings and Pongs their own types).
-    pub kind: Kind,
-    /// The encoded header (checksum included).
-    pub header: &'a [u8; HEADER_LEN],
-    /// The payload the checksum covers.
-    pub payload: &'a [u8],
-    /// Header and payload as one contiguous slice, when they are (`None` for a Pong,
-    /// whose payload is the received Ping's).
-    pub whole: Option<&'a [u8]>,
-}
-
-impl<'a> Outgoing<'a> {
-    /// Header plus payload bytes.
-    pub fn len(&self) -> usize {
-        HEADER_LEN + self.payload.len()
-    }
-
-    /// Never empty: a frame has at least its header.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// The two pieces as `writev(2)` takes them (an empty payload is left out).
-    pub fn iovecs(&self) -> ([IoSlice<'a>; 2], usize) {
-        let n = if self.payload.is_empty() { 1 } else { 2 };
-        ([IoSlice::new(self.header), IoSlice::new(self.payload)], n)
-    }
-
-    /// The frame as one owned byte string (tests and examples).
-    pub fn to_vec(&self) -> Vec<u8> {
-        [&self.header[..], self.payload].concat()
-    }
-
-    /// A frame whose header and payload are in one buffer, `HEADER_LEN` bytes of header
-    /// first; `None` when the buffer is shorter than a header.
-    pub fn from_bytes(kind: Kind, bytes: &'a [u8]) -> Option<Outgoing<'a>> {
-        let (header, payload) = bytes.split_first_chunk::<HEADER_LEN>()?;
-        Some(Outgoing {
-            kind,
-            header,
-            payload,
-            whole: Some(bytes),
-        })
-    }
-}
-
-/// The caller's buffer for the frame being sent. [`WriterSession::next`] fills it; the
-/// caller sends from it. Header and payload are kept back to back, so the frame is one
-/// contiguous message as well as two pieces ([`Outgoing::whole`]).
-///
-/// In stream and pingpong modes the payload is written once (a fixed pattern) and then
-/// only its first 8 bytes change per message (the sequence number), so building a frame
-/// costs a header and a checksum, not a fresh payload.
-#[derive(Debug)]
-pub struct FrameBuf {
-    /// Data or Ping frame (or a text line): header, then payload.
-    data: Vec<u8>,
-    /// The End frame: header, then its payload (count and bytes).
-    end: [u8; HEADER_LEN + END_PAYLOAD_LEN],
-    /// The Hello frame: header, then what the writer runs.
-    hello: Vec<u8>,
-}
-
-impl Default for FrameBuf {
-    fn default() -> FrameBuf {
-        FrameBuf {
-            data: vec![0; HEADER_LEN],
-            end: [0; HEADER_LEN + END_PAYLOAD_LEN],
-            hello: Vec::new(),
-        }
-    }
-}
-
-impl FrameBuf {
-    /// An empty buffer; the session sizes it on first use.
-    pub fn new() -> FrameBuf {
-        FrameBuf::default()
-    }
-
-    fn data_frame(&self, kind: Kind) -> Outgoing<'_> {
-        Outgoing::from_bytes(kind, &self.data)
-            .unwrap_or_else(|| unreachable!("data holds a header"))
-    }
-
-    fn end_frame(&self) -> Outgoing<'_> {
-        Outgoing::from_bytes(Kind::End, &self.end)
-            .unwrap_or_else(|| unreachable!("end holds a header"))
-    }
-
-    /// Makes the data frame's payload `payload` (its header is written by `encode`).
-    fn set_payload(&mut self, payload: &[u8]) {
-        self.data.truncate(HEADER_LEN);
-        self.data.extend_from_slice(payload);
-    }
-}
 
 /// What the writer's loop does next.
 #[derive(Debug)]

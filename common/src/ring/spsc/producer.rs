@@ -1,0 +1,290 @@
+//! The producing end: room for a record (waiting for the consumer to release bytes), the
+//! frame copied in or built in place, then published by its stamp.
+
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::frame::HEADER_LEN;
+use crate::ring::layout::{
+    max_payload, record_len, stamp, Control, Inner, RECORD_ALIGN, STAMP_LEN,
+};
+use crate::ring::wait::{futex_wake, low_word, Pacer};
+use crate::ring::{Direction, RingError, Wait};
+use crate::stall::Stall;
+
+use super::stamp_at;
+
+/// The producing end of one direction.
+pub struct Producer {
+    /// The region (keeps the mapping alive).
+    pub(in crate::ring) region: Arc<Inner>,
+    /// Which ring.
+    pub(in crate::ring) d: Direction,
+    /// Index into `claimed`, released on drop.
+    pub(in crate::ring) claim: usize,
+    /// Capacity, from our own configuration.
+    pub(in crate::ring) cap: u64,
+    /// Our index: the truth. The shared copy is only ever written from it, never read.
+    pub(in crate::ring) head: u64,
+    /// The consumer's index as last read and checked.
+    pub(in crate::ring) tail_seen: u64,
+    /// Waiting.
+    pub(in crate::ring) pacer: Pacer,
+    /// Waits for room, counted and narrated when long ([`Producer::narrate_full`]).
+    pub(in crate::ring) full: Option<Stall>,
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.region.claimed[self.claim].store(false, Ordering::Release);
+    }
+}
+
+impl Producer {
+    fn ctl(&self) -> &Control {
+        self.region.control(self.d)
+    }
+
+    /// Changes how this end waits for room (a side that follows its peer's Hello).
+    pub fn set_wait(&mut self, wait: Wait) {
+        self.pacer.set_wait(wait);
+    }
+
+    /// Counts the waits for room and narrates each one longer than half a second as it
+    /// starts and ends (a stopped reader: "reserve() has been blocked for 0.50 s: ring 0 is
+    /// full ..."); [`Producer::full_note`] gives the report's line.
+    pub fn narrate_full(&mut self) {
+        self.full = Some(Stall::new(
+            "reserve()",
+            "the ring is full",
+            "the ring was full",
+            "P6's analogue for a ring: the writer waits for the reader",
+        ));
+    }
+
+    /// "reserve() waited 12 times for room (...): longest 3.02 s, ...", if it ever waited
+    /// and [`Producer::narrate_full`] was asked for.
+    pub fn full_note(&self) -> Option<String> {
+        self.full.as_ref().and_then(Stall::note)
+    }
+
+    /// The consumer's index as it is now (bytes it has released), read with Acquire and
+    /// not checked: for telling how far a reader that left got.
+    pub fn peer_index(&self) -> u64 {
+        self.ctl().tail.0.load(Ordering::Acquire)
+    }
+
+    /// Reads and checks the consumer's index; returns the free bytes.
+    fn refresh_room(&mut self) -> Result<u64, RingError> {
+        let tail = self.ctl().tail.0.load(Ordering::Acquire);
+        // check: the consumer cannot go back, cannot pass what we published, and moves
+        // whole records.
+        if tail < self.tail_seen || tail > self.head || !tail.is_multiple_of(RECORD_ALIGN as u64) {
+            return Err(RingError::Corrupt(format!(
+                "ring {} consumer index {tail} is outside [{}, {}] (last seen, our producer index) \
+                 or not a multiple of {RECORD_ALIGN}",
+                self.d as usize, self.tail_seen, self.head
+            )));
+        }
+        self.tail_seen = tail;
+        Ok(self.cap - (self.head - tail))
+    }
+
+    /// Reserves room for a frame with a `payload_len`-byte payload, waiting (with the
+    /// configured strategy) until the consumer has released enough bytes: the record's, and
+    /// a pad's if the record does not fit before the end of the area. The fast path reads
+    /// nothing shared: the consumer's index seen last time may already leave room.
+    pub fn reserve(&mut self, payload_len: usize) -> Result<Reserved, RingError> {
+        let rec = self.record_for(payload_len)?;
+        self.pacer.tick(&self.region)?;
+        let pad = self.pad_before(rec);
+        let need = pad + rec;
+        if self.room() < need && self.refresh_room()? < need {
+            if let Some(s) = self.full.as_mut() {
+                s.begin();
+            }
+            let mut waiting = self.pacer.begin();
+            loop {
+                let seen = self.tail_seen;
+                let c = self.ctl();
+                self.pacer.pause(
+                    &mut waiting,
+                    &self.region,
+                    &c.producer_sleeping.0,
+                    &c.tail.0,
+                    seen,
+                    "room in the ring (the reader to consume)",
+                )?;
+                if self.refresh_room()? >= need {
+                    break;
+                }
+                if waiting.sleepy() || waiting.spins.is_multiple_of(64) {
+                    if let Some(s) = self.full.as_mut() {
+                        s.tick();
+                    }
+                }
+            }
+            if let Some(s) = self.full.as_mut() {
+                s.end();
+            }
+        }
+        Ok(Reserved {
+            at: self.head + pad,
+            rec,
+            pad,
+            payload_len,
+        })
+    }
+
+    /// Reserves room without waiting; `None` if the ring has no room for the frame now.
+    pub fn try_reserve(&mut self, payload_len: usize) -> Result<Option<Reserved>, RingError> {
+        let rec = self.record_for(payload_len)?;
+        let pad = self.pad_before(rec);
+        if self.room() < pad + rec && self.refresh_room()? < pad + rec {
+            return Ok(None);
+        }
+        Ok(Some(Reserved {
+            at: self.head + pad,
+            rec,
+            pad,
+            payload_len,
+        }))
+    }
+
+    /// Bytes to skip before a record of `rec` bytes: those to the end of the area if it
+    /// would not fit before it (a record never wraps), else 0.
+    fn pad_before(&self, rec: u64) -> u64 {
+        let off = self.head & (self.cap - 1);
+        if off + rec > self.cap {
+            self.cap - off
+        } else {
+            0
+        }
+    }
+
+    /// The reserved frame's bytes where they lie in the shared area: header (40 bytes),
+    /// then the payload it was reserved for. The producer builds the frame here in place
+    /// (zero-copy); nothing is visible to the consumer until [`Producer::publish`].
+    pub fn frame_mut(&mut self, slot: &Reserved) -> &mut [u8] {
+        let data = self.region.data(self.d);
+        let off = (slot.at & (self.cap - 1)) as usize + STAMP_LEN;
+        // SAFETY: the record [at, at + rec) lies in one piece inside this direction's area
+        // of `cap` bytes (`reserve` placed it after a pad if needed: off + rec <= cap), and
+        // HEADER_LEN + payload_len <= rec - STAMP_LEN (record_for). The consumer has
+        // released those bytes (`reserve` waited for it) and reads them only after the
+        // stamp is published, and this is the direction's only producer (`claimed`), so for
+        // the life of the `&mut self` borrow nothing else in this process touches them. A
+        // peer that writes them anyway breaks the protocol: see the module docs (Loans).
+        unsafe { std::slice::from_raw_parts_mut(data.add(off), HEADER_LEN + slot.payload_len) }
+    }
+
+    /// Copies the frame into the reserved bytes (the copying path; [`Producer::frame_mut`]
+    /// is the in-place one). Nothing is visible to the consumer until [`Producer::publish`].
+    pub fn copy_in(
+        &mut self,
+        slot: &Reserved,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        if payload.len() != slot.payload_len {
+            return Err(RingError::Invalid(format!(
+                "a {}-byte payload offered for a slot reserved for {} bytes",
+                payload.len(),
+                slot.payload_len
+            )));
+        }
+        let data = self.region.data(self.d);
+        let off = (slot.at & (self.cap - 1)) as usize + STAMP_LEN;
+        // SAFETY: as in `frame_mut`: [off, off + HEADER_LEN + payload.len()) lies inside the
+        // area, released by the consumer and not read by it before the stamp is stored.
+        // `header` and `payload` are our own memory and cannot overlap the region.
+        unsafe {
+            ptr::copy_nonoverlapping(header.as_ptr(), data.add(off), HEADER_LEN);
+            ptr::copy_nonoverlapping(payload.as_ptr(), data.add(off + HEADER_LEN), payload.len());
+        }
+        Ok(())
+    }
+
+    /// Publishes the frame written into `slot`: the pad's stamp first if there is one, the
+    /// record's stamp (Release: the frame's bytes are visible to whoever reads the stamp
+    /// with Acquire), then `head`, and the consumer is woken (`FUTEX_WAKE`) only if it said
+    /// it sleeps.
+    pub fn publish(&mut self, slot: Reserved) {
+        if slot.pad > 0 {
+            let pad = stamp(self.head, slot.pad, true);
+            self.stamp(self.head).store(pad, Ordering::Release);
+        }
+        self.stamp(slot.at)
+            .store(stamp(slot.at, slot.rec, false), Ordering::Release);
+        self.head = slot.at + slot.rec;
+        let c = self.ctl();
+        // SeqCst store then SeqCst load: the waker's half of the lost-wake-up argument in
+        // the wait module's docs.
+        c.head.0.store(self.head, Ordering::SeqCst);
+        if c.consumer_sleeping.0.load(Ordering::SeqCst) != 0 {
+            // SAFETY: the word is the aligned low half of `head`, inside the live region.
+            unsafe { futex_wake(low_word(&c.head.0)) };
+        }
+    }
+
+    /// The stamp word of the record at stream position `pos`.
+    fn stamp(&self, pos: u64) -> &AtomicU64 {
+        stamp_at(self.region.data(self.d), self.cap, pos)
+    }
+
+    /// Sends one frame: [`reserve`](Producer::reserve), [`copy_in`](Producer::copy_in),
+    /// [`publish`](Producer::publish).
+    pub fn send(&mut self, header: &[u8; HEADER_LEN], payload: &[u8]) -> Result<(), RingError> {
+        let slot = self.reserve(payload.len())?;
+        self.copy_in(&slot, header, payload)?;
+        self.publish(slot);
+        Ok(())
+    }
+
+    /// Sends one frame without waiting; `Ok(false)` if the ring has no room for it now.
+    pub fn try_send(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
+        let Some(slot) = self.try_reserve(payload.len())? else {
+            return Ok(false);
+        };
+        self.copy_in(&slot, header, payload)?;
+        self.publish(slot);
+        Ok(true)
+    }
+
+    /// Free bytes as far as the consumer's index seen last tells.
+    fn room(&self) -> u64 {
+        self.cap - (self.head - self.tail_seen)
+    }
+
+    fn record_for(&self, payload_len: usize) -> Result<u64, RingError> {
+        let max = max_payload(self.cap as usize);
+        if payload_len > max {
+            return Err(RingError::TooLarge {
+                len: payload_len,
+                max,
+            });
+        }
+        Ok(record_len(payload_len) as u64)
+    }
+}
+
+/// Room for one frame that [`Producer::reserve`] waited for: `rec` bytes at stream
+/// position `at` (after `pad` bytes skipped to the start of the area, if any), which the
+/// consumer has released and will not read until published: a loan to the producer.
+#[derive(Debug)]
+#[must_use = "a reserved slot is sent only by publish"]
+pub struct Reserved {
+    /// Stream position of the record.
+    at: u64,
+    /// The record's length in the ring: stamp, header and payload rounded up to 64 bytes.
+    rec: u64,
+    /// Bytes skipped before it (a pad), 0 mostly.
+    pad: u64,
+    /// The payload length it was reserved for.
+    payload_len: usize,
+}
