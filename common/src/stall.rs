@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use crate::narrate;
 
+/// Why a writer waits, as said by default: its reader is there and takes nothing.
+const TAKING_NOTHING: &str = "the reader is not taking anything";
+
 /// How long a wait lasts before it is narrated.
 pub const TELL_AFTER: Duration = Duration::from_millis(500);
 
@@ -65,7 +68,7 @@ impl Stall {
             now,
             then,
             claim,
-            reason: "the reader is not taking anything",
+            reason: TAKING_NOTHING,
             since: None,
             told: false,
             episodes: 0,
@@ -75,11 +78,10 @@ impl Stall {
         }
     }
 
-    /// Says `reason` instead of "the reader is not taking anything" when a wait is told
-    /// (a queue that fills before any reader came, say).
-    pub fn reason(mut self, reason: &'static str) -> Stall {
-        self.reason = reason;
-        self
+    /// Says `reason` instead of "the reader is not taking anything" when the next wait is
+    /// told (a queue that filled before any reader came, say); `None`: back to that.
+    pub fn set_reason(&mut self, reason: Option<&'static str>) {
+        self.reason = reason.unwrap_or(TAKING_NOTHING);
     }
 
     /// A wait starts (a second call while one is in progress changes nothing).

@@ -222,6 +222,13 @@ impl PeerWatch {
         })
     }
 
+    /// Why a writer's send waits, when it is not "the reader is not taking anything": no
+    /// reader has opened the queue yet (M1: the messages wait in the kernel for one).
+    pub(crate) fn no_reader_yet(&self) -> Option<&'static str> {
+        (self.read(Role::Reader) == Slot::Empty)
+            .then_some("no reader has opened the queue yet, so nothing is taken out")
+    }
+
     /// The pair file.
     pub fn pair(&self) -> &PairFile {
         &self.pair
@@ -423,6 +430,7 @@ impl PeerWatch {
         }
         if sending {
             stall.begin();
+            stall.set_reason(self.no_reader_yet());
             stall.tick();
             // Told now (begun, nothing more to say): the call's return ends it.
             if stall.until_tell().is_none() {

@@ -512,6 +512,12 @@ fn a_long_wait_on_a_full_queue_is_told_as_it_starts_and_as_it_ends() {
             .find(|l| l.contains(&format!("{call} has been blocked for ")))
             .unwrap();
         assert!(told.contains("the queue is full (M6)"), "{told}");
+        // No reader had come yet: the line says so, not "the reader is not taking anything".
+        assert!(
+            told.contains("no reader has opened the queue yet")
+                && !told.contains("the reader is not"),
+            "{told}"
+        );
         let ended = wd
             .stderr
             .lines()

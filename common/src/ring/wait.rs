@@ -170,10 +170,6 @@ impl Pacer {
         self.opts.wait = wait;
     }
 
-    /// The wait strategy in use.
-    pub(super) fn wait(&self) -> Wait {
-        self.opts.wait
-    }
 
     /// A pacer for an endpoint of `region`; a header already complete is the one every
     /// audit compares with (else the first complete one an audit sees).

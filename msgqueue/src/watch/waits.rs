@@ -185,8 +185,10 @@ impl PeerWatch {
                 Err(Errno::EAGAIN) => full.posix(q, self.peer, self.absent())?,
                 Err(Errno::ETIMEDOUT) => {
                     // A whole 100 ms slice without room: a wait (M6), told once it is long.
+                    let why = self.no_reader_yet();
                     self.stalled(|s| {
                         s.begin();
+                        s.set_reason(why);
                         s.tick();
                     });
                     if let Some(g) = self.waited(&mut since, true) {

@@ -57,10 +57,6 @@ impl Consumer {
         self.pacer.set_wait(wait);
     }
 
-    /// How this end waits.
-    pub fn wait(&self) -> Wait {
-        self.pacer.wait()
-    }
 
     /// Reads and checks the producer's index; returns the published bytes it says are not
     /// consumed yet. The index may lag one record behind `tail`: the producer stores a

@@ -1,0 +1,207 @@
+//! Ring v3's records: stamps that publish them, pads instead of wrapping, loans (a frame
+//! built and read in place), the full-ring stall; and a hostile peer's stamps and pads.
+
+use super::*;
+
+/// A spinning consumer takes a record as soon as its stamp is stored: it polls the record's
+/// own first line and never needs the producer's index (`head` is not stored here at all).
+#[test]
+fn a_spinning_consumer_polls_the_stamp_not_the_index() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let h = hdr(Kind::Data, 0, b"x");
+    let frame_at = offsets::data(0, 4096) + STAMP_LEN;
+    // SAFETY: 41 bytes after the first stamp of data area 0; the consumer reads them only
+    // after the stamp below.
+    unsafe {
+        ptr::copy_nonoverlapping(h.as_ptr(), base.add(frame_at), 40);
+        *base.add(frame_at + 40) = b'x';
+    }
+    poke_u64(
+        base,
+        offsets::data(0, 4096),
+        super::layout::stamp(0, 64, false),
+    );
+    let (got, p) = c.recv().unwrap();
+    assert_eq!((got.seq, p), (0, &b"x"[..]));
+    // SAFETY: reading an 8-aligned word of the region through an atomic.
+    let head = unsafe { (*base.add(offsets::head(0)).cast::<AtomicU64>()).load(Ordering::SeqCst) };
+    assert_eq!(head, 0, "the index was never stored, and not needed");
+}
+
+/// A record never wraps: one that does not fit before the end of the area goes to its
+/// start, after a pad stamp, and arrives whole.
+#[test]
+fn a_record_that_does_not_fit_before_the_end_goes_after_a_pad() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    // 3 records of 1024 bytes fill [0, 3072); a fourth of 1536 does not fit in [3072, 4096).
+    for seq in 0..3 {
+        let d = payload(seq, 1024 - 48);
+        p.send(&hdr(Kind::Data, seq, &d), &d).unwrap();
+        let (h, got) = c.recv().unwrap();
+        assert_eq!((h.seq, got), (seq, &d[..]));
+    }
+    let d = payload(3, 1536 - 48);
+    p.send(&hdr(Kind::Data, 3, &d), &d).unwrap();
+    // SAFETY: reading 8-aligned words of the region through atomics.
+    let at = |off: usize| unsafe { (*base.add(off).cast::<AtomicU64>()).load(Ordering::SeqCst) };
+    assert_eq!(
+        at(offsets::data(0, 4096) + 3072),
+        super::layout::stamp(3072, 1024, true)
+    );
+    assert_eq!(
+        at(offsets::data(0, 4096)),
+        super::layout::stamp(4096, 1536, false)
+    );
+    let (h, got) = c.recv().unwrap();
+    assert_eq!((h.seq, got), (3, &d[..]));
+    assert_eq!(
+        at(offsets::tail(0)),
+        4096 + 1536,
+        "the pad and the record are released"
+    );
+}
+
+/// Zero-copy: the producer builds the frame where it lies, the consumer reads it there,
+/// and the record stays the consumer's (the producer cannot reuse it) until released.
+#[test]
+fn a_frame_built_in_place_is_read_in_place_and_lent_until_released() {
+    let (r, _) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let size = 2000; // the largest: a 2048-byte record, half the area
+    let build = |p: &mut Producer, seq: u64| {
+        let slot = p.reserve(size).unwrap();
+        let frame = p.frame_mut(&slot);
+        frame[HEADER_LEN..].copy_from_slice(&payload(seq, size));
+        let f = Fields {
+            kind: Kind::Data,
+            flags: 0,
+            nonce: 1,
+            seq,
+            sent_ns: 0,
+        };
+        let h = encode_header(f, &frame[HEADER_LEN..]).unwrap();
+        frame[..HEADER_LEN].copy_from_slice(&h);
+        p.publish(slot);
+    };
+    for lap in 0..4u64 {
+        build(&mut p, 2 * lap);
+        let (h, got) = c.recv_in_place().unwrap();
+        assert_eq!((h.seq, got), (2 * lap, &payload(2 * lap, size)[..]));
+        build(&mut p, 2 * lap + 1);
+        assert!(
+            p.try_reserve(size).unwrap().is_none(),
+            "one record lent, one published: full"
+        );
+        c.release_lent();
+        assert!(
+            p.try_reserve(size).unwrap().is_some(),
+            "released: its half is free again"
+        );
+        let (h, got) = c.recv_in_place().unwrap();
+        assert_eq!((h.seq, got), (2 * lap + 1, &payload(2 * lap + 1, size)[..]));
+    }
+}
+
+/// A hostile producer's index that says "published" where no stamp is: reported.
+#[test]
+fn hostile_index_without_a_stamp_is_corrupt() {
+    let (r, base) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Block))
+        .unwrap();
+    poke_u64(base, offsets::head(0), 64);
+    let e = c.recv().unwrap_err().to_string();
+    assert!(
+        e.contains("the producer index says it is published, but its stamp is 0x0"),
+        "{e}"
+    );
+}
+
+/// A hostile pad stamp at the start of the area, or of the wrong length: reported.
+#[test]
+fn hostile_pads_are_corrupt() {
+    for (pos_bytes, len) in [(0u64, 4096u64), (0, 64)] {
+        let (r, base) = region(4096);
+        r.initialize(Role::Writer, 1);
+        let mut c = r
+            .consumer(Direction::WriterToReader, opts(Wait::Spin))
+            .unwrap();
+        poke_u64(
+            base,
+            offsets::data(0, 4096),
+            super::layout::stamp(pos_bytes, len, true),
+        );
+        let e = c.recv().unwrap_err().to_string();
+        assert!(e.contains("a pad of") && e.contains("at offset 0"), "{e}");
+    }
+}
+
+/// A producer asked to narrate a full ring counts its waits for room and reports them.
+#[test]
+fn a_full_ring_wait_is_counted_and_reported() {
+    let (r, _) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Block))
+        .unwrap();
+    p.narrate_full();
+    assert!(p.full_note().is_none(), "never waited yet");
+    let d = payload(0, 2000);
+    p.send(&hdr(Kind::Data, 0, &d), &d).unwrap();
+    p.send(&hdr(Kind::Data, 1, &d), &d).unwrap();
+    let r2 = r.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = r2
+            .consumer(Direction::WriterToReader, opts(Wait::Block))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..3 {
+            c.recv().unwrap();
+        }
+    });
+    p.send(&hdr(Kind::Data, 2, &d), &d).unwrap();
+    t.join().unwrap();
+    let note = p.full_note().expect("it waited");
+    assert!(
+        note.starts_with("reserve() waited 1 time for room (the ring was full"),
+        "{note}"
+    );
+    assert_eq!(p.peer_index(), 3 * 2048);
+}
+
+/// The non-waiting in-place receive: nothing published, nothing lent; a frame, lent.
+#[test]
+fn try_recv_in_place_lends_only_what_is_published() {
+    let (r, _) = region(4096);
+    r.initialize(Role::Writer, 1);
+    let mut p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let mut c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    assert!(c.try_recv_in_place().unwrap().is_none());
+    p.send(&hdr(Kind::Data, 0, b"in place"), b"in place")
+        .unwrap();
+    let (h, got) = c.try_recv_in_place().unwrap().expect("published");
+    assert_eq!((h.seq, got), (0, &b"in place"[..]));
+    assert!(c.try_recv_in_place().unwrap().is_none());
+}
