@@ -33,6 +33,7 @@ pub mod cases;
 pub mod charts;
 pub mod floors;
 pub mod output;
+pub mod page;
 pub mod roles;
 pub mod run;
 pub mod soak;
