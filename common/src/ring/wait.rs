@@ -170,7 +170,6 @@ impl Pacer {
         self.opts.wait = wait;
     }
 
-
     /// A pacer for an endpoint of `region`; a header already complete is the one every
     /// audit compares with (else the first complete one an audit sees).
     pub(super) fn new(opts: EndOpts, region: &Inner) -> Pacer {

@@ -57,7 +57,6 @@ impl Consumer {
         self.pacer.set_wait(wait);
     }
 
-
     /// Reads and checks the producer's index; returns the published bytes it says are not
     /// consumed yet. The index may lag one record behind `tail`: the producer stores a
     /// record's stamp first and the index after it, and the consumer may have taken the
