@@ -1,60 +1,84 @@
-//! How fast is the frame checksum? CRC-32C by the two implementations
-//! `common::frame::checksum` chooses between (the `crc32c` crate's `crc32` instruction loop,
-//! and `crc-fast`'s carry-less-multiply folding), what the dispatch picks on this CPU, and a
-//! plain copy of the same buffer, from 64 B to 1 MiB: so you can see whether the checksum
-//! or the copy bounds a mechanism at a given message size, and check the dispatch's
-//! choice on the CPU you have.
+//! How fast is the frame checksum? CRC-32C of a frame (its header's first 36 bytes, then
+//! the payload) by the two implementations `common::frame::checksum` chooses between (the
+//! `crc32c` crate's `crc32` instruction loop, and `crc-fast`'s carry-less-multiply folding
+//! through its `Digest`), what the dispatch runs, and a plain copy of the same payload, from
+//! a header alone (`--verify seq`) to 1 MiB: so you can see whether the checksum or the copy
+//! bounds a mechanism at a given message size, and check the dispatch's choice on the CPU
+//! you have.
 //!
 //! Run: `cargo run --release -p common --example checksum_speed` (pin it: `taskset -c 0`).
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use common::align::RecordBytes;
+
 fn main() {
     println!(
         "CPU folds 512 bits at a time (AVX-512F + VPCLMULQDQ): {}; the frame checksum uses {}",
         common::frame::wide_folding(),
         if common::frame::wide_folding() {
-            "crc-fast"
+            "crc-fast".to_string()
         } else {
-            "crc32c"
+            "crc32c".into()
         }
     );
     println!(
-        "{:>8} {:>14} {:>14} {:>16} {:>14}",
-        "size", "crc32c GB/s", "crc-fast GB/s", "dispatch GB/s", "memcpy GB/s"
+        "{:>8} {:>20} {:>20} {:>20} {:>12}",
+        "payload", "crc32c ns (GB/s)", "crc-fast ns (GB/s)", "dispatch ns (GB/s)", "copy GB/s"
     );
-    for size in [64usize, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 1 << 20] {
+    let prefix = [0x5au8; 36];
+    for size in [
+        0usize,
+        64,
+        128,
+        256,
+        512,
+        1 << 10,
+        4 << 10,
+        64 << 10,
+        1 << 20,
+    ] {
         let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
-        let mut dst = vec![0u8; size];
-        // About 2 GB of work per measurement, at least 1000 rounds.
-        let rounds = ((2usize << 30) / size).max(1000);
-        let gbs = |secs: f64| (size * rounds) as f64 / secs / 1e9;
-        let mut acc = 0u32;
-        let t = Instant::now();
-        for _ in 0..rounds {
-            acc ^= crc32c::crc32c(black_box(&src));
-        }
-        let hw = gbs(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for _ in 0..rounds {
+        // The copy as the ring's copies run: both buffers laid out like ring records.
+        let mut from = RecordBytes::zeroed(size);
+        from.copy_from_slice(&src);
+        let mut dst = RecordBytes::zeroed(size);
+        // About 1 GB of work per measurement, at least 200 000 rounds.
+        let rounds = ((1usize << 30) / (size + 36)).max(200_000);
+        let time = |f: &mut dyn FnMut() -> u32| {
+            let t = Instant::now();
+            let mut acc = 0u32;
+            for _ in 0..rounds {
+                acc ^= f();
+            }
+            black_box(acc);
+            let ns = t.elapsed().as_secs_f64() * 1e9 / rounds as f64;
+            format!("{ns:.1} ({:.1})", (size + 36) as f64 / ns)
+        };
+        let hw = time(&mut || {
+            crc32c::crc32c_append(crc32c::crc32c(black_box(&prefix)), black_box(&src))
+        });
+        let fold = time(&mut || {
             let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+            d.update(black_box(&prefix));
             d.update(black_box(&src));
-            acc ^= d.finalize() as u32;
-        }
-        let fold = gbs(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for _ in 0..rounds {
-            acc ^= common::frame::checksum(&[], black_box(&src));
-        }
-        let chosen = gbs(t.elapsed().as_secs_f64());
-        black_box(acc);
-        let t = Instant::now();
-        for _ in 0..rounds {
-            dst.copy_from_slice(black_box(&src));
-            black_box(&mut dst);
-        }
-        let copy = gbs(t.elapsed().as_secs_f64());
-        println!("{size:>8} {hw:>14.2} {fold:>14.2} {chosen:>16.2} {copy:>14.2}");
+            d.finalize() as u32
+        });
+        let chosen = time(&mut || common::frame::checksum(black_box(&prefix), black_box(&src)));
+        let copy = if size == 0 {
+            "-".to_string()
+        } else {
+            let t = Instant::now();
+            for _ in 0..rounds {
+                dst.copy_from_slice(black_box(&from));
+                black_box(&mut dst);
+            }
+            format!(
+                "{:.1}",
+                (size * rounds) as f64 / t.elapsed().as_secs_f64() / 1e9
+            )
+        };
+        println!("{size:>8} {hw:>20} {fold:>20} {chosen:>20} {copy:>12}");
     }
 }

@@ -48,7 +48,7 @@ pub const FLAG_WARMUP: u16 = 1;
 pub const FLAG_HEADER_SUM: u16 = 2;
 
 /// Byte offset of the checksum field: the checksum covers the header bytes before it.
-const CHECKSUM_AT: usize = 36;
+pub const CHECKSUM_AT: usize = 36;
 
 /// What a frame is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,9 +216,26 @@ impl std::error::Error for FrameError {}
 /// assert_eq!((h.kind, h.seq, h.sent_ns, total), (Kind::Ping, 3, 42, HEADER_LEN + 2));
 /// ```
 pub fn encode_header(fields: Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN], FrameError> {
-    if payload.len() > MAX_PAYLOAD {
+    let summed = if fields.flags & FLAG_HEADER_SUM != 0 {
+        &[][..]
+    } else {
+        payload
+    };
+    encode_header_with(fields, payload.len(), |prefix| checksum(prefix, summed))
+}
+
+/// [`encode_header`] for a payload of `payload_len` bytes whose checksum the caller
+/// derives: `sum` gets the header's first 36 bytes and returns the CRC-32C of them and
+/// the payload (or of them alone with [`FLAG_HEADER_SUM`]). [`crate::resum`] derives it
+/// for the payloads a session repeats.
+pub fn encode_header_with(
+    fields: Fields,
+    payload_len: usize,
+    sum: impl FnOnce(&[u8]) -> u32,
+) -> Result<[u8; HEADER_LEN], FrameError> {
+    if payload_len > MAX_PAYLOAD {
         return Err(FrameError::PayloadTooLarge {
-            len: payload.len(),
+            len: payload_len,
             max: MAX_PAYLOAD,
         });
     }
@@ -231,13 +248,8 @@ pub fn encode_header(fields: Fields, payload: &[u8]) -> Result<[u8; HEADER_LEN],
     h[16..24].copy_from_slice(&fields.seq.to_le_bytes());
     h[24..32].copy_from_slice(&fields.sent_ns.to_le_bytes());
     // The cast cannot truncate: MAX_PAYLOAD < u32::MAX, checked above.
-    h[32..36].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    let summed = if fields.flags & FLAG_HEADER_SUM != 0 {
-        &[][..]
-    } else {
-        payload
-    };
-    let crc = checksum(&h[..CHECKSUM_AT], summed);
+    h[32..36].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    let crc = sum(&h[..CHECKSUM_AT]);
     h[36..40].copy_from_slice(&crc.to_le_bytes());
     Ok(h)
 }
@@ -303,6 +315,65 @@ pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
     }
 }
 
+/// [`checksum`] computed piece by piece: the header's first 36 bytes, then the payload in
+/// as many pieces as it comes in. The shared ring's consumer sums each piece of a large
+/// frame right after copying it, while it is still in the L1 cache.
+pub struct Summer(SumState);
+
+// The Digest (about 300 bytes) stays on the stack for one frame: boxing it would allocate
+// for every large frame taken.
+#[allow(clippy::large_enum_variant)]
+enum SumState {
+    Folding(crc_fast::Digest),
+    Crc32(u32),
+}
+
+impl Summer {
+    /// A sum begun with the header's first 36 bytes.
+    pub fn new(header_prefix: &[u8]) -> Summer {
+        if wide_folding() {
+            let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+            d.update(header_prefix);
+            Summer(SumState::Folding(d))
+        } else {
+            Summer(SumState::Crc32(crc32c::crc32c(header_prefix)))
+        }
+    }
+
+    /// Adds the next bytes of the payload.
+    pub fn update(&mut self, bytes: &[u8]) {
+        match &mut self.0 {
+            SumState::Folding(d) => d.update(bytes),
+            SumState::Crc32(c) => *c = crc32c::crc32c_append(*c, bytes),
+        }
+    }
+
+    /// The CRC-32C of everything added.
+    pub fn finish(self) -> u32 {
+        match self.0 {
+            // A 32-bit CRC's value always fits in the low 32 bits of the u64 it is returned in.
+            SumState::Folding(d) => d.finalize() as u32,
+            SumState::Crc32(c) => c,
+        }
+    }
+}
+
+/// The CRC-32C of `A || B` from `crc(A)`, `crc(B)` and `B`'s length, without the bytes
+/// (by either implementation, as [`checksum`] chooses; used by [`crate::resum`]).
+pub fn checksum_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
+    if wide_folding() {
+        let c = crc_fast::checksum_combine(
+            crc_fast::CrcAlgorithm::Crc32Iscsi,
+            crc_a.into(),
+            crc_b.into(),
+            len_b as u64,
+        );
+        c as u32
+    } else {
+        crc32c::crc32c_combine(crc_a, crc_b, len_b)
+    }
+}
+
 /// Whether this CPU folds 512 bits at a time: AVX-512F and VPCLMULQDQ (checked once; the
 /// standard library caches the CPUID answer). Then `crc-fast` computes the checksum,
 /// otherwise `crc32c`.
@@ -324,8 +395,10 @@ pub fn wide_folding() -> bool {
 pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameError> {
     // The magic is checked on whatever prefix has arrived, so a stream of garbage is
     // refused at its first bytes instead of waiting for a whole header's worth.
+    // (A whole header skips this: the check below is the same, in one 4-byte comparison
+    // rather than a call to memcmp, and it runs once per frame.)
     let seen = buf.len().min(4);
-    if buf[..seen] != MAGIC.to_le_bytes()[..seen] {
+    if buf.len() < HEADER_LEN && buf[..seen] != MAGIC.to_le_bytes()[..seen] {
         let mut found = [0u8; 4];
         found[..seen].copy_from_slice(&buf[..seen]);
         return Err(FrameError::BadMagic { found });
@@ -382,7 +455,11 @@ pub fn verify(header: &Header, header_bytes: &[u8], payload: &[u8]) -> Result<()
     } else {
         payload
     };
-    let computed = checksum(&header_bytes[..CHECKSUM_AT], summed);
+    check_sum(header, checksum(&header_bytes[..CHECKSUM_AT], summed))
+}
+
+/// The [`verify`] verdict for a checksum computed by the caller (a [`Summer`]).
+pub fn check_sum(header: &Header, computed: u32) -> Result<(), FrameError> {
     if computed != header.checksum {
         return Err(FrameError::BadChecksum {
             expected: header.checksum,

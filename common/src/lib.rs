@@ -9,6 +9,7 @@
 //! | module       | what it holds                                                                |
 //! |--------------|------------------------------------------------------------------------------|
 //! | [`frame`]    | the 40-byte header, encoder, total decoder, the stream `Reassembler`         |
+//! | [`resum`]    | checksums a sender derives (repeated payloads, Pongs) instead of re-reading |
 //! | [`setup`]    | who runs: role, mechanism, flavour, wait strategy, the flags                 |
 //! | [`session`]  | text, stream and pingpong as state machines that do no I/O; verification     |
 //! | [`stream`]   | byte streams: `writev` of a frame, `read` into the reassembler, pipe sizes   |
@@ -20,11 +21,13 @@
 //! | [`peer`]     | is the peer process still alive?                                             |
 //! | `testing`    | (feature `testing`) running the real binaries in tests, under a deadline      |
 //! | [`ring`]     | the SPSC ring of frames over shared memory (`shm`, `mmap`): layout, waiting  |
+//! | [`align`]    | private buffers laid out like ring records (copies at full speed)            |
 //!
 //! Read a pair in this order: the mechanism's `lib.rs` (how the two ends find each other),
 //! its `writer.rs` and `reader.rs` (the system calls, top to bottom, and the loop that
 //! moves the messages), then [`session`] (what the frames say and how they are checked).
 
+pub mod align;
 pub mod cleanup;
 pub mod cli;
 pub mod frame;
@@ -33,6 +36,7 @@ pub mod loans;
 pub mod lock;
 pub mod narrate;
 pub mod peer;
+pub mod resum;
 pub mod ring;
 pub mod runtime;
 pub mod session;

@@ -76,6 +76,7 @@ pub use layout::{
 pub use spsc::{Consumer, Producer, Reserved};
 pub use wait::{peer_gone, SLEEP_SLICE, SPIN_BEFORE_SLEEP};
 
+use crate::align::RecordBytes;
 use crate::peer::Identity;
 use layout::Inner;
 use wait::Pacer;
@@ -302,7 +303,7 @@ impl Region {
             cap: cap as u64,
             tail: 0,
             head_seen: 0,
-            buf: vec![0; max_record(cap)],
+            buf: RecordBytes::zeroed(max_record(cap)),
             max_payload: max_payload(cap),
             pacer: Pacer::new(opts, &self.inner),
             frame_len: 0,

@@ -4,7 +4,9 @@
 
 use std::io::IoSlice;
 
+use crate::align::RecordBytes;
 use crate::frame::{Kind, END_PAYLOAD_LEN, HEADER_LEN};
+use crate::resum::Repeated;
 
 /// One frame ready to leave: the 40-byte header and the payload, in two pieces so a
 /// byte stream can send them with one `writev(2)` and the shared ring can copy them in
@@ -68,8 +70,12 @@ impl<'a> Outgoing<'a> {
 /// costs a header and a checksum, not a fresh payload.
 #[derive(Debug)]
 pub struct FrameBuf {
-    /// Data or Ping frame (or a text line): header, then payload.
-    pub(super) data: Vec<u8>,
+    /// Data or Ping frame (or a text line): header, then payload, laid out as in a ring
+    /// record (see [`crate::align`]), so the ring's copies run at full speed.
+    pub(super) data: RecordBytes,
+    /// For the timed payload (a pattern whose first 8 bytes only change): its checksum
+    /// from those 8 bytes ([`crate::resum`]). `None` for a text line.
+    pub(super) repeated: Option<Repeated>,
     /// The End frame: header, then its payload (count and bytes).
     pub(super) end: [u8; HEADER_LEN + END_PAYLOAD_LEN],
     /// The Hello frame: header, then what the writer runs.
@@ -79,7 +85,8 @@ pub struct FrameBuf {
 impl Default for FrameBuf {
     fn default() -> FrameBuf {
         FrameBuf {
-            data: vec![0; HEADER_LEN],
+            data: RecordBytes::zeroed(HEADER_LEN),
+            repeated: None,
             end: [0; HEADER_LEN + END_PAYLOAD_LEN],
             hello: Vec::new(),
         }
@@ -92,8 +99,15 @@ impl FrameBuf {
         FrameBuf::default()
     }
 
+    /// Makes the payload the timed pattern, whose checksum is then derived from its
+    /// first 8 bytes (the sequence number) alone.
+    pub(super) fn set_repeated(&mut self, payload: &[u8]) {
+        self.set_payload(payload);
+        self.repeated = Some(Repeated::new(&self.data[HEADER_LEN..], 8));
+    }
+
     pub(super) fn data_frame(&self, kind: Kind) -> Outgoing<'_> {
-        Outgoing::from_bytes(kind, &self.data)
+        Outgoing::from_bytes(kind, &self.data[..])
             .unwrap_or_else(|| unreachable!("data holds a header"))
     }
 
@@ -104,7 +118,8 @@ impl FrameBuf {
 
     /// Makes the data frame's payload `payload` (its header is written by `encode`).
     pub(super) fn set_payload(&mut self, payload: &[u8]) {
-        self.data.truncate(HEADER_LEN);
-        self.data.extend_from_slice(payload);
+        let header = [0; HEADER_LEN];
+        self.data.set(&header, payload);
+        self.repeated = None;
     }
 }

@@ -106,3 +106,13 @@ pub fn example_setup(flags: &[&str]) -> crate::setup::Setup {
         max_payload: crate::frame::MAX_PAYLOAD,
     }
 }
+
+/// Whether a timed payload starts with its frame's sequence number (little-endian, cut to
+/// the payload's length when shorter than 8 bytes): the content check of both sides. One
+/// 8-byte comparison, not a call to `memcmp`: it runs once per message.
+pub(crate) fn carries_seq(payload: &[u8], seq: u64) -> bool {
+    match payload.first_chunk::<8>() {
+        Some(head) => u64::from_le_bytes(*head) == seq,
+        None => payload[..] == seq.to_le_bytes()[..payload.len()],
+    }
+}

@@ -5,9 +5,11 @@ use std::fmt;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::Mode;
-use crate::frame::{encode_header, parse_end, Fields, Header, Kind, HEADER_LEN};
+use crate::frame::{encode_header, encode_header_with, parse_end, Fields, Header, Kind};
+use crate::frame::{FLAG_HEADER_SUM, HEADER_LEN};
 use crate::hello::{Expect, Hello};
 use crate::narrate;
+use crate::resum::pong_delta;
 use crate::setup::{Role, Setup};
 use crate::timing::{fmt_ns, now_ns, CpuTime, Latency, Report};
 
@@ -201,6 +203,9 @@ pub struct ReaderSession {
     lat: Latency,
     /// The header of the Pong being sent back.
     pong: [u8; HEADER_LEN],
+    /// For which summed length, and what a Ping's checksum is XORed with to be its
+    /// Pong's ([`pong_delta`]): the Pong's checksum without reading the payload again.
+    pong_delta: (usize, u32),
 }
 
 impl ReaderSession {
@@ -240,7 +245,19 @@ impl ReaderSession {
                     seq: h.seq,
                     sent_ns: h.sent_ns,
                 };
-                self.pong = encode_header(pong, payload)?;
+                // The Pong differs from the Ping only in its kind byte: its checksum is
+                // the Ping's XOR a constant of the length (crate::resum). The Ping's was
+                // checked over every byte by whoever took it; the writer checks the Pong's.
+                let summed = if h.flags & FLAG_HEADER_SUM != 0 {
+                    0
+                } else {
+                    payload.len()
+                };
+                if self.pong_delta.0 != summed {
+                    self.pong_delta = (summed, pong_delta(summed));
+                }
+                let sum = h.checksum ^ self.pong_delta.1;
+                self.pong = encode_header_with(pong, payload.len(), |_| sum)?;
                 Ok(Action::Echo(Outgoing {
                     kind: Kind::Pong,
                     header: &self.pong,
@@ -333,11 +350,8 @@ impl ReaderSession {
         self.expected = h.seq + 1;
         self.received += 1;
         self.bytes_all += payload.len() as u64;
-        if !self.text {
-            let n = payload.len().min(8);
-            if payload[..n] != h.seq.to_le_bytes()[..n] {
-                self.bad_content += 1;
-            }
+        if !self.text && !super::carries_seq(payload, h.seq) {
+            self.bad_content += 1;
         }
         if h.is_warmup() {
             self.warm += 1;
@@ -428,6 +442,7 @@ impl ReaderSession {
             cpu0: CpuTime::now(),
             lat: Latency::new(),
             pong: [0; HEADER_LEN],
+            pong_delta: (0, pong_delta(0)),
         }
     }
 

@@ -4,9 +4,11 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::cli::Mode;
 use crate::frame::{
-    encode_header, end_payload, Fields, Header, Kind, FLAG_HEADER_SUM, FLAG_WARMUP, HEADER_LEN,
+    encode_header, encode_header_with, end_payload, Fields, Header, Kind, FLAG_HEADER_SUM,
+    FLAG_WARMUP, HEADER_LEN,
 };
 use crate::hello::{Hello, Verify};
+use crate::resum::Repeated;
 
 use super::{FrameBuf, Outgoing};
 use crate::setup::{Role, Setup};
@@ -76,6 +78,10 @@ pub struct WriterSession {
     line: Option<Vec<u8>>,
     /// Pingpong: a Ping is out and its Pong has not been taken yet.
     awaiting: bool,
+    /// Pingpong: when the last Pong arrived (the clock read that timed it), which is also
+    /// the send time of the next Ping: one clock read per round trip, and the writer's
+    /// own work building the Ping counts in the round trip, as it does in any loop.
+    pong_at: Option<u64>,
     /// Where the session is.
     phase: Phase,
     /// What the Hello says.
@@ -107,6 +113,7 @@ impl WriterSession {
             text_bytes: 0,
             line: None,
             awaiting: false,
+            pong_at: None,
             phase: Phase::Hello,
             hello: Hello::of(setup, 0),
             data_sent: false,
@@ -221,10 +228,10 @@ impl WriterSession {
             self.phase = Phase::EndSent;
             return self.encode_end(buf, total * self.size as u64);
         }
-        if buf.data.len() != HEADER_LEN + self.size {
-            buf.set_payload(&pattern(self.size));
+        if buf.repeated.as_ref().map(|r| r.payload_len()) != Some(self.size) {
+            buf.set_repeated(&pattern(self.size));
         }
-        let kind = self.seal_timed(&mut buf.data)?;
+        let kind = self.seal_timed(&mut buf.data[..], buf.repeated.as_ref())?;
         Ok(Next::Send(buf.data_frame(kind)))
     }
 
@@ -254,12 +261,15 @@ impl WriterSession {
                 HEADER_LEN + self.size
             );
         }
-        self.seal_timed(frame)
+        self.seal_timed(frame, None)
     }
 
     /// The timed frame in `frame` (header + payload): sequence number into the payload,
-    /// the header (kind, warm-up flag, checksum) in front, the state moved on.
-    fn seal_timed(&mut self, frame: &mut [u8]) -> Result<Kind> {
+    /// the header (kind, warm-up flag, checksum) in front, the state moved on. With
+    /// `repeated` (the session's own buffer, whose payload changes only in the sequence
+    /// number) the checksum is derived from the 8 bytes that changed; without it (a slot
+    /// lent by the ring, holding whatever it holds) it is computed over the whole payload.
+    fn seal_timed(&mut self, frame: &mut [u8], repeated: Option<&Repeated>) -> Result<Kind> {
         if self.seq == self.warmup {
             // The timed part starts with the first frame after the warm-up.
             self.t0 = now_ns();
@@ -286,9 +296,15 @@ impl WriterSession {
             flags,
             nonce: self.nonce,
             seq: self.seq,
-            sent_ns: now_ns(),
+            sent_ns: self.pong_at.take().unwrap_or_else(now_ns),
         };
-        let header = encode_header(fields, &frame[HEADER_LEN..])?;
+        let payload = &frame[HEADER_LEN..];
+        let header = match repeated {
+            Some(r) if flags & FLAG_HEADER_SUM == 0 => {
+                encode_header_with(fields, payload.len(), |prefix| r.checksum(prefix, payload))?
+            }
+            _ => encode_header(fields, payload)?,
+        };
         frame[..HEADER_LEN].copy_from_slice(&header);
         self.last_seq = self.seq;
         self.data_sent = true;
@@ -354,7 +370,8 @@ impl WriterSession {
     }
 
     /// Pingpong: the Pong that came back. It must answer the Ping just sent (same seq and
-    /// session) and carry its payload back. The round trip is measured here.
+    /// session) and carry its payload back. The round trip is measured here, from the
+    /// Ping's send time, which is when the Pong before it arrived (one clock read per trip).
     pub fn answer(&mut self, pong: &Header, payload: &[u8]) -> Result<()> {
         let now = now_ns();
         let (seq, nonce, size) = (self.seq, self.nonce, self.size);
@@ -372,8 +389,7 @@ impl WriterSession {
                 pong.nonce
             );
         }
-        let n = size.min(8);
-        if payload.len() != size || payload[..n] != seq.to_le_bytes()[..n] {
+        if payload.len() != size || !super::carries_seq(payload, seq) {
             bail!(
                 "Pong seq {seq} does not carry the payload that was sent ({} bytes back, {size} sent)",
                 payload.len()
@@ -382,6 +398,8 @@ impl WriterSession {
         if seq >= self.warmup {
             self.rtt.record(now.saturating_sub(pong.sent_ns));
         }
+        // The next Ping's send time, unless the timed part starts with it (then its own).
+        self.pong_at = (seq + 1 != self.warmup).then_some(now);
         self.awaiting = false;
         self.seq += 1;
         Ok(())

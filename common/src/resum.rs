@@ -1,0 +1,188 @@
+//! Checksums a sender derives instead of re-reading the payload.
+//!
+//! Every receiver checks a frame's CRC-32C over every byte it received: that is the
+//! integrity check, and nothing here changes it. A *sender* often knows more: a timed
+//! Data or Ping frame repeats one payload buffer with only its first 8 bytes (the sequence
+//! number) changed, and a Pong repeats its Ping with only the header's kind byte changed.
+//! A CRC is affine over GF(2): for messages of equal length, `crc(A) ^ crc(B)` depends only
+//! on `A ^ B`. So the sender computes the new checksum from one it already has and the few
+//! bytes that changed, in nanoseconds, instead of reading `--size` bytes again (at 64 KiB
+//! and more that pass costs as much as the copy itself). The frame carries exactly the
+//! checksum a full computation gives; the tests check both ways against each other.
+//!
+//! - [`Shift`]: "this CRC, followed by `n` more bytes": `crc(X || Y)` is
+//!   `shift_|Y|(crc(X)) ^ crc(Y)` for CRC-32C, whose initial value and final XOR are equal.
+//!   `shift` is linear in the CRC value, so it is four table lookups once built for one
+//!   length. [`Repeated`] uses it for a payload whose tail never changes.
+//! - [`pong_delta`]: what a Ping's checksum is XORed with to become its Pong's.
+
+use crate::frame::{checksum, checksum_combine, Kind, CHECKSUM_AT};
+
+/// The linear map "a CRC-32C value, followed by `n` more bytes": for any `X` and any `Y`
+/// of `n` bytes, `crc(X || Y) == shift.apply(crc(X)) ^ crc(Y)`.
+#[derive(Clone, Debug)]
+pub struct Shift {
+    n: usize,
+    /// `table[k][b]`: the image of byte value `b` in byte `k` of the CRC.
+    table: Box<[[u32; 256]; 4]>,
+}
+
+impl Shift {
+    /// The map for `n` following bytes: 32 combinations (one per bit of a CRC value), then
+    /// tables of 4 x 256 entries. Built once per length, in microseconds.
+    pub fn new(n: usize) -> Shift {
+        // The image of each bit of a CRC value: combine(c1, c2, n) is shift(c1) ^ c2.
+        let column: [u32; 32] = std::array::from_fn(|i| checksum_combine(1 << i, 0, n));
+        let mut table = Box::new([[0u32; 256]; 4]);
+        for (k, t) in table.iter_mut().enumerate() {
+            for (b, slot) in t.iter_mut().enumerate() {
+                *slot = (0..8)
+                    .filter(|j| b & (1 << j) != 0)
+                    .fold(0, |acc, j| acc ^ column[8 * k + j]);
+            }
+        }
+        Shift { n, table }
+    }
+
+    /// How many bytes this map skips.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Never true for a useful map, but clippy asks for it beside `len`.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// `crc` followed by `n` bytes of a message whose own CRC is then XORed in.
+    pub fn apply(&self, crc: u32) -> u32 {
+        let t = &self.table;
+        t[0][(crc & 0xff) as usize]
+            ^ t[1][((crc >> 8) & 0xff) as usize]
+            ^ t[2][((crc >> 16) & 0xff) as usize]
+            ^ t[3][(crc >> 24) as usize]
+    }
+}
+
+/// A payload sent again and again with only its first `head` bytes changed: the checksum
+/// of "header prefix, then this payload" from the prefix and those bytes alone.
+#[derive(Clone, Debug)]
+pub struct Repeated {
+    head: usize,
+    /// CRC of `payload[head..]`, which never changes.
+    tail_crc: u32,
+    /// Shift over `payload.len() - head` bytes.
+    shift: Shift,
+}
+
+impl Repeated {
+    /// For `payload`, whose bytes from `head` on stay as they are now.
+    pub fn new(payload: &[u8], head: usize) -> Repeated {
+        let head = head.min(payload.len());
+        let tail = &payload[head..];
+        Repeated {
+            head,
+            tail_crc: checksum(&[], tail),
+            shift: Shift::new(tail.len()),
+        }
+    }
+
+    /// The payload length this was built for.
+    pub fn payload_len(&self) -> usize {
+        self.head + self.shift.len()
+    }
+
+    /// `checksum(prefix, payload)`, reading only `payload[..head]`: the caller guarantees
+    /// that the rest is what [`Repeated::new`] saw (the session owns the buffer).
+    pub fn checksum(&self, prefix: &[u8], payload: &[u8]) -> u32 {
+        debug_assert_eq!(payload.len(), self.payload_len());
+        let front = checksum(prefix, &payload[..self.head]);
+        self.shift.apply(front) ^ self.tail_crc
+    }
+}
+
+/// What a Ping's checksum is XORed with to be the checksum of its Pong, for a payload of
+/// `payload_len` bytes: the two frames differ only in the kind byte of the header (the
+/// Pong carries the Ping's flags, nonce, sequence, send time, length and payload), so the
+/// difference of their CRCs depends on the length alone. Computed here from two frames
+/// of zeros that differ the same way (one pass over `payload_len` bytes, once per length).
+pub fn pong_delta(payload_len: usize) -> u32 {
+    let mut prefix = [0u8; CHECKSUM_AT];
+    let zeros = vec![0u8; payload_len];
+    prefix[5] = Kind::Ping as u8;
+    let ping = checksum(&prefix, &zeros);
+    prefix[5] = Kind::Pong as u8;
+    ping ^ checksum(&prefix, &zeros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_header, Fields};
+    use proptest::prelude::*;
+
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn shift_joins_two_crcs(a in 0usize..300, b in 0usize..5000, seed: u64) {
+            let x = bytes(a, seed);
+            let y = bytes(b, seed ^ 0x9e37);
+            let joined = [&x[..], &y[..]].concat();
+            prop_assert_eq!(
+                Shift::new(b).apply(checksum(&[], &x)) ^ checksum(&[], &y),
+                checksum(&[], &joined)
+            );
+        }
+
+        #[test]
+        fn a_repeated_payload_sums_as_a_full_pass_does(
+            len in 0usize..20_000, head in 0usize..16, seq: u64, seed: u64
+        ) {
+            let mut payload = bytes(len, seed);
+            let r = Repeated::new(&payload, head);
+            let n = head.min(len);
+            payload[..n].copy_from_slice(&seq.to_le_bytes().repeat(2)[..n]);
+            let prefix = bytes(CHECKSUM_AT, seq);
+            prop_assert_eq!(r.checksum(&prefix, &payload), checksum(&prefix, &payload));
+        }
+
+        #[test]
+        fn a_pong_checksum_is_its_pings_xor_the_delta(
+            len in 0usize..20_000, seq: u64, sent: u64, nonce: u64, warm: bool, seed: u64
+        ) {
+            let payload = bytes(len, seed);
+            let f = |kind| Fields {
+                kind,
+                flags: u16::from(warm),
+                nonce,
+                seq,
+                sent_ns: sent,
+            };
+            let ping = encode_header(f(Kind::Ping), &payload).unwrap();
+            let pong = encode_header(f(Kind::Pong), &payload).unwrap();
+            let sum = |h: &[u8; 40]| u32::from_le_bytes(h[36..40].try_into().unwrap());
+            prop_assert_eq!(sum(&ping) ^ pong_delta(len), sum(&pong));
+        }
+    }
+
+    #[test]
+    fn large_lengths_too() {
+        for len in [65_536usize, 1 << 20] {
+            let payload = bytes(len, 5);
+            let r = Repeated::new(&payload, 8);
+            let prefix = bytes(CHECKSUM_AT, 1);
+            assert_eq!(r.checksum(&prefix, &payload), checksum(&prefix, &payload));
+        }
+    }
+}
