@@ -108,6 +108,12 @@ unsafe fn copy(src: *const u8, dst: *mut u8, size: usize) {
     unsafe { std::ptr::copy_nonoverlapping(src, dst, size) }
 }
 
+/// The `size` bytes of `raw` (which holds `size + 64`) that start on a 64-byte boundary.
+fn on_a_line(raw: &mut [u8], size: usize) -> &mut [u8] {
+    let start = (64 - raw.as_ptr() as usize % 64) % 64;
+    &mut raw[start..start + size]
+}
+
 /// Runs the pingpong or stream loop of `spec`.
 pub fn run(spec: &Spec) -> Result<Bare> {
     let size = spec.size;
@@ -135,9 +141,12 @@ pub fn run(spec: &Spec) -> Result<Bare> {
         waiters: region.u32_at(TAIL_WAITERS),
         wait: spec.wait,
     };
-    // Private buffers: the parent's message and the child's copy of it.
-    let mine = vec![FILL; size];
-    let mut theirs = vec![0u8; size];
+    // Private buffers: the parent's message and the child's copy of it, each starting on
+    // a cache line (as the slots do), so every copy is at a distance that is a multiple of
+    // 64 bytes: the fast case of `rep movsb` (see common::align for the slow ones).
+    let (mut mine_raw, mut theirs_raw) = (vec![FILL; size + 64], vec![0u8; size + 64]);
+    let mine = on_a_line(&mut mine_raw, size);
+    let theirs = on_a_line(&mut theirs_raw, size);
     let how = match spec.wait {
         Wait::Spin => "spinning",
         Wait::Block => "futex waits",
@@ -149,7 +158,6 @@ pub fn run(spec: &Spec) -> Result<Bare> {
         Ok(())
     };
     if spec.mode == Mode::Pingpong {
-        let mut mine = mine;
         let (a, b) = (slot(0), slot(1));
         pingpong(
             spec,
@@ -194,7 +202,7 @@ pub fn run(spec: &Spec) -> Result<Bare> {
                     unsafe { copy(slot(((i - 1) % SLOTS) as usize), theirs.as_mut_ptr(), size) };
                     // The copy goes to a buffer nobody reads: keep the compiler from
                     // dropping it.
-                    std::hint::black_box(&mut theirs);
+                    std::hint::black_box(&mut *theirs);
                     tail.publish(i as u32);
                 }
                 check(&theirs)
