@@ -158,8 +158,9 @@ impl WriterSession {
 
     /// What to do next; a frame to send is built in `buf`.
     ///
-    /// The clock is read here: `sent_ns` of each frame, and the start of the timed part
-    /// when the first frame after the warm-up is built.
+    /// The clock is read here: `sent_ns` of each frame (in pingpong, the clock read that
+    /// timed the previous Pong), and the start of the timed part when the first frame after
+    /// the warm-up is built.
     pub fn next<'b>(&mut self, buf: &'b mut FrameBuf) -> Result<Next<'b>> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Hello => {
