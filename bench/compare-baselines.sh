@@ -139,25 +139,21 @@ for rep in $(seq "$reps"); do
   pair "shm spin stream 64 KiB" shm-writer shm-reader "" --name cmp-s3 --wait spin --mode stream --count 200000 --size 64K
   pair "mmap tmpfs adaptive stream 64 KiB" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp3.map" --mode stream --count 200000 --size 64K
   pair "shm adaptive stream 64 KiB" shm-writer shm-reader "" --name cmp-s4 --mode stream --count 200000 --size 64K
-  # Copying and zero-copy rings against the bare copy loop, by size (spin waits). 1 MiB
-  # frames get a 16 MiB ring: in 4 MiB only 3 fit, so the writer re-reads the reader's
-  # index (a cache miss) for every other frame, and one in three needs a pad.
+  # Copying and zero-copy rings against the bare copy loop, by size (spin waits).
   for size in 4K 64K 1M; do
     n=$([ "$size" = 1M ] && echo 2000 || echo 20000)
-    cap=$([ "$size" = 1M ] && echo 16M || echo 4M)
     bare shm-copy pingpong "$size" "$n"
     c shm_copy pingpong "$size" "$n"
-    pair "shm spin pingpong $size" shm-writer shm-reader "" --name cmp-z1 --wait spin --capacity "$cap" --mode pingpong --count "$n" --size "$size"
-    pair "shm spin pingpong $size --zero-copy" shm-writer shm-reader "--zero-copy" --name cmp-z2 --wait spin --capacity "$cap" --mode pingpong --count "$n" --size "$size"
-    pair "shm spin pingpong $size --zero-copy --verify seq" shm-writer shm-reader "--zero-copy --verify seq" --name cmp-z3 --wait spin --capacity "$cap" --mode pingpong --count "$n" --size "$size"
+    pair "shm spin pingpong $size" shm-writer shm-reader "" --name cmp-z1 --wait spin --capacity 4M --mode pingpong --count "$n" --size "$size"
+    pair "shm spin pingpong $size --zero-copy" shm-writer shm-reader "--zero-copy" --name cmp-z2 --wait spin --capacity 4M --mode pingpong --count "$n" --size "$size"
+    pair "shm spin pingpong $size --zero-copy --verify seq" shm-writer shm-reader "--zero-copy --verify seq" --name cmp-z3 --wait spin --capacity 4M --mode pingpong --count "$n" --size "$size"
   done
   pair "shm spin pingpong 64 B --zero-copy --verify seq" shm-writer shm-reader "--zero-copy --verify seq" --name cmp-z4 --wait spin --mode pingpong --count 500000
   for size in 4K 1M; do
     n=$([ "$size" = 1M ] && echo 4000 || echo 200000)
     bare shm-copy stream "$size" "$n"
     c shm_copy stream "$size" "$n"
-    cap=$([ "$size" = 1M ] && echo 16M || echo 4M)
-    pair "shm spin stream $size" shm-writer shm-reader "" --name cmp-z5 --wait spin --capacity "$cap" --mode stream --count "$n" --size "$size"
+    pair "shm spin stream $size" shm-writer shm-reader "" --name cmp-z5 --wait spin --capacity 4M --mode stream --count "$n" --size "$size"
   done
   pair "shm spin stream 64 KiB --zero-copy" shm-writer shm-reader "--zero-copy" --name cmp-z6 --wait spin --mode stream --count 200000 --size 64K
 done

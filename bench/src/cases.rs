@@ -313,10 +313,8 @@ impl Plan<'_> {
 
     /// shm and mmap: the shared ring, over each backing and each wait strategy.
     fn ring(&self) -> Vec<Case> {
-        // The ring holds 16 frames (at least 1 MiB): with only a few, the writer re-reads
-        // the reader's index (a cache miss) for every other frame and one in three needs a
-        // pad; the 1 MiB zero-copy round trip took twice as long in a 4 MiB ring.
-        let capacity = (16 * self.size).next_power_of_two().max(1 << 20);
+        // The ring needs room for two of the largest frames: 1 MiB or 4x the message.
+        let capacity = (4 * self.size).next_power_of_two().max(1 << 20);
         let backings: Vec<(&str, Vec<String>)> = if self.mechanism == "shm" {
             vec![("posix", vec![]), ("sysv", vec!["--sysv".into()])]
         } else {

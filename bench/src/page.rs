@@ -216,13 +216,12 @@ pub(crate) fn ratio_notes(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> Str
                     )
                 }
             };
-            // The pairs' rings hold 16 frames or 1 MiB (cases.rs): more than the bare
-            // ring's 8 messages.
-            if r.bare == "shm-copy block" && r.mode == "stream" {
+            // The pairs' rings hold 1 MiB (cases.rs): more than the bare ring's 8 messages
+            // below 128 KiB.
+            if r.bare == "shm-copy block" && r.mode == "stream" && r.size_bytes * 8 < 1 << 20 {
                 why.push_str(
-                    "; the bare ring holds 8 messages and the pair's at least 16, so with \
-                     blocking waits the bare loop sleeps and wakes more often (see \
-                     bench/src/bare/shm_copy.rs)",
+                    "; the bare ring holds 8 messages and the pair's 1 MiB, so with blocking \
+                     waits the bare loop sleeps and wakes more often (see bench/src/bare/shm_copy.rs)",
                 );
             }
             let _ = writeln!(
