@@ -28,6 +28,8 @@
 
 use std::fmt;
 
+pub use crate::checksum::{checksum, checksum_combine, wide_folding, Summer};
+
 /// `b"IPCS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"IPCS");
 /// Version of this layout. Bump it when a field changes meaning. Version 2 added the Hello
@@ -286,107 +288,6 @@ pub fn parse_end(payload: &[u8]) -> Option<(u64, u64)> {
     let bytes: [u8; 8] = payload.get(8..16)?.try_into().ok()?;
     (payload.len() == END_PAYLOAD_LEN)
         .then(|| (u64::from_le_bytes(count), u64::from_le_bytes(bytes)))
-}
-
-/// CRC-32C (Castagnoli) of the header prefix followed by the payload.
-///
-/// Two implementations compute the same standard CRC-32C, and the faster one for the CPU
-/// is used (the tests check both against each other):
-/// - the `crc-fast` crate folds 64 bytes at a time with carry-less multiplication: with
-///   AVX-512 and VPCLMULQDQ ([`wide_folding`]) it is the fastest at every size (measured
-///   on the development machine's AMD EPYC: 6.6 GB/s at 64 B, 54 GB/s at 64 KiB, against
-///   5.4 and 24 GB/s for `crc32`);
-/// - the `crc32c` crate uses the SSE 4.2 / ARMv8 `crc32` instruction, three streams at
-///   once; on CPUs without AVX-512 it is the faster of the two at every size (3.7 against
-///   2.4 GB/s at 64 B, 21 against 17 GB/s at 64 KiB on such a CPU of this project's fleet),
-///   and every x86-64 CPU of the last fifteen years has it.
-///
-/// `cargo run --release -p common --example checksum_speed` prints both on the machine at
-/// hand and the choice made here.
-pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
-    if wide_folding() {
-        let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        d.update(header_prefix);
-        d.update(payload);
-        // A 32-bit CRC's value always fits in the low 32 bits of the u64 it is returned in.
-        d.finalize() as u32
-    } else {
-        crc32c::crc32c_append(crc32c::crc32c(header_prefix), payload)
-    }
-}
-
-/// [`checksum`] computed piece by piece: the header's first 36 bytes, then the payload in
-/// as many pieces as it comes in. The shared ring's consumer sums each piece of a large
-/// frame right after copying it, while it is still in the L1 cache.
-pub struct Summer(SumState);
-
-// The Digest (about 300 bytes) stays on the stack for one frame: boxing it would allocate
-// for every large frame taken.
-#[allow(clippy::large_enum_variant)]
-enum SumState {
-    Folding(crc_fast::Digest),
-    Crc32(u32),
-}
-
-impl Summer {
-    /// A sum begun with the header's first 36 bytes.
-    pub fn new(header_prefix: &[u8]) -> Summer {
-        if wide_folding() {
-            let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-            d.update(header_prefix);
-            Summer(SumState::Folding(d))
-        } else {
-            Summer(SumState::Crc32(crc32c::crc32c(header_prefix)))
-        }
-    }
-
-    /// Adds the next bytes of the payload.
-    pub fn update(&mut self, bytes: &[u8]) {
-        match &mut self.0 {
-            SumState::Folding(d) => d.update(bytes),
-            SumState::Crc32(c) => *c = crc32c::crc32c_append(*c, bytes),
-        }
-    }
-
-    /// The CRC-32C of everything added.
-    pub fn finish(self) -> u32 {
-        match self.0 {
-            // A 32-bit CRC's value always fits in the low 32 bits of the u64 it is returned in.
-            SumState::Folding(d) => d.finalize() as u32,
-            SumState::Crc32(c) => c,
-        }
-    }
-}
-
-/// The CRC-32C of `A || B` from `crc(A)`, `crc(B)` and `B`'s length, without the bytes
-/// (by either implementation, as [`checksum`] chooses; used by [`crate::resum`]).
-pub fn checksum_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
-    if wide_folding() {
-        let c = crc_fast::checksum_combine(
-            crc_fast::CrcAlgorithm::Crc32Iscsi,
-            crc_a.into(),
-            crc_b.into(),
-            len_b as u64,
-        );
-        c as u32
-    } else {
-        crc32c::crc32c_combine(crc_a, crc_b, len_b)
-    }
-}
-
-/// Whether this CPU folds 512 bits at a time: AVX-512F and VPCLMULQDQ (checked once; the
-/// standard library caches the CPUID answer). Then `crc-fast` computes the checksum,
-/// otherwise `crc32c`.
-pub fn wide_folding() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("vpclmulqdq")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// Decodes and checks a header, without the payload's checksum (which needs the payload).

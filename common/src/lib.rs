@@ -8,8 +8,9 @@
 //!
 //! | module       | what it holds                                                                |
 //! |--------------|------------------------------------------------------------------------------|
+//! | [`checksum`] | CRC-32C of a frame: crc-fast or crc32c as the CPU suits, piecewise, combined |
 //! | [`frame`]    | the 40-byte header, encoder, total decoder, the stream `Reassembler`         |
-//! | [`resum`]    | checksums a sender derives (repeated payloads, Pongs) instead of re-reading |
+//! | [`resum`]    | checksums a sender derives (repeated payloads, Pongs), not re-reading      |
 //! | [`setup`]    | who runs: role, mechanism, flavour, wait strategy, the flags                 |
 //! | [`session`]  | text, stream and pingpong as state machines that do no I/O; verification     |
 //! | [`stream`]   | byte streams: `writev` of a frame, `read` into the reassembler, pipe sizes   |
@@ -28,6 +29,7 @@
 //! moves the messages), then [`session`] (what the frames say and how they are checked).
 
 pub mod align;
+pub mod checksum;
 pub mod cleanup;
 pub mod cli;
 pub mod frame;

@@ -173,7 +173,7 @@ pub fn run(spec: &Spec) -> Result<Bare> {
                 }
                 tail.publish(i as u32);
                 if i == spec.warmup() + spec.count {
-                    check(&theirs)?;
+                    check(theirs)?;
                 }
                 Ok(())
             },
@@ -205,7 +205,7 @@ pub fn run(spec: &Spec) -> Result<Bare> {
                     std::hint::black_box(&mut *theirs);
                     tail.publish(i as u32);
                 }
-                check(&theirs)
+                check(theirs)
             },
             |i| {
                 tail.wait_until(|v| u64::from(v) + SLOTS >= i);
