@@ -30,14 +30,7 @@ fn hostile_producer_index_beyond_capacity() {
 
 #[test]
 fn hostile_producer_index_going_back() {
-    let (r, base) = region(4096);
-    r.initialize(Role::Writer, 1);
-    let mut p = r
-        .producer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
-    let mut c = r
-        .consumer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
+    let (_r, base, mut p, mut c) = spin_ends(4096);
     p.send(&hdr(Kind::Data, 0, b"a"), b"a").unwrap();
     p.send(&hdr(Kind::Data, 1, b"b"), b"b").unwrap();
     c.recv().unwrap();
@@ -113,14 +106,7 @@ fn hostile_bad_magic_and_capacity() {
 
 #[test]
 fn hostile_huge_frame_length() {
-    let (r, base) = region(4096);
-    r.initialize(Role::Writer, 1);
-    let mut p = r
-        .producer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
-    let mut c = r
-        .consumer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
+    let (_r, base, mut p, mut c) = spin_ends(4096);
     p.send(&hdr(Kind::Data, 0, b"hi"), b"hi").unwrap();
     // Overwrite the frame's length field (header offset 32) with 1 GiB.
     let len_at = offsets::data(0, 4096) + STAMP_LEN + 32;
@@ -136,14 +122,7 @@ fn hostile_huge_frame_length() {
 
 #[test]
 fn hostile_length_beyond_published_and_bad_checksum() {
-    let (r, base) = region(4096);
-    r.initialize(Role::Writer, 1);
-    let mut p = r
-        .producer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
-    let mut c = r
-        .consumer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
+    let (_r, base, mut p, mut c) = spin_ends(4096);
     p.send(&hdr(Kind::Data, 0, b"hi"), b"hi").unwrap();
     let len_at = offsets::data(0, 4096) + STAMP_LEN + 32;
     // SAFETY: inside the data area; nobody reads concurrently.
@@ -151,14 +130,7 @@ fn hostile_length_beyond_published_and_bad_checksum() {
     let e = c.recv().unwrap_err().to_string();
     assert!(e.contains("only 64 are published"), "{e}");
 
-    let (r, base) = region(4096);
-    r.initialize(Role::Writer, 1);
-    let mut p = r
-        .producer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
-    let mut c = r
-        .consumer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
+    let (_r, base, mut p, mut c) = spin_ends(4096);
     p.send(&hdr(Kind::Data, 0, b"hi"), b"hi").unwrap();
     // SAFETY: inside the data area (the payload's first byte).
     unsafe { *base.add(offsets::data(0, 4096) + STAMP_LEN + HEADER_LEN) = b'X' };

@@ -39,6 +39,20 @@ fn region(cap: usize) -> (Region, *mut u8) {
     (r, ptr)
 }
 
+/// An initialized region of `cap` bytes per direction with the spinning producer and
+/// consumer of ring 0, both in this process: the start of most single-ring tests.
+fn spin_ends(cap: usize) -> (Region, *mut u8, Producer, Consumer) {
+    let (r, base) = region(cap);
+    r.initialize(Role::Writer, 1);
+    let p = r
+        .producer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    let c = r
+        .consumer(Direction::WriterToReader, opts(Wait::Spin))
+        .unwrap();
+    (r, base, p, c)
+}
+
 fn opts(wait: Wait) -> EndOpts {
     EndOpts {
         wait,

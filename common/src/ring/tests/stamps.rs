@@ -36,14 +36,7 @@ fn a_spinning_consumer_polls_the_stamp_not_the_index() {
 /// start, after a pad stamp, and arrives whole.
 #[test]
 fn a_record_that_does_not_fit_before_the_end_goes_after_a_pad() {
-    let (r, base) = region(4096);
-    r.initialize(Role::Writer, 1);
-    let mut p = r
-        .producer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
-    let mut c = r
-        .consumer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
+    let (_r, base, mut p, mut c) = spin_ends(4096);
     // 3 records of 1024 bytes fill [0, 3072); a fourth of 1536 does not fit in [3072, 4096).
     for seq in 0..3 {
         let d = payload(seq, 1024 - 48);
@@ -76,14 +69,7 @@ fn a_record_that_does_not_fit_before_the_end_goes_after_a_pad() {
 /// and the record stays the consumer's (the producer cannot reuse it) until released.
 #[test]
 fn a_frame_built_in_place_is_read_in_place_and_lent_until_released() {
-    let (r, _) = region(4096);
-    r.initialize(Role::Writer, 1);
-    let mut p = r
-        .producer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
-    let mut c = r
-        .consumer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
+    let (_r, _, mut p, mut c) = spin_ends(4096);
     let size = 2000; // the largest: a 2048-byte record, half the area
     let build = |p: &mut Producer, seq: u64| {
         let slot = p.reserve(size).unwrap();
@@ -190,14 +176,7 @@ fn a_full_ring_wait_is_counted_and_reported() {
 /// The non-waiting in-place receive: nothing published, nothing lent; a frame, lent.
 #[test]
 fn try_recv_in_place_lends_only_what_is_published() {
-    let (r, _) = region(4096);
-    r.initialize(Role::Writer, 1);
-    let mut p = r
-        .producer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
-    let mut c = r
-        .consumer(Direction::WriterToReader, opts(Wait::Spin))
-        .unwrap();
+    let (_r, _, mut p, mut c) = spin_ends(4096);
     assert!(c.try_recv_in_place().unwrap().is_none());
     p.send(&hdr(Kind::Data, 0, b"in place"), b"in place")
         .unwrap();
@@ -220,14 +199,7 @@ fn a_large_frame_is_taken_and_checked_in_pieces() {
         Some(super::spsc::consumer::COPY_PIECE + 7),
         Some(len - 1),
     ] {
-        let (r, base) = region(cap);
-        r.initialize(Role::Writer, 1);
-        let mut p = r
-            .producer(Direction::WriterToReader, opts(Wait::Spin))
-            .unwrap();
-        let mut c = r
-            .consumer(Direction::WriterToReader, opts(Wait::Spin))
-            .unwrap();
+        let (_r, base, mut p, mut c) = spin_ends(cap);
         let d = payload(0, len);
         let slot = p.reserve(len).unwrap();
         p.copy_in(&slot, &hdr(Kind::Data, 0, &d), &d).unwrap();
