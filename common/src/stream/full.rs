@@ -165,6 +165,40 @@ mod tests {
         eagain: usize,
     }
 
+    /// A pipe of one page (4096 bytes): the read end, and the write end counting its calls.
+    fn one_page_pipe() -> (std::os::fd::OwnedFd, Counting) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        set_capacity(w.as_fd(), 4096).unwrap();
+        let w = Counting {
+            pipe: File::from(w),
+            calls: 0,
+            eagain: 0,
+        };
+        (r, w)
+    }
+
+    /// The header of Data frame 0 carrying `payload`.
+    fn data_header(payload: &[u8]) -> [u8; HEADER_LEN] {
+        let f = Fields {
+            kind: Kind::Data,
+            flags: 0,
+            nonce: 1,
+            seq: 0,
+            sent_ns: 0,
+        };
+        encode_header(f, payload).unwrap()
+    }
+
+    /// That frame as a writer session hands it out: header and payload in two pieces.
+    fn data_frame<'a>(header: &'a [u8; HEADER_LEN], payload: &'a [u8]) -> Outgoing<'a> {
+        Outgoing {
+            kind: Kind::Data,
+            header,
+            payload,
+            whole: None,
+        }
+    }
+
     impl Write for Counting {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.write_vectored(&[IoSlice::new(buf)])
@@ -190,30 +224,12 @@ mod tests {
 
     #[test]
     fn a_short_write_is_a_full_pipe_waited_for_without_asking_again() {
-        let (r, w) = nix::unistd::pipe().unwrap();
         // One page: a 64 KiB frame fills it sixteen times over.
-        set_capacity(w.as_fd(), 4096).unwrap();
-        let mut w = Counting {
-            pipe: File::from(w),
-            calls: 0,
-            eagain: 0,
-        };
+        let (r, mut w) = one_page_pipe();
         let mut full = FullWatch::new(w.as_fd(), "pipe", "P6").unwrap();
         let payload = vec![7u8; 65536];
-        let f = Fields {
-            kind: Kind::Data,
-            flags: 0,
-            nonce: 1,
-            seq: 0,
-            sent_ns: 0,
-        };
-        let header = encode_header(f, &payload).unwrap();
-        let frame = Outgoing {
-            kind: Kind::Data,
-            header: &header,
-            payload: &payload,
-            whole: None,
-        };
+        let header = data_header(&payload);
+        let frame = data_frame(&header, &payload);
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             File::from(r).read_to_end(&mut got).unwrap();
@@ -251,31 +267,13 @@ mod tests {
 
     #[test]
     fn no_room_at_all_is_eagain_then_poll_and_a_gone_reader_is_epipe() {
-        let (r, w) = nix::unistd::pipe().unwrap();
-        set_capacity(w.as_fd(), 4096).unwrap();
-        let mut w = Counting {
-            pipe: File::from(w),
-            calls: 0,
-            eagain: 0,
-        };
+        let (r, mut w) = one_page_pipe();
         let mut full = FullWatch::new(w.as_fd(), "pipe", "P6").unwrap();
         // Fill the pipe to the brim first.
         w.pipe.write_all(&[1u8; 4096]).unwrap();
         let payload = [2u8; 64];
-        let f = Fields {
-            kind: Kind::Data,
-            flags: 0,
-            nonce: 1,
-            seq: 0,
-            sent_ns: 0,
-        };
-        let header = encode_header(f, &payload).unwrap();
-        let frame = Outgoing {
-            kind: Kind::Data,
-            header: &header,
-            payload: &payload,
-            whole: None,
-        };
+        let header = data_header(&payload);
+        let frame = data_frame(&header, &payload);
         // The reader leaves while the writer waits: poll wakes (POLLERR), the write is EPIPE.
         let reader = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
