@@ -2,6 +2,9 @@
 //! implementation that is faster on the CPU at hand ([`checksum`]), piece by piece
 //! ([`Summer`]), and combined from two parts without their bytes ([`checksum_combine`]).
 //! [`crate::frame`] re-exports all four; [`crate::resum`] builds on the combination.
+//! [`Summer::copy_from`] copies and sums in one pass where that is faster ([`copying`]).
+
+pub mod copying;
 
 /// CRC-32C (Castagnoli) of the header prefix followed by the payload.
 ///
@@ -60,6 +63,30 @@ impl Summer {
         match &mut self.0 {
             SumState::Folding(d) => d.update(bytes),
             SumState::Crc32(c) => *c = crc32c::crc32c_append(*c, bytes),
+        }
+    }
+
+    /// Copies `dst.len()` bytes from `src` into `dst` and adds them, as
+    /// `copy_nonoverlapping` then [`Summer::update`] of `dst` would. Without AVX-512 (where
+    /// the sum is the `crc32` instruction) both happen in one pass over the bytes
+    /// ([`copying`]: 1.1-1.3x faster on one core from 4 KiB to 1 MiB on the development
+    /// machine, 1.45x in the shared ring's 64 KiB and 1 MiB streams);
+    /// with it, `crc-fast`'s folding is fast enough that the copy comes first.
+    /// What is summed is what `dst` holds, even if `src` changes meanwhile.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `dst.len()` bytes and must not overlap `dst`.
+    pub unsafe fn copy_from(&mut self, src: *const u8, dst: &mut [u8]) {
+        match &mut self.0 {
+            SumState::Crc32(c) if copying::available() => {
+                // SAFETY: the caller's contract; the CPU has the instructions (available()).
+                *c = unsafe { copying::copy_append(*c, src, dst) }
+            }
+            _ => {
+                // SAFETY: the caller's contract.
+                unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+                self.update(dst);
+            }
         }
     }
 
@@ -146,6 +173,23 @@ mod tests {
             let mut s = Summer::new(&prefix);
             payload.chunks(piece).for_each(|c| s.update(c));
             assert_eq!(s.finish(), checksum(&prefix, &payload), "pieces of {piece}");
+        }
+    }
+
+    /// A sum copied in pieces equals the one-call checksum, and the copy is the payload.
+    #[test]
+    fn a_sum_copied_in_pieces_is_the_same_sum() {
+        let prefix = bytes(36);
+        let payload = bytes(100_003);
+        for piece in [1usize, 63, 4096, 16 << 10, 1 << 20] {
+            let mut s = Summer::new(&prefix);
+            let mut copy = vec![0u8; payload.len()];
+            for (from, to) in payload.chunks(piece).zip(copy.chunks_mut(piece)) {
+                // SAFETY: `from` holds to.len() bytes; the two are different vectors.
+                unsafe { s.copy_from(from.as_ptr(), to) };
+            }
+            assert_eq!(s.finish(), checksum(&prefix, &payload), "pieces of {piece}");
+            assert_eq!(copy, payload, "the copy in pieces of {piece}");
         }
     }
 }

@@ -15,9 +15,14 @@ use crate::ring::{Direction, RingError, Wait};
 
 use super::stamp_at;
 
-/// How much of a large frame the consumer copies out before summing it: small enough to
-/// stay in any L1 data cache (32 KiB or more) with room for the source lines.
+/// How much of a frame the consumer copies out at a time. Where it sums in the same pass
+/// ([`Summer::copy_from`]) the size hardly matters; where it sums right after the copy,
+/// the piece must stay in any L1 data cache (32 KiB or more) with room for the source lines.
 pub(crate) const COPY_PIECE: usize = 16 << 10;
+
+/// Frames with at least this many bytes past their first two cache lines are summed as
+/// they are copied out ([`Summer::copy_from`]); smaller ones are copied, then summed.
+pub(crate) const SUM_AS_COPIED_FROM: usize = 8 << 10;
 
 /// The consuming end of one direction.
 pub struct Consumer {
@@ -302,16 +307,17 @@ impl Consumer {
         let h = self.header_of(at, off, rec)?;
         let total = HEADER_LEN + h.payload_len();
         let mut done = first.min(total);
-        if total <= done + COPY_PIECE {
-            // The rest in one copy (at most COPY_PIECE bytes), then the check.
-            self.copy_out(at, off, done, total)?;
+        if total - done < SUM_AS_COPIED_FROM {
+            // A small frame: the rest in one copy, then the check.
+            self.copy_out(at, off, done, total, None)?;
             // check: the checksum over our private copy (or its header alone, as flagged).
             let (head, payload) = self.buf[..total].split_at(HEADER_LEN);
             frame::verify(&h, head, payload).map_err(|e| self.corrupt(at, &e))?;
         } else {
-            // A large frame: the rest in pieces of COPY_PIECE bytes, each summed right after
-            // its copy while it is still in the L1 cache, so the check reads no byte from
-            // further away.
+            // The rest in pieces of at most COPY_PIECE bytes, each copied and summed in one
+            // pass (or, where the CPU sums faster than it copies, summed right after its
+            // copy while it is still in the L1 cache): the check reads no byte twice from
+            // further away than L1.
             let summed = h.flags & FLAG_HEADER_SUM == 0;
             let mut sum = Summer::new(&self.buf[..CHECKSUM_AT]);
             if summed {
@@ -319,10 +325,7 @@ impl Consumer {
             }
             while done < total {
                 let end = (done + COPY_PIECE).min(total);
-                self.copy_out(at, off, done, end)?;
-                if summed {
-                    sum.update(&self.buf[done..end]);
-                }
+                self.copy_out(at, off, done, end, summed.then_some(&mut sum))?;
                 done = end;
             }
             // check: the checksum over our private copy (or its header alone, as flagged).
@@ -335,9 +338,16 @@ impl Consumer {
     }
 
     /// Copies bytes `from..to` of the frame published at `at` (area offset `off`) into the
-    /// same place of our private buffer; `to` is at most the frame's length as its header,
-    /// already checked against the record, says.
-    fn copy_out(&mut self, at: u64, off: usize, from: usize, to: usize) -> Result<(), RingError> {
+    /// same place of our private buffer, adding them to `sum` if given; `to` is at most the
+    /// frame's length as its header, already checked against the record, says.
+    fn copy_out(
+        &mut self,
+        at: u64,
+        off: usize,
+        from: usize,
+        to: usize,
+        sum: Option<&mut Summer>,
+    ) -> Result<(), RingError> {
         let data = self.region.data(self.d);
         // total <= max_record - 8 <= buf.len(): decode_header limited the payload.
         let Some(dst) = self.buf.get_mut(from..to) else {
@@ -348,13 +358,13 @@ impl Consumer {
         };
         // SAFETY: [off + 8 + from, off + 8 + to) lies inside the area (header_of: off +
         // record_len <= cap, and to <= the frame's length); `dst` is our private buffer.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                data.add(off + STAMP_LEN + from),
-                dst.as_mut_ptr(),
-                to - from,
-            )
-        };
+        let src = unsafe { data.add(off + STAMP_LEN + from) };
+        match sum {
+            // SAFETY: as above: `src` is readable for dst.len() bytes, apart from `dst`.
+            Some(sum) => unsafe { sum.copy_from(src, dst) },
+            // SAFETY: as above.
+            None => unsafe { ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) },
+        }
         Ok(())
     }
 
