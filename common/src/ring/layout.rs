@@ -66,6 +66,9 @@
 //! [`super::spsc::Producer::frame_mut`], [`super::spsc::Consumer::recv_in_place`]). A pad wastes the bytes
 //! to the end of the area, less than one record; a record may take at most half the area
 //! ([`max_record`]), so there is always room for a pad and a record once the area drains.
+//! The producer also pads on purpose: a record of half a MiB or more goes back to offset 0
+//! whenever the ring is empty and it fits before `head`'s offset, so large pingpong frames
+//! reuse bytes that are still in the caches ([`super::spsc::producer::RESTART_FROM`]).
 //!
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -223,3 +223,42 @@ fn a_large_frame_is_taken_and_checked_in_pieces() {
         }
     }
 }
+
+/// A record of `RESTART_FROM` bytes or more goes back to the start of the area when the
+/// ring is empty (the consumer skips the pad before it); while a frame is still in the
+/// ring, the next one follows it.
+#[test]
+fn a_large_record_starts_over_when_the_ring_is_empty() {
+    let cap = 4 << 20;
+    let len = super::spsc::producer::RESTART_FROM as usize;
+    let (_r, base, mut p, mut c) = spin_ends(cap);
+    let area = base.wrapping_add(offsets::data(0, cap) + STAMP_LEN) as usize;
+    let d = payload(0, len);
+    let place = |p: &mut Producer, seq: u64| {
+        let slot = p
+            .reserve(len)
+            .unwrap_or_else(|e| panic!("frame {seq}: {e}"));
+        let off = p.frame_mut(&slot).as_ptr() as usize - area;
+        p.copy_in(&slot, &hdr(Kind::Data, seq, &d), &d).unwrap();
+        p.publish(slot);
+        off
+    };
+    let rec = record_len(len);
+    assert_eq!(place(&mut p, 0), 0);
+    assert_eq!(
+        place(&mut p, 1),
+        rec,
+        "frame 0 is not taken yet: frame 1 follows it"
+    );
+    for seq in 0..2 {
+        assert_eq!(c.recv().unwrap().0.seq, seq);
+    }
+    for seq in 2..4 {
+        assert_eq!(place(&mut p, seq), 0, "frame {seq}, the ring empty");
+        let (h, got) = c.recv().unwrap();
+        assert_eq!((h.seq, got), (seq, &d[..]));
+    }
+    // A small record never goes back: it follows wherever the last one ended.
+    let slot = p.reserve(64).unwrap();
+    assert_eq!(p.frame_mut(&slot).as_ptr() as usize - area, rec);
+}
