@@ -116,12 +116,14 @@ pub fn pong_delta(payload_len: usize) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::frame::{encode_header, Fields};
     use proptest::prelude::*;
 
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    /// `n` pseudo-random bytes from `seed` (xorshift64), the same for the same seed; the
+    /// checksum tests use them too.
+    pub(crate) fn bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {

@@ -223,17 +223,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
-            .collect()
-    }
+    use crate::resum::tests::bytes;
 
     fn copy_checked(crc: u32, src: &[u8]) -> (u32, Vec<u8>) {
         let mut dst = vec![0u8; src.len()];
