@@ -25,19 +25,35 @@ fn died_of_sigbus(d: &util::Done) -> bool {
 
 /// Ring writer: the file is cut to its header page; the next line typed makes the writer
 /// store into a data page that is gone. It dies of SIGBUS saying which file, that it was
-/// cut (its length now and when mapped), and that it removed it; the reader, waiting on
-/// the header page, notices the dead writer and says the file was cut and is removed.
+/// cut (its length now and when mapped), and that it removed it; the reader notices the
+/// dead writer and says the file was cut and is removed.
+///
+/// A waiting reader polls the stamp of its next record, in a data page, each time it
+/// wakes, and checks its peer once per sleep slice: so it is stopped while asleep, kept
+/// stopped through the cut and the writer's death and past its slice, and continued.
+/// Its next act is then the peer check, never a poll of the lost page (which, before this
+/// ordering, a reader slowed by a loaded machine sometimes made first, dying of SIGBUS).
 #[test]
 fn ring_writer_killed_by_sigbus_names_the_file_and_the_reader_says_it_was_cut() {
     let dir = TestDir::new("sigbus_ring_writer");
     let (mut w, mut typing) = dir.spawn_typing(WRITER, &[]);
     w.wait_for("waiting for a reader to open it");
-    let r = dir.spawn(READER, &[], None);
+    let mut r = dir.spawn(READER, &[], None);
     w.wait_for("opened the file and attached");
+    r.wait_for("both sides wait");
+    common::testing::kernel::wait_until_process_blocked_in(
+        r.pid(),
+        &[libc::SYS_futex],
+        "the reader waiting for the writer's first line",
+    );
+    r.signal(Signal::SIGSTOP);
+    wait_stopped(r.pid());
     cut(&dir.file(), 4096);
     typing.write_all(b"into a page that is gone\n").unwrap();
     let w = w.wait_within(Duration::from_secs(10));
     drop(typing);
+    std::thread::sleep(common::ring::SLEEP_SLICE + Duration::from_millis(50));
+    r.signal(Signal::SIGCONT);
     let r = r.wait_within(Duration::from_secs(10));
     let file = dir.file().display().to_string();
     assert!(died_of_sigbus(&w), "{:?}\n{}", w.status, w.stderr);
