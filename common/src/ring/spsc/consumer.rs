@@ -20,10 +20,6 @@ use super::stamp_at;
 /// the piece must stay in any L1 data cache (32 KiB or more) with room for the source lines.
 pub(crate) const COPY_PIECE: usize = 16 << 10;
 
-/// Frames with at least this many bytes past their first two cache lines are summed as
-/// they are copied out ([`Summer::copy_from`]); smaller ones are copied, then summed.
-pub(crate) const SUM_AS_COPIED_FROM: usize = 8 << 10;
-
 /// The consuming end of one direction.
 pub struct Consumer {
     /// The region (keeps the mapping alive).
@@ -307,9 +303,7 @@ impl Consumer {
         let h = self.header_of(at, off, rec)?;
         let total = HEADER_LEN + h.payload_len();
         let mut done = first.min(total);
-        if total - done < SUM_AS_COPIED_FROM {
-            // A small frame: the rest in one copy, then the check.
-            self.copy_out(at, off, done, total, None)?;
+        if done == total {
             // check: the checksum over our private copy (or its header alone, as flagged).
             let (head, payload) = self.buf[..total].split_at(HEADER_LEN);
             frame::verify(&h, head, payload).map_err(|e| self.corrupt(at, &e))?;
