@@ -64,7 +64,8 @@ pub(super) fn low_word(index: &AtomicU64) -> *const u32 {
 
 ///
 /// Returns `Ok` on a wake-up, a timeout, EAGAIN (the word had already changed) or EINTR:
-/// all mean "look again". Any other errno is an error.
+/// all mean "look again"; `Ok(true)` says the sleep lasted its whole `timeout`. Any other
+/// errno is an error.
 ///
 /// # Safety
 /// `word` must be 4-byte aligned and point into mapped memory for the duration of the call.
@@ -72,7 +73,7 @@ pub(super) unsafe fn futex_wait(
     word: *const u32,
     expected: u32,
     timeout: Duration,
-) -> Result<(), RingError> {
+) -> Result<bool, RingError> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -93,12 +94,13 @@ pub(super) unsafe fn futex_wait(
     };
     if r == -1 {
         let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR) => {}
-            _ => return Err(RingError::Invalid(format!("futex FUTEX_WAIT: {e}"))),
-        }
+        return match e.raw_os_error() {
+            Some(libc::ETIMEDOUT) => Ok(true),
+            Some(libc::EAGAIN | libc::EINTR) => Ok(false),
+            _ => Err(RingError::Invalid(format!("futex FUTEX_WAIT: {e}"))),
+        };
     }
-    Ok(())
+    Ok(false)
 }
 
 /// FUTEX_WAKE: wakes the (at most one) process sleeping on `word`. Its result (how many
@@ -263,20 +265,33 @@ impl Pacer {
                 return Ok(());
             }
         } else {
-            if w.start == 0 {
-                // Block: start the clock before the first sleep.
-                w.start = now_ns();
-                w.checked = w.start;
-            }
             // The sleeper's half of the lost-wake-up argument: announce, re-check, sleep.
             flag.store(1, Ordering::SeqCst);
-            if index.load(Ordering::SeqCst) == seen {
+            let slept_out = if index.load(Ordering::SeqCst) == seen {
                 // SAFETY: the low half of an AtomicU64 in the live region: aligned, mapped.
                 let r = unsafe { futex_wait(low_word(index), seen as u32, SLEEP_SLICE) };
                 flag.store(0, Ordering::Relaxed);
-                r?;
+                r?
             } else {
                 flag.store(0, Ordering::Relaxed);
+                false
+            };
+            // Woken (the peer published, most likely): the caller looks again, and no clock
+            // is read, so a sleeping round trip costs the two futex calls and no more. A
+            // sleep that lasted its whole slice, and every SPINS_PER_CLOCK-th wake-up (a
+            // peer that keeps waking us without progress), read it and run the checks.
+            if !slept_out && !w.spins.is_multiple_of(SPINS_PER_CLOCK) {
+                return Ok(());
+            }
+            if w.start == 0 {
+                // The clock starts at the first sleep that ran out: it began a slice ago.
+                let slice = if slept_out {
+                    SLEEP_SLICE.as_nanos() as u64
+                } else {
+                    0
+                };
+                w.start = now_ns().saturating_sub(slice);
+                w.checked = w.start;
             }
         }
         let now = now_ns();
