@@ -12,9 +12,18 @@
 //! other core's lines, the shared ring's consumer gains more (its 64 KiB and 1 MiB streams
 //! 1.45x). At 4 KiB the loop alone lost to a plain copy, which keeps more of those misses
 //! in flight; a copy of 8 KiB or less therefore asks for all its lines first (a prefetch
-//! of each), and then gains too (4 KiB stream 1.1x, pingpong 0.92x the time). On CPUs with AVX-512 and VPCLMULQDQ the `crc-fast` crate
-//! sums at 50+ GB/s and [`Summer`](super::Summer) keeps copy-then-sum there (not measured
-//! with this loop: the development machine of this change has no AVX-512).
+//! of each), and then gains too (4 KiB stream 1.1x, pingpong 0.92x the time). On CPUs
+//! with AVX-512 and VPCLMULQDQ the `crc-fast` crate sums at 50+ GB/s and
+//! [`Summer`](super::Summer) keeps copy-then-sum there (not measured with this loop: the
+//! development machine of this change has no AVX-512).
+//!
+//! Tried and left out, on that Zen 2: folding with PCLMULQDQ alone (12.7 GB/s copying), and
+//! PCLMULQDQ folding beside the `crc32` streams, which other CPUs run side by side (19.7 GB/s
+//! summing only, against 24.3 for `crc32` alone: here the two compete); prefetching ahead
+//! inside the loop (slower at 64 KiB and 1 MiB: the CPU's own prefetcher does better).
+//!
+//! `sum_short` is the same instruction in one stream, for the short inputs where setting
+//! up three streams costs more than it saves.
 //!
 //! How three streams make one CRC. A block of `3 * B` bytes is summed as three blocks of
 //! `B` bytes side by side: the first starts from the running state, the other two from 0.
@@ -36,7 +45,7 @@ use std::arch::x86_64::{
 const POLY: u64 = 0x1_1EDC_6F41;
 
 /// `x^n mod P` in the normal form: bit `i` is the coefficient of `x^i`.
-pub(crate) const fn xpow_mod(n: u32) -> u32 {
+const fn xpow_mod(n: u32) -> u32 {
     let mut v: u64 = 1;
     let mut i = 0;
     while i < n {
