@@ -22,7 +22,7 @@ fn main() {
         if common::frame::wide_folding() {
             "crc-fast".to_string()
         } else {
-            "crc32c".into()
+            "crc32 loops (common::checksum::copying; crc32c without SSE 4.2)".into()
         }
     );
     println!(

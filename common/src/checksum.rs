@@ -8,22 +8,22 @@ pub mod copying;
 
 /// CRC-32C (Castagnoli) of the header prefix followed by the payload.
 ///
-/// Up to 256 bytes in all (a header prefix and a payload of up to 220 bytes), a plain
-/// loop of `crc32` instructions sums them ([`copying`]'s `sum_short`; 10.5 ns for a 64-byte
-/// frame on the development machine's Zen 2, against 22.7 through `crc32c`). Beyond that,
-/// two implementations compute the same standard CRC-32C, and the faster one for the CPU
-/// is used (the tests check both against each other):
-/// - the `crc-fast` crate folds 64 bytes at a time with carry-less multiplication: with
-///   AVX-512 and VPCLMULQDQ ([`wide_folding`]) it is the fastest at every size (measured
-///   on the development machine's AMD EPYC: 6.6 GB/s at 64 B, 54 GB/s at 64 KiB, against
-///   5.4 and 24 GB/s for `crc32`);
-/// - the `crc32c` crate uses the SSE 4.2 / ARMv8 `crc32` instruction, three streams at
-///   once; on CPUs without AVX-512 it is the faster of the two at every size (3.7 against
-///   2.4 GB/s at 64 B, 21 against 17 GB/s at 64 KiB on such a CPU of this project's fleet),
-///   and every x86-64 CPU of the last fifteen years has it.
+/// Three implementations compute the same standard CRC-32C, and the faster one for the
+/// CPU and the length is used (the tests check them against each other):
+/// - up to 256 bytes in all (a header prefix and a payload of up to 220 bytes), one
+///   stream of `crc32` instructions ([`copying`]'s `sum_short`: 10.8 ns for a 64-byte
+///   frame on the development machine's Zen 2, against 22.8 through `crc32c`, whose set-up
+///   for three streams costs more than such bytes);
+/// - longer, with AVX-512 and VPCLMULQDQ ([`wide_folding`]): the `crc-fast` crate, which
+///   folds 64 bytes at a time with carry-less multiplication (measured on an AMD EPYC with
+///   AVX-512: 54 GB/s at 64 KiB, against 24 GB/s for `crc32`);
+/// - longer, without: three streams of `crc32` instructions ([`copying`]'s `sum_append`,
+///   the loop of [`Summer::copy_from`] without its stores; on the Zen 2, 13.9 GB/s at
+///   512 bytes, 20.9 at 4 KiB, 25.7 at 64 KiB, against 7.8, 18.6 and 24.2 for the `crc32c`
+///   crate, which uses the same instruction and remains for CPUs without it, ARMv8 too).
 ///
-/// `cargo run --release -p common --example checksum_speed` prints both on the machine at
-/// hand and the choice made here.
+/// `cargo run --release -p common --example checksum_speed` prints them on the machine at
+/// hand beside the choice made here (its "dispatch" column).
 pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
     if header_prefix.len() + payload.len() <= SHORT && copying::available() {
         // SAFETY: the CPU has the instruction (available()).
@@ -35,6 +35,9 @@ pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
         d.update(payload);
         // A 32-bit CRC's value always fits in the low 32 bits of the u64 it is returned in.
         d.finalize() as u32
+    } else if copying::available() {
+        // SAFETY: the CPU has the instructions (available()).
+        unsafe { copying::sum_append(copying::sum_short(0, header_prefix), payload) }
     } else {
         crc32c::crc32c_append(crc32c::crc32c(header_prefix), payload)
     }
@@ -80,6 +83,10 @@ impl Summer {
     pub fn update(&mut self, bytes: &[u8]) {
         match &mut self.0 {
             SumState::Folding(d) => d.update(bytes),
+            SumState::Crc32(c) if copying::available() => {
+                // SAFETY: the CPU has the instructions (available()).
+                *c = unsafe { copying::sum_append(*c, bytes) }
+            }
             SumState::Crc32(c) => *c = crc32c::crc32c_append(*c, bytes),
         }
     }
@@ -135,8 +142,8 @@ pub fn checksum_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
 }
 
 /// Whether this CPU folds 512 bits at a time: AVX-512F and VPCLMULQDQ (checked once; the
-/// standard library caches the CPUID answer). Then `crc-fast` computes the checksum,
-/// otherwise `crc32c`.
+/// standard library caches the CPUID answer). Then `crc-fast` computes the checksum of
+/// anything over 256 bytes, otherwise the `crc32` loops of [`copying`].
 pub fn wide_folding() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
