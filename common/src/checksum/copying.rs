@@ -239,9 +239,7 @@ fn sum_three<const B: usize>(s: u32, block: &[u8]) -> u32 {
         s2 = _mm_crc32_u64(s2, word(2 * B + i + 8));
         i += 16;
     }
-    let two: u64 = const { shift_const(2 * B) };
-    let one: u64 = const { shift_const(B) };
-    shift(s0 as u32, two) ^ shift(s1 as u32, one) ^ s2 as u32
+    join::<B>(s0, s1, s2)
 }
 
 /// Copies and sums one block of three streams of `B` bytes (a multiple of 16), from state `s`.
@@ -301,6 +299,14 @@ unsafe fn three<const B: usize>(s: u32, src: *const u8, dst: *mut u8) -> u32 {
         };
         i += 16;
     }
+    join::<B>(s0, s1, s2)
+}
+
+/// The state after three streams of `B` bytes from their three states (module docs).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse4.2,pclmulqdq")]
+fn join<const B: usize>(s0: u64, s1: u64, s2: u64) -> u32 {
     let two: u64 = const { shift_const(2 * B) };
     let one: u64 = const { shift_const(B) };
     // The results of crc32 are 32-bit values in 64-bit registers.
