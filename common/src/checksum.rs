@@ -50,8 +50,8 @@ pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
 const SHORT: usize = 256;
 
 /// [`checksum`] computed piece by piece: the header's first 36 bytes, then the payload in
-/// as many pieces as it comes in. The shared ring's consumer sums each piece of a large
-/// frame right after copying it, while it is still in the L1 cache.
+/// as many pieces as it comes in. The shared ring's consumer adds each piece of a frame as
+/// it copies it out ([`Summer::copy_from`]).
 pub struct Summer(SumState);
 
 // The Digest (about 300 bytes) stays on the stack for one frame: boxing it would allocate

@@ -22,8 +22,9 @@
 //! summing only, against 24.3 for `crc32` alone: here the two compete); prefetching ahead
 //! inside the loop (slower at 64 KiB and 1 MiB: the CPU's own prefetcher does better).
 //!
-//! `sum_short` is the same instruction in one stream, for the short inputs where setting
-//! up three streams costs more than it saves.
+//! The same three streams without the stores (`sum_append`) sum bytes already in place;
+//! `sum_short` is the instruction in one stream, for the short inputs where setting up
+//! three streams costs more than it saves. [`super::checksum`] chooses between them.
 //!
 //! How three streams make one CRC. A block of `3 * B` bytes is summed as three blocks of
 //! `B` bytes side by side: the first starts from the running state, the other two from 0.
