@@ -8,7 +8,7 @@
 //!
 //! | module       | what it holds                                                                |
 //! |--------------|------------------------------------------------------------------------------|
-//! | [`checksum`] | CRC-32C of a frame: crc-fast or crc32c as the CPU suits, piecewise, combined |
+//! | [`checksum`] | CRC-32C of a frame: own loops as the CPU suits, piecewise, copied, combined  |
 //! | [`frame`]    | the 40-byte header, encoder, total decoder, the stream `Reassembler`         |
 //! | [`resum`]    | checksums a sender derives (repeated payloads, Pongs), not re-reading      |
 //! | [`setup`]    | who runs: role, mechanism, flavour, wait strategy, the flags                 |

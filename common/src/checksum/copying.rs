@@ -12,10 +12,8 @@
 //! other core's lines, the shared ring's consumer gains more (its 64 KiB and 1 MiB streams
 //! 1.45x). At 4 KiB the loop alone lost to a plain copy, which keeps more of those misses
 //! in flight; a copy of 8 KiB or less therefore asks for all its lines first (a prefetch
-//! of each), and then gains too (4 KiB stream 1.1x, pingpong 0.92x the time). On CPUs
-//! with AVX-512 and VPCLMULQDQ the `crc-fast` crate sums at 50+ GB/s and
-//! [`Summer`](super::Summer) keeps copy-then-sum there (not measured with this loop: the
-//! development machine of this change has no AVX-512).
+//! of each), and then gains too (4 KiB stream 1.1x, pingpong 0.92x the time). CPUs with
+//! AVX-512 and VPCLMULQDQ run the same idea with 64-byte registers ([`super::folding`]).
 //!
 //! Tried and left out, on that Zen 2: folding with PCLMULQDQ alone (12.7 GB/s copying), and
 //! PCLMULQDQ folding beside the `crc32` streams, which other CPUs run side by side (19.7 GB/s
@@ -46,7 +44,7 @@ use std::arch::x86_64::{
 const POLY: u64 = 0x1_1EDC_6F41;
 
 /// `x^n mod P` in the normal form: bit `i` is the coefficient of `x^i`.
-const fn xpow_mod(n: u32) -> u32 {
+pub(crate) const fn xpow_mod(n: u32) -> u32 {
     let mut v: u64 = 1;
     let mut i = 0;
     while i < n {
