@@ -373,9 +373,16 @@ impl Consumer {
     /// Publishes `tail` (the bytes are free again), waking the producer only if it sleeps.
     fn release(&self) {
         let c = self.ctl();
-        // SeqCst store, SeqCst load: the waker's half of the argument in the module docs.
-        c.tail.0.store(self.tail, Ordering::SeqCst);
-        if c.producer_sleeping.0.load(Ordering::SeqCst) != 0 {
+        // SeqCst store, SeqCst load: the waker's half of the argument in the wait module's
+        // docs; spinning, a Release store and a plain load (ibid.).
+        let sleeping = if self.pacer.publishes_fenced() {
+            c.tail.0.store(self.tail, Ordering::SeqCst);
+            c.producer_sleeping.0.load(Ordering::SeqCst)
+        } else {
+            c.tail.0.store(self.tail, Ordering::Release);
+            c.producer_sleeping.0.load(Ordering::Relaxed)
+        };
+        if sleeping != 0 {
             // SAFETY: the word is the aligned low half of `tail`, inside the live region.
             unsafe { futex_wake(low_word(&c.tail.0)) };
         }

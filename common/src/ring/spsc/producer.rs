@@ -236,9 +236,15 @@ impl Producer {
         self.head = slot.at + slot.rec;
         let c = self.ctl();
         // SeqCst store then SeqCst load: the waker's half of the lost-wake-up argument in
-        // the wait module's docs.
-        c.head.0.store(self.head, Ordering::SeqCst);
-        if c.consumer_sleeping.0.load(Ordering::SeqCst) != 0 {
+        // the wait module's docs; spinning, a Release store and a plain load (ibid.).
+        let sleeping = if self.pacer.publishes_fenced() {
+            c.head.0.store(self.head, Ordering::SeqCst);
+            c.consumer_sleeping.0.load(Ordering::SeqCst)
+        } else {
+            c.head.0.store(self.head, Ordering::Release);
+            c.consumer_sleeping.0.load(Ordering::Relaxed)
+        };
+        if sleeping != 0 {
             // SAFETY: the word is the aligned low half of `head`, inside the live region.
             unsafe { futex_wake(low_word(&c.head.0)) };
         }
