@@ -16,8 +16,9 @@ use crate::ring::{Direction, RingError, Wait};
 use super::stamp_at;
 
 /// How much of a frame the consumer copies out at a time. Where it sums in the same pass
-/// ([`Summer::copy_from`]) the size hardly matters; where it sums right after the copy,
-/// the piece must stay in any L1 data cache (32 KiB or more) with room for the source lines.
+/// ([`Summer::copy_from`] on x86-64: the `crc32` loops, or folding with AVX-512) the size
+/// hardly matters; where it sums right after the copy (elsewhere), the piece must stay in
+/// any L1 data cache (32 KiB or more) with room for the source lines.
 pub(crate) const COPY_PIECE: usize = 16 << 10;
 
 /// The consuming end of one direction.
@@ -309,9 +310,8 @@ impl Consumer {
             frame::verify(&h, head, payload).map_err(|e| self.corrupt(at, &e))?;
         } else {
             // The rest in pieces of at most COPY_PIECE bytes, each copied and summed in one
-            // pass (or, where the CPU sums faster than it copies, summed right after its
-            // copy while it is still in the L1 cache): the check reads no byte twice from
-            // further away than L1.
+            // pass (or, without the x86-64 loops, summed right after its copy while it is
+            // still in the L1 cache): the check reads no byte twice from further than L1.
             let summed = h.flags & FLAG_HEADER_SUM == 0;
             let mut sum = Summer::new(&self.buf[..CHECKSUM_AT]);
             if summed {
