@@ -23,7 +23,7 @@
 //! tail, under 256 bytes, goes through [`super::copying`]'s word loop. The constants are
 //! computed at compile time by `xpow_mod`.
 //!
-//! A short input (under [`MIN`] bytes) costs more to set up and reduce than it saves; the
+//! A short input (under `MIN`, 512 bytes) costs more to set up and reduce than it saves; the
 //! callers leave those to the `crc32` loops.
 //!
 //! Tried and left out, on the Zen 5: running three `crc32` streams beside the folding (4

@@ -34,7 +34,7 @@
 //! whole frame, has reached the cache, where a Release store lets it go on to the next
 //! frame while they drain (a 4 KiB stream spent 41 % of the writer's time in that fence).
 //! A spinning side publishes with a Release store and reads the peer's flag with a plain
-//! load ([`Pacer::publishes_fenced`]). A peer that sleeps anyway (the reader's own wait
+//! load (`Pacer::publishes_fenced`). A peer that sleeps anyway (the reader's own wait
 //! before the writer's Hello tells it to spin) is still woken if that load sees its flag;
 //! if the two cross, it finds the index moved when its slice ends, at most [`SLEEP_SLICE`]
 //! later, and the next frames cost it no sleep, as it then spins too.
