@@ -47,5 +47,5 @@ pub mod stall;
 pub mod stream;
 pub mod timing;
 
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
