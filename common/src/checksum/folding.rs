@@ -14,14 +14,16 @@
 //! CRC state added into the first 4 bytes, as a CRC is linear). Each 128-bit lane of them
 //! is then moved forward by 256 bytes and added to the lane of the next block: a lane is
 //! two 64-bit halves, and a half `h` that stands `d` bits before its place is replaced by
-//! `h * (x^(d + 32) mod P)` (the earlier half) or `h * (x^(d - 32) mod P)` (the later one),
-//! each a carry-less multiply whose 96-bit product is congruent to the half moved forward
-//! (the `+ 32` and `- 32` are the halves' distance to the lane's middle; the constants are
-//! bit-reversed and shifted left by one, because the multiply of two bit-reversed numbers
-//! leaves one `x` out). At the end the sixteen lanes are folded into the last one the same
-//! way, and the `crc32` instruction reduces that lane's 16 bytes to the 32-bit CRC. The
-//! tail, under 256 bytes, goes through [`super::copying`]'s word loop. The constants are
-//! computed at compile time by `xpow_mod`.
+//! `h * (x^(d + 32) mod P)` (the earlier half) or `h * (x^(d - 32) mod P)` (the later one,
+//! 64 bits nearer). Each is one carry-less multiply of a 64-bit half by a 33-bit constant,
+//! whose 96-bit product is congruent modulo P to the half moved forward and lies inside
+//! the lane it is added to (that is what the `32`s arrange). The constants are
+//! bit-reversed, as the CRC's bits are, and shifted left by one, because the multiply of
+//! two bit-reversed numbers leaves one `x` out; `xpow_mod` computes them at compile time.
+//! At the end the four accumulators are folded into the last, further 64-byte registers
+//! into it one at a time, its four lanes into its last lane, further 16-byte lanes into
+//! that, and the `crc32` instruction reduces the lane's 16 bytes to the 32-bit CRC; the
+//! last 0-15 bytes go through [`super::copying`]'s word loop.
 //!
 //! A short input (under `MIN`, 512 bytes) costs more to set up and reduce than it saves; the
 //! callers leave those to the `crc32` loops.
@@ -62,14 +64,15 @@ const fn fold_pair(bytes: usize) -> (i64, i64) {
     )
 }
 
-/// Whether this CPU has what [`copy_fold`] and [`sum_fold`] use: AVX-512F, VPCLMULQDQ and
-/// SSE 4.2 (checked once each; the standard library caches the answers).
+/// Whether this CPU has what [`copy_fold`] and [`sum_fold`] use: AVX-512F, VPCLMULQDQ, and
+/// for the short inputs and tails SSE 4.2 and PCLMULQDQ (checked once each; the standard
+/// library caches the answers).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("vpclmulqdq")
-            && std::arch::is_x86_feature_detected!("sse4.2")
+            && super::copying::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -92,7 +95,7 @@ pub(crate) unsafe fn copy_fold(crc: u32, src: *const u8, dst: &mut [u8]) -> u32 
     let len = dst.len();
     let d = dst.as_mut_ptr();
     if len < MIN {
-        // SAFETY: the caller's contract; AVX-512 CPUs have SSE 4.2 and PCLMULQDQ.
+        // SAFETY: the caller's contract; available() checked SSE 4.2 and PCLMULQDQ.
         return unsafe { super::copying::copy_append(crc, src, dst) };
     }
     // A short copy asks for all its lines at once (see `copy_append`).
@@ -118,13 +121,13 @@ pub(crate) unsafe fn copy_fold(crc: u32, src: *const u8, dst: &mut [u8]) -> u32 
 pub(crate) unsafe fn sum_fold(crc: u32, bytes: &[u8]) -> u32 {
     let len = bytes.len();
     if len < MIN {
-        // SAFETY: AVX-512 CPUs have SSE 4.2 and PCLMULQDQ.
+        // SAFETY: available() checked SSE 4.2 and PCLMULQDQ.
         return unsafe { super::copying::sum_append(crc, bytes) };
     }
     let b = bytes.as_ptr();
     // SAFETY: `bytes` holds len bytes; nothing is stored.
     let (s, p) = unsafe { fold_run::<false>(!crc, b, std::ptr::null_mut(), len) };
-    // SAFETY: AVX-512 CPUs have SSE 4.2.
+    // SAFETY: available() checked SSE 4.2.
     unsafe { super::copying::sum_short(!s, &bytes[p..]) }
 }
 
