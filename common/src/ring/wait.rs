@@ -34,7 +34,7 @@
 //! whole frame, has reached the cache, where a Release store lets it go on to the next
 //! frame while they drain (a 4 KiB stream spent 41 % of the writer's time in that fence).
 //! A spinning side publishes with a Release store and reads the peer's flag with a plain
-//! load (`Pacer::publishes_fenced`). A peer that sleeps anyway (the reader's own wait
+//! load (`Pacer::publish`). A peer that sleeps anyway (the reader's own wait
 //! before the writer's Hello tells it to spin) is still woken if that load sees its flag;
 //! if the two cross, it finds the index moved when its slice ends, at most [`SLEEP_SLICE`]
 //! later, and the next frames cost it no sleep, as it then spins too.
@@ -184,8 +184,27 @@ impl Pacer {
 
     /// Whether a publish must keep the lost-wake-up order (SeqCst store of the index, then
     /// SeqCst load of the peer's flag): every wait but `spin` (module docs).
-    pub(super) fn publishes_fenced(&self) -> bool {
+    fn publishes_fenced(&self) -> bool {
         self.opts.wait != Wait::Spin
+    }
+
+    /// Stores our `index` (a producer's head, a consumer's tail) and wakes the peer with
+    /// `FUTEX_WAKE` only if its sleep `flag` is set: the waker's half of the lost-wake-up
+    /// argument (module docs), SeqCst store then SeqCst load; spinning, a Release store and
+    /// a plain load. `index` must be an index in the live region (its low half the futex
+    /// word the peer sleeps on).
+    pub(super) fn publish(&self, index: &AtomicU64, value: u64, flag: &AtomicU32) {
+        let sleeping = if self.publishes_fenced() {
+            index.store(value, Ordering::SeqCst);
+            flag.load(Ordering::SeqCst)
+        } else {
+            index.store(value, Ordering::Release);
+            flag.load(Ordering::Relaxed)
+        };
+        if sleeping != 0 {
+            // SAFETY: the low half of an AtomicU64 in the live region: aligned, mapped.
+            unsafe { futex_wake(low_word(index)) };
+        }
     }
 
     /// A pacer for an endpoint of `region`; a header already complete is the one every

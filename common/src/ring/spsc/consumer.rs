@@ -10,7 +10,7 @@ use crate::frame::{self, Header, Summer, CHECKSUM_AT, FLAG_HEADER_SUM, HEADER_LE
 use crate::ring::layout::{
     max_record, read_stamp, record_len, stamp, Control, Inner, RECORD_ALIGN, STAMP_LEN,
 };
-use crate::ring::wait::{futex_wake, low_word, Pacer};
+use crate::ring::wait::Pacer;
 use crate::ring::{Direction, RingError, Wait};
 
 use super::stamp_at;
@@ -373,18 +373,7 @@ impl Consumer {
     /// Publishes `tail` (the bytes are free again), waking the producer only if it sleeps.
     fn release(&self) {
         let c = self.ctl();
-        // SeqCst store, SeqCst load: the waker's half of the argument in the wait module's
-        // docs; spinning, a Release store and a plain load (ibid.).
-        let sleeping = if self.pacer.publishes_fenced() {
-            c.tail.0.store(self.tail, Ordering::SeqCst);
-            c.producer_sleeping.0.load(Ordering::SeqCst)
-        } else {
-            c.tail.0.store(self.tail, Ordering::Release);
-            c.producer_sleeping.0.load(Ordering::Relaxed)
-        };
-        if sleeping != 0 {
-            // SAFETY: the word is the aligned low half of `tail`, inside the live region.
-            unsafe { futex_wake(low_word(&c.tail.0)) };
-        }
+        self.pacer
+            .publish(&c.tail.0, self.tail, &c.producer_sleeping.0);
     }
 }

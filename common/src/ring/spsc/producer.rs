@@ -9,7 +9,7 @@ use crate::frame::HEADER_LEN;
 use crate::ring::layout::{
     max_payload, record_len, stamp, Control, Inner, RECORD_ALIGN, STAMP_LEN,
 };
-use crate::ring::wait::{futex_wake, low_word, Pacer};
+use crate::ring::wait::Pacer;
 use crate::ring::{Direction, RingError, Wait};
 use crate::stall::Stall;
 
@@ -235,19 +235,8 @@ impl Producer {
             .store(stamp(slot.at, slot.rec, false), Ordering::Release);
         self.head = slot.at + slot.rec;
         let c = self.ctl();
-        // SeqCst store then SeqCst load: the waker's half of the lost-wake-up argument in
-        // the wait module's docs; spinning, a Release store and a plain load (ibid.).
-        let sleeping = if self.pacer.publishes_fenced() {
-            c.head.0.store(self.head, Ordering::SeqCst);
-            c.consumer_sleeping.0.load(Ordering::SeqCst)
-        } else {
-            c.head.0.store(self.head, Ordering::Release);
-            c.consumer_sleeping.0.load(Ordering::Relaxed)
-        };
-        if sleeping != 0 {
-            // SAFETY: the word is the aligned low half of `head`, inside the live region.
-            unsafe { futex_wake(low_word(&c.head.0)) };
-        }
+        self.pacer
+            .publish(&c.head.0, self.head, &c.consumer_sleeping.0);
     }
 
     /// The stamp word of the record at stream position `pos`.
