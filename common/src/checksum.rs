@@ -123,8 +123,9 @@ pub fn checksum_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
 }
 
 /// Whether this CPU folds 512 bits at a time: AVX-512F and VPCLMULQDQ (checked once; the
-/// standard library caches the CPUID answer). Then [`folding`] sums anything over 256
-/// bytes and `crc-fast` combines two CRCs; otherwise the `crc32` loops of [`copying`] sum.
+/// standard library caches the CPUID answer). Then [`folding`] sums payloads of 512 bytes
+/// and more (shorter ones go to its `crc32` loops) and `crc-fast` combines two CRCs;
+/// otherwise the `crc32` loops of [`copying`] sum.
 pub fn wide_folding() -> bool {
     folding::available()
 }

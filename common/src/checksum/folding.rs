@@ -20,13 +20,13 @@
 //! the lane it is added to (that is what the `32`s arrange). The constants are
 //! bit-reversed, as the CRC's bits are, and shifted left by one, because the multiply of
 //! two bit-reversed numbers leaves one `x` out; `xpow_mod` computes them at compile time.
-//! At the end the four accumulators are folded into the last, further 64-byte registers
-//! into it one at a time, its four lanes into its last lane, further 16-byte lanes into
-//! that, and the `crc32` instruction reduces the lane's 16 bytes to the 32-bit CRC; the
+//! At the end the four accumulators are folded into the last one; the remaining whole
+//! 64-byte registers are folded into it one at a time; its four lanes into its last lane;
+//! the remaining whole 16-byte lanes into that; and the `crc32` instruction reduces the lane's 16 bytes to the 32-bit CRC; the
 //! last 0-15 bytes go through [`super::copying`]'s word loop.
 //!
-//! A short input (under `MIN`, 512 bytes) costs more to set up and reduce than it saves; the
-//! callers leave those to the `crc32` loops.
+//! A short input (under `MIN`, 512 bytes) costs more to set up and reduce than it saves;
+//! `copy_fold` and `sum_fold` pass those to the `crc32` loops themselves.
 //!
 //! Tried and left out, on the Zen 5: running three `crc32` streams beside the folding (4
 //! KiB folded, then 1536 bytes for `crc32`, in one loop), which other CPUs' ports allow.

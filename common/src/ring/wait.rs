@@ -29,16 +29,6 @@
 //! at once if it has changed. The futex calls are the shared (not `_PRIVATE`) variants:
 //! the kernel keys them by the physical page, which two processes' mappings share.
 //!
-//! With `spin` nobody sleeps, and the waker does without that order: a SeqCst store is a
-//! full fence (`xchg` on x86-64), which holds the writer until every store before it, the
-//! whole frame, has reached the cache, where a Release store lets it go on to the next
-//! frame while they drain (a 4 KiB stream spent 41 % of the writer's time in that fence).
-//! A spinning side publishes with a Release store and reads the peer's flag with a plain
-//! load (`Pacer::publish`). A peer that sleeps anyway (the reader's own wait
-//! before the writer's Hello tells it to spin) is still woken if that load sees its flag;
-//! if the two cross, it finds the index moved when its slice ends, at most [`SLEEP_SLICE`]
-//! later, and the next frames cost it no sleep, as it then spins too.
-//!
 //! Every sleep lasts at most [`SLEEP_SLICE`] (100 ms), and every such slice (also while
 //! spinning) the waiter checks that the peer process still exists, that the header's
 //! invariant words (magic, version, capacity, session, role, pids) are unchanged, and the
@@ -182,26 +172,14 @@ impl Pacer {
         self.opts.wait = wait;
     }
 
-    /// Whether a publish must keep the lost-wake-up order (SeqCst store of the index, then
-    /// SeqCst load of the peer's flag): every wait but `spin` (module docs).
-    fn publishes_fenced(&self) -> bool {
-        self.opts.wait != Wait::Spin
-    }
-
     /// Stores our `index` (a producer's head, a consumer's tail) and wakes the peer with
     /// `FUTEX_WAKE` only if its sleep `flag` is set: the waker's half of the lost-wake-up
-    /// argument (module docs), SeqCst store then SeqCst load; spinning, a Release store and
-    /// a plain load. `index` must be an index in the live region (its low half the futex
-    /// word the peer sleeps on).
+    /// argument (module docs), SeqCst store then SeqCst load, whatever our own wait (the
+    /// peer's may differ: a reader given its own `--wait` keeps it). `index` must be an
+    /// index in the live region (its low half the futex word the peer sleeps on).
     pub(super) fn publish(&self, index: &AtomicU64, value: u64, flag: &AtomicU32) {
-        let sleeping = if self.publishes_fenced() {
-            index.store(value, Ordering::SeqCst);
-            flag.load(Ordering::SeqCst)
-        } else {
-            index.store(value, Ordering::Release);
-            flag.load(Ordering::Relaxed)
-        };
-        if sleeping != 0 {
+        index.store(value, Ordering::SeqCst);
+        if flag.load(Ordering::SeqCst) != 0 {
             // SAFETY: the low half of an AtomicU64 in the live region: aligned, mapped.
             unsafe { futex_wake(low_word(index)) };
         }
