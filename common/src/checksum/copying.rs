@@ -338,7 +338,7 @@ pub(crate) unsafe fn copy_append(crc: u32, src: *const u8, dst: &mut [u8]) -> u3
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn the_copy_and_its_sum_match_crc32c_at_every_boundary() {
         if !available() {
-            return crate::testing::skip("this CPU lacks SSE 4.2 or PCLMULQDQ (the crc32 loops)");
+            return crate::testing::skip(NO_CRC32);
         }
         let data = bytes(3 * LONG * 2 + 5000, 7);
         let mut lens: Vec<usize> = (0..2 * 3 * SHORT + 20).collect();
@@ -385,37 +385,79 @@ mod tests {
         }
     }
 
-    proptest! {
-        /// Short sums: any bytes, any starting CRC, any length up to 600 bytes.
-        #[test]
-        fn any_short_sum_is_crc32c(crc in any::<u32>(), seed in any::<u64>(), len in 0usize..600) {
-            prop_assume!(available());
-            let b = bytes(len, seed);
-            // SAFETY: checked available().
-            prop_assert_eq!(unsafe { sum_short(crc, &b) }, crc32c::crc32c_append(crc, &b));
+    /// Runs `check` on proptest's cases of `strategy` if `ok` (the CPU has the
+    /// instructions under test); else records a skip for `why` (a proptest that rejected
+    /// every case would fail instead, and one that returned early would pass silently).
+    pub(crate) fn proptest_if<S: Strategy>(
+        ok: bool,
+        why: &str,
+        strategy: S,
+        check: impl Fn(S::Value) -> Result<(), TestCaseError>,
+    ) {
+        if !ok {
+            return crate::testing::skip(why);
         }
+        proptest::test_runner::TestRunner::default()
+            .run(&strategy, check)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 
-        /// Sums in place: any bytes, any starting CRC, any length up to 40 KiB.
-        #[test]
-        fn any_sum_in_place_is_crc32c(crc in any::<u32>(), seed in any::<u64>(), len in 0usize..40_000) {
-            prop_assume!(available());
-            let b = bytes(len, seed);
-            // SAFETY: checked available().
-            prop_assert_eq!(unsafe { sum_append(crc, &b) }, crc32c::crc32c_append(crc, &b));
-        }
+    /// Runs `check` where the CPU has the `crc32` loops, as [`proptest_if`].
+    fn where_available<S: Strategy>(
+        strategy: S,
+        check: impl Fn(S::Value) -> Result<(), TestCaseError>,
+    ) {
+        proptest_if(available(), NO_CRC32, strategy, check);
+    }
 
-        /// Any bytes, any starting CRC, any length up to 40 KiB.
-        #[test]
-        fn any_copy_sums_as_crc32c_does(
-            crc in any::<u32>(),
-            seed in any::<u64>(),
-            len in 0usize..40_000,
-        ) {
-            prop_assume!(available());
-            let src = bytes(len, seed);
-            let (got, dst) = copy_checked(crc, &src);
-            prop_assert_eq!(got, crc32c::crc32c_append(crc, &src));
-            prop_assert_eq!(dst, src);
-        }
+    const NO_CRC32: &str = "this CPU lacks SSE 4.2 or PCLMULQDQ (the crc32 loops)";
+
+    /// Short sums: any bytes, any starting CRC, any length up to 600 bytes.
+    #[test]
+    fn any_short_sum_is_crc32c() {
+        where_available(
+            (any::<u32>(), any::<u64>(), 0usize..600),
+            |(crc, seed, len)| {
+                let b = bytes(len, seed);
+                // SAFETY: where_available checked available().
+                prop_assert_eq!(
+                    unsafe { sum_short(crc, &b) },
+                    crc32c::crc32c_append(crc, &b)
+                );
+                Ok(())
+            },
+        );
+    }
+
+    /// Sums in place: any bytes, any starting CRC, any length up to 40 KiB.
+    #[test]
+    fn any_sum_in_place_is_crc32c() {
+        where_available(
+            (any::<u32>(), any::<u64>(), 0usize..40_000),
+            |(crc, seed, len)| {
+                let b = bytes(len, seed);
+                // SAFETY: where_available checked available().
+                prop_assert_eq!(
+                    unsafe { sum_append(crc, &b) },
+                    crc32c::crc32c_append(crc, &b)
+                );
+                Ok(())
+            },
+        );
+    }
+
+    /// Any bytes, any starting CRC, any length up to 40 KiB, copied.
+    #[test]
+    fn any_copy_sums_as_crc32c_does() {
+        where_available(
+            (any::<u32>(), any::<u64>(), 0usize..40_000),
+            |(crc, seed, len)| {
+                let src = bytes(len, seed);
+                let (got, dst) = copy_checked(crc, &src);
+                prop_assert_eq!(got, crc32c::crc32c_append(crc, &src));
+                prop_assert_eq!(dst, src);
+                Ok(())
+            },
+        );
     }
 }
