@@ -420,10 +420,8 @@ pub(crate) mod tests {
             |(crc, seed, len)| {
                 let b = bytes(len, seed);
                 // SAFETY: where_available checked available().
-                prop_assert_eq!(
-                    unsafe { sum_short(crc, &b) },
-                    crc32c::crc32c_append(crc, &b)
-                );
+                let got = unsafe { sum_short(crc, &b) };
+                prop_assert_eq!(got, crc32c::crc32c_append(crc, &b));
                 Ok(())
             },
         );
@@ -437,10 +435,8 @@ pub(crate) mod tests {
             |(crc, seed, len)| {
                 let b = bytes(len, seed);
                 // SAFETY: where_available checked available().
-                prop_assert_eq!(
-                    unsafe { sum_append(crc, &b) },
-                    crc32c::crc32c_append(crc, &b)
-                );
+                let got = unsafe { sum_append(crc, &b) };
+                prop_assert_eq!(got, crc32c::crc32c_append(crc, &b));
                 Ok(())
             },
         );
