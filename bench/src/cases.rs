@@ -313,8 +313,11 @@ impl Plan<'_> {
 
     /// shm and mmap: the shared ring, over each backing and each wait strategy.
     fn ring(&self) -> Vec<Case> {
-        // The ring needs room for two of the largest frames: 1 MiB or 4x the message.
-        let capacity = (4 * self.size).next_power_of_two().max(1 << 20);
+        // The ring needs room for two of the largest frames: the programs' default (4 MiB)
+        // or 4x the message.
+        let capacity = (4 * self.size)
+            .next_power_of_two()
+            .max(common::ring::DEFAULT_CAPACITY);
         let backings: Vec<(&str, Vec<String>)> = if self.mechanism == "shm" {
             vec![("posix", vec![]), ("sysv", vec!["--sysv".into()])]
         } else {

@@ -198,7 +198,7 @@ pub struct MapArgs {
     pub path: Option<PathBuf>,
 
     /// Ring bytes per direction, a power of two from 4K to 256M; the same on both sides.
-    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = ring::parse_capacity)]
+    #[arg(long, value_name = "BYTES", default_value = ring::DEFAULT_CAPACITY_ARG, value_parser = ring::parse_capacity)]
     pub capacity: usize,
 
     /// msync(MS_SYNC) after each frame this side publishes (ring) or after filling (bulk), timed (F5).

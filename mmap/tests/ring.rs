@@ -146,6 +146,7 @@ fn path_on_tmpfs_and_sync_reports_msync() {
 
 /// Both sides must agree on the capacity; the second one is refused before mapping, and
 /// exits 2: its --capacity is a bad flag value against the file (the program's own check).
+/// The writer has the default capacity, which the message names.
 #[test]
 fn capacity_mismatch_is_refused_before_mapping() {
     let dir = TestDir::new("capacity");
@@ -164,7 +165,9 @@ fn capacity_mismatch_is_refused_before_mapping() {
         .finish();
     assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
     assert!(
-        r.stderr.contains("--capacity 1048576") && r.stderr.contains("--capacity 65536"),
+        r.stderr
+            .contains(&format!("--capacity {}", common::ring::DEFAULT_CAPACITY))
+            && r.stderr.contains("--capacity 65536"),
         "{}",
         r.stderr
     );

@@ -227,9 +227,11 @@ fn ring_on_a_tmpfs_that_fills_up_sigbus_is_explained_as_no_room() {
         Ok(fs) => fs,
         Err(why) => return common::testing::skip(&why),
     };
-    let (mut w, mut typing) = dir.spawn_typing(WRITER, &[]);
+    // A 1 MiB ring (a 2 MiB file) in the 4 MiB tmpfs, whatever the default capacity.
+    let ring = ["--capacity", "1M"];
+    let (mut w, mut typing) = dir.spawn_typing(WRITER, &ring);
     w.wait_for("waiting for a reader to open it");
-    let mut r = dir.spawn(READER, &[], None);
+    let mut r = dir.spawn(READER, &ring, None);
     w.wait_for("opened the file and attached");
     r.wait_for("the writer's Hello");
     let filler = fs.fill("filler");

@@ -126,7 +126,7 @@ pub struct ShmArgs {
 
     /// Bytes per ring (one per direction), a power of two from 4K to 256M; both sides must
     /// pass the same value (S5). A frame may take at most half a ring.
-    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = ring::parse_capacity)]
+    #[arg(long, value_name = "BYTES", default_value = ring::DEFAULT_CAPACITY_ARG, value_parser = ring::parse_capacity)]
     pub capacity: usize,
 }
 

@@ -70,8 +70,8 @@ pub use crate::setup::{Role, Wait};
 pub use handshake::{judge, Verdict, SETUP_GRACE};
 pub use layout::{
     check_capacity, check_size, max_payload, max_record, offsets, parse_capacity, peek_header,
-    record_len, region_len, HeaderView, DEFAULT_CAPACITY, HEADER_PAGE, MAX_CAPACITY, MIN_CAPACITY,
-    PAD_BIT, RECORD_ALIGN, RING_MAGIC, RING_VERSION, STAMP_LEN,
+    record_len, region_len, HeaderView, DEFAULT_CAPACITY, DEFAULT_CAPACITY_ARG, HEADER_PAGE,
+    MAX_CAPACITY, MIN_CAPACITY, PAD_BIT, RECORD_ALIGN, RING_MAGIC, RING_VERSION, STAMP_LEN,
 };
 pub use spsc::{Consumer, Producer, Reserved};
 pub use wait::{peer_gone, SLEEP_SLICE, SPIN_BEFORE_SLEEP};

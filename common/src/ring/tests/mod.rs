@@ -220,6 +220,11 @@ fn too_large_and_bad_capacity_are_refused() {
     assert!(parse_capacity("3000").is_err());
     assert!(parse_capacity("512M").is_err());
     assert_eq!(parse_capacity("1M").unwrap(), 1 << 20);
+    // The programs' default, as their flag spells it, is the constant the docs name.
+    assert_eq!(
+        parse_capacity(DEFAULT_CAPACITY_ARG).unwrap(),
+        DEFAULT_CAPACITY
+    );
     let e = check_size(65536, 128 << 10).unwrap_err();
     assert!(e.contains("--capacity 262144"), "{e}");
     assert!(check_size(65536, 256 << 10).is_ok());
