@@ -412,6 +412,125 @@ pub(crate) mod tests {
 
     const NO_CRC32: &str = "this CPU lacks SSE 4.2 or PCLMULQDQ (the crc32 loops)";
 
+    /// A copying sum: `(crc, src, dst)` copies `dst.len()` bytes from `src` and returns the
+    /// CRC of `crc`'s bytes followed by them.
+    pub(crate) type CopySum = unsafe fn(u32, *const u8, &mut [u8]) -> u32;
+
+    /// What [`race_copies`] saw.
+    pub(crate) struct Race {
+        /// Copies in which the rewriting thread finished a sweep.
+        pub(crate) overlapped: usize,
+        /// Copies holding words of two sweeps (the copy ran across a rewrite).
+        pub(crate) torn: usize,
+        /// Copies whose returned CRC is not the CRC of the bytes the copy holds.
+        pub(crate) wrong: usize,
+    }
+
+    /// Copies 68 KiB with `copy` while another thread rewrites the source (every word set
+    /// to a sweep number, sweep after sweep), as a peer may rewrite a frame in the shared
+    /// ring while the consumer copies it out. Runs until 20 copies were torn or two seconds
+    /// passed; each result is checked against `crc32c` over the copy itself. A loop that
+    /// loads each word once, stores it and sums the same register always agrees; one that
+    /// reads the source twice (once to copy, once to sum) disagrees when a rewrite falls
+    /// between its two reads.
+    pub(crate) fn race_copies(copy: CopySum) -> Race {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        use std::sync::Arc;
+        const WORDS: usize = 68 << 7;
+        let src: Arc<Vec<AtomicU64>> = Arc::new((0..WORDS).map(|_| AtomicU64::new(0)).collect());
+        let (sweeps, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let rewriter = {
+            let (src, sweeps, stop) = (src.clone(), sweeps.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut g = 0u64;
+                while !stop.load(Relaxed) {
+                    g += 1;
+                    for w in src.iter() {
+                        w.store(g, Relaxed);
+                    }
+                    sweeps.store(g, Relaxed);
+                }
+            })
+        };
+        let mut dst = vec![0u8; WORDS * 8];
+        let mut race = Race {
+            overlapped: 0,
+            torn: 0,
+            wrong: 0,
+        };
+        let start = std::time::Instant::now();
+        while race.torn < 20 && start.elapsed() < std::time::Duration::from_secs(2) {
+            let before = sweeps.load(Relaxed);
+            // SAFETY: the caller's `copy` needs what its CPU check vouched for; `src` holds
+            // WORDS * 8 bytes apart from `dst`. The other thread's stores race with the
+            // copy's loads, as a peer's do in the shared ring: the loops under test read
+            // the source only through volatile or inline-assembly loads.
+            let got = unsafe { copy(0x5eed, src.as_ptr().cast::<u8>(), &mut dst) };
+            if sweeps.load(Relaxed) != before {
+                race.overlapped += 1;
+            }
+            let first = &dst[..8];
+            if dst.chunks_exact(8).any(|w| w != first) {
+                race.torn += 1;
+            }
+            if got != crc32c::crc32c_append(0x5eed, &dst) {
+                race.wrong += 1;
+            }
+        }
+        stop.store(true, Relaxed);
+        rewriter.join().unwrap();
+        race
+    }
+
+    /// The naive way, for contrast: copy, then sum the source again.
+    unsafe fn copy_then_sum_the_source(crc: u32, src: *const u8, dst: &mut [u8]) -> u32 {
+        let mut again = vec![0u8; dst.len()];
+        for (i, d) in dst.iter_mut().enumerate() {
+            // SAFETY: the caller vouches for dst.len() bytes at src.
+            *d = unsafe { src.add(i).read_volatile() };
+        }
+        for (i, a) in again.iter_mut().enumerate() {
+            // SAFETY: as above.
+            *a = unsafe { src.add(i).read_volatile() };
+        }
+        crc32c::crc32c_append(crc, &again)
+    }
+
+    /// The copy's sum is over the bytes the copy holds, even while the source changes: a
+    /// peer rewriting a frame cannot make a torn copy pass its check. The naive copy then
+    /// sum, run the same way, must be caught (else the race never happened and the test
+    /// says nothing).
+    #[test]
+    fn a_copy_of_a_changing_source_is_summed_as_stored() {
+        if !available() {
+            return crate::testing::skip(NO_CRC32);
+        }
+        let naive = race_copies(copy_then_sum_the_source);
+        if naive.overlapped == 0 {
+            return crate::testing::skip("the rewriting thread never ran alongside a copy");
+        }
+        assert!(
+            naive.wrong > 0,
+            "the naive copy was never caught: the race did not happen"
+        );
+        let race = race_copies(copy_append);
+        eprintln!(
+            "naive: {} overlapped, {} torn, {} wrong; crc32 loop: {} overlapped, {} torn, {} wrong",
+            naive.overlapped, naive.torn, naive.wrong, race.overlapped, race.torn, race.wrong
+        );
+        assert_eq!(
+            race.wrong, 0,
+            "{} of the torn copies summed otherwise",
+            race.wrong
+        );
+        if race.torn == 0 {
+            crate::testing::skip("no copy of the crc32 loop ran across a rewrite");
+        }
+    }
+
     /// Short sums: any bytes, any starting CRC, any length up to 600 bytes.
     #[test]
     fn any_short_sum_is_crc32c() {

@@ -420,7 +420,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::checksum::copying::tests::proptest_if;
+    use crate::checksum::copying::tests::{proptest_if, race_copies};
     use crate::resum::tests::bytes;
 
     /// Every length around each block boundary from 0 to a few blocks past [`MIN`], from
@@ -468,6 +468,27 @@ mod tests {
             prop_assert_eq!(unsafe { sum_fold(crc, &src) }, want);
             Ok(())
         });
+    }
+
+    /// As the `crc32` loop's test: a torn copy is summed as it is stored.
+    #[test]
+    fn a_folded_copy_of_a_changing_source_is_summed_as_stored() {
+        if !available() {
+            return crate::testing::skip(NO_FOLDING);
+        }
+        let race = race_copies(copy_fold);
+        eprintln!(
+            "folding: {} overlapped, {} torn, {} wrong",
+            race.overlapped, race.torn, race.wrong
+        );
+        assert_eq!(
+            race.wrong, 0,
+            "{} of the copies summed otherwise",
+            race.wrong
+        );
+        if race.torn == 0 {
+            crate::testing::skip("no folded copy ran across a rewrite");
+        }
     }
 
     const NO_FOLDING: &str = "this CPU lacks AVX-512F or VPCLMULQDQ (the folding loop)";
