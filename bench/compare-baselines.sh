@@ -16,6 +16,8 @@
 # BIN=DIR compares other release binaries (say, a build of an earlier commit); the bare
 # loops and floors still come from this tree's bench.
 #   usage: bench/compare-baselines.sh [REPETITIONS]     (from the workspace root)
+# The bare shm-copy streams hold as many bytes of ring as the pairs (--ring 4M, the
+# programs' default capacity); C's shm_copy keeps its 8 slots.
 # Prints, per comparison: "ours" (the pair), "bare" (the Rust bare loop), "floor" where
 # one bounds it, and "C" with BASELINES; each line p50 (pingpong) and GB/s (1e9 B/s).
 set -euo pipefail
@@ -134,7 +136,7 @@ for rep in $(seq "$reps"); do
   pair "mmap tmpfs block pingpong 64 B" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp2.map" --wait block --mode pingpong --count 50000
   floor memcpy 65536 1073741824 0
   if [ -n "$bl" ]; then echo "  C     memcpy_bw 5 : $(taskset -c 0 "$bl"/memcpy_bw 5 | grep 64KiB)"; fi
-  bare shm-copy stream 64K 200000
+  bare shm-copy stream 64K 200000 --ring 4M
   c shm_copy stream 64K 200000
   pair "shm spin stream 64 KiB" shm-writer shm-reader "" --name cmp-s3 --wait spin --mode stream --count 200000 --size 64K
   pair "mmap tmpfs adaptive stream 64 KiB" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp3.map" --mode stream --count 200000 --size 64K
@@ -151,7 +153,7 @@ for rep in $(seq "$reps"); do
   pair "shm spin pingpong 64 B --zero-copy --verify seq" shm-writer shm-reader "--zero-copy --verify seq" --name cmp-z4 --wait spin --mode pingpong --count 500000
   for size in 4K 1M; do
     n=$([ "$size" = 1M ] && echo 4000 || echo 200000)
-    bare shm-copy stream "$size" "$n"
+    bare shm-copy stream "$size" "$n" --ring 4M
     c shm_copy stream "$size" "$n"
     pair "shm spin stream $size" shm-writer shm-reader "" --name cmp-z5 --wait spin --capacity 4M --mode stream --count "$n" --size "$size"
   done

@@ -55,6 +55,8 @@ pub struct BareLoop {
     pub kind: bare::Kind,
     pub wait: bare::Wait,
     pub pipe_size: Option<usize>,
+    /// shm-copy stream: bytes of ring (the ring row's `--capacity`).
+    pub ring: Option<usize>,
 }
 
 impl BareLoop {
@@ -63,6 +65,7 @@ impl BareLoop {
             kind,
             wait: bare::Wait::Spin,
             pipe_size: None,
+            ring: None,
         }
     }
 }
@@ -79,6 +82,7 @@ impl Case {
             pin: pins.map(|(a, b)| vec![a, b]).unwrap_or_default(),
             pipe_size: self.bare.pipe_size,
             wait: self.bare.wait,
+            ring: self.bare.ring,
         }
     }
 
@@ -352,13 +356,15 @@ impl Plan<'_> {
                 args.extend(["--wait".into(), wait.into()]);
                 args.extend(["--capacity".into(), capacity.to_string()]);
                 // The bare copy loop waits as the ring does: spinning for spin and
-                // adaptive (which spins while messages come quickly), futex for block.
+                // adaptive (which spins while messages come quickly), futex for block;
+                // its stream ring holds as many bytes as ours.
                 let bare = BareLoop {
                     wait: if wait == "block" {
                         bare::Wait::Block
                     } else {
                         bare::Wait::Spin
                     },
+                    ring: Some(capacity),
                     ..BareLoop::new(bare::Kind::ShmCopy)
                 };
                 // Zero-copy (frames built and read in place, `--zero-copy`), on the page

@@ -205,7 +205,7 @@ pub(crate) fn ratio_notes(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> Str
                         && b.status == "ok"
                 })
                 .collect();
-            let mut why = match runs.iter().find_map(|b| b.latency_ns) {
+            let why = match runs.iter().find_map(|b| b.latency_ns) {
                 Some(l) => within(r.p50_ns, &l, "the bare loop's"),
                 None => {
                     let rates: Vec<String> = runs.iter().map(|b| fmt_rate(b.bytes_per_s)).collect();
@@ -216,14 +216,6 @@ pub(crate) fn ratio_notes(rows: &[Row], floors: &[Floor], bares: &[Bare]) -> Str
                     )
                 }
             };
-            // The pairs' rings hold 1 MiB (cases.rs): more than the bare ring's 8 messages
-            // below 128 KiB.
-            if r.bare == "shm-copy block" && r.mode == "stream" && r.size_bytes * 8 < 1 << 20 {
-                why.push_str(
-                    "; the bare ring holds 8 messages and the pair's 1 MiB, so with blocking \
-                     waits the bare loop sleeps and wakes more often (see bench/src/bare/shm_copy.rs)",
-                );
-            }
             let _ = writeln!(
                 s,
                 "<li>{}: {:.2}x its bare loop ({}): {}</li>",

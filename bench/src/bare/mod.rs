@@ -15,17 +15,20 @@
 //! | `pipe-vmsplice` | (stream only)                           | `vmsplice` of two alternating buffers, `read` (`pipe_bw.c vms_read`) | [`pipes`] |
 //! | `sysv-mq`  | `msgsnd`/`msgrcv` over two System V queues   | `msgsnd`/`msgrcv` over one queue         | [`queues`]    |
 //! | `posix-mq` | `mq_send`/`mq_receive` over two POSIX queues | `mq_send`/`mq_receive` over one queue    | [`queues`]    |
-//! | `shm-copy` | memcpy into a slot, release store, wait, memcpy out: 4 copies per round trip | a ring of 8 slots | [`shm_copy`] |
+//! | `shm-copy` | memcpy into a slot, release store, wait, memcpy out: 4 copies per round trip | a ring of 8 slots, or of `--ring` bytes | [`shm_copy`] |
 //! | `unix`     | write/read over a Unix stream socketpair     | the same, one way                        | [`sockets`]   |
 //! | `tcp`      | write/read over TCP loopback, `TCP_NODELAY`  | the same, one way (`TCP_NODELAY` on the writer) | [`sockets`] |
 //!
 //! `shm-copy` waits as the ring row it is compared with does: `--wait spin` busy-polls (the
 //! rows with spin and adaptive waits), `--wait block` sleeps in `FUTEX_WAIT` and is woken
 //! only when it sleeps (the rows with block waits). Pipe and FIFO streams take the pipe
-//! capacity their mechanism's case asks for (`--pipe-size`, 1 MiB in the bench).
+//! capacity their mechanism's case asks for (`--pipe-size`, 1 MiB in the bench), and the
+//! `shm-copy` stream as many bytes of ring as the ring row's `--capacity` (`--ring`): on
+//! a CPU whose L2 holds a small ring, where the reader's copies come from the other
+//! core's L2, the ring's size matters more than the framing (shm's README).
 //!
 //! How a figure is made. Each loop runs in a fresh process, `bench __bare KIND MODE SIZE
-//! COUNT [--pin A,B] [--pipe-size BYTES] [--wait spin|block]`, which has started no thread
+//! COUNT [--pin A,B] [--pipe-size BYTES] [--wait spin|block] [--ring BYTES]`, which has started no thread
 //! and so may `fork`: it creates the objects, forks, the parent (the writer, pinned to the
 //! writers' CPU) and the child (the reader, pinned to the readers' CPU) each keep their
 //! ends, and the object goes when both are done (System V queues: removed by the parent;
@@ -130,6 +133,10 @@ pub struct Spec {
     /// shm-copy: how to wait for the peer.
     #[arg(long, value_enum, default_value_t = Wait::Spin)]
     pub wait: Wait,
+    /// shm-copy stream: bytes of ring, in slots of SIZE bytes (at least 2) [default: 8
+    /// slots, as `shm_copy.c`].
+    #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
+    pub ring: Option<usize>,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -157,6 +164,9 @@ impl Spec {
         }
         if self.kind == Kind::ShmCopy {
             a.push(format!("--wait={}", self.wait_str()));
+        }
+        if let Some(r) = self.ring {
+            a.push(format!("--ring={r}"));
         }
         a
     }
@@ -229,7 +239,8 @@ impl Bare {
     }
 }
 
-/// `bench __bare KIND MODE SIZE COUNT [--pin A,B] [--pipe-size BYTES] [--wait spin|block]`.
+/// `bench __bare KIND MODE SIZE COUNT [--pin A,B] [--pipe-size BYTES] [--wait spin|block]
+/// [--ring BYTES]`.
 pub fn bare_main(args: &[String]) -> Result<()> {
     let spec = Spec::try_parse_from(
         std::iter::once("bench __bare".to_string()).chain(args.iter().cloned()),
@@ -509,6 +520,7 @@ mod tests {
             pin: vec![0, 1],
             pipe_size: None,
             wait: Wait::Block,
+            ring: Some(4 << 20),
         };
         let args = spec.to_args();
         assert_eq!(
@@ -519,7 +531,8 @@ mod tests {
                 "65536",
                 "2000",
                 "--pin=0,1",
-                "--wait=block"
+                "--wait=block",
+                "--ring=4194304"
             ]
         );
         let parsed =
@@ -530,6 +543,7 @@ mod tests {
             pipe_size: Some(1 << 20),
             pin: vec![],
             wait: Wait::Spin,
+            ring: None,
             ..spec
         };
         assert_eq!(pipe.to_args()[4..], ["--pipe-size=1048576"]);
@@ -555,6 +569,7 @@ mod tests {
             pin: vec![],
             pipe_size: None,
             wait: Wait::Spin,
+            ring: None,
         };
         assert_eq!(s(20_000).warmup(), 2_000);
         assert_eq!(s(1_000_000).warmup(), 10_000);

@@ -11,9 +11,10 @@
 //!   `head = i`; the child waits for `head == i`, copies A out into its own buffer, copies
 //!   that into B and stores `tail = i`; the parent waits for `tail == i` and copies B out.
 //!   Four copies of SIZE bytes per round trip, two of them pulling lines from the other core.
-//! - **stream**: a ring of 8 slots. The parent waits for room (`tail + 8 >= i`), copies
-//!   message `i` into slot `(i - 1) % 8` and stores `head = i`; the child waits for
-//!   `head >= i`, copies the slot out and stores `tail = i`.
+//! - **stream**: a ring of N slots, 8 as in `shm_copy.c` or as many as `--ring` bytes
+//!   hold. The parent waits for room (`tail + N >= i`), copies message `i` into slot
+//!   `(i - 1) % N` and stores `head = i`; the child waits for `head >= i`, copies the slot
+//!   out and stores `tail = i`.
 //!
 //! Waiting (`--wait`): `spin` busy-polls the word (`spin_loop`, a PAUSE on x86), as the C
 //! program does. `block` is the least a sleeping ring can do: a side that finds nothing
@@ -26,11 +27,15 @@
 //! The sequence words are 32 bits (a futex word is); the loop refuses a count that would
 //! wrap them.
 //!
-//! One difference from the rings it is compared with: they hold 1 MiB (or four messages,
-//! for larger ones), this ring 8 messages, as `shm_copy.c`. Spinning, that changes little;
-//! with `--wait block` a small ring makes each side sleep and be woken more often, so a
-//! blocking ring's stream can come out faster than this loop (x bare below 1.0x): there the
-//! bare figure measures wake-ups more than copies.
+//! The bench gives the stream as many bytes of ring as the ring row it is compared with
+//! (`--ring`, its `--capacity`: 4 MiB, or four messages for larger ones). The size of a
+//! ring matters on its own: on an AMD EPYC Zen 4 (1 MiB L2 per core) 8 slots of 64 KiB
+//! (512 KiB, all in the writer's L2) streamed at 5-9 GB/s and 64 of them (4 MiB) at 36-40
+//! (C, glibc's copies without `rep movsb`), so the "x bare" of a pair against 8 slots
+//! would say more about the ring's size than about the framing. With `--wait block` a
+//! small ring makes each side sleep and be woken more often, so a blocking ring's stream
+//! can come out faster than a small bare ring (x bare below 1.0x): there the bare figure
+//! measures wake-ups more than copies.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -40,7 +45,7 @@ use common::cli::Mode;
 use super::{pingpong, stream, Bare, SharedRegion, Spec, Wait};
 use crate::floors::futex;
 
-/// Slots of the stream ring (as `shm_copy.c`).
+/// Slots of the stream ring without `--ring` (as `shm_copy.c`).
 const SLOTS: u64 = 8;
 /// Offsets of the control words in the region.
 const HEAD: usize = 0;
@@ -120,11 +125,12 @@ pub fn run(spec: &Spec) -> Result<Bare> {
     if spec.warmup() + spec.count >= u64::from(u32::MAX) {
         bail!("shm-copy: COUNT must stay below 2^32 (32-bit sequence words)");
     }
-    let slots = if spec.mode == Mode::Pingpong {
-        2
-    } else {
-        SLOTS as usize
+    let slots = match (spec.mode, spec.ring) {
+        (Mode::Pingpong, _) => 2,
+        (_, Some(ring)) => (ring / size).max(2),
+        _ => SLOTS as usize,
     };
+    let ring = slots as u64;
     let region = SharedRegion::new(SLOTS_AT + slots * size)?;
     let slot = |k: usize| -> *mut u8 {
         assert!(k < slots && SLOTS_AT + (k + 1) * size <= region.len());
@@ -193,13 +199,13 @@ pub fn run(spec: &Spec) -> Result<Bare> {
         let total = spec.warmup() + spec.count;
         stream(
             spec,
-            format!("a ring of {SLOTS} slots of {size} bytes in MAP_SHARED memory, {how}"),
+            format!("a ring of {slots} slots of {size} bytes in MAP_SHARED memory, {how}"),
             || {
                 for i in 1..=total {
                     head.wait_until(|v| u64::from(v) >= i);
-                    // SAFETY: the parent filled slot (i-1) % 8 before publishing head >= i
+                    // SAFETY: the parent filled slot (i-1) % N before publishing head >= i
                     // and refills it only after seeing tail >= i, published below.
-                    unsafe { copy(slot(((i - 1) % SLOTS) as usize), theirs.as_mut_ptr(), size) };
+                    unsafe { copy(slot(((i - 1) % ring) as usize), theirs.as_mut_ptr(), size) };
                     // The copy goes to a buffer nobody reads: keep the compiler from
                     // dropping it.
                     std::hint::black_box(&mut *theirs);
@@ -208,10 +214,10 @@ pub fn run(spec: &Spec) -> Result<Bare> {
                 check(theirs)
             },
             |i| {
-                tail.wait_until(|v| u64::from(v) + SLOTS >= i);
-                // SAFETY: tail + 8 >= i means the child has copied message i - 8 out of
+                tail.wait_until(|v| u64::from(v) + ring >= i);
+                // SAFETY: tail + N >= i means the child has copied message i - N out of
                 // this slot, and it reads message i only after head = i below.
-                unsafe { copy(mine.as_ptr(), slot(((i - 1) % SLOTS) as usize), size) };
+                unsafe { copy(mine.as_ptr(), slot(((i - 1) % ring) as usize), size) };
                 head.publish(i as u32);
                 Ok(())
             },
