@@ -426,6 +426,25 @@ pub(crate) mod tests {
         pub(crate) wrong: usize,
     }
 
+    impl Race {
+        /// Asserts that every copy of the loop named `what` summed what it stored; a
+        /// skip if none ran across a rewrite (the other thread never got a CPU).
+        pub(crate) fn assert_summed_as_stored(&self, what: &str) {
+            eprintln!(
+                "{what}: {} overlapped, {} torn, {} wrong",
+                self.overlapped, self.torn, self.wrong
+            );
+            assert_eq!(
+                self.wrong, 0,
+                "{} copies of the {what} summed otherwise",
+                self.wrong
+            );
+            if self.torn == 0 {
+                crate::testing::skip(&format!("no copy of the {what} ran across a rewrite"));
+            }
+        }
+    }
+
     /// Copies 68 KiB with `copy` while another thread rewrites the source (every word set
     /// to a sweep number, sweep after sweep), as a peer may rewrite a frame in the shared
     /// ring while the consumer copies it out. Runs until 20 copies were torn or two seconds
@@ -516,19 +535,7 @@ pub(crate) mod tests {
             naive.wrong > 0,
             "the naive copy was never caught: the race did not happen"
         );
-        let race = race_copies(copy_append);
-        eprintln!(
-            "naive: {} overlapped, {} torn, {} wrong; crc32 loop: {} overlapped, {} torn, {} wrong",
-            naive.overlapped, naive.torn, naive.wrong, race.overlapped, race.torn, race.wrong
-        );
-        assert_eq!(
-            race.wrong, 0,
-            "{} of the torn copies summed otherwise",
-            race.wrong
-        );
-        if race.torn == 0 {
-            crate::testing::skip("no copy of the crc32 loop ran across a rewrite");
-        }
+        race_copies(copy_append).assert_summed_as_stored("crc32 loop");
     }
 
     /// Short sums: any bytes, any starting CRC, any length up to 600 bytes.

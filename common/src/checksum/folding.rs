@@ -476,19 +476,7 @@ mod tests {
         if !available() {
             return crate::testing::skip(NO_FOLDING);
         }
-        let race = race_copies(copy_fold);
-        eprintln!(
-            "folding: {} overlapped, {} torn, {} wrong",
-            race.overlapped, race.torn, race.wrong
-        );
-        assert_eq!(
-            race.wrong, 0,
-            "{} of the copies summed otherwise",
-            race.wrong
-        );
-        if race.torn == 0 {
-            crate::testing::skip("no folded copy ran across a rewrite");
-        }
+        race_copies(copy_fold).assert_summed_as_stored("folding loop");
     }
 
     const NO_FOLDING: &str = "this CPU lacks AVX-512F or VPCLMULQDQ (the folding loop)";
