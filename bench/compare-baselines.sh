@@ -16,8 +16,9 @@
 # BIN=DIR compares other release binaries (say, a build of an earlier commit); the bare
 # loops and floors still come from this tree's bench.
 #   usage: bench/compare-baselines.sh [REPETITIONS]     (from the workspace root)
-# The bare shm-copy streams hold as many bytes of ring as the pairs (--ring 4M, the
-# programs' default capacity); C's shm_copy keeps its 8 slots.
+# The shm and mmap streams run with --capacity 4M (the programs' default, passed so that a
+# BIN= build of an earlier default compares the same), and the bare shm-copy streams hold
+# as many bytes of ring (--ring 4M); C's shm_copy keeps its 8 slots.
 # Prints, per comparison: "ours" (the pair), "bare" (the Rust bare loop), "floor" where
 # one bounds it, and "C" with BASELINES; each line p50 (pingpong) and GB/s (1e9 B/s).
 set -euo pipefail
@@ -138,9 +139,9 @@ for rep in $(seq "$reps"); do
   if [ -n "$bl" ]; then echo "  C     memcpy_bw 5 : $(taskset -c 0 "$bl"/memcpy_bw 5 | grep 64KiB)"; fi
   bare shm-copy stream 64K 200000 --ring 4M
   c shm_copy stream 64K 200000
-  pair "shm spin stream 64 KiB" shm-writer shm-reader "" --name cmp-s3 --wait spin --mode stream --count 200000 --size 64K
-  pair "mmap tmpfs adaptive stream 64 KiB" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp3.map" --mode stream --count 200000 --size 64K
-  pair "shm adaptive stream 64 KiB" shm-writer shm-reader "" --name cmp-s4 --mode stream --count 200000 --size 64K
+  pair "shm spin stream 64 KiB" shm-writer shm-reader "" --name cmp-s3 --wait spin --capacity 4M --mode stream --count 200000 --size 64K
+  pair "mmap tmpfs adaptive stream 64 KiB" mmap-writer mmap-reader "" --path "/dev/shm/ipc-study-$(id -u)-cmp3.map" --capacity 4M --mode stream --count 200000 --size 64K
+  pair "shm adaptive stream 64 KiB" shm-writer shm-reader "" --name cmp-s4 --capacity 4M --mode stream --count 200000 --size 64K
   # Copying and zero-copy rings against the bare copy loop, by size (spin waits).
   for size in 4K 64K 1M; do
     n=$([ "$size" = 1M ] && echo 2000 || echo 20000)
@@ -157,5 +158,5 @@ for rep in $(seq "$reps"); do
     c shm_copy stream "$size" "$n"
     pair "shm spin stream $size" shm-writer shm-reader "" --name cmp-z5 --wait spin --capacity 4M --mode stream --count "$n" --size "$size"
   done
-  pair "shm spin stream 64 KiB --zero-copy" shm-writer shm-reader "--zero-copy" --name cmp-z6 --wait spin --mode stream --count 200000 --size 64K
+  pair "shm spin stream 64 KiB --zero-copy" shm-writer shm-reader "--zero-copy" --name cmp-z6 --wait spin --capacity 4M --mode stream --count 200000 --size 64K
 done

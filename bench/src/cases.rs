@@ -364,7 +364,7 @@ impl Plan<'_> {
                     } else {
                         bare::Wait::Spin
                     },
-                    ring: Some(capacity),
+                    ring: (self.mode == Mode::Stream).then_some(capacity),
                     ..BareLoop::new(bare::Kind::ShmCopy)
                 };
                 // Zero-copy (frames built and read in place, `--zero-copy`), on the page

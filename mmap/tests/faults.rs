@@ -112,7 +112,7 @@ fn a_stale_ring_file_of_a_killed_run_is_replaced() {
     dir.finish();
 }
 
-/// Writes a ring header for capacity 1 MiB into a new file of the right length.
+/// Writes a ring header for the default capacity into a new file of the right length.
 fn forge_ring_file(path: &Path, creator_pid: u32, role: u32) -> std::fs::File {
     let cap = ring::DEFAULT_CAPACITY;
     let f = std::fs::OpenOptions::new()

@@ -10,10 +10,11 @@ use std::os::unix::process::CommandExt;
 use common::ring::{region_len, DEFAULT_CAPACITY};
 use util::{TestDir, READER, WRITER};
 
-/// Ring mode on a 1 MiB tmpfs (root): the ring needs 2 MiB and a page, so both programs
-/// are refused before creating the file, with exit status 2 (the size flag asks for more
-/// than this file system has) and a message naming the file system, its free bytes and
-/// the need. The bulk writer is refused the same way. Nothing is left.
+/// Ring mode on a 1 MiB tmpfs (root): a ring of the default capacity needs two rings and a
+/// page (8 MiB + 4 KiB), so both programs are refused before creating the file, with exit
+/// status 2 (the size flag asks for more than this file system has) and a message naming
+/// the file system, its free bytes and the need. The bulk writer is refused the same way.
+/// Nothing is left.
 #[test]
 fn ring_mode_on_a_small_tmpfs_is_refused_before_mapping_naming_fs_free_and_need() {
     let dir = TestDir::new("room_tmpfs");

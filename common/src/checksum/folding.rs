@@ -420,7 +420,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::checksum::copying::tests::{proptest_if, race_copies};
+    use crate::checksum::copying::tests::{proptest_if, race_copies, twenty_live};
     use crate::resum::tests::bytes;
 
     /// Every length around each block boundary from 0 to a few blocks past [`MIN`], from
@@ -476,7 +476,7 @@ mod tests {
         if !available() {
             return crate::testing::skip(NO_FOLDING);
         }
-        race_copies(copy_fold).assert_summed_as_stored("folding loop");
+        race_copies(copy_fold, twenty_live).assert_summed_as_stored("folding loop");
     }
 
     const NO_FOLDING: &str = "this CPU lacks AVX-512F or VPCLMULQDQ (the folding loop)";

@@ -213,6 +213,18 @@ impl Proc {
     }
 }
 
+/// A child still running when its `Proc` goes (a test that panicked before it waited for
+/// it) is killed and reaped, so it cannot go on to recreate what the test's cleanup has
+/// just removed, or outlive the test run.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A private runtime directory for one test (`IPC_STUDY_DIR`), removed at the end; a test
 /// asserts that the programs left nothing in it.
 pub struct TestDir {
