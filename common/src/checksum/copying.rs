@@ -416,6 +416,9 @@ pub(crate) mod tests {
     /// CRC of `crc`'s bytes followed by them.
     pub(crate) type CopySum = unsafe fn(u32, *const u8, &mut [u8]) -> u32;
 
+    /// Words of the source [`race_copies`] rewrites (68 KiB).
+    const WORDS: usize = 68 << 7;
+
     /// What [`race_copies`] saw.
     pub(crate) struct Race {
         /// Copies that ran while the other thread was rewriting: the copy holds words of
@@ -496,9 +499,6 @@ pub(crate) mod tests {
         rewriter.join().unwrap();
         race
     }
-
-    /// Words of the raced source.
-    const WORDS: usize = 68 << 7;
 
     /// The loops under test have copied enough while the source changed.
     pub(crate) fn twenty_live(r: &Race) -> bool {
