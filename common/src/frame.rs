@@ -14,7 +14,7 @@
 //! |      6 |    2 | `flags`    | [`FLAG_WARMUP`]: sent before timing starts; [`FLAG_HEADER_SUM`] |
 //! |      8 |    8 | `nonce`    | the writer's random session id; stale frames differ          |
 //! |     16 |    8 | `seq`      | 0, 1, 2, ... per session; gaps and repeats are detected      |
-//! |     24 |    8 | `sent_ns`  | CLOCK_MONOTONIC when sent (a Pong echoes the Ping's)         |
+//! |     24 |    8 | `sent_ns`  | CLOCK_MONOTONIC when sent (a Pong echoes the Ping's); 0 on a stream's untimed Data frames |
 //! |     32 |    4 | `len`      | payload length in bytes, checked against a limit first      |
 //! |     36 |    4 | `checksum` | CRC-32C of header bytes 0..36 followed by the payload (only the header bytes with [`FLAG_HEADER_SUM`]) |
 //!
@@ -93,7 +93,8 @@ pub struct Header {
     pub nonce: u64,
     /// Sequence number within the session.
     pub seq: u64,
-    /// CLOCK_MONOTONIC nanoseconds when the frame was (first) sent.
+    /// CLOCK_MONOTONIC nanoseconds when the frame was (first) sent; 0 on a stream's Data
+    /// frames that are not timed (`common::session::LATENCY_EVERY`).
     pub sent_ns: u64,
     /// Payload length in bytes.
     pub len: u32,
@@ -129,7 +130,7 @@ pub struct Fields {
     pub nonce: u64,
     /// Sequence number.
     pub seq: u64,
-    /// Send time, CLOCK_MONOTONIC ns.
+    /// Send time, CLOCK_MONOTONIC ns (0: not timed).
     pub sent_ns: u64,
 }
 

@@ -406,7 +406,10 @@ impl<'s> Sessions<'s> {
         };
         if matches!(h.kind, Kind::Data | Kind::Ping) && !h.is_warmup() {
             self.t0.get_or_insert_with(|| (now, CpuTime::now()));
-            self.lat.record(now.saturating_sub(h.sent_ns));
+            // A stream's writer stamps one Data frame in LATENCY_EVERY; 0 is "not timed".
+            if h.sent_ns != 0 {
+                self.lat.record(now.saturating_sub(h.sent_ns));
+            }
         }
         let one = &mut self.open[i];
         match one.rs.on_frame(&h, payload)? {

@@ -337,8 +337,9 @@ impl ReaderSession {
     }
 
     /// The bookkeeping of one Data or Ping frame: sequence (a gap means lost messages, a
-    /// step back a repeat), content, warm-up or timed, one-way latency (Data only).
-    /// Returns the clock reading it took (0 for a Ping after the first timed one).
+    /// step back a repeat), content, warm-up or timed, one-way latency (a Data frame its
+    /// writer stamped: see [`super::LATENCY_EVERY`]). Returns the clock reading it took (0
+    /// when it took none: a Ping or an unstamped Data frame after the first timed one).
     fn count(&mut self, h: &Header, payload: &[u8]) -> u64 {
         if h.seq != self.expected {
             if h.seq > self.expected {
@@ -357,8 +358,11 @@ impl ReaderSession {
             self.warm += 1;
             return 0;
         }
+        // A Data frame is timed if its writer stamped it (one in LATENCY_EVERY of a
+        // stream, every line of text mode); a Ping is timed by the writer's round trip.
         let ping = h.kind == Kind::Ping;
-        let now = if ping && self.t0.is_some() {
+        let timed_here = !ping && (self.text || h.sent_ns != 0);
+        let now = if self.t0.is_some() && !timed_here {
             0
         } else {
             now_ns()
@@ -369,7 +373,7 @@ impl ReaderSession {
         }
         self.timed += 1;
         self.timed_bytes += payload.len() as u64;
-        if !ping {
+        if timed_here {
             self.lat.record(now.saturating_sub(h.sent_ns));
         }
         self.report.size_bytes = self.report.size_bytes.max(payload.len() as u64);
@@ -475,6 +479,16 @@ impl ReaderSession {
         };
         r.warmup = self.warm;
         r.latency_ns = self.lat.summary();
+        if !self.text && self.timed > self.lat.len() && !self.lat.is_empty() {
+            r.notes.push(format!(
+                "one-way latency from {} of the {} timed messages: the writer stamps one in {} \
+                 (sequence numbers that are multiples of it, and the first), sparing both \
+                 sides a clock read per message",
+                self.lat.len(),
+                self.timed,
+                super::LATENCY_EVERY
+            ));
+        }
         r.set_rates(CpuTime::now().since(self.cpu0));
         Ok(())
     }

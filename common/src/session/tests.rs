@@ -93,6 +93,38 @@ fn stream_is_verified_end_to_end() {
     );
 }
 
+/// A stream stamps `sent_ns` on the first timed Data frame and on every multiple of
+/// LATENCY_EVERY, 0 on the rest, and the reader times exactly the stamped ones and says so.
+#[test]
+fn a_stream_times_one_data_frame_in_latency_every() {
+    let s = setup(&[
+        "--mode", "stream", "--count", "50", "--size", "100", "--warmup", "5",
+    ]);
+    let (w, wire) = write_all(&s, b"");
+    w.unwrap();
+    let stamped: Vec<u64> = wire
+        .iter()
+        .map(|f| parse(f).0)
+        .filter(|h| h.kind == crate::frame::Kind::Data && h.sent_ns != 0)
+        .map(|h| h.seq)
+        .collect();
+    // Seq 0 is a warm-up frame (stamped, not timed); 5 is the first timed one.
+    assert_eq!(stamped, [0, 5, 16, 32, 48]);
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified, "{rr:?}");
+    assert!(rr.latency_ns.is_some());
+    let note = rr
+        .notes
+        .iter()
+        .find(|n| n.starts_with("one-way latency from"));
+    assert_eq!(
+        note.map(|n| n.split(':').next().unwrap()),
+        Some("one-way latency from 4 of the 50 timed messages"),
+        "{:?}",
+        rr.notes
+    );
+}
+
 #[test]
 fn pingpong_measures_every_timed_round_trip() {
     let s = setup(&[

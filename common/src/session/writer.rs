@@ -10,7 +10,7 @@ use crate::frame::{
 use crate::hello::{Hello, Verify};
 use crate::resum::Repeated;
 
-use super::{FrameBuf, Outgoing};
+use super::{FrameBuf, Outgoing, LATENCY_EVERY};
 use crate::setup::{Role, Setup};
 use crate::timing::{now_ns, CpuTime, Latency, Report};
 
@@ -266,7 +266,8 @@ impl WriterSession {
     }
 
     /// The timed frame in `frame` (header + payload): sequence number into the payload,
-    /// the header (kind, warm-up flag, checksum) in front, the state moved on. With
+    /// the header (kind, warm-up flag, `sent_ns` on a Ping and on one Data frame in
+    /// [`LATENCY_EVERY`], checksum) in front, the state moved on. With
     /// `repeated` (the session's own buffer, whose payload changes only in the sequence
     /// number) the checksum is derived from the 8 bytes that changed; without it (a slot
     /// lent by the ring, holding whatever it holds) it is computed over the whole payload.
@@ -292,12 +293,20 @@ impl WriterSession {
         if self.hello.verify == Verify::Seq {
             flags |= FLAG_HEADER_SUM;
         }
+        // A stream stamps one Data frame in LATENCY_EVERY (and the first timed one): the
+        // others say 0, "not timed", and cost no clock read here or in the reader.
+        let stamped =
+            kind != Kind::Data || self.seq == self.warmup || self.seq.is_multiple_of(LATENCY_EVERY);
         let fields = Fields {
             kind,
             flags,
             nonce: self.nonce,
             seq: self.seq,
-            sent_ns: self.pong_at.take().unwrap_or_else(now_ns),
+            sent_ns: if stamped {
+                self.pong_at.take().unwrap_or_else(now_ns)
+            } else {
+                0
+            },
         };
         let payload = &frame[HEADER_LEN..];
         let header = match repeated {
