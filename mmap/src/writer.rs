@@ -182,7 +182,12 @@ fn send_all(
             let slot = tx
                 .reserve(setup.args.size)
                 .map_err(|e| gone(&session, rf, &tx, e))?;
-            session.next_in_place(tx.frame_mut(&slot))?;
+            // The slot's memo spares the checksum a pass over the payload (as shm-writer).
+            let memo = tx.memo(&slot);
+            let (_, memo) = session.next_in_slot(tx.frame_mut(&slot), memo)?;
+            if let Some(m) = memo {
+                tx.remember(&slot, m);
+            }
             tx.publish(slot);
             msync.after_publish()?;
             continue;

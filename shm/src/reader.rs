@@ -32,7 +32,8 @@
 //! 4. If the Hello says zero-copy, every later frame is taken with `recv_in_place`: the
 //!    header copied and decoded, the checksum computed over the payload where it lies (no
 //!    copy), the record lent to us until the next receive; each Pong is built in place in
-//!    ring 1 (`reserve`, `frame_mut`, the session's `seal`, `publish`).
+//!    ring 1 (`reserve`, `frame_mut`, the session's `seal_pong`, `publish`; from 16 KiB up
+//!    the checksum comes from the slot's memo, `memo`/`remember`).
 //! 5. At End: System V shows `nattch` (`shmctl(IPC_STAT)`), then `shm_unlink`
 //!    (`shmctl(IPC_RMID)`): this program removes the object (S3: the kernel keeps it until
 //!    someone does); `munmap` (`shmdt`) as the last handle on the region goes.
@@ -175,12 +176,17 @@ fn take_frames(
                 InPlace::Action(action) => action,
                 InPlace::Answer(pong) => {
                     // 4. The Pong is built where it will lie in ring 1: reserve, seal in
-                    // place (sequence number, header, checksum), publish.
+                    // place (sequence number, header, checksum: derived from the slot's
+                    // memo when the last Pong there left one), publish.
                     let back = way_back(&mut back)?;
                     let slot = back
                         .reserve(pong.payload_len())
                         .map_err(|e| writer_gone(&session, e, &what))?;
-                    pong.seal(back.frame_mut(&slot))?;
+                    let memo = back.memo(&slot);
+                    let memo = session.seal_pong(&pong, back.frame_mut(&slot), memo)?;
+                    if let Some(m) = memo {
+                        back.remember(&slot, m);
+                    }
                     back.publish(slot);
                     continue;
                 }

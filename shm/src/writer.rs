@@ -33,7 +33,8 @@
 //!    Pingpong: each Pong from ring 1 with `recv` (an Acquire load of its stamp).
 //! 4. `--zero-copy`: no payload is copied. `frame_mut` lends us the reserved bytes
 //!    themselves; the session writes the header and the payload's sequence number there
-//!    (the rest is what the slot holds), then `publish`. Each Pong is read where it lies
+//!    (the rest is what the slot holds; from 16 KiB up its checksum comes from the slot's
+//!    memo, `memo`/`remember`, not a pass over it), then `publish`. Each Pong is read where it lies
 //!    (`recv_in_place`: checksum over those bytes, lent to us until the next receive).
 //! 5. `munmap` (`shmdt`) when the last handle on the region goes; the object stays.
 //!
@@ -169,12 +170,19 @@ fn send_frames(
     let (mut stdin, mut line) = (io::stdin().lock(), Vec::new());
     loop {
         // 4. Zero-copy: a timed frame is built in the reserved bytes of ring 0 themselves
-        // (a loan: the reader reads nothing there before the publish), then published.
+        // (a loan: the reader reads nothing there before the publish), then published. The
+        // payload past its sequence number is what the slot held; the ring's memo of the
+        // slot (the CRC of those bytes when we last built a frame there) spares the session
+        // a pass over them for the checksum.
         if loans.zero_copy && session.next_is_timed() {
             let slot = tx
                 .reserve(setup.args.size)
                 .map_err(|e| reader_gone(&session, tx.peer_index(), e))?;
-            session.next_in_place(tx.frame_mut(&slot))?;
+            let memo = tx.memo(&slot);
+            let (_, memo) = session.next_in_slot(tx.frame_mut(&slot), memo)?;
+            if let Some(m) = memo {
+                tx.remember(&slot, m);
+            }
             tx.publish(slot);
             continue;
         }

@@ -289,6 +289,8 @@ impl Region {
             tail_seen: 0,
             pacer: Pacer::new(opts, &self.inner),
             full: None,
+            memos: Default::default(),
+            memo_reach: 0,
         })
     }
 

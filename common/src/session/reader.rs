@@ -9,7 +9,7 @@ use crate::frame::{encode_header, encode_header_with, parse_end, Fields, Header,
 use crate::frame::{FLAG_HEADER_SUM, HEADER_LEN};
 use crate::hello::{Expect, Hello};
 use crate::narrate;
-use crate::resum::pong_delta;
+use crate::resum::{pong_delta, SlotSums};
 use crate::setup::{Role, Setup};
 use crate::timing::{fmt_ns, now_ns, CpuTime, Latency, Report};
 
@@ -63,6 +63,16 @@ impl PongInPlace {
     /// bytes are not copied from the Ping: that copy is what zero-copy avoids, and the
     /// writer checks a Pong's length, sequence number and checksum.
     pub fn seal(&self, frame: &mut [u8]) -> Result<()> {
+        self.seal_with(frame, None).map(|_| ())
+    }
+
+    /// [`PongInPlace::seal`], with the checksum derived from the slot's memo where `sums`
+    /// is given ([`ReaderSession::seal_pong`]); returns the slot's new memo.
+    fn seal_with(
+        &self,
+        frame: &mut [u8],
+        sums: Option<(&mut SlotSums, Option<u32>)>,
+    ) -> Result<Option<u32>> {
         let len = self.payload_len();
         if frame.len() != HEADER_LEN + len {
             bail!(
@@ -80,9 +90,20 @@ impl PongInPlace {
             seq: self.ping.seq,
             sent_ns: self.ping.sent_ns,
         };
-        let header = encode_header(fields, &frame[HEADER_LEN..])?;
+        let payload = &frame[HEADER_LEN..];
+        let mut memo = None;
+        let header = match sums {
+            Some((sums, had)) if self.ping.flags & FLAG_HEADER_SUM == 0 => {
+                encode_header_with(fields, len, |prefix| {
+                    let (sum, now) = sums.checksum(prefix, payload, had);
+                    memo = now;
+                    sum
+                })?
+            }
+            _ => encode_header(fields, payload)?,
+        };
         frame[..HEADER_LEN].copy_from_slice(&header);
-        Ok(())
+        Ok(memo)
     }
 }
 
@@ -206,6 +227,8 @@ pub struct ReaderSession {
     /// For which summed length, and what a Ping's checksum is XORed with to be its
     /// Pong's ([`pong_delta`]): the Pong's checksum without reading the payload again.
     pong_delta: (usize, u32),
+    /// Checksums of Pongs built in a ring's slots from the slots' memos (zero-copy).
+    slot_sums: SlotSums,
 }
 
 impl ReaderSession {
@@ -298,6 +321,19 @@ impl ReaderSession {
             Accepted::Ping => InPlace::Answer(PongInPlace { ping: *h }),
             other => InPlace::Action(self.action(other, payload)),
         })
+    }
+
+    /// [`PongInPlace::seal`] into a slot of a shared ring (`Producer::frame_mut`) whose
+    /// producer may hold a memo of it (`Producer::memo`): the checksum is then derived from
+    /// the 8 bytes written now, as [`crate::session::WriterSession::next_in_slot`] does.
+    /// Returns the memo to leave for the slot (`Producer::remember`), if any.
+    pub fn seal_pong(
+        &mut self,
+        pong: &PongInPlace,
+        frame: &mut [u8],
+        memo: Option<u32>,
+    ) -> Result<Option<u32>> {
+        pong.seal_with(frame, Some((&mut self.slot_sums, memo)))
     }
 
     /// The checks and bookkeeping of one frame, for both ways of answering a Ping.
@@ -447,6 +483,7 @@ impl ReaderSession {
             lat: Latency::new(),
             pong: [0; HEADER_LEN],
             pong_delta: (0, pong_delta(0)),
+            slot_sums: SlotSums::default(),
         }
     }
 

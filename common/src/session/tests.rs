@@ -534,3 +534,70 @@ fn a_pingpong_reader_times_nothing_per_ping() {
     assert!(rr.verified && rr.latency_ns.is_none(), "{rr:?}");
     assert_eq!(rr.count, 10);
 }
+
+/// Zero-copy with the ring's memos: the Ping and the Pong are built again and again in
+/// one slot each, their checksums derived from the memo the previous frame there left
+/// (the slot's payload past the sequence number never changes), and every frame still
+/// decodes, which checks its checksum over every byte. A memo that does not hold gives a
+/// frame that fails that check.
+#[test]
+fn frames_built_in_a_slot_from_its_memo_carry_the_checksum_of_their_bytes() {
+    let size = crate::resum::MEMO_FROM + 100;
+    let s = setup(&[
+        "--mode",
+        "pingpong",
+        "--count",
+        "5",
+        "--size",
+        &size.to_string(),
+        "--warmup",
+        "0",
+    ]);
+    let mut w = WriterSession::new(&s).zero_copy(true);
+    let mut r = ReaderSession::new(&s);
+    let mut buf = FrameBuf::new();
+    let mut slot: Vec<u8> = (0..HEADER_LEN + size).map(|i| i as u8).collect();
+    let mut back: Vec<u8> = (0..HEADER_LEN + size).map(|i| (i * 7) as u8).collect();
+    let (mut ping_memo, mut pong_memo) = (None, None);
+    let mut derived = 0;
+    loop {
+        if w.next_is_timed() {
+            derived += usize::from(ping_memo.is_some()) + usize::from(pong_memo.is_some());
+            let (_, memo) = w.next_in_slot(&mut slot, ping_memo).unwrap();
+            ping_memo = Some(memo.expect("a payload of MEMO_FROM bytes has a memo"));
+            let (h, p) = parse(&slot);
+            let InPlace::Answer(pong) = r.on_frame_in_place(&h, p).unwrap() else {
+                panic!("a Ping is answered in place")
+            };
+            pong_memo = r.seal_pong(&pong, &mut back, pong_memo).unwrap();
+            let (h, p) = parse(&back);
+            w.answer(&h, p).unwrap();
+            continue;
+        }
+        match w.next(&mut buf).unwrap() {
+            Next::Send(out) => {
+                let f = out.to_vec();
+                let (h, p) = parse(&f);
+                let _ = r.on_frame_in_place(&h, p).unwrap();
+            }
+            Next::Done => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        derived, 8,
+        "frames 2 to 5 of each side from their slot's memo"
+    );
+    let (wr, rr) = (w.finish(), r.finish());
+    assert!(wr.verified && rr.verified, "{wr:?} {rr:?}");
+
+    // A memo of other bytes: the frame's checksum disagrees with what the slot holds.
+    let mut w = WriterSession::new(&s).zero_copy(true);
+    w.next(&mut buf).unwrap();
+    let (_, memo) = w.next_in_slot(&mut slot, ping_memo.map(|m| !m)).unwrap();
+    assert!(memo.is_some());
+    assert!(
+        decode(&slot, MAX_PAYLOAD).is_err(),
+        "a checksum from a false memo must fail the receiver's check"
+    );
+}

@@ -8,7 +8,7 @@ use crate::frame::{
     FLAG_WARMUP, HEADER_LEN,
 };
 use crate::hello::{Hello, Verify};
-use crate::resum::Repeated;
+use crate::resum::{Repeated, SlotSums};
 
 use super::{FrameBuf, Outgoing, LATENCY_EVERY};
 use crate::setup::{Role, Setup};
@@ -90,6 +90,8 @@ pub struct WriterSession {
     data_sent: bool,
     /// Round-trip times of the timed Pings.
     rtt: Latency,
+    /// Checksums of frames built in a ring's slots from the slots' memos (zero-copy).
+    slot_sums: SlotSums,
     /// Start of the timed part (CLOCK_MONOTONIC ns) and the CPU time then.
     t0: u64,
     /// CPU time at `t0`.
@@ -118,6 +120,7 @@ impl WriterSession {
             hello: Hello::of(setup, 0),
             data_sent: false,
             rtt: Latency::new(),
+            slot_sums: SlotSums::default(),
             t0: now_ns(),
             cpu0: CpuTime::now(),
         }
@@ -232,7 +235,11 @@ impl WriterSession {
         if buf.repeated.as_ref().map(|r| r.payload_len()) != Some(self.size) {
             buf.set_repeated(&pattern(self.size));
         }
-        let kind = self.seal_timed(&mut buf.data[..], buf.repeated.as_ref())?;
+        let sum = match buf.repeated.as_ref() {
+            Some(r) => Sum::Repeated(r),
+            None => Sum::Whole,
+        };
+        let (kind, _) = self.seal_timed(&mut buf.data[..], sum)?;
         Ok(Next::Send(buf.data_frame(kind)))
     }
 
@@ -252,6 +259,24 @@ impl WriterSession {
     /// buffer and changes only its first 8 bytes. The checksum covers the payload as it
     /// lies (or only the header, with `--verify seq`). Returns the frame's kind.
     pub fn next_in_place(&mut self, frame: &mut [u8]) -> Result<Kind> {
+        self.in_place(frame, Sum::Whole).map(|(kind, _)| kind)
+    }
+
+    /// [`WriterSession::next_in_place`] for a slot of a shared ring (`Producer::frame_mut`)
+    /// whose producer may hold a memo of it (`Producer::memo`): the CRC of the payload
+    /// past its first 8 bytes when the last frame was built there. With it, the checksum
+    /// is derived from the 8 bytes written now ([`crate::resum::SlotSums`]). Returns the
+    /// frame's kind and the memo to leave for the slot (`Producer::remember`): none for a
+    /// payload under [`crate::resum::MEMO_FROM`] or a header-only checksum.
+    pub fn next_in_slot(
+        &mut self,
+        frame: &mut [u8],
+        memo: Option<u32>,
+    ) -> Result<(Kind, Option<u32>)> {
+        self.in_place(frame, Sum::Slot(memo))
+    }
+
+    fn in_place(&mut self, frame: &mut [u8], sum: Sum<'_>) -> Result<(Kind, Option<u32>)> {
         if !self.next_is_timed() {
             bail!("next_in_place: the next frame is not a timed message");
         }
@@ -262,16 +287,16 @@ impl WriterSession {
                 HEADER_LEN + self.size
             );
         }
-        self.seal_timed(frame, None)
+        self.seal_timed(frame, sum)
     }
 
     /// The timed frame in `frame` (header + payload): sequence number into the payload,
     /// the header (kind, warm-up flag, `sent_ns` on a Ping and on one Data frame in
-    /// [`LATENCY_EVERY`], checksum) in front, the state moved on. With
-    /// `repeated` (the session's own buffer, whose payload changes only in the sequence
-    /// number) the checksum is derived from the 8 bytes that changed; without it (a slot
-    /// lent by the ring, holding whatever it holds) it is computed over the whole payload.
-    fn seal_timed(&mut self, frame: &mut [u8], repeated: Option<&Repeated>) -> Result<Kind> {
+    /// [`LATENCY_EVERY`], checksum) in front, the state moved on. `sum` says how the
+    /// checksum is had: derived from the 8 bytes that changed in the session's own buffer
+    /// (`Repeated`), or in a ring's slot from its memo (`Slot`), or over the whole payload.
+    /// Returns the kind and the slot's new memo, if any.
+    fn seal_timed(&mut self, frame: &mut [u8], sum: Sum<'_>) -> Result<(Kind, Option<u32>)> {
         if self.seq == self.warmup {
             // The timed part starts with the first frame after the warm-up.
             self.t0 = now_ns();
@@ -309,11 +334,18 @@ impl WriterSession {
             },
         };
         let payload = &frame[HEADER_LEN..];
-        let header = match repeated {
-            Some(r) if flags & FLAG_HEADER_SUM == 0 => {
+        let mut memo = None;
+        let header = match sum {
+            _ if flags & FLAG_HEADER_SUM != 0 => encode_header(fields, payload)?,
+            Sum::Repeated(r) => {
                 encode_header_with(fields, payload.len(), |prefix| r.checksum(prefix, payload))?
             }
-            _ => encode_header(fields, payload)?,
+            Sum::Slot(had) => encode_header_with(fields, payload.len(), |prefix| {
+                let (sum, now) = self.slot_sums.checksum(prefix, payload, had);
+                memo = now;
+                sum
+            })?,
+            Sum::Whole => encode_header(fields, payload)?,
         };
         frame[..HEADER_LEN].copy_from_slice(&header);
         self.last_seq = self.seq;
@@ -321,7 +353,7 @@ impl WriterSession {
         if kind == Kind::Data {
             self.seq += 1;
         }
-        Ok(kind)
+        Ok((kind, memo))
     }
 
     fn encode(&mut self, buf: &mut FrameBuf, kind: Kind) -> Result<()> {
@@ -483,6 +515,16 @@ impl WriterSession {
     pub fn finish(self) -> Report {
         self.report
     }
+}
+
+/// How [`WriterSession::seal_timed`] has the payload's checksum.
+enum Sum<'r> {
+    /// From the session's repeated payload and the 8 bytes that changed.
+    Repeated(&'r Repeated),
+    /// In a ring's slot, from its memo if the producer kept one.
+    Slot(Option<u32>),
+    /// Over the whole payload.
+    Whole,
 }
 
 /// The stream payload: a fixed pattern whose first 8 bytes are overwritten with the

@@ -33,6 +33,15 @@
 //! us read wrong bytes (and usually fail the checksum), never read or write outside the
 //! region.
 //!
+//! A producer that builds frames in place may keep a **memo** per slot
+//! ([`Producer::remember`], [`Producer::memo`]): a `u32` the caller computed from the
+//! slot's bytes (the session's is the CRC of the payload past its sequence number, so the
+//! next frame built there derives its checksum instead of summing the payload again). The
+//! producer forgets a memo as soon as it writes the slot's bytes any other way; it cannot
+//! know of a peer's writes, but a memo that no longer holds only makes the frame's
+//! checksum disagree with its bytes, which the consumer's check over the bytes it reads
+//! reports.
+//!
 //! | file            | what it holds                                                         |
 //! |-----------------|-----------------------------------------------------------------------|
 //! | [`producer`]    | reserve (waiting for room), copy in or build in place, publish        |

@@ -1,6 +1,7 @@
 //! The producing end: room for a record (waiting for the consumer to release bytes), the
 //! frame copied in or built in place, then published by its stamp.
 
+use std::collections::BTreeMap;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,6 +45,23 @@ pub struct Producer {
     pub(in crate::ring) pacer: Pacer,
     /// Waits for room, counted and narrated when long ([`Producer::narrate_full`]).
     pub(in crate::ring) full: Option<Stall>,
+    /// Memos of frames built in place ([`Producer::remember`]): by the record's offset in
+    /// the area, its length in the ring, the payload length and the memo.
+    pub(in crate::ring) memos: BTreeMap<u64, Memo>,
+    /// The longest record among `memos` (how far back an overlapping one may start).
+    pub(in crate::ring) memo_reach: u64,
+}
+
+/// What [`Producer::remember`] keeps of a record built in place.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::ring) struct Memo {
+    /// The record's length in the ring.
+    rec: u64,
+    /// The payload length it was built for.
+    payload_len: usize,
+    /// The caller's value; `None` while the frame is being built again in the slot (lent
+    /// by [`Producer::frame_mut`] and not remembered yet).
+    value: Option<u32>,
 }
 
 impl Drop for Producer {
@@ -183,6 +201,13 @@ impl Producer {
     /// then the payload it was reserved for. The producer builds the frame here in place
     /// (zero-copy); nothing is visible to the consumer until [`Producer::publish`].
     pub fn frame_mut(&mut self, slot: &Reserved) -> &mut [u8] {
+        // Whatever is written through the loan, a memo of these bytes no longer holds
+        // unless the caller makes a new one (Producer::remember) before the publish.
+        let off = slot.at & (self.cap - 1);
+        self.forget(off, slot.rec, self.exact(slot));
+        if let Some(m) = self.memos.get_mut(&off) {
+            m.value = None;
+        }
         let data = self.region.data(self.d);
         let off = (slot.at & (self.cap - 1)) as usize + STAMP_LEN;
         // SAFETY: the record [at, at + rec) lies in one piece inside this direction's area
@@ -210,6 +235,7 @@ impl Producer {
                 slot.payload_len
             )));
         }
+        self.forget(slot.at & (self.cap - 1), slot.rec, None);
         let data = self.region.data(self.d);
         let off = (slot.at & (self.cap - 1)) as usize + STAMP_LEN;
         // SAFETY: as in `frame_mut`: [off, off + HEADER_LEN + payload.len()) lies inside the
@@ -228,8 +254,15 @@ impl Producer {
     /// it sleeps.
     pub fn publish(&mut self, slot: Reserved) {
         if slot.pad > 0 {
+            // The pad's stamp lands on bytes a memo may cover.
+            self.forget(self.head & (self.cap - 1), STAMP_LEN as u64, None);
             let pad = stamp(self.head, slot.pad, true);
             self.stamp(self.head).store(pad, Ordering::Release);
+        }
+        // A loan not remembered again leaves no memo.
+        let off = slot.at & (self.cap - 1);
+        if self.memos.get(&off).is_some_and(|m| m.value.is_none()) {
+            self.memos.remove(&off);
         }
         self.stamp(slot.at)
             .store(stamp(slot.at, slot.rec, false), Ordering::Release);
@@ -237,6 +270,72 @@ impl Producer {
         let c = self.ctl();
         self.pacer
             .publish(&c.head.0, self.head, &c.consumer_sleeping.0);
+    }
+
+    /// The memo [`Producer::remember`] left for a record of this slot's offset and payload
+    /// length, if nothing has been written over its bytes since but frames built in place
+    /// in that same slot (each of which the caller remembered again).
+    ///
+    /// What a memo is for: a sender that builds frames in place (`--zero-copy`) writes only
+    /// a header and the payload's first 8 bytes (its sequence number) into a slot, and the
+    /// rest of the payload is what the slot held. The session keeps the CRC of that rest as
+    /// the slot's memo, so the next frame built there has its checksum derived from the 8
+    /// bytes that changed ([`crate::resum`]) instead of a pass over the whole payload. The
+    /// producer forgets a memo whenever it writes any of those bytes otherwise: a copied
+    /// frame, a pad's stamp, a record of another length or offset over them, or a loan not
+    /// remembered again. Only this producer writes the area, so a memo that holds says what
+    /// the bytes are; if another process scribbles them anyway, the checksum no longer
+    /// matches the bytes and the consumer, which sums what it reads, reports the frame
+    /// corrupt.
+    pub fn memo(&self, slot: &Reserved) -> Option<u32> {
+        let key = self.exact(slot)?;
+        self.memos[&key].value
+    }
+
+    /// The offset of `slot`'s record if a memo is kept for a record of exactly its place
+    /// and lengths.
+    fn exact(&self, slot: &Reserved) -> Option<u64> {
+        let off = slot.at & (self.cap - 1);
+        let m = self.memos.get(&off)?;
+        (m.payload_len == slot.payload_len && m.rec == slot.rec).then_some(off)
+    }
+
+    /// Leaves `value` as the memo of the frame just built in `slot` through
+    /// [`Producer::frame_mut`] (call it before [`Producer::publish`]). The caller vouches
+    /// for what it means: the session's is the CRC-32C of the payload past its first 8
+    /// bytes, as the slot now holds it.
+    pub fn remember(&mut self, slot: &Reserved, value: u32) {
+        let off = slot.at & (self.cap - 1);
+        // The same slot again (the steady state): the memo is replaced where it is.
+        if let Some(key) = self.exact(slot) {
+            self.memos.get_mut(&key).expect("exact() found it").value = Some(value);
+            return;
+        }
+        self.forget(off, slot.rec, None);
+        self.memo_reach = self.memo_reach.max(slot.rec);
+        let m = Memo {
+            rec: slot.rec,
+            payload_len: slot.payload_len,
+            value: Some(value),
+        };
+        self.memos.insert(off, m);
+    }
+
+    /// Forgets every memo of a record that overlaps area bytes `off..off + len`, but the
+    /// one at offset `keep`, if given.
+    fn forget(&mut self, off: u64, len: u64, keep: Option<u64>) {
+        if self.memos.is_empty() {
+            return;
+        }
+        let first = off.saturating_sub(self.memo_reach - 1);
+        while let Some(o) = self
+            .memos
+            .range(first..off + len)
+            .find(|(o, m)| Some(**o) != keep && **o + m.rec > off)
+            .map(|(o, _)| *o)
+        {
+            self.memos.remove(&o);
+        }
     }
 
     /// The stamp word of the record at stream position `pos`.
@@ -291,7 +390,7 @@ impl Producer {
 #[must_use = "a reserved slot is sent only by publish"]
 pub struct Reserved {
     /// Stream position of the record.
-    at: u64,
+    pub(in crate::ring) at: u64,
     /// The record's length in the ring: stamp, header and payload rounded up to 64 bytes.
     rec: u64,
     /// Bytes skipped before it (a pad), 0 mostly.

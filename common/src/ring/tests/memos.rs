@@ -1,0 +1,159 @@
+//! The producer's memos of slots built in place (`Producer::memo`, `remember`): kept for the
+//! same slot lap after lap, forgotten as soon as anything else writes the slot's bytes; and
+//! a checksum derived from a memo that no longer holds is caught by the consumer.
+
+use super::*;
+use crate::resum::SlotSums;
+
+/// 16 KiB payloads: three records (16 448 bytes each) fill a 64 KiB area but for a pad.
+const LEN: usize = 16 << 10;
+const CAP: usize = 64 << 10;
+
+/// Builds a Data frame of `len` payload bytes in place (only its first 8 bytes are written
+/// here: the rest is what the slot holds), with the checksum derived from the slot's memo
+/// as the sessions do, remembers the new memo and publishes; returns the slot's area offset
+/// and whether a memo was there.
+fn build_in_place(p: &mut Producer, sums: &mut SlotSums, seq: u64, len: usize) -> (u64, bool) {
+    let slot = p.reserve(len).unwrap();
+    let off = slot.at & (CAP as u64 - 1);
+    let had = p.memo(&slot);
+    let frame = p.frame_mut(&slot);
+    frame[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&seq.to_le_bytes());
+    let fields = Fields {
+        kind: Kind::Data,
+        flags: 0,
+        nonce: 7,
+        seq,
+        sent_ns: 0,
+    };
+    let mut memo = None;
+    let header = frame::encode_header_with(fields, len, |prefix| {
+        let (sum, now) = sums.checksum(prefix, &frame[HEADER_LEN..], had);
+        memo = now;
+        sum
+    })
+    .unwrap();
+    frame[..HEADER_LEN].copy_from_slice(&header);
+    p.remember(
+        &slot,
+        memo.expect("a payload of MEMO_FROM bytes or more has a memo"),
+    );
+    p.publish(slot);
+    (off, had.is_some())
+}
+
+/// Takes the next frame in place and checks its checksum over the bytes as they lie.
+fn take(c: &mut Consumer, seq: u64) {
+    let (h, got) = c.recv_in_place().unwrap();
+    assert_eq!((h.seq, &got[..8]), (seq, &seq.to_le_bytes()[..]));
+}
+
+#[test]
+fn a_slot_built_again_in_place_keeps_its_memo_and_its_checksum_is_right() {
+    let (_r, _, mut p, mut c) = spin_ends(CAP);
+    let mut sums = SlotSums::default();
+    let mut hits = Vec::new();
+    for seq in 0..9 {
+        let (off, had) = build_in_place(&mut p, &mut sums, seq, LEN);
+        take(&mut c, seq);
+        hits.push((off, had));
+    }
+    // The first lap sums every payload; each later lap finds the three slots again (a pad
+    // sends the fourth record back to offset 0) and derives the checksums from the memos.
+    let lap = [(0, false), (16448, false), (32896, false)];
+    assert_eq!(hits[..3], lap);
+    for later in hits[3..].chunks(3) {
+        assert_eq!(later, [(0, true), (16448, true), (32896, true)]);
+    }
+}
+
+#[test]
+fn a_copied_frame_a_pad_or_a_record_of_another_length_makes_the_producer_forget() {
+    let (_r, _, mut p, mut c) = spin_ends(CAP);
+    let mut sums = SlotSums::default();
+    for seq in 0..3 {
+        build_in_place(&mut p, &mut sums, seq, LEN);
+        take(&mut c, seq);
+    }
+    // Offset 0 again (after the pad), but copied: its memo must go.
+    let data = payload(3, LEN);
+    p.send(&hdr(Kind::Data, 3, &data), &data).unwrap();
+    c.recv().unwrap();
+    // Offsets 16448 and 32896: built in place, memos kept.
+    assert_eq!(build_in_place(&mut p, &mut sums, 4, LEN), (16448, true));
+    take(&mut c, 4);
+    assert_eq!(build_in_place(&mut p, &mut sums, 5, LEN), (32896, true));
+    take(&mut c, 5);
+    // Offset 0: the copy overwrote it, so no memo, and the checksum is summed (and right).
+    assert_eq!(build_in_place(&mut p, &mut sums, 6, LEN), (0, false));
+    take(&mut c, 6);
+    // A shorter record at 16448 overlaps the memo of the record there; the next record of
+    // the usual length (at 16448 + 8256) starts inside the old one's bytes: neither finds
+    // a memo, and the one at 32896 must not either (the short record moved it to 24704).
+    let short = payload(7, 8 << 10);
+    p.send(&hdr(Kind::Data, 7, &short), &short).unwrap();
+    c.recv().unwrap();
+    assert_eq!(build_in_place(&mut p, &mut sums, 8, LEN), (24704, false));
+    take(&mut c, 8);
+    // The rest of the lap: 24704 + 16448 = 41152; 41152 + 16448 = 57600 does not fit, so a
+    // pad goes there and the record to 0, whose memo (seq 6) still holds.
+    assert_eq!(build_in_place(&mut p, &mut sums, 9, LEN), (41152, false));
+    take(&mut c, 9);
+    assert_eq!(build_in_place(&mut p, &mut sums, 10, LEN), (0, true));
+    take(&mut c, 10);
+    // The old slot at 32896 was overlapped by 24704's record and 41152's: forgotten.
+    assert_eq!(build_in_place(&mut p, &mut sums, 11, LEN), (16448, false));
+    take(&mut c, 11);
+    assert_eq!(build_in_place(&mut p, &mut sums, 12, LEN), (32896, false));
+    take(&mut c, 12);
+}
+
+#[test]
+fn a_loan_not_remembered_again_leaves_no_memo() {
+    let (_r, _, mut p, mut c) = spin_ends(CAP);
+    let mut sums = SlotSums::default();
+    for seq in 0..3 {
+        build_in_place(&mut p, &mut sums, seq, LEN);
+        take(&mut c, seq);
+    }
+    // Offset 0 lent and rewritten whole, published without a memo.
+    let slot = p.reserve(LEN).unwrap();
+    assert!(p.memo(&slot).is_some());
+    let mut data = payload(3, LEN);
+    data[..8].copy_from_slice(&3u64.to_le_bytes());
+    let frame = p.frame_mut(&slot);
+    frame[HEADER_LEN..].copy_from_slice(&data);
+    frame[..HEADER_LEN].copy_from_slice(&hdr(Kind::Data, 3, &data));
+    p.publish(slot);
+    take(&mut c, 3);
+    for seq in 4..6 {
+        assert!(build_in_place(&mut p, &mut sums, seq, LEN).1);
+        take(&mut c, seq);
+    }
+    assert_eq!(build_in_place(&mut p, &mut sums, 6, LEN), (0, false));
+    take(&mut c, 6);
+}
+
+/// A memo that no longer holds (another process scribbled the slot's payload; only the
+/// producer's own writes make it forget) gives a checksum that disagrees with the bytes:
+/// the consumer, which sums what it reads, reports the frame corrupt rather than taking it.
+#[test]
+fn a_checksum_from_a_memo_that_does_not_hold_is_caught_by_the_consumer() {
+    let (_r, base, mut p, mut c) = spin_ends(CAP);
+    let mut sums = SlotSums::default();
+    for seq in 0..3 {
+        build_in_place(&mut p, &mut sums, seq, LEN);
+        take(&mut c, seq);
+    }
+    c.release_lent();
+    // 1000 bytes into the payload of the record at 16448, behind the producer's back.
+    let at = offsets::data(0, CAP) + 16448 + STAMP_LEN + HEADER_LEN + 1000;
+    poke_u64(base, at, 0x5c5c_5c5c_5c5c_5c5c);
+    assert_eq!(build_in_place(&mut p, &mut sums, 3, LEN), (0, true));
+    take(&mut c, 3);
+    assert_eq!(build_in_place(&mut p, &mut sums, 4, LEN), (16448, true));
+    match c.recv_in_place() {
+        Err(RingError::Corrupt(why)) => assert!(why.contains("checksum"), "{why}"),
+        other => panic!("a frame whose checksum came from a stale memo was taken: {other:?}"),
+    }
+}
