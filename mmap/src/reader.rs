@@ -37,7 +37,8 @@
 //! 5. Text: `write(1)` of the line.
 //! 6. Pingpong: the Pong into ring 1 with [`Producer::send`] (reserve, copy in, publish,
 //!    as the writer does on ring 0); zero-copy: built in place ([`Producer::reserve`],
-//!    [`Producer::frame_mut`], the session's `seal`, [`Producer::publish`]). With
+//!    [`Producer::frame_mut`], the session's `seal_pong` with the slot's memo,
+//!    [`Producer::publish`]). With
 //!    `--sync`, `msync(MS_SYNC)` after it (F5).
 //! 7. `unlink` of the file: the pair is done. `munmap` as the map is dropped at exit.
 //!

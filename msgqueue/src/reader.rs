@@ -226,6 +226,6 @@ fn finish(
     }
     report.stale_skipped += stale;
     notes.push(format!("reader pid {}", std::process::id()));
-    report.notes = notes;
+    report.notes.extend(notes);
     conclude(&report, json)
 }

@@ -500,6 +500,8 @@ impl<'s> Sessions<'s> {
         r.stale_skipped += self.stale;
         r.latency_kind = "one_way".into();
         r.latency_ns = self.lat.summary();
+        r.notes
+            .extend(common::session::sampled_note(self.lat.len(), r.count));
         if let Some((t0, cpu0)) = self.t0 {
             r.elapsed_ns = now_ns().saturating_sub(t0);
             r.set_rates(CpuTime::now().since(cpu0));

@@ -130,7 +130,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         o.remove()?;
     }
     let mut report = result?;
-    report.notes = notes;
+    report.notes.extend(notes);
     conclude(&report, c.json)
 }
 

@@ -122,7 +122,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // 3. The loop.
     narrate!("reading from the pipe: read() blocks while it is empty (P6)");
     let mut report = receive_all(&mut setup, File::from(stdin), back.map(File::from))?;
-    report.notes = notes;
+    report.notes.extend(notes);
     conclude(&report, c.json)
 }
 

@@ -174,7 +174,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         frames.reads(),
         report.count + report.warmup
     ));
-    report.notes = notes;
+    report.notes.extend(notes);
     conclude(&report, c.json)
 }
 

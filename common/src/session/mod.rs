@@ -67,12 +67,40 @@ mod tests;
 pub use buf::{FrameBuf, Outgoing};
 
 /// A stream times one Data frame in this many for its one-way latency: the writer stamps
-/// `sent_ns` on the first timed frame and on every frame whose sequence number is a
-/// multiple of it, and 0 on the others, and the reader reads the clock for the stamped
-/// ones only. Two clock reads per frame (~20 ns each through the vDSO) were a tenth of
-/// each side's time in a 4 KiB shared-memory stream; a uniform sample of 1 in 16 still
-/// gives tens of thousands of latencies per run. Text mode and pingpong time every frame.
+/// `sent_ns` on the first timed frame and on one frame of each block of this many
+/// sequence numbers ([`times_latency`]), and 0 on the others, and the reader reads the
+/// clock for the stamped ones only. Two clock reads per frame (~20 ns each through the
+/// vDSO) were a tenth of each side's time in a 4 KiB shared-memory stream; a sample of 1 in
+/// 16 still gives tens of thousands of latencies per run. Text mode and pingpong time
+/// every frame.
 pub const LATENCY_EVERY: u64 = 16;
+
+/// Whether a stream writer stamps the Data frame `seq` of session `nonce` (one of each
+/// block of [`LATENCY_EVERY`] sequence numbers). The place in the block is drawn from the
+/// nonce and the block's number, not fixed: a fixed one (every multiple of 16, say) would
+/// always time the same frame of a writer's batch (`socket --batch` sends a whole number
+/// of frames per call, and the first of a batch waits for the rest to be built), which
+/// would bias the latencies.
+pub fn times_latency(nonce: u64, seq: u64) -> bool {
+    // splitmix64's finaliser: every input bit moves about half the output bits.
+    let mut z = nonce ^ (seq / LATENCY_EVERY).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    seq % LATENCY_EVERY == z % LATENCY_EVERY
+}
+
+/// The report's note when fewer messages were timed for their one-way latency than were
+/// received: "one-way latency from N of the M timed messages: ...".
+pub fn sampled_note(samples: u64, timed: u64) -> Option<String> {
+    (samples > 0 && samples < timed).then(|| {
+        format!(
+            "one-way latency from {samples} of the {timed} timed messages: the writer stamps \
+             one in each block of {LATENCY_EVERY} sequence numbers (and the first), sparing \
+             both sides a clock read per message"
+        )
+    })
+}
 pub use reader::{Action, InPlace, PongInPlace, ReaderSession, TextLine};
 pub use writer::{Next, WriterSession};
 

@@ -255,9 +255,10 @@ impl ReaderSession {
     }
 
     /// Takes one received frame (checksum already checked by the decoder) and says what
-    /// to do. The clock is read here, for the one-way latency (not for a Ping: in pingpong
-    /// the writer times the round trip, and the hop is kept free of clock reads it does
-    /// not report).
+    /// to do. The clock is read here, for the one-way latency of a frame its writer stamped
+    /// (every text line, one stream frame in [`super::LATENCY_EVERY`]; not a Ping: in
+    /// pingpong the writer times the round trip, and the hop is kept free of clock reads it
+    /// does not report).
     pub fn on_frame<'a>(&'a mut self, h: &Header, payload: &'a [u8]) -> Result<Action<'a>> {
         match self.accept(h, payload)? {
             Accepted::Ping => {
@@ -516,15 +517,9 @@ impl ReaderSession {
         };
         r.warmup = self.warm;
         r.latency_ns = self.lat.summary();
-        if !self.text && self.timed > self.lat.len() && !self.lat.is_empty() {
-            r.notes.push(format!(
-                "one-way latency from {} of the {} timed messages: the writer stamps one in {} \
-                 (sequence numbers that are multiples of it, and the first), sparing both \
-                 sides a clock read per message",
-                self.lat.len(),
-                self.timed,
-                super::LATENCY_EVERY
-            ));
+        if !self.text {
+            r.notes
+                .extend(super::sampled_note(self.lat.len(), self.timed));
         }
         r.set_rates(CpuTime::now().since(self.cpu0));
         Ok(())

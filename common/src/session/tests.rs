@@ -93,12 +93,21 @@ fn stream_is_verified_end_to_end() {
     );
 }
 
-/// A stream stamps `sent_ns` on the first timed Data frame and on every multiple of
-/// LATENCY_EVERY, 0 on the rest, and the reader times exactly the stamped ones and says so.
+/// A stream stamps `sent_ns` on its first timed Data frame and on one frame of each block
+/// of LATENCY_EVERY sequence numbers, at a place that moves from block to block, 0 on the
+/// rest (warm-up included), and the reader times exactly the stamped ones and says so.
 #[test]
-fn a_stream_times_one_data_frame_in_latency_every() {
+fn a_stream_times_one_data_frame_in_each_block_of_latency_every() {
+    let (count, warmup) = (16_000u64, 5u64);
     let s = setup(&[
-        "--mode", "stream", "--count", "50", "--size", "100", "--warmup", "5",
+        "--mode",
+        "stream",
+        "--count",
+        &count.to_string(),
+        "--size",
+        "8",
+        "--warmup",
+        &warmup.to_string(),
     ]);
     let (w, wire) = write_all(&s, b"");
     w.unwrap();
@@ -108,18 +117,39 @@ fn a_stream_times_one_data_frame_in_latency_every() {
         .filter(|h| h.kind == crate::frame::Kind::Data && h.sent_ns != 0)
         .map(|h| h.seq)
         .collect();
-    // Seq 0 is a warm-up frame (stamped, not timed); 5 is the first timed one.
-    assert_eq!(stamped, [0, 5, 16, 32, 48]);
+    assert_eq!(
+        stamped[0], warmup,
+        "the first timed frame, and no warm-up frame"
+    );
+    let total = warmup + count;
+    for block in 1..total / LATENCY_EVERY {
+        let n = stamped
+            .iter()
+            .filter(|&&q| q / LATENCY_EVERY == block)
+            .count();
+        assert_eq!(n, 1, "block {block}: {n} stamped frames");
+    }
+    let places: std::collections::BTreeSet<u64> =
+        stamped.iter().map(|q| q % LATENCY_EVERY).collect();
+    assert_eq!(
+        places.len() as u64,
+        LATENCY_EVERY,
+        "every place in a block is drawn"
+    );
     let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
     assert!(rr.verified, "{rr:?}");
     assert!(rr.latency_ns.is_some());
+    let want = format!(
+        "one-way latency from {} of the {count} timed messages",
+        stamped.len()
+    );
     let note = rr
         .notes
         .iter()
         .find(|n| n.starts_with("one-way latency from"));
     assert_eq!(
         note.map(|n| n.split(':').next().unwrap()),
-        Some("one-way latency from 4 of the 50 timed messages"),
+        Some(want.as_str()),
         "{:?}",
         rr.notes
     );
@@ -599,5 +629,25 @@ fn frames_built_in_a_slot_from_its_memo_carry_the_checksum_of_their_bytes() {
     assert!(
         decode(&slot, MAX_PAYLOAD).is_err(),
         "a checksum from a false memo must fail the receiver's check"
+    );
+    // The same for a Pong sealed from a false memo.
+    let mut w = WriterSession::new(&s).zero_copy(true);
+    let mut r = ReaderSession::new(&s);
+    let hello = match w.next(&mut buf).unwrap() {
+        Next::Send(out) => out.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let (h, p) = parse(&hello);
+    r.on_frame_in_place(&h, p).unwrap();
+    w.next_in_slot(&mut slot, None).unwrap();
+    let (h, p) = parse(&slot);
+    let InPlace::Answer(pong) = r.on_frame_in_place(&h, p).unwrap() else {
+        panic!("a Ping is answered in place")
+    };
+    r.seal_pong(&pong, &mut back, pong_memo.map(|m| !m))
+        .unwrap();
+    assert!(
+        decode(&back, MAX_PAYLOAD).is_err(),
+        "a Pong's checksum from a false memo must fail the receiver's check"
     );
 }

@@ -10,7 +10,7 @@ use crate::frame::{
 use crate::hello::{Hello, Verify};
 use crate::resum::{Repeated, SlotSums};
 
-use super::{FrameBuf, Outgoing, LATENCY_EVERY};
+use super::{times_latency, FrameBuf, Outgoing};
 use crate::setup::{Role, Setup};
 use crate::timing::{now_ns, CpuTime, Latency, Report};
 
@@ -147,7 +147,8 @@ impl WriterSession {
     }
 
     /// `--zero-copy`: the frames are built in place in the shared ring (the Hello and both
-    /// reports say so; [`WriterSession::next_in_place`] does it).
+    /// reports say so; [`WriterSession::next_in_slot`] or [`WriterSession::next_in_place`]
+    /// does it).
     pub fn zero_copy(mut self, on: bool) -> WriterSession {
         self.hello.zero_copy = on;
         self.report.zero_copy = on;
@@ -292,7 +293,7 @@ impl WriterSession {
 
     /// The timed frame in `frame` (header + payload): sequence number into the payload,
     /// the header (kind, warm-up flag, `sent_ns` on a Ping and on one Data frame in
-    /// [`LATENCY_EVERY`], checksum) in front, the state moved on. `sum` says how the
+    /// [`super::LATENCY_EVERY`], checksum) in front, the state moved on. `sum` says how the
     /// checksum is had: derived from the 8 bytes that changed in the session's own buffer
     /// (`Repeated`), or in a ring's slot from its memo (`Slot`), or over the whole payload.
     /// Returns the kind and the slot's new memo, if any.
@@ -319,9 +320,11 @@ impl WriterSession {
             flags |= FLAG_HEADER_SUM;
         }
         // A stream stamps one Data frame in LATENCY_EVERY (and the first timed one): the
-        // others say 0, "not timed", and cost no clock read here or in the reader.
-        let stamped =
-            kind != Kind::Data || self.seq == self.warmup || self.seq.is_multiple_of(LATENCY_EVERY);
+        // others, warm-up frames included, say 0, "not timed", and cost no clock read here
+        // or in the reader.
+        let stamped = kind != Kind::Data
+            || self.seq == self.warmup
+            || (self.seq > self.warmup && times_latency(self.nonce, self.seq));
         let fields = Fields {
             kind,
             flags,

@@ -321,17 +321,23 @@ impl Producer {
         self.memos.insert(off, m);
     }
 
-    /// Forgets every memo of a record that overlaps area bytes `off..off + len`, but the
-    /// one at offset `keep`, if given.
-    fn forget(&mut self, off: u64, len: u64, keep: Option<u64>) {
+    /// Forgets every memo whose bytes (the payload past its first 8 bytes: the stamp,
+    /// header and sequence number are written anew with every frame) overlap area bytes
+    /// `off..off + len`, but the one at offset `keep`, if given.
+    pub(in crate::ring) fn forget(&mut self, off: u64, len: u64, keep: Option<u64>) {
         if self.memos.is_empty() {
             return;
         }
+        // A memo's bytes lie inside its record: a record starting memo_reach or more
+        // before `off` ends before it.
         let first = off.saturating_sub(self.memo_reach - 1);
         while let Some(o) = self
             .memos
             .range(first..off + len)
-            .find(|(o, m)| Some(**o) != keep && **o + m.rec > off)
+            .find(|(o, m)| {
+                let (from, to) = Memo::bytes(**o, m);
+                Some(**o) != keep && from < off + len && to > off
+            })
             .map(|(o, _)| *o)
         {
             self.memos.remove(&o);
@@ -380,6 +386,15 @@ impl Producer {
             });
         }
         Ok(record_len(payload_len) as u64)
+    }
+}
+
+impl Memo {
+    /// The area bytes the memo of the record at offset `o` speaks for: its payload past
+    /// the first 8 bytes.
+    fn bytes(o: u64, m: &Memo) -> (u64, u64) {
+        let payload = o + (STAMP_LEN + HEADER_LEN) as u64;
+        (payload + 8, payload + m.payload_len as u64)
     }
 }
 

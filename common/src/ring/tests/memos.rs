@@ -18,6 +18,12 @@ fn build_in_place(p: &mut Producer, sums: &mut SlotSums, seq: u64, len: usize) -
     let off = slot.at & (CAP as u64 - 1);
     let had = p.memo(&slot);
     let frame = p.frame_mut(&slot);
+    if had.is_none() {
+        // A slot without a memo gets bytes of its own, so that a memo applied to the wrong
+        // slot gives a wrong checksum.
+        let fill = payload(off ^ seq, len);
+        frame[HEADER_LEN..].copy_from_slice(&fill);
+    }
     frame[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&seq.to_le_bytes());
     let fields = Fields {
         kind: Kind::Data,
@@ -156,4 +162,33 @@ fn a_checksum_from_a_memo_that_does_not_hold_is_caught_by_the_consumer() {
         Err(RingError::Corrupt(why)) => assert!(why.contains("checksum"), "{why}"),
         other => panic!("a frame whose checksum came from a stale memo was taken: {other:?}"),
     }
+}
+
+/// Which writes make the producer forget: those that touch a memo's bytes (the payload
+/// past its sequence number), wherever they start; not those to the stamp, the header or
+/// the sequence number, which every frame built there writes anew.
+#[test]
+fn only_a_write_over_the_bytes_a_memo_speaks_for_forgets_it() {
+    let (_r, _, mut p, mut c) = spin_ends(CAP);
+    let mut sums = SlotSums::default();
+    for seq in 0..3 {
+        build_in_place(&mut p, &mut sums, seq, LEN);
+        take(&mut c, seq);
+    }
+    let keys = |p: &Producer| p.memos.keys().copied().collect::<Vec<u64>>();
+    assert_eq!(keys(&p), [0, 16448, 32896]);
+    let payload_at = |o: u64| o + (STAMP_LEN + HEADER_LEN) as u64;
+    // The stamp, header and sequence number of the record at 32896: kept.
+    p.forget(32896, (STAMP_LEN + HEADER_LEN + 8) as u64, None);
+    // The 8 bytes after the last payload byte of the record at 0 (its rounding): kept.
+    p.forget(payload_at(0) + LEN as u64, 8, None);
+    assert_eq!(keys(&p), [0, 16448, 32896]);
+    // One byte just past the sequence number of 32896, then a write starting in the
+    // middle of the record at 16448 (after its start), then the last payload byte of 0.
+    p.forget(payload_at(32896) + 8, 1, None);
+    assert_eq!(keys(&p), [0, 16448]);
+    p.forget(16448 + 9000, 8, None);
+    assert_eq!(keys(&p), [0]);
+    p.forget(payload_at(0) + LEN as u64 - 1, 1, None);
+    assert!(keys(&p).is_empty());
 }
