@@ -465,6 +465,21 @@ fn a_second_hello_of_another_mode_is_refused() {
     );
 }
 
+/// The writer's next frame that is not built in place (its Hello, its End), handed to
+/// the reader's in-place path; false once the writer is done.
+fn hand_over_copied(w: &mut WriterSession, r: &mut ReaderSession, buf: &mut FrameBuf) -> bool {
+    match w.next(buf).unwrap() {
+        Next::Send(out) => {
+            let f = out.to_vec();
+            let (h, p) = parse(&f);
+            let _ = r.on_frame_in_place(&h, p).unwrap();
+            true
+        }
+        Next::Done => false,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Zero-copy pingpong, both sides in place: the writer builds each Ping in a slot, the
 /// reader answers it with a Pong sealed in another slot, and with `--verify seq` the
 /// checksum covers headers only: both reports say what was checked, never "verified".
@@ -499,14 +514,8 @@ fn zero_copy_pingpong_in_place_checks_what_it_says() {
                 w.answer(&h, p).unwrap();
                 continue;
             }
-            match w.next(&mut buf).unwrap() {
-                Next::Send(out) => {
-                    let f = out.to_vec();
-                    let (h, p) = parse(&f);
-                    let _ = r.on_frame_in_place(&h, p).unwrap();
-                }
-                Next::Done => break,
-                other => panic!("{other:?}"),
+            if !hand_over_copied(&mut w, &mut r, &mut buf) {
+                break;
             }
         }
         let (wr, rr) = (w.finish(), r.finish());
@@ -604,14 +613,8 @@ fn frames_built_in_a_slot_from_its_memo_carry_the_checksum_of_their_bytes() {
             w.answer(&h, p).unwrap();
             continue;
         }
-        match w.next(&mut buf).unwrap() {
-            Next::Send(out) => {
-                let f = out.to_vec();
-                let (h, p) = parse(&f);
-                let _ = r.on_frame_in_place(&h, p).unwrap();
-            }
-            Next::Done => break,
-            other => panic!("{other:?}"),
+        if !hand_over_copied(&mut w, &mut r, &mut buf) {
+            break;
         }
     }
     assert_eq!(
