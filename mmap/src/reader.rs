@@ -178,9 +178,7 @@ fn receive_all(
                     // The slot's memo spares the checksum a pass over the payload.
                     let memo = tx.memo(&slot);
                     let memo = session.seal_pong(&pong, tx.frame_mut(&slot), memo)?;
-                    if let Some(m) = memo {
-                        tx.remember(&slot, m);
-                    }
+                    tx.remember(&slot, memo);
                     tx.publish(slot);
                     msync.after_publish()?;
                     continue;

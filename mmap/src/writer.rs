@@ -185,9 +185,7 @@ fn send_all(
             // The slot's memo spares the checksum a pass over the payload (as shm-writer).
             let memo = tx.memo(&slot);
             let (_, memo) = session.next_in_slot(tx.frame_mut(&slot), memo)?;
-            if let Some(m) = memo {
-                tx.remember(&slot, m);
-            }
+            tx.remember(&slot, memo);
             tx.publish(slot);
             msync.after_publish()?;
             continue;

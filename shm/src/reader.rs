@@ -184,9 +184,7 @@ fn take_frames(
                         .map_err(|e| writer_gone(&session, e, &what))?;
                     let memo = back.memo(&slot);
                     let memo = session.seal_pong(&pong, back.frame_mut(&slot), memo)?;
-                    if let Some(m) = memo {
-                        back.remember(&slot, m);
-                    }
+                    back.remember(&slot, memo);
                     back.publish(slot);
                     continue;
                 }

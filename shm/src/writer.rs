@@ -180,9 +180,7 @@ fn send_frames(
                 .map_err(|e| reader_gone(&session, tx.peer_index(), e))?;
             let memo = tx.memo(&slot);
             let (_, memo) = session.next_in_slot(tx.frame_mut(&slot), memo)?;
-            if let Some(m) = memo {
-                tx.remember(&slot, m);
-            }
+            tx.remember(&slot, memo);
             tx.publish(slot);
             continue;
         }

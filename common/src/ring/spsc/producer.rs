@@ -301,10 +301,11 @@ impl Producer {
     }
 
     /// Leaves `value` as the memo of the frame just built in `slot` through
-    /// [`Producer::frame_mut`] (call it before [`Producer::publish`]). The caller vouches
-    /// for what it means: the session's is the CRC-32C of the payload past its first 8
-    /// bytes, as the slot now holds it.
-    pub fn remember(&mut self, slot: &Reserved, value: u32) {
+    /// [`Producer::frame_mut`] (call it before [`Producer::publish`]); `None` leaves none.
+    /// The caller vouches for what it means: the session's is the CRC-32C of the payload
+    /// past its first 8 bytes, as the slot now holds it.
+    pub fn remember(&mut self, slot: &Reserved, value: Option<u32>) {
+        let Some(value) = value else { return };
         let off = slot.at & (self.cap - 1);
         // The same slot again (the steady state): the memo is replaced where it is.
         if let Some(key) = self.exact(slot) {

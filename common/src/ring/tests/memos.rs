@@ -40,10 +40,11 @@ fn build_in_place(p: &mut Producer, sums: &mut SlotSums, seq: u64, len: usize) -
     })
     .unwrap();
     frame[..HEADER_LEN].copy_from_slice(&header);
-    p.remember(
-        &slot,
-        memo.expect("a payload of MEMO_FROM bytes or more has a memo"),
+    assert!(
+        memo.is_some(),
+        "a payload of MEMO_FROM bytes or more has a memo"
     );
+    p.remember(&slot, memo);
     p.publish(slot);
     (off, had.is_some())
 }
