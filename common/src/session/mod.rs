@@ -45,9 +45,10 @@
 //!   is built (writer) and when it is handed to the session (reader, and the writer's
 //!   Pong); in pingpong a Ping's `sent_ns` is the clock read that timed the Pong before it,
 //!   so a round trip costs one clock read and includes the writer's building of the Ping;
-//!   a stream times one Data frame in [`LATENCY_EVERY`] (the first timed one and every
-//!   sequence number that is a multiple of it; the others carry `sent_ns` 0 and cost
-//!   neither side a clock read), and the reader's report says how many it timed;
+//!   a stream of payloads under [`SAMPLED_BELOW`] times one Data frame in
+//!   [`LATENCY_EVERY`] (the first timed one and one of each block of sequence numbers;
+//!   the others carry `sent_ns` 0 and cost neither side a clock read), and the reader's
+//!   report says how many it timed;
 //!   the timed part starts after the warm-up;
 //! - **checksums a sender derives**: the writer's timed payload changes only in its first
 //!   8 bytes, and a Pong differs from its Ping only in the kind byte, so their checksums are
@@ -71,9 +72,14 @@ pub use buf::{FrameBuf, Outgoing};
 /// sequence numbers ([`times_latency`]), and 0 on the others, and the reader reads the
 /// clock for the stamped ones only. Two clock reads per frame (~20 ns each through the
 /// vDSO) were a tenth of each side's time in a 4 KiB shared-memory stream; a sample of 1 in
-/// 16 still gives tens of thousands of latencies per run. Text mode and pingpong time
-/// every frame.
+/// 16 still gives ten thousand latencies and more in the bench's runs of small frames.
+/// Payloads of [`SAMPLED_BELOW`] and more, text mode and pingpong time every frame.
 pub const LATENCY_EVERY: u64 = 16;
+
+/// Stream payloads from this size on are all timed: a frame takes a microsecond or more
+/// there, the clock reads a few per cent of it, and a run has few enough frames (the
+/// bench's 1 GiB of 1 MiB frames is 1024) that a sample would leave its tail to chance.
+pub const SAMPLED_BELOW: usize = 16 << 10;
 
 /// Whether a stream writer stamps the Data frame `seq` of session `nonce` (one of each
 /// block of [`LATENCY_EVERY`] sequence numbers). The place in the block is drawn from the

@@ -10,7 +10,7 @@ use crate::frame::{
 use crate::hello::{Hello, Verify};
 use crate::resum::{Repeated, SlotSums};
 
-use super::{times_latency, FrameBuf, Outgoing};
+use super::{times_latency, FrameBuf, Outgoing, SAMPLED_BELOW};
 use crate::setup::{Role, Setup};
 use crate::timing::{now_ns, CpuTime, Latency, Report};
 
@@ -319,10 +319,11 @@ impl WriterSession {
         if self.hello.verify == Verify::Seq {
             flags |= FLAG_HEADER_SUM;
         }
-        // A stream stamps one Data frame in LATENCY_EVERY (and the first timed one): the
-        // others, warm-up frames included, say 0, "not timed", and cost no clock read here
-        // or in the reader.
+        // A stream of small payloads stamps one Data frame in LATENCY_EVERY (and the first
+        // timed one): the others, warm-up frames included, say 0, "not timed", and cost no
+        // clock read here or in the reader.
         let stamped = kind != Kind::Data
+            || self.size >= SAMPLED_BELOW
             || self.seq == self.warmup
             || (self.seq > self.warmup && times_latency(self.nonce, self.seq));
         let fields = Fields {

@@ -154,6 +154,21 @@ fn a_stream_times_one_data_frame_in_each_block_of_latency_every() {
         "{:?}",
         rr.notes
     );
+
+    // Payloads of SAMPLED_BELOW bytes: every frame timed, and no note.
+    let size = SAMPLED_BELOW.to_string();
+    let s = setup(&[
+        "--mode", "stream", "--count", "40", "--size", &size, "--warmup", "2",
+    ]);
+    let (w, wire) = write_all(&s, b"");
+    w.unwrap();
+    let data = wire.iter().map(|f| parse(f).0);
+    let data: Vec<_> = data
+        .filter(|h| h.kind == crate::frame::Kind::Data)
+        .collect();
+    assert!(data.iter().all(|h| h.sent_ns != 0), "every frame stamped");
+    let (rr, _) = read_all(&s, &wire).unwrap().unwrap();
+    assert!(rr.verified && !rr.notes.iter().any(|n| n.starts_with("one-way")));
 }
 
 #[test]
