@@ -55,6 +55,19 @@ fn take(c: &mut Consumer, seq: u64) {
     assert_eq!((h.seq, &got[..8]), (seq, &seq.to_le_bytes()[..]));
 }
 
+/// Ring 0 of a 64 KiB area after one lap of three 16 KiB frames built in place and taken:
+/// the producer holds memos of the slots at 0, 16448 and 32896, and a pad sends the next
+/// record to 0.
+fn after_one_lap() -> (Region, *mut u8, Producer, Consumer, SlotSums) {
+    let (r, base, mut p, mut c) = spin_ends(CAP);
+    let mut sums = SlotSums::default();
+    for seq in 0..3 {
+        build_in_place(&mut p, &mut sums, seq, LEN);
+        take(&mut c, seq);
+    }
+    (r, base, p, c, sums)
+}
+
 #[test]
 fn a_slot_built_again_in_place_keeps_its_memo_and_its_checksum_is_right() {
     let (_r, _, mut p, mut c) = spin_ends(CAP);
@@ -76,12 +89,7 @@ fn a_slot_built_again_in_place_keeps_its_memo_and_its_checksum_is_right() {
 
 #[test]
 fn a_copied_frame_a_pad_or_a_record_of_another_length_makes_the_producer_forget() {
-    let (_r, _, mut p, mut c) = spin_ends(CAP);
-    let mut sums = SlotSums::default();
-    for seq in 0..3 {
-        build_in_place(&mut p, &mut sums, seq, LEN);
-        take(&mut c, seq);
-    }
+    let (_r, _, mut p, mut c, mut sums) = after_one_lap();
     // Offset 0 again (after the pad), but copied: its memo must go.
     let data = payload(3, LEN);
     p.send(&hdr(Kind::Data, 3, &data), &data).unwrap();
@@ -117,12 +125,7 @@ fn a_copied_frame_a_pad_or_a_record_of_another_length_makes_the_producer_forget(
 
 #[test]
 fn a_loan_not_remembered_again_leaves_no_memo() {
-    let (_r, _, mut p, mut c) = spin_ends(CAP);
-    let mut sums = SlotSums::default();
-    for seq in 0..3 {
-        build_in_place(&mut p, &mut sums, seq, LEN);
-        take(&mut c, seq);
-    }
+    let (_r, _, mut p, mut c, mut sums) = after_one_lap();
     // Offset 0 lent and rewritten whole, published without a memo.
     let slot = p.reserve(LEN).unwrap();
     assert!(p.memo(&slot).is_some());
@@ -146,12 +149,7 @@ fn a_loan_not_remembered_again_leaves_no_memo() {
 /// the consumer, which sums what it reads, reports the frame corrupt rather than taking it.
 #[test]
 fn a_checksum_from_a_memo_that_does_not_hold_is_caught_by_the_consumer() {
-    let (_r, base, mut p, mut c) = spin_ends(CAP);
-    let mut sums = SlotSums::default();
-    for seq in 0..3 {
-        build_in_place(&mut p, &mut sums, seq, LEN);
-        take(&mut c, seq);
-    }
+    let (_r, base, mut p, mut c, mut sums) = after_one_lap();
     c.release_lent();
     // 1000 bytes into the payload of the record at 16448, behind the producer's back.
     let at = offsets::data(0, CAP) + 16448 + STAMP_LEN + HEADER_LEN + 1000;
@@ -170,12 +168,7 @@ fn a_checksum_from_a_memo_that_does_not_hold_is_caught_by_the_consumer() {
 /// the sequence number, which every frame built there writes anew.
 #[test]
 fn only_a_write_over_the_bytes_a_memo_speaks_for_forgets_it() {
-    let (_r, _, mut p, mut c) = spin_ends(CAP);
-    let mut sums = SlotSums::default();
-    for seq in 0..3 {
-        build_in_place(&mut p, &mut sums, seq, LEN);
-        take(&mut c, seq);
-    }
+    let (_r, _, mut p, _c, _sums) = after_one_lap();
     let keys = |p: &Producer| p.memos.keys().copied().collect::<Vec<u64>>();
     assert_eq!(keys(&p), [0, 16448, 32896]);
     let payload_at = |o: u64| o + (STAMP_LEN + HEADER_LEN) as u64;
