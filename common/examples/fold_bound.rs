@@ -8,14 +8,14 @@
 //! loads and XORs the same bytes (what the caches could deliver) and the same fold on
 //! 256-bit registers.
 //!
-//! On the development machine's AMD EPYC Zen 5 it printed 30-32 GB/s with one accumulator
-//! and 51-60 with two to sixteen, against 160-230 GB/s for the loads alone, and 29-30 for
+//! On the development machine's AMD EPYC Zen 5 it printed 28-32 GB/s with one accumulator
+//! and 51-60 with two to sixteen, against 117-232 GB/s for the loads alone, and 29-30 for
 //! the 256-bit fold: the multiplications' throughput bounds the fold (the CPU issues as
 //! many 256-bit ones as 512-bit ones, so the wide form moves twice the bytes), and no
 //! reordering of the loop can pass it. That is the ceiling of the shared ring's consumer,
 //! which copies and folds in one pass (see BENCHMARKS.md).
 //!
-//! Run: `taskset -c 0 cargo run --release -p common --example fold_bound`. It needs AVX-512F
+//! Run: `taskset -c 0 cargo run --release -p common --example fold_bound`. It needs AVX-512F,
 //! AVX-512VL and VPCLMULQDQ, and says so and exits on a CPU without them.
 
 use std::time::Instant;
