@@ -63,7 +63,7 @@ impl LoanArgs {
         let mut v = Vec::new();
         if self.zero_copy {
             v.push(
-                "zero-copy: each timed frame was built in a slot of ring 0 lent by reserve() \
+                "zero-copy: each timed frame was built in a slot of ring 0 lent by reserve_in_place() \
                  (frame_mut) and published there; no payload was copied"
                     .to_string(),
             );

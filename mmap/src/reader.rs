@@ -36,7 +36,7 @@
 //!    copy, lent to us until the next receive.
 //! 5. Text: `write(1)` of the line.
 //! 6. Pingpong: the Pong into ring 1 with [`Producer::send`] (reserve, copy in, publish,
-//!    as the writer does on ring 0); zero-copy: built in place ([`Producer::reserve`],
+//!    as the writer does on ring 0); zero-copy: built in place ([`Producer::reserve_in_place`],
 //!    [`Producer::frame_mut`], the session's `seal_pong` with the slot's memo,
 //!    [`Producer::publish`]). With
 //!    `--sync`, `msync(MS_SYNC)` after it (F5).
@@ -50,6 +50,7 @@
 //! [`Consumer::recv_in_place`]: common::ring::Consumer::recv_in_place
 //! [`Producer::send`]: common::ring::Producer::send
 //! [`Producer::reserve`]: common::ring::Producer::reserve
+//! [`Producer::reserve_in_place`]: common::ring::Producer::reserve_in_place
 //! [`Producer::frame_mut`]: common::ring::Producer::frame_mut
 //! [`Producer::publish`]: common::ring::Producer::publish
 
@@ -173,7 +174,7 @@ fn receive_all(
                         .as_mut()
                         .context("a Ping, but the Hello said no pingpong")?;
                     let slot = tx
-                        .reserve(pong.payload_len())
+                        .reserve_in_place(pong.payload_len())
                         .map_err(|e| gone(&session, rf, e))?;
                     // The slot's memo spares the checksum a pass over the payload.
                     let memo = tx.memo(&slot);

@@ -30,7 +30,9 @@
 //!    analogue); [`Producer::copy_in`]: plain stores into the mapped page, no system call;
 //!    [`Producer::publish`]: a Release store of the record's stamp and our index,
 //!    `futex(FUTEX_WAKE)` only if the reader said it sleeps.
-//! 5. `--zero-copy`: no copy. [`Producer::frame_mut`] lends us the reserved bytes of the
+//! 5. `--zero-copy`: no copy. [`Producer::reserve_in_place`] reserves (a large frame then
+//!    follows the last one rather than going back to the start: nothing copied, nothing
+//!    to keep in the caches), and [`Producer::frame_mut`] lends us the reserved bytes of the
 //!    map; the session writes the header and the payload's sequence number there (the
 //!    rest is what the slot holds), then `publish`.
 //! 6. With `--sync`, `msync(MS_SYNC)` after each publish (F5).
@@ -45,6 +47,7 @@
 //! error, Ctrl-C or a dead peer, whichever side notices removes it.
 //!
 //! [`Producer::reserve`]: common::ring::Producer::reserve
+//! [`Producer::reserve_in_place`]: common::ring::Producer::reserve_in_place
 //! [`Producer::copy_in`]: common::ring::Producer::copy_in
 //! [`Producer::publish`]: common::ring::Producer::publish
 //! [`Producer::frame_mut`]: common::ring::Producer::frame_mut
@@ -180,7 +183,7 @@ fn send_all(
         // the reader reads nothing there before the publish), then published.
         if loans.zero_copy && session.next_is_timed() {
             let slot = tx
-                .reserve(setup.args.size)
+                .reserve_in_place(setup.args.size)
                 .map_err(|e| gone(&session, rf, &tx, e))?;
             // The slot's memo spares the checksum a pass over the payload (as shm-writer).
             let memo = tx.memo(&slot);

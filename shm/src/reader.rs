@@ -32,7 +32,7 @@
 //! 4. If the Hello says zero-copy, every later frame is taken with `recv_in_place`: the
 //!    header copied and decoded, the checksum computed over the payload where it lies (no
 //!    copy), the record lent to us until the next receive; each Pong is built in place in
-//!    ring 1 (`reserve`, `frame_mut`, the session's `seal_pong`, `publish`; from 16 KiB up
+//!    ring 1 (`reserve_in_place`, `frame_mut`, the session's `seal_pong`, `publish`; from 16 KiB up
 //!    the checksum comes from the slot's memo, `memo`/`remember`).
 //! 5. At End: System V shows `nattch` (`shmctl(IPC_STAT)`), then `shm_unlink`
 //!    (`shmctl(IPC_RMID)`): this program removes the object (S3: the kernel keeps it until
@@ -180,7 +180,7 @@ fn take_frames(
                     // memo when the last Pong there left one), publish.
                     let back = way_back(&mut back)?;
                     let slot = back
-                        .reserve(pong.payload_len())
+                        .reserve_in_place(pong.payload_len())
                         .map_err(|e| writer_gone(&session, e, &what))?;
                     let memo = back.memo(&slot);
                     let memo = session.seal_pong(&pong, back.frame_mut(&slot), memo)?;

@@ -31,7 +31,9 @@
 //!    shared pages (`copy_nonoverlapping`, no system call); `publish` stores the record's
 //!    stamp and our index with Release, and `futex(FUTEX_WAKE)` only if the reader sleeps.
 //!    Pingpong: each Pong from ring 1 with `recv` (an Acquire load of its stamp).
-//! 4. `--zero-copy`: no payload is copied. `frame_mut` lends us the reserved bytes
+//! 4. `--zero-copy`: no payload is copied. `reserve_in_place` reserves (a large frame
+//!    then follows the last one instead of going back to the start of the area: nothing
+//!    is copied, so nothing is kept in the caches), `frame_mut` lends us the reserved bytes
 //!    themselves; the session writes the header and the payload's sequence number there
 //!    (the rest is what the slot holds; from 16 KiB up its checksum comes from the slot's
 //!    memo, `memo`/`remember`, not a pass over it), then `publish`. Each Pong is read where it lies
@@ -176,7 +178,7 @@ fn send_frames(
         // a pass over them for the checksum.
         if loans.zero_copy && session.next_is_timed() {
             let slot = tx
-                .reserve(setup.args.size)
+                .reserve_in_place(setup.args.size)
                 .map_err(|e| reader_gone(&session, tx.peer_index(), e))?;
             let memo = tx.memo(&slot);
             let (_, memo) = session.next_in_slot(tx.frame_mut(&slot), memo)?;

@@ -68,7 +68,8 @@
 //! ([`max_record`]), so there is always room for a pad and a record once the area drains.
 //! The producer also pads on purpose: a record of half a MiB or more goes back to offset 0
 //! whenever the ring is empty and it fits before `head`'s offset, so large pingpong frames
-//! reuse bytes that are still in the caches ([`super::spsc::producer::RESTART_FROM`]).
+//! reuse bytes that are still in the caches ([`super::spsc::producer::RESTART_FROM`]); a
+//! frame built in place does not (it copies nothing for the caches to keep).
 //!
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -262,3 +262,32 @@ fn a_large_record_starts_over_when_the_ring_is_empty() {
     let slot = p.reserve(64).unwrap();
     assert_eq!(p.frame_mut(&slot).as_ptr() as usize - area, rec);
 }
+
+/// A frame built in place (`reserve_in_place`) never starts over: however large, it
+/// follows the last record, and pads only where it would not fit before the end.
+#[test]
+fn a_large_record_built_in_place_follows_the_last_one() {
+    let cap = 4 << 20;
+    let len = super::spsc::producer::RESTART_FROM as usize;
+    let (_r, base, mut p, mut c) = spin_ends(cap);
+    let area = base.wrapping_add(offsets::data(0, cap) + STAMP_LEN) as usize;
+    let d = payload(0, len);
+    let rec = record_len(len) as u64;
+    let fits = cap as u64 / rec;
+    for seq in 0..fits + 2 {
+        let slot = p
+            .reserve_in_place(len)
+            .unwrap_or_else(|e| panic!("frame {seq}: {e}"));
+        let frame = p.frame_mut(&slot);
+        let off = frame.as_ptr() as usize - area;
+        frame[..HEADER_LEN].copy_from_slice(&hdr(Kind::Data, seq, &d));
+        frame[HEADER_LEN..].copy_from_slice(&d);
+        p.publish(slot);
+        // The ring is empty before every frame but the first, and still the frames walk
+        // the area: offsets 0, rec, 2 rec, ... and back to 0 after the last that fits.
+        let want = (seq % fits) * rec;
+        assert_eq!(off as u64, want, "frame {seq}");
+        let (h, got) = c.recv().unwrap();
+        assert_eq!((h.seq, got), (seq, &d[..]));
+    }
+}
