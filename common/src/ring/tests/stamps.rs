@@ -224,16 +224,25 @@ fn a_large_frame_is_taken_and_checked_in_pieces() {
     }
 }
 
+/// The area of the two large-record tests below: 4 MiB.
+const LARGE_CAP: usize = 4 << 20;
+
+/// Spinning ends over a `LARGE_CAP` area; the address where the area's first frame starts
+/// (offsets are measured from it); and a payload of `RESTART_FROM` bytes.
+fn large_ends() -> (Region, Producer, Consumer, usize, Vec<u8>) {
+    let (r, base, p, c) = spin_ends(LARGE_CAP);
+    let area = base.wrapping_add(offsets::data(0, LARGE_CAP) + STAMP_LEN) as usize;
+    let len = super::spsc::producer::RESTART_FROM as usize;
+    (r, p, c, area, payload(0, len))
+}
+
 /// A record of `RESTART_FROM` bytes or more goes back to the start of the area when the
 /// ring is empty (the consumer skips the pad before it); while a frame is still in the
 /// ring, the next one follows it.
 #[test]
 fn a_large_record_starts_over_when_the_ring_is_empty() {
-    let cap = 4 << 20;
-    let len = super::spsc::producer::RESTART_FROM as usize;
-    let (_r, base, mut p, mut c) = spin_ends(cap);
-    let area = base.wrapping_add(offsets::data(0, cap) + STAMP_LEN) as usize;
-    let d = payload(0, len);
+    let (_r, mut p, mut c, area, d) = large_ends();
+    let len = d.len();
     let place = |p: &mut Producer, seq: u64| {
         let slot = p
             .reserve(len)
@@ -267,11 +276,8 @@ fn a_large_record_starts_over_when_the_ring_is_empty() {
 /// follows the last record, and pads only where it would not fit before the end.
 #[test]
 fn a_large_record_built_in_place_follows_the_last_one() {
-    let cap = 4 << 20;
-    let len = super::spsc::producer::RESTART_FROM as usize;
-    let (_r, base, mut p, mut c) = spin_ends(cap);
-    let area = base.wrapping_add(offsets::data(0, cap) + STAMP_LEN) as usize;
-    let d = payload(0, len);
+    let (_r, mut p, mut c, area, d) = large_ends();
+    let (cap, len) = (LARGE_CAP, d.len());
     let rec = record_len(len) as u64;
     let fits = cap as u64 / rec;
     for seq in 0..fits + 2 {
