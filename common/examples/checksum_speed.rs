@@ -1,13 +1,14 @@
 //! How fast is the frame checksum? CRC-32C of a frame (its header's first 36 bytes, then
 //! the payload) by two crates as references (the `crc32c` crate's `crc32` instruction loop,
 //! and `crc-fast`'s carry-less-multiply folding through its `Digest`), what
-//! `common::frame::checksum` runs (its "dispatch": the project's own `crc32` loops, or
-//! its own folding on AVX-512 CPUs), and a plain copy of the same payload, from a header
+//! `common::frame::checksum` runs (its "dispatch": the project's own `crc32` loops, its
+//! 256-bit folding beside them where the CPU has VPCLMULQDQ without AVX-512, or its own
+//! 512-bit folding on AVX-512 CPUs; the first line says which), and a plain copy of the same payload, from a header
 //! alone (`--verify seq`) to 1 MiB: so you can see whether the checksum or the copy bounds
 //! a mechanism at a given message size, and check the dispatch's choice on the CPU you
 //! have. The last two columns are what the shared ring's consumer could do with a frame:
-//! copy it out then sum the copy, or what it does, `Summer::copy_from` (one pass: the
-//! `crc32` instruction, or folding with AVX-512).
+//! copy it out then sum the copy, or what it does, `Summer::copy_from` (one pass, by the
+//! same loops as the dispatch).
 //!
 //! Run: `cargo run --release -p common --example checksum_speed` (pin it: `taskset -c 0`).
 
@@ -17,15 +18,7 @@ use std::time::Instant;
 use common::align::RecordBytes;
 
 fn main() {
-    println!(
-        "CPU folds 512 bits at a time (AVX-512F + VPCLMULQDQ): {}; the frame checksum uses {}",
-        common::frame::wide_folding(),
-        if common::frame::wide_folding() {
-            "folding (common::checksum::folding)".to_string()
-        } else {
-            "crc32 loops (common::checksum::copying; crc32c without SSE 4.2)".into()
-        }
-    );
+    println!("the frame checksum uses {}", common::frame::method());
     println!(
         "{:>8} {:>20} {:>20} {:>20} {:>10} {:>15} {:>14}",
         "payload",

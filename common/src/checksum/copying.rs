@@ -14,10 +14,13 @@
 //! in flight; a copy of 8 KiB or less therefore asks for all its lines first (a prefetch
 //! of each), and then gains too (4 KiB stream 1.1x, pingpong 0.92x the time). CPUs with
 //! AVX-512 and VPCLMULQDQ run the same idea with 64-byte registers ([`super::folding`]).
+//! CPUs with VPCLMULQDQ but not AVX-512 copy with this loop too, and sum in place with
+//! [`super::hybrid`], which runs 256-bit folding beside `crc32` streams.
 //!
 //! Tried and left out, on that Zen 2: folding with PCLMULQDQ alone (12.7 GB/s copying), and
 //! PCLMULQDQ folding beside the `crc32` streams, which other CPUs run side by side (19.7 GB/s
-//! summing only, against 24.3 for `crc32` alone: here the two compete); prefetching ahead
+//! summing only, against 24.3 for `crc32` alone: here the two compete; with 256-bit
+//! VPCLMULQDQ on a Zen 3 they do not, see [`super::hybrid`]); prefetching ahead
 //! inside the loop (slower at 64 KiB and 1 MiB: the CPU's own prefetcher does better).
 //!
 //! The same three streams without the stores (`sum_append`) sum bytes already in place;
@@ -41,7 +44,7 @@ use std::arch::x86_64::{
 };
 
 /// CRC-32C's polynomial P with its x^32 term (the normal, not bit-reversed, form).
-const POLY: u64 = 0x1_1EDC_6F41;
+pub(crate) const POLY: u64 = 0x1_1EDC_6F41;
 
 /// `x^n mod P` in the normal form: bit `i` is the coefficient of `x^i`.
 pub(crate) const fn xpow_mod(n: u32) -> u32 {
@@ -58,7 +61,7 @@ pub(crate) const fn xpow_mod(n: u32) -> u32 {
 }
 
 /// The multiplier that moves a CRC state past `bytes` zero bytes (see the module docs).
-const fn shift_const(bytes: usize) -> u64 {
+pub(crate) const fn shift_const(bytes: usize) -> u64 {
     xpow_mod(8 * bytes as u32 - 33).reverse_bits() as u64
 }
 
@@ -316,7 +319,7 @@ fn join<const B: usize>(s0: u64, s1: u64, s2: u64) -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "sse4.2,pclmulqdq")]
-fn shift(s: u32, k: u64) -> u32 {
+pub(crate) fn shift(s: u32, k: u64) -> u32 {
     let v = _mm_clmulepi64_si128(
         _mm_cvtsi64_si128(i64::from(s)),
         _mm_cvtsi64_si128(k as i64),
