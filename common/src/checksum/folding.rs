@@ -61,7 +61,7 @@ const PREFETCH: usize = 8 << 10;
 /// The two multipliers that move a 128-bit lane forward by `bytes` (module docs): for its
 /// earlier half `x^(8 bytes + 32) mod P` and for its later half `x^(8 bytes - 32) mod P`,
 /// bit-reversed and shifted left by one.
-const fn fold_pair(bytes: usize) -> (i64, i64) {
+pub(crate) const fn fold_pair(bytes: usize) -> (i64, i64) {
     let d = 8 * bytes as u32;
     (
         ((xpow_mod(d + 32).reverse_bits() as u64) << 1) as i64,

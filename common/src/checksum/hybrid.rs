@@ -47,6 +47,8 @@ use std::arch::x86_64::{
 #[cfg(target_arch = "x86_64")]
 use super::copying::shift;
 use super::copying::{xpow_mod, POLY};
+#[cfg(target_arch = "x86_64")]
+use super::folding::fold_pair;
 
 /// Bytes folded per step: four 32-byte accumulators.
 const FOLD: usize = 128;
@@ -98,17 +100,6 @@ const fn mul_mod(a: u32, b: u32) -> u32 {
         }
     }
     r as u32
-}
-
-/// The two multipliers that move a 128-bit lane forward by `bytes` (see
-/// [`super::folding`]'s docs): `x^(8 bytes + 32) mod P` for its earlier half and
-/// `x^(8 bytes - 32) mod P` for its later half, bit-reversed and shifted left by one.
-const fn fold_pair(bytes: usize) -> (i64, i64) {
-    let d = 8 * bytes as u32;
-    (
-        ((xpow_mod(d + 32).reverse_bits() as u64) << 1) as i64,
-        ((xpow_mod(d - 32).reverse_bits() as u64) << 1) as i64,
-    )
 }
 
 /// Whether this CPU has what [`sum_hybrid`] uses: AVX2, VPCLMULQDQ, and
