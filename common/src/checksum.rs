@@ -151,7 +151,8 @@ pub fn method() -> &'static str {
 /// Whether this CPU folds 512 bits at a time: AVX-512F and VPCLMULQDQ (checked once; the
 /// standard library caches the CPUID answer). Then [`folding`] sums payloads of 512 bytes
 /// and more (shorter ones go to its `crc32` loops) and `crc-fast` combines two CRCs;
-/// otherwise the `crc32` loops of [`copying`] sum.
+/// otherwise [`hybrid`] sums in place where the CPU has VPCLMULQDQ, and the `crc32` loops
+/// of [`copying`] do the rest ([`method`] says which, in words).
 pub fn wide_folding() -> bool {
     folding::available()
 }

@@ -63,10 +63,10 @@ const STEP: usize = FOLD + STREAMS * LANE;
 const STEPS: usize = 16;
 /// Bytes per whole round: 4096. What is left after the whole rounds is one shorter round
 /// of as many whole steps as fit, then under 256 bytes for one `crc32` stream.
-pub(crate) const ROUND: usize = STEPS * STEP;
+const ROUND: usize = STEPS * STEP;
 /// The shortest input summed here: four steps (shorter ones cost more to reduce and join
 /// than they save, and go to [`super::copying`]).
-pub(crate) const MIN: usize = 4 * STEP;
+const MIN: usize = 4 * STEP;
 
 /// `SHIFTS[u]` moves a CRC state past `32 * u` zero bytes (`shift_const(32 * u)`), for
 /// every distance a round of up to [`STEPS`] steps joins its parts by. Computed at compile
