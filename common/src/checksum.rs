@@ -35,21 +35,35 @@ pub mod hybrid;
 /// `cargo run --release -p common --example checksum_speed` prints them on the machine at
 /// hand beside the choice made here (its "dispatch" column).
 pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
-    if header_prefix.len() + payload.len() <= SHORT && copying::available() {
-        // SAFETY: the CPU has the instruction (available()).
-        return unsafe { copying::sum_short(copying::sum_short(0, header_prefix), payload) };
+    checksum_split(header_prefix, &[], payload)
+}
+
+/// [`checksum`] of a payload given in two pieces, `front` then `rest`: for a frame built
+/// where it lies, whose new first bytes (its sequence number) the sender holds in a
+/// register while the rest lies in the slot. Summing before writing anything into the
+/// slot keeps the slot's first cache line, which the consumer polls, out of the sender's
+/// hands until the stores of header and stamp follow each other
+/// ([`crate::ring::Producer::frame_mut`]).
+pub fn checksum_split(header_prefix: &[u8], front: &[u8], rest: &[u8]) -> u32 {
+    let short = header_prefix.len() + front.len() + rest.len() <= SHORT;
+    if !copying::available() {
+        let c = crc32c::crc32c_append(crc32c::crc32c(header_prefix), front);
+        return crc32c::crc32c_append(c, rest);
     }
-    if folding::available() {
+    // SAFETY: the CPU has the instruction (available()).
+    let c = unsafe { copying::sum_short(copying::sum_short(0, header_prefix), front) };
+    if short {
+        // SAFETY: as above.
+        unsafe { copying::sum_short(c, rest) }
+    } else if folding::available() {
         // SAFETY: the CPU has the instructions (available()).
-        unsafe { folding::sum_fold(copying::sum_short(0, header_prefix), payload) }
+        unsafe { folding::sum_fold(c, rest) }
     } else if hybrid::available() {
         // SAFETY: the CPU has the instructions (available()).
-        unsafe { hybrid::sum_hybrid(copying::sum_short(0, header_prefix), payload) }
-    } else if copying::available() {
-        // SAFETY: the CPU has the instructions (available()).
-        unsafe { copying::sum_append(copying::sum_short(0, header_prefix), payload) }
+        unsafe { hybrid::sum_hybrid(c, rest) }
     } else {
-        crc32c::crc32c_append(crc32c::crc32c(header_prefix), payload)
+        // SAFETY: the CPU has the instructions (copying::available(), above).
+        unsafe { copying::sum_append(c, rest) }
     }
 }
 

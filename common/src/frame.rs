@@ -28,7 +28,9 @@
 
 use std::fmt;
 
-pub use crate::checksum::{checksum, checksum_combine, method, wide_folding, Summer};
+pub use crate::checksum::{
+    checksum, checksum_combine, checksum_split, method, wide_folding, Summer,
+};
 
 /// `b"IPCS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"IPCS");

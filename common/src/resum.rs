@@ -19,7 +19,7 @@
 //!   payload past its first 8 bytes is what the slot held: its checksum from the CRC of
 //!   those bytes the last time a frame was built there (the producer's memo of the slot).
 
-use crate::frame::{checksum, checksum_combine, Kind, CHECKSUM_AT};
+use crate::frame::{checksum, checksum_combine, checksum_split, Kind, CHECKSUM_AT};
 
 /// The linear map "a CRC-32C value, followed by `n` more bytes": for any `X` and any `Y`
 /// of `n` bytes, `crc(X || Y) == shift.apply(crc(X)) ^ crc(Y)`.
@@ -95,12 +95,12 @@ impl Repeated {
         self.head + self.shift.len()
     }
 
-    /// `checksum(prefix, payload)`, reading only `payload[..head]`: the caller guarantees
-    /// that the rest is what [`Repeated::new`] saw (the session owns the buffer).
-    pub fn checksum(&self, prefix: &[u8], payload: &[u8]) -> u32 {
-        debug_assert_eq!(payload.len(), self.payload_len());
-        let front = checksum(prefix, &payload[..self.head]);
-        self.shift.apply(front) ^ self.tail_crc
+    /// `checksum(prefix, payload)` for the payload whose first `head` bytes are now
+    /// `front`: the caller guarantees that the rest is what [`Repeated::new`] saw (the
+    /// session owns the buffer).
+    pub fn checksum(&self, prefix: &[u8], front: &[u8]) -> u32 {
+        debug_assert_eq!(front.len(), self.head);
+        self.shift.apply(checksum(prefix, front)) ^ self.tail_crc
     }
 }
 
@@ -120,20 +120,26 @@ pub struct SlotSums {
 
 impl SlotSums {
     /// `checksum(prefix, payload)` and the memo to keep for the slot (the CRC of
-    /// `payload[8..]`), or no memo for a payload shorter than [`MEMO_FROM`]. With `memo`
-    /// (the slot's, from the last frame built there) only `payload[..8]` is read; the
-    /// caller vouches that the rest is unchanged since (the producer forgets a memo when
-    /// anything else writes the slot).
+    /// `payload[8..]`), or no memo for a payload shorter than [`MEMO_FROM`]. The payload is
+    /// `front`, its new first bytes (the sequence number, not yet written into the slot),
+    /// then `rest`, the slot's bytes after them. With `memo` (the slot's, from the last
+    /// frame built there) `rest` is not read; the caller vouches that it is unchanged since
+    /// (the producer forgets a memo when anything else writes the slot).
     pub fn checksum(
         &mut self,
         prefix: &[u8],
-        payload: &[u8],
+        front: &[u8],
+        rest: &[u8],
         memo: Option<u32>,
     ) -> (u32, Option<u32>) {
-        if payload.len() < MEMO_FROM {
-            return (checksum(prefix, payload), None);
+        if front.len() + rest.len() < MEMO_FROM {
+            return (checksum_split(prefix, front, rest), None);
         }
-        let (front, rest) = payload.split_at(8);
+        debug_assert_eq!(
+            front.len(),
+            8,
+            "a memo covers the payload past its first 8 bytes"
+        );
         if self.shift.as_ref().map(Shift::len) != Some(rest.len()) {
             self.shift = Some(Shift::new(rest.len()));
         }
@@ -198,7 +204,7 @@ pub(crate) mod tests {
             let n = head.min(len);
             payload[..n].copy_from_slice(&seq.to_le_bytes().repeat(2)[..n]);
             let prefix = bytes(CHECKSUM_AT, seq);
-            prop_assert_eq!(r.checksum(&prefix, &payload), checksum(&prefix, &payload));
+            prop_assert_eq!(r.checksum(&prefix, &payload[..n]), checksum(&prefix, &payload));
         }
 
         #[test]
@@ -226,7 +232,10 @@ pub(crate) mod tests {
             let payload = bytes(len, 5);
             let r = Repeated::new(&payload, 8);
             let prefix = bytes(CHECKSUM_AT, 1);
-            assert_eq!(r.checksum(&prefix, &payload), checksum(&prefix, &payload));
+            assert_eq!(
+                r.checksum(&prefix, &payload[..8]),
+                checksum(&prefix, &payload)
+            );
         }
     }
 }

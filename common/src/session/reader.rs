@@ -5,7 +5,8 @@ use std::fmt;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::Mode;
-use crate::frame::{encode_header, encode_header_with, parse_end, Fields, Header, Kind};
+use crate::frame::{checksum, checksum_split, encode_header_with, parse_end};
+use crate::frame::{Fields, Header, Kind};
 use crate::frame::{FLAG_HEADER_SUM, HEADER_LEN};
 use crate::hello::{Expect, Hello};
 use crate::narrate;
@@ -81,8 +82,6 @@ impl PongInPlace {
                 HEADER_LEN + len
             );
         }
-        let n = len.min(8);
-        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(&self.ping.seq.to_le_bytes()[..n]);
         let fields = Fields {
             kind: Kind::Pong,
             flags: self.ping.flags,
@@ -90,19 +89,27 @@ impl PongInPlace {
             seq: self.ping.seq,
             sent_ns: self.ping.sent_ns,
         };
-        let payload = &frame[HEADER_LEN..];
+        // The checksum first, over the sequence number (held here) and the payload's other
+        // bytes as they lie; then header and sequence number are written one after the
+        // other, so the slot's first cache line, which the writer polls, is not taken back
+        // between them (as WriterSession::seal_timed does).
+        let n = len.min(8);
+        let seq = self.ping.seq.to_le_bytes();
+        let (front, rest) = (&seq[..n], &frame[HEADER_LEN + n..]);
         let mut memo = None;
         let header = match sums {
-            Some((sums, had)) if self.ping.flags & FLAG_HEADER_SUM == 0 => {
-                encode_header_with(fields, len, |prefix| {
-                    let (sum, now) = sums.checksum(prefix, payload, had);
-                    memo = now;
-                    sum
-                })?
+            _ if self.ping.flags & FLAG_HEADER_SUM != 0 => {
+                encode_header_with(fields, len, |prefix| checksum(prefix, &[]))?
             }
-            _ => encode_header(fields, payload)?,
+            Some((sums, had)) => encode_header_with(fields, len, |prefix| {
+                let (sum, now) = sums.checksum(prefix, front, rest, had);
+                memo = now;
+                sum
+            })?,
+            None => encode_header_with(fields, len, |prefix| checksum_split(prefix, front, rest))?,
         };
         frame[..HEADER_LEN].copy_from_slice(&header);
+        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(front);
         Ok(memo)
     }
 }

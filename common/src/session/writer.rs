@@ -4,8 +4,8 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::cli::Mode;
 use crate::frame::{
-    encode_header, encode_header_with, end_payload, Fields, Header, Kind, FLAG_HEADER_SUM,
-    FLAG_WARMUP, HEADER_LEN,
+    checksum, checksum_split, encode_header, encode_header_with, end_payload, Fields, Header, Kind,
+    FLAG_HEADER_SUM, FLAG_WARMUP, HEADER_LEN,
 };
 use crate::hello::{Hello, Verify};
 use crate::resum::{Repeated, SlotSums};
@@ -303,8 +303,6 @@ impl WriterSession {
             self.t0 = now_ns();
             self.cpu0 = CpuTime::now();
         }
-        let n = self.size.min(8);
-        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(&self.seq.to_le_bytes()[..n]);
         let kind = if self.mode == Mode::Pingpong {
             self.awaiting = true;
             Kind::Ping
@@ -337,21 +335,35 @@ impl WriterSession {
                 0
             },
         };
-        let payload = &frame[HEADER_LEN..];
+        // The checksum first, over the new sequence number (held here) and the payload's
+        // other bytes as they lie; only then are the frame's bytes written, header and
+        // sequence number one after the other. In a ring's slot these are the record's
+        // first cache line, which the consumer polls: stores to it that a checksum
+        // separated would let the consumer take the line back between them, and the stamp
+        // would wait for it once more (Producer::frame_mut).
+        let n = self.size.min(8);
+        let seq = self.seq.to_le_bytes();
+        let (front, rest) = (&seq[..n], &frame[HEADER_LEN + n..]);
+        let len = n + rest.len();
         let mut memo = None;
         let header = match sum {
-            _ if flags & FLAG_HEADER_SUM != 0 => encode_header(fields, payload)?,
-            Sum::Repeated(r) => {
-                encode_header_with(fields, payload.len(), |prefix| r.checksum(prefix, payload))?
+            _ if flags & FLAG_HEADER_SUM != 0 => {
+                encode_header_with(fields, len, |prefix| checksum(prefix, &[]))?
             }
-            Sum::Slot(had) => encode_header_with(fields, payload.len(), |prefix| {
-                let (sum, now) = self.slot_sums.checksum(prefix, payload, had);
+            Sum::Repeated(r) => {
+                encode_header_with(fields, len, |prefix| r.checksum(prefix, front))?
+            }
+            Sum::Slot(had) => encode_header_with(fields, len, |prefix| {
+                let (sum, now) = self.slot_sums.checksum(prefix, front, rest, had);
                 memo = now;
                 sum
             })?,
-            Sum::Whole => encode_header(fields, payload)?,
+            Sum::Whole => {
+                encode_header_with(fields, len, |prefix| checksum_split(prefix, front, rest))?
+            }
         };
         frame[..HEADER_LEN].copy_from_slice(&header);
+        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(front);
         self.last_seq = self.seq;
         self.data_sent = true;
         if kind == Kind::Data {

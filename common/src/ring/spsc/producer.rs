@@ -220,6 +220,19 @@ impl Producer {
     /// The reserved frame's bytes where they lie in the shared area: header (40 bytes),
     /// then the payload it was reserved for. The producer builds the frame here in place
     /// (zero-copy); nothing is visible to the consumer until [`Producer::publish`].
+    ///
+    /// Compute first, write last: the record's first cache line holds the stamp that a
+    /// spinning consumer polls, so that line is in the consumer's cache until the first
+    /// store into it takes it away. Work between that store and the stamp's (a checksum
+    /// over a header just written in small pieces waits for every earlier store to reach
+    /// the cache, the one into the polled line included) lets the consumer's next poll take
+    /// the line back, and the stamp then waits for it a second time: one more transfer
+    /// between the cores per frame. The sessions therefore sum the payload with its new
+    /// sequence number held aside ([`crate::frame::checksum_split`]) and write header and
+    /// sequence number together at the end, as [`Producer::copy_in`] writes that line last.
+    /// Measured on an Intel Xeon (family 6 model 207, two vCPUs, cache-line round trip
+    /// 326 ns), 64-byte spin pingpong medians of 10 interleaved runs: `--zero-copy --verify
+    /// seq` 717 ns with the sequence number written first, 540 this way.
     pub fn frame_mut(&mut self, slot: &Reserved) -> &mut [u8] {
         // Whatever is written through the loan, a memo of these bytes no longer holds
         // unless the caller makes a new one (Producer::remember) before the publish.
@@ -258,12 +271,21 @@ impl Producer {
         self.forget(slot.at & (self.cap - 1), slot.rec, None);
         let data = self.region.data(self.d);
         let off = (slot.at & (self.cap - 1)) as usize + STAMP_LEN;
+        // The payload past the record's first cache line goes first, then the header and
+        // the payload's first bytes: the stores into the line the consumer polls then
+        // follow one another and the stamp (`publish`), so the line is taken from the
+        // consumer once. Stored the other way, the line could go back to the polling
+        // consumer while the stores into the next lines wait for those lines, and the stamp
+        // would wait for it a second time.
+        let first = payload.len().min(RECORD_ALIGN - STAMP_LEN - HEADER_LEN);
         // SAFETY: as in `frame_mut`: [off, off + HEADER_LEN + payload.len()) lies inside the
         // area, released by the consumer and not read by it before the stamp is stored.
         // `header` and `payload` are our own memory and cannot overlap the region.
         unsafe {
+            let (to, from) = (data.add(off + HEADER_LEN), payload.as_ptr());
+            ptr::copy_nonoverlapping(from.add(first), to.add(first), payload.len() - first);
             ptr::copy_nonoverlapping(header.as_ptr(), data.add(off), HEADER_LEN);
-            ptr::copy_nonoverlapping(payload.as_ptr(), data.add(off + HEADER_LEN), payload.len());
+            ptr::copy_nonoverlapping(from, to, first);
         }
         Ok(())
     }
