@@ -203,6 +203,8 @@ fn take_frames(
                     back = Some(shared.region.producer(Direction::ReaderToWriter, opts)?);
                 }
                 rx.set_wait(setup.wait);
+                // Pingpong: each Ping is an answer we wait for (prefetch while spinning).
+                rx.prefetch_while_spinning(setup.mode() == Mode::Pingpong);
             }
             Action::Continue => {}
             Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,

@@ -119,6 +119,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Pingpong's way back is ring 1 (S4: both processes read and write the region).
     let back = (c.mode == Mode::Pingpong).then_some(Direction::ReaderToWriter);
     let mut rx = back.map(|d| shared.region.consumer(d, opts)).transpose()?;
+    // Each Pong is an answer we wait for: a spinning wait prefetches its second line.
+    if let Some(rx) = rx.as_mut() {
+        rx.prefetch_while_spinning(true);
+    }
     // What the report says about this run; a text line may take at most half a ring.
     let setup = Setup {
         program: PROGRAM,

@@ -310,6 +310,7 @@ impl Region {
             pacer: Pacer::new(opts, &self.inner),
             frame_len: 0,
             lent: 0,
+            prefetch: false,
         })
     }
 

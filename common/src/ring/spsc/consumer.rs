@@ -47,6 +47,9 @@ pub struct Consumer {
     pub(in crate::ring) frame_len: usize,
     /// Bytes of the record lent by `recv_in_place`, released at the next receive.
     pub(in crate::ring) lent: u64,
+    /// Whether a spinning wait prefetches the record's second line
+    /// ([`Consumer::prefetch_while_spinning`]).
+    pub(in crate::ring) prefetch: bool,
 }
 
 impl Drop for Consumer {
@@ -155,6 +158,9 @@ impl Consumer {
             if let Some(len) = self.poll(check)? {
                 return Ok(len);
             }
+            if self.prefetch && !waiting.sleepy() {
+                self.prefetch_second_line();
+            }
             let seen = if check { self.head_seen } else { self.tail };
             let c = self.ctl();
             self.pacer.pause(
@@ -165,6 +171,37 @@ impl Consumer {
                 seen,
                 "a frame from the peer",
             )?;
+        }
+    }
+
+    /// Makes a spinning wait prefetch, on each poll, the cache line after the one holding
+    /// the stamp at `tail`, for a consumer that waits for answers (pingpong). The second
+    /// line of the record to come (a 64-byte payload's frame takes two) then travels to
+    /// this core while the producer writes the first one, instead of after the stamp is
+    /// seen. Off by default: a consumer that follows a stream closely would pull the lines
+    /// the producer is about to write, which then cost the producer a transfer each.
+    /// Measured on an Intel Xeon (family 6 model 207), spin medians of interleaved runs:
+    /// 64-byte pingpong 750 ns without it and 662 with it (10 runs; cache-line round trip
+    /// 362 ns); a 64-byte stream prefetching throughout 0.49-0.50 GB/s without, 0.455 with
+    /// (8 runs each way).
+    pub fn prefetch_while_spinning(&mut self, on: bool) {
+        self.prefetch = on;
+    }
+
+    /// The prefetch of [`Consumer::prefetch_while_spinning`]. A prefetch is only a hint:
+    /// it never faults and writes nothing, and if the producer writes the line after it,
+    /// the line is fetched again.
+    fn prefetch_second_line(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let off = (self.tail + RECORD_ALIGN as u64) & (self.cap - 1);
+            // SAFETY: `off` is below `cap`, so the address lies inside this direction's
+            // area; a prefetch reads nothing into the program and cannot fault anyway.
+            unsafe {
+                let p = self.region.data(self.d).add(off as usize);
+                _mm_prefetch::<_MM_HINT_T0>(p.cast_const().cast::<i8>());
+            }
         }
     }
 
