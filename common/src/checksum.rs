@@ -175,6 +175,9 @@ pub fn wide_folding() -> bool {
 mod tests {
     use super::*;
 
+    /// The header's summed prefix (`frame::CHECKSUM_AT`).
+    const CHECKSUM_LEN: usize = 36;
+
     fn bytes(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 131 + 7) as u8).collect()
     }
@@ -213,6 +216,28 @@ mod tests {
             let mut s = Summer::new(&prefix);
             payload.chunks(piece).for_each(|c| s.update(c));
             assert_eq!(s.finish(), checksum(&prefix, &payload), "pieces of {piece}");
+        }
+    }
+
+    /// A payload summed as its front bytes and the rest is the CRC-32C of the whole frame,
+    /// on each side of the short-input threshold and with fronts of 0 to 8 bytes.
+    #[test]
+    fn a_sum_of_front_and_rest_is_the_sum_of_the_whole() {
+        let prefix = bytes(CHECKSUM_LEN);
+        for len in [
+            0usize, 1, 7, 8, 9, 63, 64, 212, 219, 220, 221, 1000, 4096, 65_536,
+        ] {
+            let payload = bytes(len + 3)[3..].to_vec();
+            let whole = crc32c::crc32c(&[&prefix[..], &payload[..]].concat());
+            for n in 0..=len.min(8) {
+                let (front, rest) = payload.split_at(n);
+                assert_eq!(
+                    checksum_split(&prefix, front, rest),
+                    whole,
+                    "{len} bytes, front {n}"
+                );
+            }
+            assert_eq!(checksum(&prefix, &payload), whole, "{len} bytes, one piece");
         }
     }
 

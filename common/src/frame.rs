@@ -244,11 +244,17 @@ pub fn encode_header_with(
             max: MAX_PAYLOAD,
         });
     }
+    // Whole 8-byte words, so that the checksum's 8-byte loads just below are each served
+    // by the one store that wrote them: loads that span several smaller stores wait for
+    // them all to reach the cache. With the 4-byte step of the `crc32` loop for the last
+    // word, on an Intel Xeon (family 6 model 207) a 64-byte spin stream went from 0.47 to
+    // 0.51 GB/s (medians of 8 interleaved runs), its writer being the bound.
+    let first = u64::from(MAGIC)
+        | u64::from(VERSION) << 32
+        | (fields.kind as u64) << 40
+        | u64::from(fields.flags) << 48;
     let mut h = [0u8; HEADER_LEN];
-    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    h[4] = VERSION;
-    h[5] = fields.kind as u8;
-    h[6..8].copy_from_slice(&fields.flags.to_le_bytes());
+    h[0..8].copy_from_slice(&first.to_le_bytes());
     h[8..16].copy_from_slice(&fields.nonce.to_le_bytes());
     h[16..24].copy_from_slice(&fields.seq.to_le_bytes());
     h[24..32].copy_from_slice(&fields.sent_ns.to_le_bytes());

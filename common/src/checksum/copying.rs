@@ -39,8 +39,8 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
-    _mm_clmulepi64_si128, _mm_crc32_u64, _mm_crc32_u8, _mm_cvtsi128_si64, _mm_cvtsi64_si128,
-    _mm_prefetch, _MM_HINT_T0,
+    _mm_clmulepi64_si128, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8, _mm_cvtsi128_si64,
+    _mm_cvtsi64_si128, _mm_prefetch, _MM_HINT_T0,
 };
 
 /// CRC-32C's polynomial P with its x^32 term (the normal, not bit-reversed, form).
@@ -173,7 +173,13 @@ pub(crate) unsafe fn sum_short(crc: u32, bytes: &[u8]) -> u32 {
         s = _mm_crc32_u64(s, u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
     }
     let mut s = s as u32;
-    for &b in words.remainder() {
+    let mut rest = words.remainder();
+    // The header's 36 bytes end in a 4-byte word: one instruction for it.
+    if let Some((word, tail)) = rest.split_first_chunk::<4>() {
+        s = _mm_crc32_u32(s, u32::from_le_bytes(*word));
+        rest = tail;
+    }
+    for &b in rest {
         s = _mm_crc32_u8(s, b);
     }
     !s
