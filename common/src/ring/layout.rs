@@ -59,6 +59,15 @@
 //! producer also stores `head` after each record, for a consumer that sleeps (its futex
 //! word) and as a second opinion the consumer checks when a stamp is not what it expects.
 //!
+//! Because the consumer polls that first line, the producer writes it last and in one go:
+//! the rest of the record first, then header, the payload's first 16 bytes and the stamp,
+//! with nothing to compute between them (the checksum is done before anything is
+//! written). Each store into the polled line takes it from the consumer, and a pause
+//! between two of them lets the consumer's next poll take it back
+//! ([`super::spsc::Producer::frame_mut`] has the measurement). A consumer waiting for an
+//! answer also prefetches the record's second line while it polls
+//! ([`super::spsc::Consumer::prefetch_while_spinning`]).
+//!
 //! **A record never wraps.** When a record does not fit between `head` and the end of the
 //! area, the producer publishes a pad there (a stamp with [`PAD_BIT`] set: "skip to the
 //! start of the area") and stores the record at offset 0. So every frame lies in one piece
