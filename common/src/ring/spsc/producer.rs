@@ -35,6 +35,14 @@ use super::stamp_at;
 /// alike both ways (81.9-84.5 against 81.7-84.2 µs), which on the Zen 2 above gained.
 pub const RESTART_FROM: u64 = 512 << 10;
 
+/// How far past the record being copied in [`Producer::copy_in`] prefetches for writing.
+pub const PREFETCH_AHEAD: u64 = 16 << 10;
+
+/// Records up to this many bytes (payloads up to 4,048 bytes) are prefetched ahead. A
+/// 4 KiB payload's stream gained nothing from it, and larger records are long runs of
+/// lines that the CPU's own prefetcher follows.
+pub const PREFETCH_UP_TO: u64 = 4 << 10;
+
 /// The producing end of one direction.
 pub struct Producer {
     /// The region (keeps the mapping alive).
@@ -269,6 +277,7 @@ impl Producer {
             )));
         }
         self.forget(slot.at & (self.cap - 1), slot.rec, None);
+        self.prefetch_ahead(slot);
         let data = self.region.data(self.d);
         let off = (slot.at & (self.cap - 1)) as usize + STAMP_LEN;
         // The payload past the record's first cache line goes first, then the header and
@@ -288,6 +297,37 @@ impl Producer {
             ptr::copy_nonoverlapping(from, to, first);
         }
         Ok(())
+    }
+
+    /// Asks the CPU to take for writing the lines [`PREFETCH_AHEAD`] bytes past `slot`'s
+    /// record, as many as the record has (up to [`PREFETCH_UP_TO`] bytes), if the consumer
+    /// has released them (as far as its index seen last tells: nothing shared is read).
+    /// A stream of small records then finds each line already in this core's cache, in
+    /// the state a store needs, when it gets there, instead of asking for it then; and
+    /// `publish`, whose SeqCst store waits for every earlier store to reach the cache,
+    /// waits for fewer of them. The lines lie well past the one a caught-up consumer
+    /// polls (the record at `head`). A prefetch is only a hint: it never faults and
+    /// changes no byte. Measured on an Intel Xeon (family 6 model 207), spin streams,
+    /// medians of 8-10 interleaved runs without and with it: 256 B 1.67 -> 1.90 GB/s, 1 KiB
+    /// 5.2 -> 6.7, 2 KiB 5.9 -> 8.2; 64 B 0.63 against 0.59 and 4 KiB 10.3 against 9.7
+    /// (within the noise, and 4 KiB records are past [`PREFETCH_UP_TO`] now); 64 B and
+    /// 1 KiB pingpong alike both ways.
+    fn prefetch_ahead(&self, slot: &Reserved) {
+        #[cfg(target_arch = "x86_64")]
+        if slot.rec <= PREFETCH_UP_TO {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+            let from = slot.at + slot.rec + PREFETCH_AHEAD;
+            if from + slot.rec > self.tail_seen + self.cap {
+                return;
+            }
+            let data = self.region.data(self.d);
+            for pos in (from..from + slot.rec).step_by(RECORD_ALIGN) {
+                let off = (pos & (self.cap - 1)) as usize;
+                // SAFETY: `off` is below `cap`, inside this direction's area; a prefetch
+                // reads nothing into the program, writes nothing and cannot fault.
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(data.add(off).cast_const().cast::<i8>()) };
+            }
+        }
     }
 
     /// Publishes the frame written into `slot`: the pad's stamp first if there is one, the
