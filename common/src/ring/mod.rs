@@ -280,7 +280,7 @@ impl Region {
     pub fn producer(&self, d: Direction, opts: EndOpts) -> Result<Producer, RingError> {
         let claim = self.claim(d, 0)?;
         let cap = self.inner.capacity as u64;
-        Ok(Producer {
+        let end = Producer {
             region: self.inner.clone(),
             d,
             claim,
@@ -291,14 +291,16 @@ impl Region {
             full: None,
             memos: Default::default(),
             memo_reach: 0,
-        })
+        };
+        end.declare_wait();
+        Ok(end)
     }
 
     /// The consuming end of direction `d`; it owns a private buffer of one maximal record.
     pub fn consumer(&self, d: Direction, opts: EndOpts) -> Result<Consumer, RingError> {
         let claim = self.claim(d, 1)?;
         let cap = self.inner.capacity;
-        Ok(Consumer {
+        let end = Consumer {
             region: self.inner.clone(),
             d,
             claim,
@@ -311,7 +313,9 @@ impl Region {
             frame_len: 0,
             lent: 0,
             prefetch: false,
-        })
+        };
+        end.declare_wait();
+        Ok(end)
     }
 
     fn claim(&self, d: Direction, end: usize) -> Result<usize, RingError> {

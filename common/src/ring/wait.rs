@@ -29,6 +29,20 @@
 //! at once if it has changed. The futex calls are the shared (not `_PRIVATE`) variants:
 //! the kernel keys them by the physical page, which two processes' mappings share.
 //!
+//! **A side that only spins says so, and spares its peer the fence.** On x86 the waker's
+//! SeqCst store waits until every earlier store of its core has reached the cache; in a
+//! stream of small frames whose consumer has caught up, that includes the store of the
+//! stamp the consumer is polling, so each publish waited for the line to come back from
+//! the other core (`perf` on an Intel Xeon: more than half of a 64-byte stream writer's
+//! time, on the instruction after that store). A side that waits with `spin` never
+//! sleeps, so nothing ever needs to wake it: its end stores [`SPINS`] in its own "sleeps"
+//! flag once, and a waker that reads [`SPINS`] there (a plain load of a line it keeps
+//! cached) publishes with a Release store and no flag check, as a bare spinning ring does.
+//! The word is never changed back: an end that has said it spins keeps spinning even if
+//! asked to wait otherwise later ([`Pacer::set_wait`]), because its peer may already be
+//! publishing without the fence and would not wake it. A peer that writes [`SPINS`] into
+//! our flag falsely can only make itself miss wake-ups.
+//!
 //! Every sleep lasts at most [`SLEEP_SLICE`] (100 ms), and every such slice (also while
 //! spinning) the waiter checks that the peer process still exists, that the header's
 //! invariant words (magic, version, capacity, session, role, pids) are unchanged, and the
@@ -156,6 +170,12 @@ pub(super) struct Pacer {
 /// periodic check of a wait), so a scribbled header is reported within a bounded time.
 pub const AUDIT_EVERY: u64 = 1024;
 
+/// A "sleeps" flag's value while its side sleeps (0 while it is awake).
+pub const SLEEPS: u32 = 1;
+
+/// A "sleeps" flag's value once its side has said it only spins, for good (module docs).
+pub const SPINS: u32 = 2;
+
 /// Spins between two clock reads: the clock costs ~20 ns, a pause hint ~10-40 ns.
 const SPINS_PER_CLOCK: u64 = 64;
 
@@ -167,9 +187,25 @@ impl Waiting {
 }
 
 impl Pacer {
-    /// Changes the wait strategy (a reader that follows the writer's Hello).
+    /// Changes the wait strategy (a reader that follows the writer's Hello). An end that
+    /// spins keeps spinning: its peer may publish without waking it (module docs).
     pub(super) fn set_wait(&mut self, wait: Wait) {
-        self.opts.wait = wait;
+        if self.opts.wait != Wait::Spin {
+            self.opts.wait = wait;
+        }
+    }
+
+    /// Whether this end waits by spinning only, for good: its end stores [`SPINS`] in its
+    /// own "sleeps" flag ([`Pacer::declare`]).
+    pub(super) fn spins(&self) -> bool {
+        self.opts.wait == Wait::Spin
+    }
+
+    /// Stores [`SPINS`] in this end's own "sleeps" `flag` if it spins (module docs).
+    pub(super) fn declare(&self, flag: &AtomicU32) {
+        if self.spins() {
+            flag.store(SPINS, Ordering::Release);
+        }
     }
 
     /// Stores our `index` (a producer's head, a consumer's tail) and wakes the peer with
@@ -177,9 +213,14 @@ impl Pacer {
     /// argument (module docs), SeqCst store then SeqCst load, whatever our own wait (the
     /// peer's may differ: a reader given its own `--wait` keeps it). `index` must be an
     /// index in the live region (its low half the futex word the peer sleeps on).
+    /// A peer whose flag says [`SPINS`] never sleeps: a Release store, no fence, no check.
     pub(super) fn publish(&self, index: &AtomicU64, value: u64, flag: &AtomicU32) {
+        if flag.load(Ordering::Relaxed) == SPINS {
+            index.store(value, Ordering::Release);
+            return;
+        }
         index.store(value, Ordering::SeqCst);
-        if flag.load(Ordering::SeqCst) != 0 {
+        if flag.load(Ordering::SeqCst) == SLEEPS {
             // SAFETY: the low half of an AtomicU64 in the live region: aligned, mapped.
             unsafe { futex_wake(low_word(index)) };
         }
@@ -279,7 +320,7 @@ impl Pacer {
             }
         } else {
             // The sleeper's half of the lost-wake-up argument: announce, re-check, sleep.
-            flag.store(1, Ordering::SeqCst);
+            flag.store(SLEEPS, Ordering::SeqCst);
             let slept_out = if index.load(Ordering::SeqCst) == seen {
                 // SAFETY: the low half of an AtomicU64 in the live region: aligned, mapped.
                 let r = unsafe { futex_wait(low_word(index), seen as u32, SLEEP_SLICE) };

@@ -64,8 +64,16 @@ impl Consumer {
     }
 
     /// Changes how this end waits for frames (a reader that follows the writer's Hello).
+    /// An end that spins keeps spinning, and says so to the producer (the `wait` module:
+    /// a spinning consumer spares the producer's publishes their fence).
     pub fn set_wait(&mut self, wait: Wait) {
         self.pacer.set_wait(wait);
+        self.declare_wait();
+    }
+
+    /// Stores "spins, for good" in our "sleeps" flag if this end spins.
+    pub(in crate::ring) fn declare_wait(&self) {
+        self.pacer.declare(&self.ctl().consumer_sleeping.0);
     }
 
     /// Reads and checks the producer's index; returns the published bytes it says are not

@@ -92,8 +92,16 @@ impl Producer {
     }
 
     /// Changes how this end waits for room (a side that follows its peer's Hello).
+    /// An end that spins keeps spinning, and says so to the consumer (the `wait` module:
+    /// a spinning producer spares the consumer's releases their fence).
     pub fn set_wait(&mut self, wait: Wait) {
         self.pacer.set_wait(wait);
+        self.declare_wait();
+    }
+
+    /// Stores "spins, for good" in our "sleeps" flag if this end spins.
+    pub(in crate::ring) fn declare_wait(&self) {
+        self.pacer.declare(&self.ctl().producer_sleeping.0);
     }
 
     /// Counts the waits for room and narrates each one longer than half a second as it

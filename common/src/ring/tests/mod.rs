@@ -393,4 +393,5 @@ fn the_decoder_reads_what_initialize_wrote_and_judge_follows_the_rules() {
 /// A scribble on the header while frames flow is noticed within AUDIT_EVERY frames.
 mod hostile;
 mod memos;
+mod spins;
 mod stamps;
