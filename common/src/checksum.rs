@@ -38,21 +38,31 @@ pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
     checksum_split(header_prefix, &[], payload)
 }
 
-/// [`checksum`] of a payload given in two pieces, `front` then `rest`: for a frame built
-/// where it lies, whose new first bytes (its sequence number) the sender holds in a
-/// register while the rest lies in the slot. Summing before writing anything into the
-/// slot keeps the slot's first cache line, which the consumer polls, out of the sender's
-/// hands until the stores of header and stamp follow each other
-/// ([`crate::ring::Producer::frame_mut`]).
+/// [`checksum`] of a payload given in two pieces, `front` then `rest`: a payload whose
+/// new first bytes (its sequence number) are held apart from the rest, as a sender that
+/// builds a frame where it lies holds them until the header is written
+/// ([`crate::ring::Producer::frame_mut`]; the sessions start from the prefix's CRC instead,
+/// [`checksum_continue`]).
 pub fn checksum_split(header_prefix: &[u8], front: &[u8], rest: &[u8]) -> u32 {
-    let short = header_prefix.len() + front.len() + rest.len() <= SHORT;
+    let c = if copying::available() {
+        // SAFETY: the CPU has the instruction (available()).
+        unsafe { copying::sum_short(0, header_prefix) }
+    } else {
+        crc32c::crc32c(header_prefix)
+    };
+    checksum_continue(c, front, rest)
+}
+
+/// The CRC-32C of whatever `crc` is the CRC of, followed by `front` and `rest`: the
+/// payload's part of a frame's checksum, given its header prefix's
+/// ([`checksum_words`]).
+pub fn checksum_continue(crc: u32, front: &[u8], rest: &[u8]) -> u32 {
     if !copying::available() {
-        let c = crc32c::crc32c_append(crc32c::crc32c(header_prefix), front);
-        return crc32c::crc32c_append(c, rest);
+        return crc32c::crc32c_append(crc32c::crc32c_append(crc, front), rest);
     }
     // SAFETY: the CPU has the instruction (available()).
-    let c = unsafe { copying::sum_short(copying::sum_short(0, header_prefix), front) };
-    if short {
+    let c = unsafe { copying::sum_short(crc, front) };
+    if CHECKSUM_PREFIX + front.len() + rest.len() <= SHORT {
         // SAFETY: as above.
         unsafe { copying::sum_short(c, rest) }
     } else if folding::available() {
@@ -66,6 +76,31 @@ pub fn checksum_split(header_prefix: &[u8], front: &[u8], rest: &[u8]) -> u32 {
         unsafe { copying::sum_append(c, rest) }
     }
 }
+
+/// The CRC-32C of the 36 bytes that four little-endian 8-byte `words` and a 4-byte `last`
+/// make, computed from the values: a header's summed prefix before the header is stored
+/// ([`crate::frame::encode_header_into`]).
+pub fn checksum_words(words: [u64; 4], last: u32) -> u32 {
+    if copying::available() {
+        // SAFETY: the CPU has the instruction (available()).
+        unsafe { copying::sum_words(words, last) }
+    } else {
+        crc32c::crc32c(&words_bytes(words, last))
+    }
+}
+
+/// The 36 bytes of [`checksum_words`]'s words, in memory order.
+fn words_bytes(words: [u64; 4], last: u32) -> [u8; CHECKSUM_PREFIX] {
+    let mut b = [0u8; CHECKSUM_PREFIX];
+    for (k, w) in words.iter().enumerate() {
+        b[8 * k..8 * k + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    b[32..].copy_from_slice(&last.to_le_bytes());
+    b
+}
+
+/// The header prefix's length, for choosing the short loop ([`SHORT`]).
+const CHECKSUM_PREFIX: usize = 36;
 
 /// Inputs of at most this many bytes are summed by a plain `crc32` loop where the CPU has
 /// the instruction, whatever else it has: a 64-byte frame (100 bytes summed) took 24 ns

@@ -19,7 +19,7 @@
 //!   payload past its first 8 bytes is what the slot held: its checksum from the CRC of
 //!   those bytes the last time a frame was built there (the producer's memo of the slot).
 
-use crate::frame::{checksum, checksum_combine, checksum_split, Kind, CHECKSUM_AT};
+use crate::frame::{checksum, checksum_combine, checksum_continue, Kind, CHECKSUM_AT};
 
 /// The linear map "a CRC-32C value, followed by `n` more bytes": for any `X` and any `Y`
 /// of `n` bytes, `crc(X || Y) == shift.apply(crc(X)) ^ crc(Y)`.
@@ -95,12 +95,12 @@ impl Repeated {
         self.head + self.shift.len()
     }
 
-    /// `checksum(prefix, payload)` for the payload whose first `head` bytes are now
-    /// `front`: the caller guarantees that the rest is what [`Repeated::new`] saw (the
-    /// session owns the buffer).
-    pub fn checksum(&self, prefix: &[u8], front: &[u8]) -> u32 {
+    /// `checksum(prefix, payload)`, from the prefix's CRC (`prefix_crc`), for the payload
+    /// whose first `head` bytes are now `front`: the caller guarantees that the rest is what
+    /// [`Repeated::new`] saw (the session owns the buffer).
+    pub fn checksum(&self, prefix_crc: u32, front: &[u8]) -> u32 {
         debug_assert_eq!(front.len(), self.head);
-        self.shift.apply(checksum(prefix, front)) ^ self.tail_crc
+        self.shift.apply(checksum_continue(prefix_crc, front, &[])) ^ self.tail_crc
     }
 }
 
@@ -119,7 +119,8 @@ pub struct SlotSums {
 }
 
 impl SlotSums {
-    /// `checksum(prefix, payload)` and the memo to keep for the slot (the CRC of
+    /// `checksum(prefix, payload)`, from the prefix's CRC (`prefix_crc`), and the memo to
+    /// keep for the slot (the CRC of
     /// `payload[8..]`), or no memo for a payload shorter than [`MEMO_FROM`]. The payload is
     /// `front`, its new first bytes (the sequence number, not yet written into the slot),
     /// then `rest`, the slot's bytes after them. With `memo` (the slot's, from the last
@@ -127,13 +128,13 @@ impl SlotSums {
     /// (the producer forgets a memo when anything else writes the slot).
     pub fn checksum(
         &mut self,
-        prefix: &[u8],
+        prefix_crc: u32,
         front: &[u8],
         rest: &[u8],
         memo: Option<u32>,
     ) -> (u32, Option<u32>) {
         if front.len() + rest.len() < MEMO_FROM {
-            return (checksum_split(prefix, front, rest), None);
+            return (checksum_continue(prefix_crc, front, rest), None);
         }
         debug_assert_eq!(
             front.len(),
@@ -145,7 +146,8 @@ impl SlotSums {
         }
         let shift = self.shift.as_ref().expect("built above");
         let tail = memo.unwrap_or_else(|| checksum(&[], rest));
-        (shift.apply(checksum(prefix, front)) ^ tail, Some(tail))
+        let front = checksum_continue(prefix_crc, front, &[]);
+        (shift.apply(front) ^ tail, Some(tail))
     }
 }
 
@@ -204,7 +206,8 @@ pub(crate) mod tests {
             let n = head.min(len);
             payload[..n].copy_from_slice(&seq.to_le_bytes().repeat(2)[..n]);
             let prefix = bytes(CHECKSUM_AT, seq);
-            prop_assert_eq!(r.checksum(&prefix, &payload[..n]), checksum(&prefix, &payload));
+            let prefix_crc = checksum(&prefix, &[]);
+            prop_assert_eq!(r.checksum(prefix_crc, &payload[..n]), checksum(&prefix, &payload));
         }
 
         #[test]
@@ -233,7 +236,7 @@ pub(crate) mod tests {
             let r = Repeated::new(&payload, 8);
             let prefix = bytes(CHECKSUM_AT, 1);
             assert_eq!(
-                r.checksum(&prefix, &payload[..8]),
+                r.checksum(checksum(&prefix, &[]), &payload[..8]),
                 checksum(&prefix, &payload)
             );
         }

@@ -185,6 +185,30 @@ pub(crate) unsafe fn sum_short(crc: u32, bytes: &[u8]) -> u32 {
     !s
 }
 
+/// The CRC-32C of the 36 bytes that four little-endian 8-byte `words` and a 4-byte `last`
+/// make, from the values themselves: a frame header's summed prefix, computed before the
+/// header is written anywhere (`frame::encode_header_into`).
+///
+/// # Safety
+/// [`available`] must have returned true.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+pub(crate) unsafe fn sum_words(words: [u64; 4], last: u32) -> u32 {
+    let s = words
+        .iter()
+        .fold(u64::from(!0u32), |s, &w| _mm_crc32_u64(s, w));
+    !_mm_crc32_u32(s as u32, last)
+}
+
+/// Stands in where there is no x86-64 kernel; [`available`] is false there.
+///
+/// # Safety
+/// None beyond the x86-64 version's.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn sum_words(words: [u64; 4], last: u32) -> u32 {
+    crc32c::crc32c(&super::words_bytes(words, last))
+}
+
 /// Stands in where there is no x86-64 kernel; [`available`] is false there.
 ///
 /// # Safety

@@ -5,7 +5,7 @@ use std::fmt;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::Mode;
-use crate::frame::{checksum, checksum_split, encode_header_with, parse_end};
+use crate::frame::{checksum_continue, encode_header_into, encode_header_with, parse_end};
 use crate::frame::{Fields, Header, Kind};
 use crate::frame::{FLAG_HEADER_SUM, HEADER_LEN};
 use crate::hello::{Expect, Hello};
@@ -91,25 +91,31 @@ impl PongInPlace {
         };
         // The checksum first, over the sequence number (held here) and the payload's other
         // bytes as they lie; then header and sequence number are written one after the
-        // other, so the slot's first cache line, which the writer polls, is not taken back
-        // between them (as WriterSession::seal_timed does).
+        // other, from the values, so the slot's first cache line, which the writer polls,
+        // is not taken back between them (as WriterSession::seal_timed does).
         let n = len.min(8);
         let seq = self.ping.seq.to_le_bytes();
-        let (front, rest) = (&seq[..n], &frame[HEADER_LEN + n..]);
+        let (header, payload) = frame.split_at_mut(HEADER_LEN);
+        let header: &mut [u8; HEADER_LEN] = header.try_into()?;
+        let (front, rest) = (&seq[..n], &payload[n..]);
         let mut memo = None;
-        let header = match sums {
+        match sums {
             _ if self.ping.flags & FLAG_HEADER_SUM != 0 => {
-                encode_header_with(fields, len, |prefix| checksum(prefix, &[]))?
+                encode_header_into(fields, len, |c| c, header)?
             }
-            Some((sums, had)) => encode_header_with(fields, len, |prefix| {
-                let (sum, now) = sums.checksum(prefix, front, rest, had);
-                memo = now;
-                sum
-            })?,
-            None => encode_header_with(fields, len, |prefix| checksum_split(prefix, front, rest))?,
-        };
-        frame[..HEADER_LEN].copy_from_slice(&header);
-        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(front);
+            Some((sums, had)) => encode_header_into(
+                fields,
+                len,
+                |c| {
+                    let (sum, now) = sums.checksum(c, front, rest, had);
+                    memo = now;
+                    sum
+                },
+                header,
+            )?,
+            None => encode_header_into(fields, len, |c| checksum_continue(c, front, rest), header)?,
+        }
+        payload[..n].copy_from_slice(front);
         Ok(memo)
     }
 }

@@ -4,7 +4,7 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::cli::Mode;
 use crate::frame::{
-    checksum, checksum_split, encode_header, encode_header_with, end_payload, Fields, Header, Kind,
+    checksum_continue, encode_header, encode_header_into, end_payload, Fields, Header, Kind,
     FLAG_HEADER_SUM, FLAG_WARMUP, HEADER_LEN,
 };
 use crate::hello::{Hello, Verify};
@@ -337,33 +337,36 @@ impl WriterSession {
         };
         // The checksum first, over the new sequence number (held here) and the payload's
         // other bytes as they lie; only then are the frame's bytes written, header and
-        // sequence number one after the other. In a ring's slot these are the record's
-        // first cache line, which the consumer polls: stores to it that a checksum
-        // separated would let the consumer take the line back between them, and the stamp
-        // would wait for it once more (Producer::frame_mut).
+        // sequence number one after the other, from the values (encode_header_into: nothing
+        // stored is read back). In a ring's slot these are the record's first cache line,
+        // which the consumer polls: stores to it that a checksum separated would let the
+        // consumer take the line back between them, and the stamp would wait for it once
+        // more (Producer::frame_mut).
         let n = self.size.min(8);
         let seq = self.seq.to_le_bytes();
-        let (front, rest) = (&seq[..n], &frame[HEADER_LEN + n..]);
+        let (header, payload) = frame.split_at_mut(HEADER_LEN);
+        let header: &mut [u8; HEADER_LEN] = header.try_into()?;
+        let (front, rest) = (&seq[..n], &payload[n..]);
         let len = n + rest.len();
         let mut memo = None;
-        let header = match sum {
-            _ if flags & FLAG_HEADER_SUM != 0 => {
-                encode_header_with(fields, len, |prefix| checksum(prefix, &[]))?
-            }
-            Sum::Repeated(r) => {
-                encode_header_with(fields, len, |prefix| r.checksum(prefix, front))?
-            }
-            Sum::Slot(had) => encode_header_with(fields, len, |prefix| {
-                let (sum, now) = self.slot_sums.checksum(prefix, front, rest, had);
-                memo = now;
-                sum
-            })?,
+        match sum {
+            _ if flags & FLAG_HEADER_SUM != 0 => encode_header_into(fields, len, |c| c, header)?,
+            Sum::Repeated(r) => encode_header_into(fields, len, |c| r.checksum(c, front), header)?,
+            Sum::Slot(had) => encode_header_into(
+                fields,
+                len,
+                |c| {
+                    let (sum, now) = self.slot_sums.checksum(c, front, rest, had);
+                    memo = now;
+                    sum
+                },
+                header,
+            )?,
             Sum::Whole => {
-                encode_header_with(fields, len, |prefix| checksum_split(prefix, front, rest))?
+                encode_header_into(fields, len, |c| checksum_continue(c, front, rest), header)?
             }
-        };
-        frame[..HEADER_LEN].copy_from_slice(&header);
-        frame[HEADER_LEN..HEADER_LEN + n].copy_from_slice(front);
+        }
+        payload[..n].copy_from_slice(front);
         self.last_seq = self.seq;
         self.data_sent = true;
         if kind == Kind::Data {

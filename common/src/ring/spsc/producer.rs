@@ -244,8 +244,9 @@ impl Producer {
     /// the cache, the one into the polled line included) lets the consumer's next poll take
     /// the line back, and the stamp then waits for it a second time: one more transfer
     /// between the cores per frame. The sessions therefore sum the payload with its new
-    /// sequence number held aside ([`crate::frame::checksum_split`]) and write header and
-    /// sequence number together at the end, as [`Producer::copy_in`] writes that line last.
+    /// sequence number held aside and write header and sequence number together at the
+    /// end, from the values, reading nothing back ([`crate::frame::encode_header_into`]),
+    /// as [`Producer::copy_in`] writes that line last.
     /// Measured on an Intel Xeon (family 6 model 207, two vCPUs, cache-line round trip
     /// 326 ns), 64-byte spin pingpong medians of 10 interleaved runs: `--zero-copy --verify
     /// seq` 717 ns with the sequence number written first, 540 this way.

@@ -35,7 +35,7 @@ fn build_in_place(p: &mut Producer, sums: &mut SlotSums, seq: u64, len: usize) -
     let mut memo = None;
     let header = frame::encode_header_with(fields, len, |prefix| {
         let (front, rest) = frame[HEADER_LEN..].split_at(8);
-        let (sum, now) = sums.checksum(prefix, front, rest, had);
+        let (sum, now) = sums.checksum(frame::checksum(prefix, &[]), front, rest, had);
         memo = now;
         sum
     })
