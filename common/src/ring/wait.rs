@@ -39,9 +39,9 @@
 //! flag once, and a waker that reads [`SPINS`] there (a plain load of a line it keeps
 //! cached) publishes with a Release store and no flag check, as a bare spinning ring does.
 //! The word is never changed back: an end that has said it spins keeps spinning even if
-//! asked to wait otherwise later (`Consumer::set_wait`, `Producer::set_wait`), because its peer may already be
-//! publishing without the fence and would not wake it. A peer that writes [`SPINS`] into
-//! our flag falsely can only make itself miss wake-ups.
+//! asked to wait otherwise later (`Consumer::set_wait`, `Producer::set_wait`), because
+//! its peer may already be publishing without the fence and would not wake it. A peer
+//! that writes [`SPINS`] into our flag falsely can only make itself miss wake-ups.
 //!
 //! Every sleep lasts at most [`SLEEP_SLICE`] (100 ms), and every such slice (also while
 //! spinning) the waiter checks that the peer process still exists, that the header's
