@@ -21,8 +21,8 @@
 //! |        52..  256 |      | zero                                                         |            |
 //! |  256 + 512 d     |    8 | ring `d` producer index `head` (bytes ever published)        | producer   |
 //! |  384 + 512 d     |    8 | ring `d` consumer index `tail` (bytes ever consumed)         | consumer   |
-//! |  512 + 512 d     |    4 | ring `d` "consumer sleeps, waiting for data" flag            | consumer   |
-//! |  640 + 512 d     |    4 | ring `d` "producer sleeps, waiting for room" flag            | producer   |
+//! |  512 + 512 d     |    4 | ring `d` "consumer sleeps, waiting for data" flag (2: spins) | consumer   |
+//! |  640 + 512 d     |    4 | ring `d` "producer sleeps, waiting for room" flag (2: spins) | producer   |
 //! |      1280..4096  |      | zero                                                         |            |
 //! |  4096 + `C` d    |  `C` | ring `d` data area                                           | producer   |
 //!
@@ -194,10 +194,13 @@ pub(super) struct Control {
     /// Bytes ever consumed (a multiple of 64), written by the consumer on every frame.
     /// Its low half is the producer's futex word.
     pub(super) tail: Alone<AtomicU64>,
-    /// 1 while the consumer sleeps for data. Written rarely, read by every publish: alone,
-    /// it stays cached in the producer's core and the check costs no cache miss.
+    /// 1 while the consumer sleeps for data; 2 for good once it has said it only spins
+    /// (`wait::SPINS`: the producer then publishes without the fence). Written rarely,
+    /// read by every publish: alone, it stays cached in the producer's core and the check
+    /// costs no cache miss.
     pub(super) consumer_sleeping: Alone<AtomicU32>,
-    /// 1 while the producer sleeps for room; read by every release of the consumer.
+    /// 1 while the producer sleeps for room, 2 for good once it has said it only spins;
+    /// read by every release of the consumer.
     pub(super) producer_sleeping: Alone<AtomicU32>,
 }
 
