@@ -322,6 +322,8 @@ impl Producer {
     /// (within the noise, and 4 KiB records are past [`PREFETCH_UP_TO`] now); 64 B and
     /// 1 KiB pingpong alike both ways.
     fn prefetch_ahead(&self, slot: &Reserved) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
         #[cfg(target_arch = "x86_64")]
         if slot.rec <= PREFETCH_UP_TO {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
