@@ -35,22 +35,13 @@ pub mod hybrid;
 /// `cargo run --release -p common --example checksum_speed` prints them on the machine at
 /// hand beside the choice made here (its "dispatch" column).
 pub fn checksum(header_prefix: &[u8], payload: &[u8]) -> u32 {
-    checksum_split(header_prefix, &[], payload)
-}
-
-/// [`checksum`] of a payload given in two pieces, `front` then `rest`: a payload whose
-/// new first bytes (its sequence number) are held apart from the rest, as a sender that
-/// builds a frame where it lies holds them until the header is written
-/// ([`crate::ring::Producer::frame_mut`]; the sessions start from the prefix's CRC instead,
-/// [`checksum_continue`]).
-pub fn checksum_split(header_prefix: &[u8], front: &[u8], rest: &[u8]) -> u32 {
     let c = if copying::available() {
         // SAFETY: the CPU has the instruction (available()).
         unsafe { copying::sum_short(0, header_prefix) }
     } else {
         crc32c::crc32c(header_prefix)
     };
-    checksum_continue(c, front, rest)
+    checksum_continue(c, &[], payload)
 }
 
 /// The CRC-32C of whatever `crc` is the CRC of, followed by `front` and `rest`: the
@@ -267,7 +258,7 @@ mod tests {
             for n in 0..=len.min(8) {
                 let (front, rest) = payload.split_at(n);
                 assert_eq!(
-                    checksum_split(&prefix, front, rest),
+                    checksum_continue(crc32c::crc32c(&prefix), front, rest),
                     whole,
                     "{len} bytes, front {n}"
                 );
