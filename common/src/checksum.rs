@@ -10,6 +10,8 @@ pub mod copying;
 pub mod folding;
 pub mod hybrid;
 
+use crate::frame::CHECKSUM_AT;
+
 /// CRC-32C (Castagnoli) of the header prefix followed by the payload.
 ///
 /// Three implementations compute the same standard CRC-32C, and the faster one for the
@@ -53,7 +55,7 @@ pub fn checksum_continue(crc: u32, front: &[u8], rest: &[u8]) -> u32 {
     }
     // SAFETY: the CPU has the instruction (available()).
     let c = unsafe { copying::sum_short(crc, front) };
-    if CHECKSUM_PREFIX + front.len() + rest.len() <= SHORT {
+    if CHECKSUM_AT + front.len() + rest.len() <= SHORT {
         // SAFETY: as above.
         unsafe { copying::sum_short(c, rest) }
     } else if folding::available() {
@@ -81,17 +83,14 @@ pub fn checksum_words(words: [u64; 4], last: u32) -> u32 {
 }
 
 /// The 36 bytes of [`checksum_words`]'s words, in memory order.
-fn words_bytes(words: [u64; 4], last: u32) -> [u8; CHECKSUM_PREFIX] {
-    let mut b = [0u8; CHECKSUM_PREFIX];
+fn words_bytes(words: [u64; 4], last: u32) -> [u8; CHECKSUM_AT] {
+    let mut b = [0u8; CHECKSUM_AT];
     for (k, w) in words.iter().enumerate() {
         b[8 * k..8 * k + 8].copy_from_slice(&w.to_le_bytes());
     }
     b[32..].copy_from_slice(&last.to_le_bytes());
     b
 }
-
-/// The header prefix's length, for choosing the short loop ([`SHORT`]).
-const CHECKSUM_PREFIX: usize = 36;
 
 /// Inputs of at most this many bytes are summed by a plain `crc32` loop where the CPU has
 /// the instruction, whatever else it has: a 64-byte frame (100 bytes summed) took 24 ns
@@ -201,9 +200,6 @@ pub fn wide_folding() -> bool {
 mod tests {
     use super::*;
 
-    /// The header's summed prefix (`frame::CHECKSUM_AT`).
-    const CHECKSUM_LEN: usize = 36;
-
     fn bytes(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 131 + 7) as u8).collect()
     }
@@ -249,7 +245,7 @@ mod tests {
     /// on each side of the short-input threshold and with fronts of 0 to 8 bytes.
     #[test]
     fn a_sum_of_front_and_rest_is_the_sum_of_the_whole() {
-        let prefix = bytes(CHECKSUM_LEN);
+        let prefix = bytes(CHECKSUM_AT);
         for len in [
             0usize, 1, 7, 8, 9, 63, 64, 212, 219, 220, 221, 1000, 4096, 65_536,
         ] {

@@ -120,8 +120,8 @@ pub struct SlotSums {
 
 impl SlotSums {
     /// `checksum(prefix, payload)`, from the prefix's CRC (`prefix_crc`), and the memo to
-    /// keep for the slot (the CRC of
-    /// `payload[8..]`), or no memo for a payload shorter than [`MEMO_FROM`]. The payload is
+    /// keep for the slot (the CRC of `payload[8..]`), or no memo for a payload shorter
+    /// than [`MEMO_FROM`]. The payload is
     /// `front`, its new first bytes (the sequence number, not yet written into the slot),
     /// then `rest`, the slot's bytes after them. With `memo` (the slot's, from the last
     /// frame built there) `rest` is not read; the caller vouches that it is unchanged since
