@@ -303,6 +303,20 @@ pub fn encode_header_into(
     Ok(())
 }
 
+/// [`encode_header_into`] for a header whose checksum is already known: a Pong's, which is
+/// its Ping's XOR a constant ([`crate::resum::pong_delta`]). No prefix CRC is computed:
+/// it would only be thrown away.
+pub fn encode_header_summed(
+    fields: Fields,
+    payload_len: usize,
+    crc: u32,
+    out: &mut [u8; HEADER_LEN],
+) -> Result<(), FrameError> {
+    let (words, len) = header_words(fields, payload_len)?;
+    write_header(out, words, len, crc);
+    Ok(())
+}
+
 /// Encodes header and payload into `out` and returns the frame's total length.
 ///
 /// For mechanisms that hand the kernel one buffer per message (message queues) or copy a

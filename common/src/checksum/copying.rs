@@ -166,21 +166,38 @@ pub(crate) unsafe fn copy_append(crc: u32, src: *const u8, dst: &mut [u8]) -> u3
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 pub(crate) unsafe fn sum_short(crc: u32, bytes: &[u8]) -> u32 {
-    let mut s = u64::from(!crc);
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        // chunks_exact gives 8-byte slices: the conversion cannot fail.
-        s = _mm_crc32_u64(s, u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
-    }
-    let mut s = s as u32;
-    let mut rest = words.remainder();
-    // The header's 36 bytes end in a 4-byte word: one instruction for it.
-    if let Some((word, tail)) = rest.split_first_chunk::<4>() {
-        s = _mm_crc32_u32(s, u32::from_le_bytes(*word));
-        rest = tail;
-    }
-    for &b in rest {
-        s = _mm_crc32_u8(s, b);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { sum_short_pair(crc, bytes, &[]) }
+}
+
+/// [`sum_short`] over `first` and then `second`, in one call: a short frame's header
+/// prefix and payload (or a payload's new first bytes and the rest), summed as one
+/// stream without a call and a dispatch per part. The CRC runs on from one part into
+/// the next, so the result is that of the two parts joined.
+///
+/// # Safety
+/// [`available`] must have returned true.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+pub(crate) unsafe fn sum_short_pair(crc: u32, first: &[u8], second: &[u8]) -> u32 {
+    let mut s = !crc;
+    for part in [first, second] {
+        let mut words = part.chunks_exact(8);
+        let mut w64 = u64::from(s);
+        for w in &mut words {
+            // chunks_exact gives 8-byte slices: the conversion cannot fail.
+            w64 = _mm_crc32_u64(w64, u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        }
+        s = w64 as u32;
+        let mut rest = words.remainder();
+        // The header's 36 bytes end in a 4-byte word: one instruction for it.
+        if let Some((word, tail)) = rest.split_first_chunk::<4>() {
+            s = _mm_crc32_u32(s, u32::from_le_bytes(*word));
+            rest = tail;
+        }
+        for &b in rest {
+            s = _mm_crc32_u8(s, b);
+        }
     }
     !s
 }
@@ -216,6 +233,15 @@ pub(crate) unsafe fn sum_words(words: [u64; 4], last: u32) -> u32 {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn sum_short(crc: u32, bytes: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, bytes)
+}
+
+/// Stands in where there is no x86-64 kernel; [`available`] is false there.
+///
+/// # Safety
+/// None beyond the x86-64 version's.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn sum_short_pair(crc: u32, first: &[u8], second: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(crc, first), second)
 }
 
 /// The CRC-32C of `crc`'s bytes followed by `bytes` (the `crc32c::crc32c_append`

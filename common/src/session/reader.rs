@@ -5,7 +5,7 @@ use std::fmt;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::Mode;
-use crate::frame::{checksum_continue, encode_header_into, parse_end};
+use crate::frame::{checksum_continue, encode_header_into, encode_header_summed, parse_end};
 use crate::frame::{Fields, Header, Kind};
 use crate::frame::{FLAG_HEADER_SUM, HEADER_LEN};
 use crate::hello::{Expect, Hello};
@@ -294,7 +294,7 @@ impl ReaderSession {
                     self.pong_delta = (summed, pong_delta(summed));
                 }
                 let sum = h.checksum ^ self.pong_delta.1;
-                encode_header_into(pong, payload.len(), |_| sum, &mut self.pong)?;
+                encode_header_summed(pong, payload.len(), sum, &mut self.pong)?;
                 Ok(Action::Echo(Outgoing {
                     kind: Kind::Pong,
                     header: &self.pong,
