@@ -21,6 +21,9 @@
 # as many bytes of ring (--ring 4M); C's shm_copy keeps its 8 slots.
 # Prints, per comparison: "ours" (the pair), "bare" (the Rust bare loop), "floor" where
 # one bounds it, and "C" with BASELINES; each line p50 (pingpong) and GB/s (1e9 B/s).
+# At the end, each line's median over the repetitions with its range: compare the ratios
+# of medians, and look at the range, since in a VM one side of a comparison may run in a
+# faster state than the other (the two vCPUs sharing a core, say).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-3}
@@ -159,4 +162,42 @@ for rep in $(seq "$reps"); do
     pair "shm spin stream $size" shm-writer shm-reader "" --name cmp-z5 --wait spin --capacity 4M --mode stream --count "$n" --size "$size"
   done
   pair "shm spin stream 64 KiB --zero-copy" shm-writer shm-reader "--zero-copy" --name cmp-z6 --wait spin --capacity 4M --mode stream --count 200000 --size 64K
-done
+  bare shm-copy stream 64 2000000 --ring 4M
+  c shm_copy stream 64 2000000
+  pair "shm spin stream 64 B" shm-writer shm-reader "" --name cmp-z7 --wait spin --capacity 4M --mode stream --count 2000000 --size 64
+done | tee "$rt/lines.txt"
+
+echo "== medians of $reps repetitions [min-max]: p50 ns for round trips, GB/s for streams and memcpy"
+python3 - "$rt/lines.txt" <<'EOF'
+import re, statistics, sys
+rows = {}
+for l in open(sys.argv[1]):
+    m = re.match(r"\s+(ours|bare|floor|C)\s+(.*)", l.rstrip())
+    if not m:
+        continue
+    kind, rest = m.groups()
+    if kind == "C":
+        name, _, out = rest.partition(" : ")
+        p50 = re.search(r"p50 ([0-9.]+)", out)
+        gbs = re.search(r"([0-9.]+) GB/s", out)
+        if name.startswith("memcpy_bw"):
+            value, unit = float(out.split()[1]), "GB/s"
+        elif p50:
+            value, unit = float(p50.group(1)), "ns"
+        elif gbs:
+            value, unit = float(gbs.group(1)), "GB/s"
+        else:
+            continue
+    else:
+        f = re.match(r"(.*?)\s+p50\s+(\S+) ns\s+([0-9.]+) GB/s", rest)
+        if not f:
+            continue
+        name = f.group(1)
+        if f.group(2) != "-" and "stream" not in name:
+            value, unit = float(f.group(2)), "ns"
+        else:
+            value, unit = float(f.group(3)), "GB/s"
+    rows.setdefault((kind, name.strip(), unit), []).append(value)
+for (kind, name, unit), v in rows.items():
+    print("  %-5s %-52s %10.6g %-4s [%.6g-%.6g]" % (kind, name, statistics.median(v), unit, min(v), max(v)))
+EOF
