@@ -207,7 +207,7 @@ fn receive_all(
                 }
                 rx.set_wait(setup.wait);
                 // Pingpong: each Ping is an answer we wait for (prefetch while spinning).
-                rx.prefetch_while_spinning(setup.mode() == Mode::Pingpong);
+                rx.awaits_answers(setup.mode() == Mode::Pingpong);
             }
             Action::Continue => {}
             // 5. Data to stdout, narration to stderr.

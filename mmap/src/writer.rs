@@ -170,7 +170,7 @@ fn send_all(
     tx.narrate_full();
     let mut rx = rf.region.consumer(Direction::ReaderToWriter, opts)?;
     // Ring 1 carries Pongs, answers we wait for: a spinning wait prefetches their second line.
-    rx.prefetch_while_spinning(true);
+    rx.awaits_answers(true);
     // Lines come slowly and the ring holds many, so text mode watches the reader itself.
     let watch = text.then_some(rf.peer);
     // The Hello states the ring's capacity, whether frames are lent, the verify level.

@@ -204,7 +204,7 @@ fn take_frames(
                 }
                 rx.set_wait(setup.wait);
                 // Pingpong: each Ping is an answer we wait for (prefetch while spinning).
-                rx.prefetch_while_spinning(setup.mode() == Mode::Pingpong);
+                rx.awaits_answers(setup.mode() == Mode::Pingpong);
             }
             Action::Continue => {}
             Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,

@@ -121,7 +121,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut rx = back.map(|d| shared.region.consumer(d, opts)).transpose()?;
     // Each Pong is an answer we wait for: a spinning wait prefetches its second line.
     if let Some(rx) = rx.as_mut() {
-        rx.prefetch_while_spinning(true);
+        rx.awaits_answers(true);
     }
     // What the report says about this run; a text line may take at most half a ring.
     let setup = Setup {

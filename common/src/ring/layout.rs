@@ -66,7 +66,7 @@
 //! between two of them lets the consumer's next poll take it back
 //! ([`super::spsc::Producer::frame_mut`] has the measurement). A consumer waiting for an
 //! answer also prefetches the record's second line while it polls
-//! ([`super::spsc::Consumer::prefetch_while_spinning`]).
+//! ([`super::spsc::Consumer::awaits_answers`]).
 //!
 //! **A record never wraps.** When a record does not fit between `head` and the end of the
 //! area, the producer publishes a pad there (a stamp with [`PAD_BIT`] set: "skip to the

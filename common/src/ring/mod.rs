@@ -312,7 +312,7 @@ impl Region {
             pacer: Pacer::new(opts, &self.inner),
             frame_len: 0,
             lent: 0,
-            prefetch: false,
+            answers: false,
         };
         end.declare_wait();
         Ok(end)

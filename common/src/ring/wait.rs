@@ -152,6 +152,8 @@ pub(super) struct Waiting {
     checked: u64,
     /// Pause hints so far, to read the clock only every so often.
     pub(super) spins: u64,
+    /// Spins that poll again at once, without the pause hint ([`Waiting::poll_hard`]).
+    hard: u64,
     /// Adaptive: the spin budget is spent; sleep from now on.
     sleepy: bool,
 }
@@ -179,10 +181,28 @@ pub const SPINS: u32 = 2;
 /// Spins between two clock reads: the clock costs ~20 ns, a pause hint ~10-40 ns.
 const SPINS_PER_CLOCK: u64 = 64;
 
+/// Spins of a wait for an answer that poll again at once, without a pause hint (a
+/// consumer marked by [`super::Consumer::awaits_answers`]): on an x86 core a pause hint (PAUSE) lasts tens of
+/// nanoseconds (140 cycles on Intel since Skylake), and a line that arrives while the core
+/// is in one waits for it to end: on average half a pause per hop, a full one per round
+/// trip. A pingpong's answer usually comes within a microsecond; these polls (a load the
+/// core's cache answers, a few nanoseconds each) cover about that long, and a slower
+/// answer is waited for with the pause hint, which spares a sibling hardware thread the
+/// core's resources. A stream's consumer keeps pausing: it would take the polled line
+/// back from the producer while it is still writing the record.
+pub const HARD_POLLS: u64 = 512;
+
 impl Waiting {
     /// Whether the next pause sleeps (block, or adaptive past its spin budget).
     pub(super) fn sleepy(&self) -> bool {
         self.sleepy
+    }
+
+    /// Makes the first [`HARD_POLLS`] spins of this wait poll again at once, with no pause
+    /// hint, for a side that waits for an answer (pingpong) and wants it the moment its
+    /// line arrives (see [`HARD_POLLS`]); the spins after them pause as any others do.
+    pub(super) fn poll_hard(&mut self) {
+        self.hard = HARD_POLLS;
     }
 }
 
@@ -296,6 +316,7 @@ impl Pacer {
             start: 0,
             checked: 0,
             spins: 0,
+            hard: 0,
             sleepy: self.opts.wait == Wait::Block,
         }
     }
@@ -314,7 +335,9 @@ impl Pacer {
     ) -> Result<(), RingError> {
         w.spins += 1;
         if !w.sleepy {
-            spin_loop();
+            if w.spins > w.hard {
+                spin_loop();
+            }
             if !w.spins.is_multiple_of(SPINS_PER_CLOCK) {
                 return Ok(());
             }

@@ -47,9 +47,9 @@ pub struct Consumer {
     pub(in crate::ring) frame_len: usize,
     /// Bytes of the record lent by `recv_in_place`, released at the next receive.
     pub(in crate::ring) lent: u64,
-    /// Whether a spinning wait prefetches the record's second line
-    /// ([`Consumer::prefetch_while_spinning`]).
-    pub(in crate::ring) prefetch: bool,
+    /// Whether this end waits for answers: a spinning wait polls hard at first and
+    /// prefetches the record's second line ([`Consumer::awaits_answers`]).
+    pub(in crate::ring) answers: bool,
 }
 
 impl Drop for Consumer {
@@ -157,6 +157,9 @@ impl Consumer {
             return Ok(len);
         }
         let mut waiting = self.pacer.begin();
+        if self.answers {
+            waiting.poll_hard();
+        }
         let mut polls = 0u64;
         loop {
             polls += 1;
@@ -166,7 +169,7 @@ impl Consumer {
             if let Some(len) = self.poll(check)? {
                 return Ok(len);
             }
-            if self.prefetch && !waiting.sleepy() {
+            if self.answers && !waiting.sleepy() {
                 self.prefetch_second_line();
             }
             let seen = if check { self.head_seen } else { self.tail };
@@ -182,21 +185,29 @@ impl Consumer {
         }
     }
 
-    /// Makes a spinning wait prefetch, on each poll, the cache line after the one holding
-    /// the stamp at `tail`, for a consumer that waits for answers (pingpong). The second
-    /// line of the record to come (a 64-byte payload's frame takes two) then travels to
-    /// this core while the producer writes the first one, instead of after the stamp is
-    /// seen. Off by default: a consumer that follows a stream closely would pull the lines
-    /// the producer is about to write, which then cost the producer a transfer each.
-    /// Measured on an Intel Xeon (family 6 model 207), spin medians of interleaved runs:
-    /// 64-byte pingpong 750 ns without it and 662 with it (10 runs; cache-line round trip
-    /// 362 ns); a 64-byte stream prefetching throughout 0.49-0.50 GB/s without, 0.455 with
-    /// (8 runs each way).
-    pub fn prefetch_while_spinning(&mut self, on: bool) {
-        self.prefetch = on;
+    /// Marks this end as one that waits for answers (pingpong: the writer's Pongs, the
+    /// reader's Pings), which changes two things in a spinning wait. Off by default: a
+    /// consumer that follows a stream closely would pull the lines the producer is about
+    /// to write, which then cost the producer a transfer each.
+    ///
+    /// - **Each poll prefetches the cache line after the one holding the stamp at
+    ///   `tail`.** The second line of the record to come (a 64-byte payload's frame takes
+    ///   two) then travels to this core while the producer writes the first one, instead
+    ///   of after the stamp is seen. Measured on an Intel Xeon (family 6 model 207), spin
+    ///   medians of interleaved runs: 64-byte pingpong 750 ns without it and 662 with it
+    ///   (10 runs; cache-line round trip 362 ns); a 64-byte stream prefetching throughout
+    ///   0.49-0.50 GB/s without, 0.455 with (8 runs each way).
+    /// - **The first polls of a wait do not pause** ([`HARD_POLLS`](crate::ring::wait::HARD_POLLS)): a line that
+    ///   arrives during a pause hint waits for it to end. Same Xeon, 64-byte spin
+    ///   pingpong, 12 interleaved runs: 633 ns with a pause after every poll, 595 without
+    ///   one for the first 512 polls (median of the paired differences -29 ns). When the
+    ///   two vCPUs of that VM shared one core (round trips near 280 ns), the same change
+    ///   cost about +40 ns: a polling hardware thread takes issue slots from its sibling.
+    pub fn awaits_answers(&mut self, on: bool) {
+        self.answers = on;
     }
 
-    /// The prefetch of [`Consumer::prefetch_while_spinning`]. A prefetch is only a hint:
+    /// The prefetch of [`Consumer::awaits_answers`]. A prefetch is only a hint:
     /// it never faults and writes nothing, and if the producer writes the line after it,
     /// the line is fetched again.
     fn prefetch_second_line(&self) {
