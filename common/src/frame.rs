@@ -53,6 +53,8 @@ pub const FLAG_HEADER_SUM: u16 = 2;
 
 /// Byte offset of the checksum field: the checksum covers the header bytes before it.
 pub const CHECKSUM_AT: usize = 36;
+/// Byte offset of the `sent_ns` field (8 bytes).
+pub const SENT_AT: usize = 24;
 
 /// What a frame is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -15,11 +15,14 @@
 //!   `shift` is linear in the CRC value, so it is four table lookups once built for one
 //!   length. [`Repeated`] uses it for a payload whose tail never changes.
 //! - [`pong_delta`]: what a Ping's checksum is XORed with to become its Pong's.
+//! - [`SendTime`]: what a frame's checksum is XORed with when its send time is written
+//!   into a header sealed with 0 there (a Ping built while the writer waits for the Pong
+//!   before it, stamped once that Pong is in).
 //! - [`SlotSums`]: a frame built in place in a shared ring's slot (`--zero-copy`), whose
 //!   payload past its first 8 bytes is what the slot held: its checksum from the CRC of
 //!   those bytes the last time a frame was built there (the producer's memo of the slot).
 
-use crate::frame::{checksum, checksum_combine, checksum_continue, Kind, CHECKSUM_AT};
+use crate::frame::{checksum, checksum_combine, checksum_continue, Kind, CHECKSUM_AT, SENT_AT};
 
 /// The linear map "a CRC-32C value, followed by `n` more bytes": for any `X` and any `Y`
 /// of `n` bytes, `crc(X || Y) == shift.apply(crc(X)) ^ crc(Y)`.
@@ -165,6 +168,45 @@ pub fn pong_delta(payload_len: usize) -> u32 {
     ping ^ checksum(&prefix, &zeros)
 }
 
+/// The checksum's change when a frame's `sent_ns` (header bytes 24..32) goes from 0 to
+/// `t`, for one summed payload length: the bytes after the field (the header's length
+/// word, then the payload, or nothing more with a header-only checksum) are the same
+/// either way, so the change is the CRC of `t`'s 8 bytes from a zero state (the `crc32`
+/// instruction's own step, linear in `t`) carried through those bytes ([`Shift`]). A
+/// writer seals the next Ping with 0 there while it waits for a Pong, and stamps it in a
+/// few nanoseconds when the Pong is in: the clock read comes first, then the stamp.
+#[derive(Clone, Debug)]
+pub struct SendTime {
+    /// Payload bytes the checksum covers.
+    summed: usize,
+    /// Over the length word and those payload bytes.
+    shift: Shift,
+}
+
+impl SendTime {
+    /// For frames whose checksum covers `summed` payload bytes (0 with
+    /// [`crate::frame::FLAG_HEADER_SUM`]).
+    pub fn new(summed: usize) -> SendTime {
+        SendTime {
+            summed,
+            shift: Shift::new(CHECKSUM_AT - (SENT_AT + 8) + summed),
+        }
+    }
+
+    /// The payload bytes summed, as given to [`SendTime::new`].
+    pub fn summed(&self) -> usize {
+        self.summed
+    }
+
+    /// What the checksum of a frame sealed with `sent_ns` 0 is XORed with when `t` is
+    /// written there. A CRC-32C is `!raw(!0, bytes)`, with `raw` the linear step of the
+    /// instruction; `!checksum_continue(!0, x)` is therefore `raw(0, x)`.
+    pub fn delta(&self, t: u64) -> u32 {
+        self.shift
+            .apply(!checksum_continue(!0, &t.to_le_bytes(), &[]))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -226,6 +268,22 @@ pub(crate) mod tests {
             let pong = encode_header(f(Kind::Pong), &payload).unwrap();
             let sum = |h: &[u8; 40]| u32::from_le_bytes(h[36..40].try_into().unwrap());
             prop_assert_eq!(sum(&ping) ^ pong_delta(len), sum(&pong));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_send_time_stamped_late_sums_as_one_sealed_with_it(
+            len in 0usize..5000, t: u64, seq: u64, nonce: u64, header_only: bool, seed: u64
+        ) {
+            let payload = bytes(len, seed);
+            let flags = if header_only { crate::frame::FLAG_HEADER_SUM } else { 0 };
+            let f = |sent_ns| Fields { kind: Kind::Ping, flags, nonce, seq, sent_ns };
+            let sum = |h: &[u8; 40]| u32::from_le_bytes(h[36..40].try_into().unwrap());
+            let sealed = encode_header(f(0), &payload).unwrap();
+            let stamped = encode_header(f(t), &payload).unwrap();
+            let summed = if header_only { 0 } else { len };
+            prop_assert_eq!(sum(&sealed) ^ SendTime::new(summed).delta(t), sum(&stamped));
         }
     }
 

@@ -76,6 +76,9 @@ pub struct FrameBuf {
     /// For the timed payload (a pattern whose first 8 bytes only change): its checksum
     /// from those 8 bytes ([`crate::resum`]). `None` for a text line.
     pub(super) repeated: Option<Repeated>,
+    /// Pingpong: `data` holds the Ping of this session nonce and sequence number, sealed
+    /// ahead with a send time of 0 (`WriterSession::seal_ahead`), to be stamped.
+    pub(super) sealed: Option<(u64, u64)>,
     /// The End frame: header, then its payload (count and bytes).
     pub(super) end: [u8; HEADER_LEN + END_PAYLOAD_LEN],
     /// The Hello frame: header, then what the writer runs.
@@ -87,6 +90,7 @@ impl Default for FrameBuf {
         FrameBuf {
             data: RecordBytes::zeroed(HEADER_LEN),
             repeated: None,
+            sealed: None,
             end: [0; HEADER_LEN + END_PAYLOAD_LEN],
             hello: Vec::new(),
         }
@@ -121,5 +125,6 @@ impl FrameBuf {
         let header = [0; HEADER_LEN];
         self.data.set(&header, payload);
         self.repeated = None;
+        self.sealed = None;
     }
 }

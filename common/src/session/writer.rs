@@ -5,10 +5,10 @@ use anyhow::{anyhow, bail, Result};
 use crate::cli::Mode;
 use crate::frame::{
     checksum_continue, encode_header, encode_header_into, end_payload, Fields, Header, Kind,
-    FLAG_HEADER_SUM, FLAG_WARMUP, HEADER_LEN,
+    CHECKSUM_AT, FLAG_HEADER_SUM, FLAG_WARMUP, HEADER_LEN, SENT_AT,
 };
 use crate::hello::{Hello, Verify};
-use crate::resum::{Repeated, SlotSums};
+use crate::resum::{Repeated, SendTime, SlotSums};
 
 use super::{times_latency, FrameBuf, Outgoing, SAMPLED_BELOW};
 use crate::setup::{Role, Setup};
@@ -90,6 +90,12 @@ pub struct WriterSession {
     data_sent: bool,
     /// Round-trip times of the timed Pings.
     rtt: Latency,
+    /// Pingpong: the last round trip, measured and not yet recorded in `rtt`: it is
+    /// recorded once the next Ping is out, while the writer waits anyway.
+    rtt_due: Option<u64>,
+    /// Pingpong: the checksum's change for a Ping sealed ahead, when its send time is
+    /// written ([`WriterSession::stamp`]).
+    send_time: Option<SendTime>,
     /// Checksums of frames built in a ring's slots from the slots' memos (zero-copy).
     slot_sums: SlotSums,
     /// Start of the timed part (CLOCK_MONOTONIC ns) and the CPU time then.
@@ -120,6 +126,8 @@ impl WriterSession {
             hello: Hello::of(setup, 0),
             data_sent: false,
             rtt: Latency::new(),
+            rtt_due: None,
+            send_time: None,
             slot_sums: SlotSums::default(),
             t0: now_ns(),
             cpu0: CpuTime::now(),
@@ -226,12 +234,21 @@ impl WriterSession {
 
     fn next_timed<'b>(&mut self, buf: &'b mut FrameBuf) -> Result<Next<'b>> {
         if self.awaiting {
+            // The Ping is out: until its Pong is in, the writer only waits. What does not
+            // need the Pong is done now, off the round trip: the last one's sample goes
+            // into the histogram, and the next Ping is sealed (all but its send time).
+            self.record_rtt();
+            self.seal_ahead(buf)?;
             return Ok(Next::AwaitAnswer);
         }
         let total = self.warmup + self.count;
         if self.seq == total {
+            self.record_rtt();
             self.phase = Phase::EndSent;
             return self.encode_end(buf, total * self.size as u64);
+        }
+        if buf.sealed == Some((self.nonce, self.seq)) {
+            return self.stamp(buf);
         }
         if buf.repeated.as_ref().map(|r| r.payload_len()) != Some(self.size) {
             buf.set_repeated(&pattern(self.size));
@@ -298,25 +315,8 @@ impl WriterSession {
     /// (`Repeated`), or in a ring's slot from its memo (`Slot`), or over the whole payload.
     /// Returns the kind and the slot's new memo, if any.
     fn seal_timed(&mut self, frame: &mut [u8], sum: Sum<'_>) -> Result<(Kind, Option<u32>)> {
-        if self.seq == self.warmup {
-            // The timed part starts with the first frame after the warm-up.
-            self.t0 = now_ns();
-            self.cpu0 = CpuTime::now();
-        }
-        let kind = if self.mode == Mode::Pingpong {
-            self.awaiting = true;
-            Kind::Ping
-        } else {
-            Kind::Data
-        };
-        let mut flags = if self.seq < self.warmup {
-            FLAG_WARMUP
-        } else {
-            0
-        };
-        if self.hello.verify == Verify::Seq {
-            flags |= FLAG_HEADER_SUM;
-        }
+        self.start_timing();
+        let kind = self.kind();
         // A stream of small payloads stamps one Data frame in LATENCY_EVERY (and the first
         // timed one): the others, warm-up frames included, say 0, "not timed", and cost no
         // clock read here or in the reader.
@@ -324,16 +324,124 @@ impl WriterSession {
             || self.size >= SAMPLED_BELOW
             || self.seq == self.warmup
             || (self.seq > self.warmup && times_latency(self.nonce, self.seq));
+        let sent_ns = if stamped { self.send_time_now() } else { 0 };
+        let memo = self.build(frame, self.seq, sent_ns, sum)?;
+        self.handed_out(kind);
+        Ok((kind, memo))
+    }
+
+    /// The timed part starts with the first frame after the warm-up.
+    fn start_timing(&mut self) {
+        if self.seq == self.warmup {
+            self.t0 = now_ns();
+            self.cpu0 = CpuTime::now();
+        }
+    }
+
+    /// A timed frame's kind in this mode.
+    fn kind(&self) -> Kind {
+        if self.mode == Mode::Pingpong {
+            Kind::Ping
+        } else {
+            Kind::Data
+        }
+    }
+
+    /// A stamped frame's send time: the clock read that timed the last Pong, or now.
+    fn send_time_now(&mut self) -> u64 {
+        self.pong_at.take().unwrap_or_else(now_ns)
+    }
+
+    /// The state after a timed frame was handed out: a Ping awaits its Pong; a Data
+    /// frame's successor is next.
+    fn handed_out(&mut self, kind: Kind) {
+        self.awaiting = kind == Kind::Ping;
+        self.last_seq = self.seq;
+        self.data_sent = true;
+        if kind == Kind::Data {
+            self.seq += 1;
+        }
+    }
+
+    /// The last round trip's sample, if one is due, into the histogram.
+    fn record_rtt(&mut self) {
+        if let Some(ns) = self.rtt_due.take() {
+            self.rtt.record(ns);
+        }
+    }
+
+    /// Pingpong, while a Ping is out: seals the next Ping in `buf` with a send time of 0
+    /// (its checksum over that), so that when the Pong is in, [`WriterSession::stamp`]
+    /// has only the clock read's value to write. Nothing here needs the Pong: the next
+    /// Ping's sequence number, flags and payload are known now. Not for frames built in
+    /// place (`--zero-copy`): they are built in the ring's slot, which is reserved then.
+    fn seal_ahead(&mut self, buf: &mut FrameBuf) -> Result<()> {
+        let next = self.seq + 1;
+        if self.mode != Mode::Pingpong
+            || self.hello.zero_copy
+            || next >= self.warmup + self.count
+            || buf.sealed == Some((self.nonce, next))
+        {
+            return Ok(());
+        }
+        let FrameBuf { data, repeated, .. } = buf;
+        let Some(r) = repeated.as_ref().filter(|r| r.payload_len() == self.size) else {
+            return Ok(());
+        };
+        self.build(&mut data[..], next, 0, Sum::Repeated(r))?;
+        let summed = if self.hello.verify == Verify::Seq {
+            0
+        } else {
+            self.size
+        };
+        if self.send_time.as_ref().map(SendTime::summed) != Some(summed) {
+            self.send_time = Some(SendTime::new(summed));
+        }
+        buf.sealed = Some((self.nonce, next));
+        Ok(())
+    }
+
+    /// The Ping sealed ahead in `buf` ([`WriterSession::seal_ahead`]), given its send time
+    /// (the clock read that timed the Pong before it): those 8 bytes written, the checksum
+    /// XORed with their share ([`SendTime`]). The frame is then byte for byte the one
+    /// [`WriterSession::seal_timed`] would have built.
+    fn stamp<'b>(&mut self, buf: &'b mut FrameBuf) -> Result<Next<'b>> {
+        buf.sealed = None;
+        self.start_timing();
+        let sent_ns = self.send_time_now();
+        let Some(send_time) = self.send_time.as_ref() else {
+            bail!("stamp: the Ping sealed ahead has no send-time shift");
+        };
+        let delta = send_time.delta(sent_ns);
+        let header = &mut buf.data[..HEADER_LEN];
+        header[SENT_AT..SENT_AT + 8].copy_from_slice(&sent_ns.to_le_bytes());
+        let sum = u32::from_le_bytes(header[CHECKSUM_AT..HEADER_LEN].try_into()?) ^ delta;
+        header[CHECKSUM_AT..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+        self.handed_out(Kind::Ping);
+        Ok(Next::Send(buf.data_frame(Kind::Ping)))
+    }
+
+    /// Writes the timed frame `seq` into `frame` (header, then payload): its sequence
+    /// number into the payload, the header with `sent_ns` and the checksum in front. `sum`
+    /// says how the checksum is had. Returns the slot's new memo, if any.
+    fn build(
+        &mut self,
+        frame: &mut [u8],
+        seq_no: u64,
+        sent_ns: u64,
+        sum: Sum<'_>,
+    ) -> Result<Option<u32>> {
+        let kind = self.kind();
+        let mut flags = if seq_no < self.warmup { FLAG_WARMUP } else { 0 };
+        if self.hello.verify == Verify::Seq {
+            flags |= FLAG_HEADER_SUM;
+        }
         let fields = Fields {
             kind,
             flags,
             nonce: self.nonce,
-            seq: self.seq,
-            sent_ns: if stamped {
-                self.pong_at.take().unwrap_or_else(now_ns)
-            } else {
-                0
-            },
+            seq: seq_no,
+            sent_ns,
         };
         // The checksum first, over the new sequence number (held here) and the payload's
         // other bytes as they lie; only then are the frame's bytes written, header and
@@ -343,7 +451,7 @@ impl WriterSession {
         // consumer take the line back between them, and the stamp would wait for it once
         // more (Producer::frame_mut).
         let n = self.size.min(8);
-        let seq = self.seq.to_le_bytes();
+        let seq = seq_no.to_le_bytes();
         let (header, payload) = frame.split_at_mut(HEADER_LEN);
         let header: &mut [u8; HEADER_LEN] = header.try_into()?;
         let (front, rest) = (&seq[..n], &payload[n..]);
@@ -367,12 +475,7 @@ impl WriterSession {
             }
         }
         payload[..n].copy_from_slice(front);
-        self.last_seq = self.seq;
-        self.data_sent = true;
-        if kind == Kind::Data {
-            self.seq += 1;
-        }
-        Ok((kind, memo))
+        Ok(memo)
     }
 
     fn encode(&mut self, buf: &mut FrameBuf, kind: Kind) -> Result<()> {
@@ -457,7 +560,8 @@ impl WriterSession {
             );
         }
         if seq >= self.warmup {
-            self.rtt.record(now.saturating_sub(pong.sent_ns));
+            // Recorded once the next Ping is out (next_timed), off the round trip.
+            self.rtt_due = Some(now.saturating_sub(pong.sent_ns));
         }
         // The next Ping's send time, unless the timed part starts with it (then its own).
         self.pong_at = (seq + 1 != self.warmup).then_some(now);
@@ -528,6 +632,12 @@ impl WriterSession {
         } else {
             (r.verified, r.verified_by) = (false, "reader".into());
         }
+    }
+
+    /// Round trips recorded in the histogram so far (tests).
+    #[cfg(test)]
+    pub(super) fn round_trips_recorded(&self) -> u64 {
+        self.rtt.len()
     }
 
     /// The report, once [`WriterSession::next`] returned [`Next::Done`].

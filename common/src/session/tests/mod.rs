@@ -187,6 +187,71 @@ fn pingpong_measures_every_timed_round_trip() {
     assert_eq!((rr.count, rr.warmup), (20, 2));
 }
 
+/// A Ping sealed while the one before it waits for its Pong, and stamped with its send
+/// time only when that Pong is in, is byte for byte the frame a fresh seal builds with
+/// that send time; and every timed round trip reaches the histogram, the last one too
+/// (each is recorded once the next Ping is out, or before End).
+#[test]
+fn a_ping_sealed_ahead_is_the_frame_a_fresh_seal_builds() {
+    use crate::frame::{encode_header, Fields, Kind};
+    for (size, warmup) in [("64", "3"), ("1", "0"), ("8", "2"), ("100000", "1")] {
+        let s = setup(&[
+            "--mode", "pingpong", "--count", "6", "--size", size, "--warmup", warmup,
+        ]);
+        let mut session = WriterSession::new(&s);
+        let mut echo = ReaderSession::new(&s);
+        let mut buf = FrameBuf::new();
+        let (mut pings, mut answered) = (0, 0);
+        loop {
+            match session.next(&mut buf).unwrap() {
+                Next::Send(out) if out.kind == Kind::Ping => {
+                    let ping = out.to_vec();
+                    let (h, p) = parse(&ping);
+                    let fields = Fields {
+                        kind: Kind::Ping,
+                        flags: h.flags,
+                        nonce: session.nonce(),
+                        seq: pings,
+                        sent_ns: h.sent_ns,
+                    };
+                    assert_ne!(
+                        h.sent_ns, 0,
+                        "Ping {pings} of {size} bytes carries a send time"
+                    );
+                    let fresh = encode_header(fields, p).unwrap();
+                    assert_eq!(
+                        &ping[..HEADER_LEN],
+                        &fresh[..],
+                        "Ping {pings} of {size} bytes"
+                    );
+                    pings += 1;
+                    let Action::Echo(pong) = echo.on_frame(&h, p).unwrap() else {
+                        panic!("a Ping is echoed")
+                    };
+                    let pong = pong.to_vec();
+                    assert!(matches!(session.next(&mut buf).unwrap(), Next::AwaitAnswer));
+                    let (h, p) = parse(&pong);
+                    session.answer(&h, p).unwrap();
+                    answered += 1;
+                }
+                Next::Send(out) => {
+                    let frame = out.to_vec();
+                    let (h, p) = parse(&frame);
+                    let _ = echo.on_frame(&h, p).unwrap();
+                    if h.kind == Kind::End {
+                        // The last round trip is in the histogram before End leaves.
+                        assert_eq!(session.round_trips_recorded(), 6, "{size} bytes");
+                    }
+                }
+                Next::Done => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        let warm: u64 = warmup.parse().unwrap();
+        assert_eq!((pings, answered), (6 + warm, 6 + warm), "{size} bytes");
+    }
+}
+
 #[test]
 fn a_pong_for_another_ping_is_refused() {
     let s = setup(&["--mode", "pingpong", "--count", "2", "--warmup", "0"]);
