@@ -331,6 +331,7 @@ impl WriterSession {
     }
 
     /// The timed part starts with the first frame after the warm-up.
+    #[inline(always)]
     fn start_timing(&mut self) {
         if self.seq == self.warmup {
             self.t0 = now_ns();
@@ -339,6 +340,7 @@ impl WriterSession {
     }
 
     /// A timed frame's kind in this mode.
+    #[inline(always)]
     fn kind(&self) -> Kind {
         if self.mode == Mode::Pingpong {
             Kind::Ping
@@ -348,12 +350,14 @@ impl WriterSession {
     }
 
     /// A stamped frame's send time: the clock read that timed the last Pong, or now.
+    #[inline(always)]
     fn send_time_now(&mut self) -> u64 {
         self.pong_at.take().unwrap_or_else(now_ns)
     }
 
     /// The state after a timed frame was handed out: a Ping awaits its Pong; a Data
     /// frame's successor is next.
+    #[inline(always)]
     fn handed_out(&mut self, kind: Kind) {
         self.awaiting = kind == Kind::Ping;
         self.last_seq = self.seq;
@@ -424,6 +428,7 @@ impl WriterSession {
     /// Writes the timed frame `seq` into `frame` (header, then payload): its sequence
     /// number into the payload, the header with `sent_ns` and the checksum in front. `sum`
     /// says how the checksum is had. Returns the slot's new memo, if any.
+    #[inline(always)]
     fn build(
         &mut self,
         frame: &mut [u8],
