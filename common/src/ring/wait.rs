@@ -188,8 +188,10 @@ const SPINS_PER_CLOCK: u64 = 64;
 /// trip. A pingpong's answer usually comes within a microsecond; these polls (a load the
 /// core's cache answers, a few nanoseconds each) cover about that long, and a slower
 /// answer is waited for with the pause hint, which spares a sibling hardware thread the
-/// core's resources. A stream's consumer keeps pausing: it would take the polled line
-/// back from the producer while it is still writing the record.
+/// core's resources. Nor do these polls read the clock or the producer's index (the
+/// periodic checks start after them): either would sit between two polls. A stream's
+/// consumer keeps pausing: it would take the polled line back from the producer while it
+/// is still writing the record.
 pub const HARD_POLLS: u64 = 512;
 
 impl Waiting {
@@ -203,6 +205,11 @@ impl Waiting {
     /// line arrives (see [`HARD_POLLS`]); the spins after them pause as any others do.
     pub(super) fn poll_hard(&mut self) {
         self.hard = HARD_POLLS;
+    }
+
+    /// Whether the next spin is one of the hard polls ([`Waiting::poll_hard`]).
+    pub(super) fn polling_hard(&self) -> bool {
+        self.spins < self.hard
     }
 }
 
@@ -335,9 +342,11 @@ impl Pacer {
     ) -> Result<(), RingError> {
         w.spins += 1;
         if !w.sleepy {
-            if w.spins > w.hard {
-                spin_loop();
+            // The hard polls read no clock either: one would sit between two polls.
+            if w.polling_hard() {
+                return Ok(());
             }
+            spin_loop();
             if !w.spins.is_multiple_of(SPINS_PER_CLOCK) {
                 return Ok(());
             }

@@ -164,8 +164,10 @@ impl Consumer {
         loop {
             polls += 1;
             // Ask the producer's index now and then (and before every sleep), so a region
-            // whose index and stamps disagree is reported rather than waited on forever.
-            let check = waiting.sleepy() || polls.is_multiple_of(64);
+            // whose index and stamps disagree is reported rather than waited on forever;
+            // not during the hard polls, where the load of the producer's line (which it
+            // stores after every record) could hold up the poll that would see the stamp.
+            let check = waiting.sleepy() || (!waiting.polling_hard() && polls.is_multiple_of(64));
             if let Some(len) = self.poll(check)? {
                 return Ok(len);
             }
