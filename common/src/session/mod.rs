@@ -44,7 +44,12 @@
 //! - **timing**: the clock is read at the same points for every mechanism, when a frame
 //!   is built (writer) and when it is handed to the session (reader, and the writer's
 //!   Pong); in pingpong a Ping's `sent_ns` is the clock read that timed the Pong before it,
-//!   so a round trip costs one clock read and includes the writer's building of the Ping;
+//!   so a round trip costs one clock read. The writer seals each Ping (header, sequence
+//!   number, checksum) while the Ping before it is out, and writes only its send time (the
+//!   checksum XORed with that field's share, [`crate::resum::SendTime`]) once the Pong is
+//!   in; the round trip's histogram sample is recorded then too. So a round trip includes
+//!   the writer's check of the Pong, the stamp, the copy in and the publish, not the
+//!   Ping's building, as a sender that prepares its next message while it waits would;
 //!   a stream of payloads under [`SAMPLED_BELOW`] times one Data frame in
 //!   [`LATENCY_EVERY`] (the first timed one and one of each block of sequence numbers;
 //!   the others carry `sent_ns` 0 and cost neither side a clock read), and the reader's
