@@ -182,16 +182,16 @@ pub const SPINS: u32 = 2;
 const SPINS_PER_CLOCK: u64 = 64;
 
 /// Spins of a wait for an answer that poll again at once, without a pause hint (a
-/// consumer marked by [`super::Consumer::awaits_answers`]): on an x86 core a pause hint (PAUSE) lasts tens of
-/// nanoseconds (140 cycles on Intel since Skylake), and a line that arrives while the core
-/// is in one waits for it to end: on average half a pause per hop, a full one per round
-/// trip. A pingpong's answer usually comes within a microsecond; these polls (a load the
-/// core's cache answers, a few nanoseconds each) cover about that long, and a slower
-/// answer is waited for with the pause hint, which spares a sibling hardware thread the
-/// core's resources. Nor do these polls read the clock or the producer's index (the
-/// periodic checks start after them): either would sit between two polls. A stream's
-/// consumer keeps pausing: it would take the polled line back from the producer while it
-/// is still writing the record.
+/// consumer marked by [`super::Consumer::awaits_answers`]): on an x86 core a pause hint
+/// (PAUSE) lasts tens of nanoseconds (140 cycles on Intel since Skylake), and a line that
+/// arrives while the core is in one waits for it to end: on average half a pause per
+/// hop, a full one per round trip. A pingpong's answer usually comes within a
+/// microsecond; these polls (a load the core's cache answers, a few nanoseconds each)
+/// cover about that long, and a slower answer is waited for with the pause hint, which
+/// spares a sibling hardware thread the core's resources. Nor do these polls read the
+/// clock or the producer's index (the periodic checks start after them): either would
+/// sit between two polls. A stream's consumer keeps pausing: it would take the polled
+/// line back from the producer while it is still writing the record.
 pub const HARD_POLLS: u64 = 512;
 
 impl Waiting {

@@ -315,7 +315,8 @@ impl WriterSession {
     /// [`super::LATENCY_EVERY`], checksum) in front, the state moved on. `sum` says how the
     /// checksum is had: derived from the 8 bytes that changed in the session's own buffer
     /// (`Repeated`), or in a ring's slot from its memo (`Slot`), or over the whole payload.
-    /// Returns the kind and the slot's new memo, if any.
+    /// Returns the kind and the slot's new memo, if any. (A pingpong Ping sealed while the
+    /// one before it was out is only stamped: `ahead.rs`.)
     fn seal_timed(&mut self, frame: &mut [u8], sum: Sum<'_>) -> Result<(Kind, Option<u32>)> {
         self.start_timing();
         let kind = self.kind();

@@ -199,8 +199,9 @@ impl Consumer {
     ///   medians of interleaved runs: 64-byte pingpong 750 ns without it and 662 with it
     ///   (10 runs; cache-line round trip 362 ns); a 64-byte stream prefetching throughout
     ///   0.49-0.50 GB/s without, 0.455 with (8 runs each way).
-    /// - **The first polls of a wait do not pause** ([`HARD_POLLS`](crate::ring::wait::HARD_POLLS)): a line that
-    ///   arrives during a pause hint waits for it to end. Same Xeon, 64-byte spin
+    /// - **The first polls of a wait do not pause**
+    ///   ([`HARD_POLLS`](crate::ring::wait::HARD_POLLS)): a line that arrives during a
+    ///   pause hint waits for it to end. Same Xeon, 64-byte spin
     ///   pingpong, 12 interleaved runs: 633 ns with a pause after every poll, 595 without
     ///   one for the first 512 polls (median of the paired differences -29 ns). When the
     ///   two vCPUs of that VM shared one core (round trips near 280 ns), the same change
