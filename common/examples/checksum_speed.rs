@@ -2,8 +2,9 @@
 //! the payload) by two crates as references (the `crc32c` crate's `crc32` instruction loop,
 //! and `crc-fast`'s carry-less-multiply folding through its `Digest`), what
 //! `common::frame::checksum` runs (its "dispatch": the project's own `crc32` loops, its
-//! 256-bit folding beside them where the CPU has VPCLMULQDQ without AVX-512, or its own
-//! 512-bit folding on AVX-512 CPUs; the first line says which), and a plain copy of the same payload, from a header
+//! 256-bit folding beside them where the CPU has VPCLMULQDQ without AVX-512, its own
+//! 512-bit folding on AVX-512 CPUs, or its 128-bit folding where `crc32` is slow; the
+//! first line says which), and a plain copy of the same payload, from a header
 //! alone (`--verify seq`) to 1 MiB: so you can see whether the checksum or the copy bounds
 //! a mechanism at a given message size, and check the dispatch's choice on the CPU you
 //! have. The last two columns are what the shared ring's consumer could do with a frame:

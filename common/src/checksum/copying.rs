@@ -15,7 +15,9 @@
 //! of each), and then gains too (4 KiB stream 1.1x, pingpong 0.92x the time). CPUs with
 //! AVX-512 and VPCLMULQDQ run the same idea with 64-byte registers ([`super::folding`]).
 //! CPUs with VPCLMULQDQ but not AVX-512 copy with this loop too, and sum in place with
-//! [`super::hybrid`], which runs 256-bit folding beside `crc32` streams.
+//! [`super::hybrid`], which runs 256-bit folding beside `crc32` streams. On AMD's first Zen
+//! cores `crc32` retires a word every three cycles (7 GB/s in one to four streams), and
+//! 128-bit folding ([`super::clmul`]) copies and sums instead.
 //!
 //! Tried and left out, on that Zen 2: folding with PCLMULQDQ alone (12.7 GB/s copying), and
 //! PCLMULQDQ folding beside the `crc32` streams, which other CPUs run side by side (19.7 GB/s
