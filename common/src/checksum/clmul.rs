@@ -5,10 +5,13 @@
 //! Why: on AMD's first Zen cores `crc32` retires one 8-byte word every three cycles
 //! whatever the number of streams, so [`super::copying`]'s three streams buy nothing
 //! there. Measured on an AMD EPYC Zen 1 (family 17h, model 01h; 2 vCPUs, 64 KiB summed in
-//! place from the caches, best of three): one to four `crc32` streams 6.9-7.2 GB/s, this
-//! folding (two to eight 16-byte accumulators) 10.9-11.2 GB/s, and the two side by side in
-//! one loop 5.3-8.1 GB/s (they compete for the same units, as on the Zen 2 that
-//! [`super::copying`]'s notes describe). Elsewhere `crc32` is the faster of the two (the
+//! place from the caches, best of three): one to four `crc32` streams 6.9-7.4 GB/s, this
+//! folding (two to eight 16-byte accumulators) 10.8-11.2 GB/s, and the two side by side in
+//! one unrolled loop (three `crc32` streams beside four accumulators, in ratios from 1:1 to
+//! 1:3) 11.0-11.5 GB/s, no faster than the folding alone: there they compete, as on the
+//! Zen 2 that [`super::copying`]'s notes describe. So ~11 GB/s is what CRC-32C costs a core
+//! of this CPU, and a copy between its cores can run faster (BENCHMARKS.md's Zen 1 section
+//! says where that binds). Elsewhere `crc32` is the faster of the two (the
 //! Zen 2: 24 GB/s against 12.7 for this folding), so [`preferred`] chooses this module only
 //! on those cores; `cargo run --release -p common --example checksum_speed` prints what the
 //! dispatch chose and how fast it runs on the machine at hand.
