@@ -12,7 +12,7 @@
 //! Zen 2 that [`super::copying`]'s notes describe. So ~11 GB/s is what CRC-32C costs a core
 //! of this CPU, and a copy between its cores can run faster (BENCHMARKS.md's Zen 1 section
 //! says where that binds). Elsewhere `crc32` is the faster of the two (the
-//! Zen 2: 24 GB/s against 12.7 for this folding), so [`preferred`] chooses this module only
+//! Zen 2: 24 GB/s against 12.7 for this folding), so `preferred` chooses this module only
 //! on those cores; `cargo run --release -p common --example checksum_speed` prints what the
 //! dispatch chose and how fast it runs on the machine at hand.
 //!
@@ -21,8 +21,8 @@
 //! first 4), each moved forward by 64 bytes per round and added to the next 64; at the end
 //! the four are folded into the last, the remaining whole 16-byte lanes into it, and two
 //! `crc32` instructions reduce its 16 bytes to the CRC. The last 0-15 bytes go through
-//! [`super::copying`]'s word loop. Inputs under [`MIN`] go to the `crc32` loops whole: for
-//! them the set-up and the reduction cost more than the folding saves.
+//! [`super::copying`]'s word loop. Inputs under `MIN` (256 bytes) go to the `crc32` loops
+//! whole: for them the set-up and the reduction cost more than the folding saves.
 //!
 //! As in the other copying loops, each 16-byte register is loaded once, stored, and that
 //! register is summed (the loads and stores are written in assembly so the compiler cannot
