@@ -25,9 +25,10 @@
 //! whole: for them the set-up and the reduction cost more than the folding saves.
 //!
 //! As in the other copying loops, each 16-byte register is loaded once, stored, and that
-//! register is summed (the loads and stores are written in assembly so the compiler cannot
-//! load twice): a peer writing to the source meanwhile cannot make the sum disagree with
-//! the copy.
+//! register is summed (the loads and stores are [`super::folding`]'s, in assembly so the
+//! compiler cannot load twice): a peer writing to the source meanwhile cannot make the sum
+//! disagree with the copy. They are VEX instructions, so these loops also need AVX
+//! ([`available`]).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
@@ -36,7 +37,7 @@ use std::arch::x86_64::{
 };
 
 #[cfg(target_arch = "x86_64")]
-use super::folding::fold_pair;
+use super::folding::{fold_pair, load_lane, load_store_lane};
 
 /// Bytes folded per round: four 16-byte registers.
 const BLOCK: usize = 64;
@@ -45,17 +46,27 @@ pub(crate) const MIN: usize = 256;
 /// The longest copy [`copy_clmul`] prefetches whole before it starts (as `copy_append`).
 const PREFETCH: usize = 8 << 10;
 
+/// Whether this CPU has what these loops use: SSE 4.2's `crc32` and PCLMULQDQ
+/// ([`super::copying::available`]) and AVX (the loads and stores).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::copying::available() && std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU should sum long inputs here rather than with `crc32` streams: it has
-/// SSE 4.2 and PCLMULQDQ, no wider folding ([`super::folding`], [`super::hybrid`]), and its
+/// what they use ([`available`]), no wider folding ([`super::folding`], [`super::hybrid`]), and its
 /// `crc32` is one of the slow ones ([`slow_crc32`]). Worked out once (in a virtual machine
 /// every CPUID is a trip to the hypervisor); after that, one load.
 pub(crate) fn preferred() -> bool {
     static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PREFERRED.get_or_init(|| {
-        super::copying::available()
-            && !super::folding::available()
-            && !super::hybrid::available()
-            && slow_crc32()
+        available() && !super::folding::available() && !super::hybrid::available() && slow_crc32()
     })
 }
 
@@ -95,8 +106,8 @@ fn slow_crc32() -> bool {
 /// followed by them (the `crc32c::crc32c_append` convention), summing what is stored.
 ///
 /// # Safety
-/// [`super::copying::available`] must have returned true; `src` must be valid for reads of
-/// `dst.len()` bytes and not overlap `dst`.
+/// [`available`] must have returned true; `src` must be valid for reads of `dst.len()`
+/// bytes and not overlap `dst`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2,pclmulqdq")]
 pub(crate) unsafe fn copy_clmul(crc: u32, src: *const u8, dst: &mut [u8]) -> u32 {
@@ -123,7 +134,7 @@ pub(crate) unsafe fn copy_clmul(crc: u32, src: *const u8, dst: &mut [u8]) -> u32
 /// [`copy_clmul`], without the stores.
 ///
 /// # Safety
-/// [`super::copying::available`] must have returned true.
+/// [`available`] must have returned true.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2,pclmulqdq")]
 pub(crate) unsafe fn sum_clmul(crc: u32, bytes: &[u8]) -> u32 {
@@ -158,9 +169,9 @@ unsafe fn fold_run<const COPY: bool>(
         // SAFETY: p + 16 <= len at each call: inside both buffers by the contract.
         unsafe {
             if COPY {
-                load_store(src.add(p), dst.add(p))
+                load_store_lane(src.add(p), dst.add(p))
             } else {
-                load(src.add(p))
+                load_lane(src.add(p))
             }
         }
     };
@@ -194,57 +205,15 @@ unsafe fn fold_run<const COPY: bool>(
 }
 
 /// `a` moved forward by the multipliers in `k` (its earlier half times `k`'s low half, its
-/// later half times the high one), added to `b`.
+/// later half times the high one), added to `b`. [`super::folding`]'s last 16-byte lanes
+/// are folded by it too.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "pclmulqdq")]
-fn fold(a: __m128i, k: __m128i, b: __m128i) -> __m128i {
+pub(super) fn fold(a: __m128i, k: __m128i, b: __m128i) -> __m128i {
     let early = _mm_clmulepi64_si128::<0x00>(a, k);
     let late = _mm_clmulepi64_si128::<0x11>(a, k);
     _mm_xor_si128(_mm_xor_si128(early, late), b)
-}
-
-/// 16 bytes loaded from `src` and stored to `dst`, in assembly so that they are loaded
-/// exactly once and what is summed is what was stored.
-///
-/// # Safety
-/// `src` readable and `dst` writable for 16 bytes.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-unsafe fn load_store(src: *const u8, dst: *mut u8) -> __m128i {
-    let r: __m128i;
-    // SAFETY: the caller vouches for the 16 bytes at each pointer.
-    unsafe {
-        std::arch::asm!(
-            "movdqu {r}, xmmword ptr [{s}]",
-            "movdqu xmmword ptr [{d}], {r}",
-            s = in(reg) src,
-            d = in(reg) dst,
-            r = out(xmm_reg) r,
-            options(nostack, preserves_flags),
-        )
-    };
-    r
-}
-
-/// 16 bytes loaded from `src` (once, as in [`load_store`]).
-///
-/// # Safety
-/// `src` readable for 16 bytes.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-unsafe fn load(src: *const u8) -> __m128i {
-    let r: __m128i;
-    // SAFETY: the caller vouches for the 16 bytes.
-    unsafe {
-        std::arch::asm!(
-            "movdqu {r}, xmmword ptr [{s}]",
-            s = in(reg) src,
-            r = out(xmm_reg) r,
-            options(nostack, preserves_flags, readonly),
-        )
-    };
-    r
 }
 
 /// Stands in where there is no x86-64 kernel; [`preferred`] is false there.
@@ -271,7 +240,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::checksum::copying::available;
     use crate::checksum::copying::tests::{proptest_if, race_copies, twenty_live};
     use crate::resum::tests::bytes;
 
@@ -330,5 +298,5 @@ mod tests {
         race_copies(copy_clmul, twenty_live).assert_summed_as_stored("clmul loop");
     }
 
-    const NO_CLMUL: &str = "this CPU lacks SSE 4.2 or PCLMULQDQ (the clmul loop)";
+    const NO_CLMUL: &str = "this CPU lacks SSE 4.2, PCLMULQDQ or AVX (the clmul loop)";
 }

@@ -45,8 +45,8 @@
 use std::arch::x86_64::{
     __m128i, __m512i, _mm512_clmulepi64_epi128, _mm512_extracti32x4_epi32, _mm512_maskz_mov_epi64,
     _mm512_set_epi64, _mm512_ternarylogic_epi64, _mm512_xor_si512, _mm512_zextsi128_si512,
-    _mm_clmulepi64_si128, _mm_crc32_u64, _mm_cvtsi128_si64, _mm_cvtsi32_si128, _mm_extract_epi64,
-    _mm_prefetch, _mm_set_epi64x, _mm_xor_si128, _MM_HINT_T0,
+    _mm_crc32_u64, _mm_cvtsi128_si64, _mm_cvtsi32_si128, _mm_extract_epi64, _mm_prefetch,
+    _mm_set_epi64x, _mm_xor_si128, _MM_HINT_T0,
 };
 
 use super::copying::xpow_mod;
@@ -222,9 +222,7 @@ unsafe fn fold_run<const COPY: bool>(
                 load_lane(src.add(p))
             }
         };
-        let early = _mm_clmulepi64_si128::<0x00>(v, by_16);
-        let late = _mm_clmulepi64_si128::<0x11>(v, by_16);
-        v = _mm_xor_si128(_mm_xor_si128(early, late), b);
+        v = super::clmul::fold(v, by_16, b);
         p += 16;
     }
     // The lane's 16 bytes through `crc32` from 0: that reduces them modulo P, times x^32.
@@ -359,13 +357,14 @@ unsafe fn load_line(src: *const u8) -> __m512i {
 
 /// 16 bytes loaded from `src` and stored to `dst` (as [`load_store`]). The VEX form
 /// (`vmovdqu`), as everywhere in this module: a legacy SSE instruction after 512-bit ones
-/// costs a state transition on some Intel CPUs.
+/// costs a state transition on some Intel CPUs. [`super::clmul`]'s loops load and store
+/// with it too.
 ///
 /// # Safety
 /// `src` readable and `dst` writable for 16 bytes; AVX present.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn load_store_lane(src: *const u8, dst: *mut u8) -> __m128i {
+pub(super) unsafe fn load_store_lane(src: *const u8, dst: *mut u8) -> __m128i {
     let r: __m128i;
     // SAFETY: the caller vouches for the 16 bytes at each pointer.
     unsafe {
@@ -387,7 +386,7 @@ unsafe fn load_store_lane(src: *const u8, dst: *mut u8) -> __m128i {
 /// `src` readable for 16 bytes; AVX present.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn load_lane(src: *const u8) -> __m128i {
+pub(super) unsafe fn load_lane(src: *const u8) -> __m128i {
     let r: __m128i;
     // SAFETY: the caller vouches for the 16 bytes.
     unsafe {
