@@ -28,7 +28,7 @@
 //! register is summed (the loads and stores are [`super::folding`]'s, in assembly so the
 //! compiler cannot load twice): a peer writing to the source meanwhile cannot make the sum
 //! disagree with the copy. They are VEX instructions, so these loops also need AVX
-//! ([`available`]).
+//! (`available`).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
