@@ -11,9 +11,9 @@
 //! 1:3) 11.0-11.5 GB/s, no faster than the folding alone: there they compete, as on the
 //! Zen 2 that [`super::copying`]'s notes describe. So ~11 GB/s is what CRC-32C costs a core
 //! of this CPU, and a copy between its cores can run faster (BENCHMARKS.md's Zen 1 section
-//! says where that binds). Elsewhere `crc32` is the faster of the two (the
-//! Zen 2: 24 GB/s against 12.7 for this folding), so `preferred` chooses this module only
-//! on those cores; `cargo run --release -p common --example checksum_speed` prints what the
+//! says where that binds). Elsewhere `crc32` is the faster of the two (on the Zen 2, 21
+//! GB/s copying and summing against 12.7 for a PCLMULQDQ fold), so `preferred` chooses
+//! this module only on those cores; `cargo run --release -p common --example checksum_speed` prints what the
 //! dispatch chose and how fast it runs on the machine at hand.
 //!
 //! How folding works is said in [`super::folding`]'s docs; here the four accumulators are
