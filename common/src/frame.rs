@@ -29,7 +29,8 @@
 use std::fmt;
 
 pub use crate::checksum::{
-    checksum, checksum_combine, checksum_continue, checksum_words, method, wide_folding, Summer,
+    checksum, checksum_combine, checksum_continue, checksum_u64, checksum_words, method,
+    wide_folding, Summer,
 };
 
 /// `b"IPCS"` read as a little-endian `u32`.

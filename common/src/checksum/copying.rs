@@ -211,12 +211,34 @@ pub(crate) unsafe fn sum_short_pair(crc: u32, first: &[u8], second: &[u8]) -> u3
 /// # Safety
 /// [`available`] must have returned true.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 #[target_feature(enable = "sse4.2")]
 pub(crate) unsafe fn sum_words(words: [u64; 4], last: u32) -> u32 {
     let s = words
         .iter()
         .fold(u64::from(!0u32), |s, &w| _mm_crc32_u64(s, w));
     !_mm_crc32_u32(s as u32, last)
+}
+
+/// The CRC-32C of `crc`'s bytes followed by the 8 little-endian bytes of `word` (the
+/// `crc32c::crc32c_append` convention): one instruction.
+///
+/// # Safety
+/// [`available`] must have returned true.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse4.2")]
+pub(crate) unsafe fn sum_u64(crc: u32, word: u64) -> u32 {
+    !(_mm_crc32_u64(u64::from(!crc), word) as u32)
+}
+
+/// Stands in where there is no x86-64 kernel; [`available`] is false there.
+///
+/// # Safety
+/// None beyond the x86-64 version's.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn sum_u64(crc: u32, word: u64) -> u32 {
+    crc32c::crc32c_append(crc, &word.to_le_bytes())
 }
 
 /// Stands in where there is no x86-64 kernel; [`available`] is false there.

@@ -42,6 +42,15 @@
 //! checksum disagree with its bytes, which the consumer's check over the bytes it reads
 //! reports.
 //!
+//! The producer's per-frame steps (`reserve_for`, `copy_in`, `prefetch_ahead`, `publish`,
+//! `forget`) and the writer session's `seal_timed` are `#[inline(always)]`: a small frame's
+//! sender is bound by its stores, and every call saves and restores registers on the
+//! stack, stores the frame's own bytes queue behind. Measured on an AMD EPYC Zen 1 (spin,
+//! six interleaved pairs against the tree without it): the writer of a 64-byte stream ran
+//! 662 -> 525 instructions per frame (callgrind) and the stream 0.30-0.42 -> 0.39-0.47 GB/s;
+//! with the sequence number summed in one step (`checksum_u64`), 469 instructions, 0.38-0.42
+//! against 0.30-0.32 in the same runs, and 64-byte pingpong 742-762 against 782-791 ns.
+//!
 //! | file            | what it holds                                                         |
 //! |-----------------|-----------------------------------------------------------------------|
 //! | [`producer`]    | reserve (waiting for room), copy in or build in place, publish        |
