@@ -317,7 +317,6 @@ impl WriterSession {
     /// (`Repeated`), or in a ring's slot from its memo (`Slot`), or over the whole payload.
     /// Returns the kind and the slot's new memo, if any. (A pingpong Ping sealed while the
     /// one before it was out is only stamped: `ahead.rs`.)
-    #[inline(always)]
     fn seal_timed(&mut self, frame: &mut [u8], sum: Sum<'_>) -> Result<(Kind, Option<u32>)> {
         self.start_timing();
         let kind = self.kind();

@@ -42,14 +42,14 @@
 //! checksum disagree with its bytes, which the consumer's check over the bytes it reads
 //! reports.
 //!
-//! The producer's per-frame steps (`reserve_for`, `copy_in`, `prefetch_ahead`, `publish`,
-//! `forget`) and the writer session's `seal_timed` are `#[inline(always)]`: a small frame's
-//! sender is bound by its stores, and every call saves and restores registers on the
-//! stack, stores the frame's own bytes queue behind. Measured on an AMD EPYC Zen 1 (spin,
-//! six interleaved pairs against the tree without it): the writer of a 64-byte stream ran
-//! 662 -> 525 instructions per frame (callgrind) and the stream 0.30-0.42 -> 0.39-0.47 GB/s;
-//! with the sequence number summed in one step (`checksum_u64`), 469 instructions, 0.38-0.42
-//! against 0.30-0.32 in the same runs, and 64-byte pingpong 742-762 against 782-791 ns.
+//! Tried and left out: the producer's per-frame steps (`reserve_for`, `copy_in`,
+//! `prefetch_ahead`, `publish`, `forget`) and the writer session's `seal_timed` forced
+//! inline (`#[inline(always)]`), so that a small frame's hop saves and restores no
+//! registers on the stack between them (662 -> 525 instructions per 64-byte frame under
+//! callgrind). On an AMD EPYC Zen 1 the 64-byte stream then ran 1.5x as fast in the VM's
+//! slower state (cache-line round trip ~750 ns) and 0.8x as fast in its faster one (~220
+//! ns), interleaved runs each; a change whose sign depends on the machine's state is not
+//! one to keep.
 //!
 //! | file            | what it holds                                                         |
 //! |-----------------|-----------------------------------------------------------------------|

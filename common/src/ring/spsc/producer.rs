@@ -160,7 +160,6 @@ impl Producer {
     }
 
     /// Both reserves; `restart` allows a large record to go back to the start.
-    #[inline(always)]
     fn reserve_for(&mut self, payload_len: usize, restart: bool) -> Result<Reserved, RingError> {
         let rec = self.record_for(payload_len)?;
         self.pacer.tick(&self.region)?;
@@ -273,7 +272,6 @@ impl Producer {
 
     /// Copies the frame into the reserved bytes (the copying path; [`Producer::frame_mut`]
     /// is the in-place one). Nothing is visible to the consumer until [`Producer::publish`].
-    #[inline(always)]
     pub fn copy_in(
         &mut self,
         slot: &Reserved,
@@ -323,7 +321,6 @@ impl Producer {
     /// 5.2 -> 6.7, 2 KiB 5.9 -> 8.2; 64 B 0.63 against 0.59 and 4 KiB 10.3 against 9.7
     /// (within the noise, and 4 KiB records are past [`PREFETCH_UP_TO`] now); 64 B and
     /// 1 KiB pingpong alike both ways.
-    #[inline(always)]
     fn prefetch_ahead(&self, slot: &Reserved) {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = slot;
@@ -348,7 +345,6 @@ impl Producer {
     /// record's stamp (Release: the frame's bytes are visible to whoever reads the stamp
     /// with Acquire), then `head`, and the consumer is woken (`FUTEX_WAKE`) only if it said
     /// it sleeps.
-    #[inline(always)]
     pub fn publish(&mut self, slot: Reserved) {
         if slot.pad > 0 {
             // The pad's stamp lands on bytes a memo may cover.
@@ -422,7 +418,6 @@ impl Producer {
     /// Forgets every memo whose bytes (the payload past its first 8 bytes: the stamp,
     /// header and sequence number are written anew with every frame) overlap area bytes
     /// `off..off + len`, but the one at offset `keep`, if given.
-    #[inline(always)]
     pub(in crate::ring) fn forget(&mut self, off: u64, len: u64, keep: Option<u64>) {
         if self.memos.is_empty() {
             return;
