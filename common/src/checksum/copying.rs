@@ -499,6 +499,52 @@ pub(crate) mod tests {
     /// CRC of `crc`'s bytes followed by them.
     pub(crate) type CopySum = unsafe fn(u32, *const u8, &mut [u8]) -> u32;
 
+    /// A sum in place: `(crc, bytes)` returns the CRC of `crc`'s bytes followed by `bytes`.
+    pub(crate) type SumInPlace = unsafe fn(u32, &[u8]) -> u32;
+
+    /// For a loop pair that copies and sums ([`CopySum`]) and sums in place
+    /// ([`SumInPlace`]): each of `lens` from offsets 0, 1, 7 and 63 of `data`, both
+    /// against `crc32c` and the copy against its source. The caller has checked that the
+    /// CPU runs both.
+    pub(crate) fn assert_copy_and_sum_match(
+        copy: CopySum,
+        sum: SumInPlace,
+        data: &[u8],
+        lens: &[usize],
+    ) {
+        for &len in lens {
+            for off in [0usize, 1, 7, 63] {
+                let src = &data[off..off + len];
+                let want = crc32c::crc32c_append(0x89ab_cdef, src);
+                let mut dst = vec![0u8; len];
+                // SAFETY: the caller checked the CPU; src holds len bytes, apart from dst.
+                let got = unsafe { copy(0x89ab_cdef, src.as_ptr(), &mut dst) };
+                assert_eq!(got, want, "copy of {len} at +{off}");
+                assert_eq!(dst, src, "the copy of {len} at +{off}");
+                // SAFETY: as above.
+                let got = unsafe { sum(0x89ab_cdef, src) };
+                assert_eq!(got, want, "sum of {len} at +{off}");
+            }
+        }
+    }
+
+    /// [`assert_copy_and_sum_match`] for one proptest case: `src` from the CRC `crc`.
+    pub(crate) fn copy_and_sum_agree(
+        copy: CopySum,
+        sum: SumInPlace,
+        crc: u32,
+        src: &[u8],
+    ) -> Result<(), TestCaseError> {
+        let want = crc32c::crc32c_append(crc, src);
+        let mut dst = vec![0u8; src.len()];
+        // SAFETY: the caller checked the CPU; src holds dst.len() bytes, apart from dst.
+        prop_assert_eq!(unsafe { copy(crc, src.as_ptr(), &mut dst) }, want);
+        prop_assert_eq!(&dst[..], src);
+        // SAFETY: as above.
+        prop_assert_eq!(unsafe { sum(crc, src) }, want);
+        Ok(())
+    }
+
     /// Words of the source [`race_copies`] rewrites (68 KiB).
     const WORDS: usize = 68 << 7;
 

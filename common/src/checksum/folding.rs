@@ -424,7 +424,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::checksum::copying::tests::{proptest_if, race_copies, twenty_live};
+    use crate::checksum::copying::tests::{
+        assert_copy_and_sum_match, copy_and_sum_agree, proptest_if, race_copies, twenty_live,
+    };
     use crate::resum::tests::bytes;
 
     /// Every length around each block boundary from 0 to a few blocks past [`MIN`], from
@@ -439,20 +441,7 @@ mod tests {
         for b in [8 * BLOCK, PREFETCH, 32 * BLOCK] {
             lens.extend(b - 9..b + 9);
         }
-        for len in lens {
-            for off in [0usize, 1, 7, 63] {
-                let src = &data[off..off + len];
-                let want = crc32c::crc32c_append(0x89ab_cdef, src);
-                let mut dst = vec![0u8; len];
-                // SAFETY: checked available(); src holds len bytes, apart from dst.
-                let got = unsafe { copy_fold(0x89ab_cdef, src.as_ptr(), &mut dst) };
-                assert_eq!(got, want, "copy of {len} at +{off}");
-                assert_eq!(dst, src, "the copy of {len} at +{off}");
-                // SAFETY: checked available().
-                let got = unsafe { sum_fold(0x89ab_cdef, src) };
-                assert_eq!(got, want, "sum of {len} at +{off}");
-            }
-        }
+        assert_copy_and_sum_match(copy_fold, sum_fold, &data, &lens);
     }
 
     /// Any bytes, any starting CRC, any length up to 70 KiB, copied and in place (a
@@ -462,15 +451,7 @@ mod tests {
     fn any_folded_copy_and_sum_is_crc32c() {
         let cases = (any::<u32>(), any::<u64>(), 0usize..70_000);
         proptest_if(available(), NO_FOLDING, cases, |(crc, seed, len)| {
-            let src = bytes(len, seed);
-            let want = crc32c::crc32c_append(crc, &src);
-            let mut dst = vec![0u8; len];
-            // SAFETY: proptest_if checked available(); src holds len bytes, apart from dst.
-            prop_assert_eq!(unsafe { copy_fold(crc, src.as_ptr(), &mut dst) }, want);
-            prop_assert_eq!(&dst, &src);
-            // SAFETY: as above.
-            prop_assert_eq!(unsafe { sum_fold(crc, &src) }, want);
-            Ok(())
+            copy_and_sum_agree(copy_fold, sum_fold, crc, &bytes(len, seed))
         });
     }
 
