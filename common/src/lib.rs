@@ -13,7 +13,7 @@
 //! | [`resum`]    | checksums a sender derives (repeated payloads, Pongs), not re-reading      |
 //! | [`setup`]    | who runs: role, mechanism, flavour, wait strategy, the flags                 |
 //! | [`session`]  | text, stream and pingpong as state machines that do no I/O; verification     |
-//! | [`stream`]   | byte streams: `writev` of a frame, `read` into the reassembler, pipe sizes   |
+//! | [`stream`]   | byte streams: `write` of a frame, `read` into the reassembler, pipe sizes    |
 //! | [`timing`]   | CLOCK_MONOTONIC, HDR latency histogram, CPU time, the `Report`               |
 //! | [`cli`]      | the shared flags and their limits; `start`, every program's entry point      |
 //! | [`runtime`]  | the private runtime directory and kernel object names                        |

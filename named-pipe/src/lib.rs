@@ -38,8 +38,8 @@
 //! ## The modules
 //! | module | what it holds |
 //! |---|---|
-//! | [`writer`] | `named-pipe-writer`, top to bottom: its role lock, the name(s), `open` for writing (N7), the capacity, the send loop (the Hello first, then `NAME.back` for pingpong; `writev` per frame, or `vmsplice` with `--splice`; `poll` on a full FIFO), the report |
-//! | [`reader`] | `named-pipe-reader`, top to bottom: its role lock, the name, `open` for reading, who holds the other end (N5), the receive loop (`read` into a `Reassembler`; the Hello, then `NAME.back` for pingpong; `writev` of each Pong), `unlink` |
+//! | [`writer`] | `named-pipe-writer`, top to bottom: its role lock, the name(s), `open` for writing (N7), the capacity, the send loop (the Hello first, then `NAME.back` for pingpong; `write` per frame, or `vmsplice` with `--splice`; `poll` on a full FIFO), the report |
+//! | [`reader`] | `named-pipe-reader`, top to bottom: its role lock, the name, `open` for reading, who holds the other end (N5), the receive loop (`read` into a `Reassembler`; the Hello, then `NAME.back` for pingpong; `write` of each Pong), `unlink` |
 //! | [`rendezvous`] | the role locks, create-or-reuse, the start-order race, stale and foreign paths, ownership, the blocking `open` with a timeout that also ends when the peer leaves, the ways back, who holds a FIFO (`/proc`); a first reading may skip it |
 //!
 //! This file holds the names ([`fifo_paths`]), what the programs say about the FIFO's

@@ -29,7 +29,7 @@
 //!    in order). The first is the writer's Hello; if it says pingpong, `NAME.back` is made
 //!    or found and opened with `open(NAME.back, O_WRONLY)`, which blocks until the writer
 //!    opens it for reading: the answers travel in a FIFO of their own (N6,
-//!    [`open_back_for_writing`]); then a `writev` of each Pong. `read` blocks while the
+//!    [`open_back_for_writing`]); then a `write` of each Pong. `read` blocks while the
 //!    FIFO is empty (N7) and returns 0 once the writer has closed it: after End that is a
 //!    clean finish, before it the writer died (exit 1; "truncated stream" if it died
 //!    inside a frame).
@@ -166,12 +166,13 @@ fn receive_all(
                 }
                 Action::Continue => {}
                 Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
-                // writev(2) of the Pong on NAME.back (N6).
+                // write(2) of the Pong on NAME.back (N6), header and payload joined first (a long
+                // Pong goes by writev(2), stream::write_frame).
                 Action::Echo(pong) => {
                     let Some(back) = back.as_mut() else {
                         bail!("got a Ping (pingpong mode) but this reader has no way back to the writer");
                     };
-                    if stream::writev(back, pong)? == Delivery::PeerGone {
+                    if stream::write_frame(back, pong)? == Delivery::PeerGone {
                         return Err(session.writer_left("the FIFO", None));
                     }
                 }

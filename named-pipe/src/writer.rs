@@ -28,10 +28,10 @@
 //! 4. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`: the capacity, which the
 //!    Hello states.
 //! 5. `fcntl(F_SETFL, O_NONBLOCK)`, so a full FIFO is noticed (N7) and waited for in `poll`.
-//! 6. The loop: one `writev` per frame, the Hello first; on a full FIFO (a short count or
+//! 6. The loop: one `write` per frame, the Hello first; on a full FIFO (a short count or
 //!    EAGAIN) `poll(POLLOUT)`, then the rest (a wait over half a second is narrated;
 //!    [`FullWatch`]); in text mode a `read` of stdin. `--splice` (stream):
-//!    `vmsplice(SPLICE_F_NONBLOCK)` of the same iovecs instead of `writev`, which lends the
+//!    `vmsplice(SPLICE_F_NONBLOCK)` of the same bytes instead of `write`, which lends the
 //!    FIFO the frame's pages; each frame is built in the next of K buffers, so it is read
 //!    before it is rebuilt ([`splice`]). Pingpong, right after the Hello: `open(NAME.back,
 //!    O_RDONLY)`, which blocks until the reader, told by the Hello, opens it for writing:
@@ -178,13 +178,14 @@ fn send_all(
     loop {
         // Each frame in the next buffer: the one, or the next of K with --splice.
         match session.next(frames.next_buf())? {
-            // writev(2): header and payload in one call; a full FIFO (N7) waits in poll.
+            // write(2): header and payload in one call (the session builds them back to back);
+            // a full FIFO (N7) waits in poll.
             // --splice: vmsplice(2) of the same iovecs, lending the FIFO their pages.
             Next::Send(out) => {
                 let hello = out.kind == Kind::Hello;
                 let sent = match lent {
-                    true => full.writev(&mut Vmsplice(fifo.as_fd()), out)?,
-                    false => full.writev(fifo, out)?,
+                    true => full.write_frame(&mut Vmsplice(fifo.as_fd()), out)?,
+                    false => full.write_frame(fifo, out)?,
                 };
                 if sent == Delivery::PeerGone {
                     return Err(session.reader_left(GONE));

@@ -23,8 +23,8 @@
 //! ## The modules
 //! | module | what it holds |
 //! |---|---|
-//! | [`writer`] | `pipe-writer`, top to bottom: the pipe (the shell's, or made here), its capacity, the send loop (`writev` per frame, `poll` on a full pipe, P6), the report |
-//! | [`reader`] | `pipe-reader`, top to bottom: stdin, the way back, the receive loop (`read` into a `Reassembler`, `writev` of each Pong), the report |
+//! | [`writer`] | `pipe-writer`, top to bottom: the pipe (the shell's, or made here), its capacity, the send loop (`write` per frame, `poll` on a full pipe, P6), the report |
+//! | [`reader`] | `pipe-reader`, top to bottom: stdin, the way back, the receive loop (`read` into a `Reassembler`, `write` of each Pong), the report |
 //! | [`splice`] | `--splice`: the frames lent to the pipe with `vmsplice(2)` instead of copied, from K buffers in rotation, and why the pipe has read a buffer before it is rebuilt (also the FIFO writer's) |
 //! | [`rendezvous`] | how the two ends meet: the shell's pipe on stdout, spawn mode (`pipe2`, the child with the read end as stdin, `--back-fd`), who holds the ends (`/proc`); a first reading may skip it |
 //!

@@ -19,7 +19,7 @@
 //! 2. `dup(0)` and `fstat` to see that stdin is a pipe, then a scan of `/proc/*/fd` to show
 //!    which processes hold its two ends and their PPIDs (P1, P4; [`show_pipe_ends`]).
 //! 3. The loop: `read` into a 1 MiB buffer, as many frames per call as have arrived, and
-//!    `writev` of each Pong on the way back. The first frame is the writer's Hello: only
+//!    `write` of each Pong on the way back. The first frame is the writer's Hello: only
 //!    from then on does this reader know the mode (pingpong needs the way back of step 1).
 //!    `read` blocks while the pipe is empty (P6) and returns 0 once every write end is
 //!    closed: after End that is a clean finish, before it the writer died (exit 1,
@@ -149,12 +149,13 @@ fn receive_all(setup: &mut Setup, mut pipe: File, mut back: Option<File>) -> Res
                 }
                 Action::Continue => {}
                 Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
-                // writev(2) of the Pong on the second pipe (P5).
+                // write(2) of the Pong on the second pipe (P5): header and payload copied into one
+                // piece first (a short Pong; a long one goes by writev(2), stream::write_frame).
                 Action::Echo(pong) => {
                     let Some(back) = back.as_mut() else {
                         bail!("got a Ping (pingpong mode) but this reader has no way back to the writer");
                     };
-                    if stream::writev(back, pong)? == Delivery::PeerGone {
+                    if stream::write_frame(back, pong)? == Delivery::PeerGone {
                         return Err(session.writer_left("the pipe", None));
                     }
                 }

@@ -1,9 +1,9 @@
 //! `--splice`: the writer lends its frames' pages to the pipe with `vmsplice(2)` instead of
-//! copying them in with `writev(2)`. Used by `pipe-writer` and, through this `pub` module,
+//! copying them in with `write(2)`. Used by `pipe-writer` and, through this `pub` module,
 //! by `named-pipe-writer` (a FIFO is a pipe with a name: the same buffer, the same calls).
 //!
 //! ## What a lent page is
-//! `writev` copies the frame into pages the pipe owns; once it returns, the writer may do
+//! `write` copies the frame into pages the pipe owns; once it returns, the writer may do
 //! anything with its buffer. `vmsplice` copies nothing: the kernel takes a reference to each
 //! page of the writer's memory that the iovecs cover and puts *that page* in a pipe slot
 //! (one slot per page or part of a page). The reader's `read(2)` copies out of the writer's
@@ -69,7 +69,7 @@ pub fn check_mode(splice: bool, mode: Mode) -> Result<()> {
     if splice && mode != Mode::Stream {
         return Err(bad_flag(format!(
             "--splice works with --mode stream only, and this run is --mode {}: \
-             drop --splice (this mode sends with writev), or run --mode stream --splice",
+             drop --splice (this mode sends with write), or run --mode stream --splice",
             mode.as_str()
         )));
     }
@@ -94,7 +94,7 @@ pub fn buffers_needed(capacity: usize, frame_len: usize, page: usize) -> usize {
     1 + slots.div_ceil(per_frame)
 }
 
-/// The writer's frame buffers: one when `writev` copies the frames, K in rotation when
+/// The writer's frame buffers: one when `write` copies the frames, K in rotation when
 /// `vmsplice` lends them (see the module's argument). The session builds each frame in
 /// [`Frames::next_buf`].
 #[derive(Debug)]
@@ -107,7 +107,7 @@ pub struct Frames {
     frame_len: usize,
     /// What the buffer is called ("pipe", "FIFO").
     what: &'static str,
-    /// `--splice`: the frames are lent with vmsplice, not copied with writev.
+    /// `--splice`: the frames are lent with vmsplice, not copied with write.
     lend: bool,
 }
 
@@ -182,7 +182,7 @@ impl Frames {
                 self.bufs.len(),
                 thousands(self.frame_len),
             ),
-            false => format!("writev: frames copied into the {what} (the reader's read() copies them out again)"),
+            false => format!("write: frames copied into the {what} (the reader's read() copies them out again)"),
         }
     }
 }
@@ -197,10 +197,10 @@ impl Drop for Frames {
     }
 }
 
-/// A pipe's write end that lends instead of copying: its `write_vectored` is `vmsplice(2)`
-/// with `SPLICE_F_NONBLOCK`, which takes the same iovecs as `writev(2)` and answers the same
-/// way (the bytes taken, fewer when the pipe fills mid-frame; EAGAIN when it is full; EPIPE
-/// when no reader is left). So `FullWatch::writev` drives it unchanged: a short vmsplice
+/// A pipe's write end that lends instead of copying: its `write` and `write_vectored` are
+/// `vmsplice(2)` with `SPLICE_F_NONBLOCK`, which takes the iovecs `writev(2)` would and
+/// answers the same way (the bytes taken, fewer when the pipe fills mid-frame; EAGAIN when
+/// it is full; EPIPE when no reader is left). So `FullWatch::write_frame` drives it unchanged: a short vmsplice
 /// (the pipe is full) or EAGAIN waits in `poll(POLLOUT)` with the P6/N7 narration, then the
 /// rest of the iovecs go; EPIPE is the reader gone.
 #[derive(Debug)]
@@ -294,7 +294,7 @@ mod tests {
     /// A model pipe for the module's argument: a FIFO of at most `slots` slots, each naming
     /// the buffer whose page it holds, fed by a writer rotating through `k` buffers. A frame
     /// fills the fewest slots it can (`ceil(L / P)`, one contiguous aligned iovec) or, at
-    /// random, what `writev`'s two iovecs at a random page offset fill; the pipe fills a slot
+    /// random, what two iovecs (header, payload) at a random page offset fill; the pipe fills a slot
     /// at a time as vmsplice does. The reader takes at least one slot whenever the writer
     /// would wait, and `eager` readers also take a random number between frames. Returns the
     /// first frame whose buffer still had a slot in the pipe when it was to be rebuilt.

@@ -21,7 +21,7 @@
 //!    not use, which is what lets each side see EOF.
 //! 2. `fcntl(F_SETPIPE_SZ)` (`--pipe-size`), `fcntl(F_GETPIPE_SZ)`.
 //! 3. `fcntl(F_SETFL, O_NONBLOCK)`, so a full pipe is noticed (P6) and waited for in `poll`.
-//! 4. The loop: one `writev` per frame, the Hello first; on a full pipe (a short count or
+//! 4. The loop: one `write` per frame, the Hello first; on a full pipe (a short count or
 //!    EAGAIN) `poll(POLLOUT)`, then the rest of the frame (a wait over half a second is
 //!    narrated; [`FullWatch`]); in pingpong a `read` of each Pong from the way
 //!    back; in text mode a `read` of stdin.
@@ -187,13 +187,14 @@ fn send_all(
     loop {
         // Each frame in the next buffer: the one, or the next of K with --splice.
         match session.next(frames.next_buf())? {
-            // writev(2): header and payload in one call; a full pipe (P6) waits in poll.
+            // write(2): header and payload in one call (the session builds them back to back);
+            // a full pipe (P6) waits in poll.
             // The first frame is the Hello, sent like any other. --splice: vmsplice(2) of
             // the same iovecs, which lends the pipe their pages instead of copying them.
             Next::Send(out) => {
                 let sent = match lent {
-                    true => full.writev(&mut Vmsplice(pipe.as_fd()), out)?,
-                    false => full.writev(pipe, out)?,
+                    true => full.write_frame(&mut Vmsplice(pipe.as_fd()), out)?,
+                    false => full.write_frame(pipe, out)?,
                 };
                 if sent == Delivery::PeerGone {
                     // EPIPE: no read end is open any more.

@@ -1276,7 +1276,7 @@ fn assert_spliced(
     assert!(
         !wr.notes
             .iter()
-            .any(|n| n.starts_with("writev:") || n.starts_with("write()")),
+            .any(|n| n.starts_with("write:") || n.starts_with("write()")),
         "{case}: {:?}",
         wr.notes
     );

@@ -80,14 +80,14 @@ pub fn await_answer(
 }
 
 /// The reader's half: `getsockopt(SO_RCVBUF)` (the capacity its answer states), then one
-/// `writev` of the answer on the connection the Hello came in on. A writer that has
+/// `write` of the answer on the connection the Hello came in on. A writer that has
 /// already closed its end is no error here: what it sent is still read, and the session
 /// says whether End came.
 pub fn reply(mut conn: &Stream, setup: &Setup, to: &Header) -> Result<()> {
     let frame = answer(setup, to, conn.receive_buffer()? as u64)?;
     let out = common::session::Outgoing::from_bytes(Kind::Hello, &frame)
         .unwrap_or_else(|| unreachable!("the frame holds a header"));
-    stream::writev(&mut conn, out).map(drop)
+    stream::write_frame(&mut conn, out).map(drop)
 }
 
 /// The reader at the writer's Hello, which the session has checked against the reader's

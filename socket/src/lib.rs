@@ -19,7 +19,7 @@
 //! What K4 ("it needs network programming") amounts to is in these files: name resolution,
 //! `bind` errors (EADDRINUSE), retrying `connect` while the server is not there yet,
 //! Nagle's algorithm (`TCP_NODELAY`), `SO_REUSEADDR`, a stale socket file, and above all
-//! K5: **a stream has no message boundaries**. One `writev` of a 1 MiB frame comes out as
+//! K5: **a stream has no message boundaries**. One `write` of a 1 MiB frame comes out as
 //! many `read`s, and many small frames written back to back come out of one `read`. The
 //! 40-byte frame header carries the length, and `common::frame::Reassembler` finds the
 //! frames in whatever each `read` returned. `socket-reader --show-reads` prints, per
@@ -29,8 +29,8 @@
 //! | file            | what it holds                                                          |
 //! |-----------------|------------------------------------------------------------------------|
 //! | `lib.rs`        | this essay, the names and defaults, [`Stream`] (either kind of connection) and its socket options |
-//! | [`writer`]      | `socket-writer`, the client: connect, options, the send loop (`writev`, and `read` of each Pong) |
-//! | [`reader`]      | `socket-reader`, the server: listen, accept, the receive loop (`read`, `writev` of each Pong) |
+//! | [`writer`]      | `socket-writer`, the client: connect, options, the send loop (`write`, and `read` of each Pong) |
+//! | [`reader`]      | `socket-reader`, the server: listen, accept, the receive loop (`read`, `write` of each Pong) |
 //! | [`batch`]       | `--batch`: several stream frames per `writev`, and what that changes (a first reading may skip it) |
 //! | [`handshake`]   | the writer's Hello and the reader's answer to it, before the first message |
 //! | [`rendezvous`]  | how the two ends meet: addresses, bind with the stale-file probe, accept with a timeout, connect with retries (a first reading may skip it) |

@@ -38,7 +38,7 @@ use crate::Stream;
 /// Nagle's algorithm holds a segment smaller than the MSS back while an earlier one is
 /// unacknowledged, hoping to merge it with more data, and the peer delays its ACK (40 to
 /// 200 ms on Linux) hoping to piggyback it on an answer. A message that someone waits for
-/// (pingpong, text) must never be held: TCP_NODELAY. (With one writev per frame Nagle
+/// (pingpong, text) must never be held: TCP_NODELAY. (With one write per frame Nagle
 /// seldom bites there, since each Pong acknowledges its Ping, but the tail of a frame
 /// larger than a segment could be held.) In stream mode, frames smaller than a segment
 /// gain from the merging (many per segment, fewer packets and reads); a frame of a segment

@@ -25,8 +25,8 @@
 //! 4. The loop: `read` into a 1 MiB buffer (128 KiB over TCP): whatever has arrived, which is neither one
 //!    message nor a whole number of them (K5); the header's length field puts the messages
 //!    back together. The first frame is the writer's Hello: this reader takes its mode and
-//!    size, sets `TCP_NODELAY` in pingpong, and answers with one `writev` of its own Hello
-//!    (`handshake.rs`). `writev` of each Pong on the same connection. `read` returns 0
+//!    size, sets `TCP_NODELAY` in pingpong, and answers with one `write` of its own Hello
+//!    (`handshake.rs`). `write` of each Pong on the same connection. `read` returns 0
 //!    when the writer closes: after End a clean finish, before it the writer died (exit 1).
 //! 5. `unlink` of the Unix socket file; `close` of the connection.
 //!
@@ -206,14 +206,15 @@ fn receive(
             }
             match s.on_frame(&header, payload)? {
                 // The session checked the Hello against this reader's flags: run what it
-                // says, TCP_NODELAY in pingpong, writev(2) of this reader's answer.
+                // says, TCP_NODELAY in pingpong, write(2) of this reader's answer.
                 Action::Hello(h) => handshake::follow(h, &header, setup, conn, args.nagle)?,
                 Action::Continue => {}
                 Action::Print(line) => writeln!(stdout, "{line}").context("writing to stdout")?,
-                // writev(2) of the Pong on the connection the Ping came in on (K1): a
+                // write(2) of the Pong on the connection the Ping came in on (K1), header and
+                // payload joined first (a long Pong goes by writev(2), stream::write_frame): a
                 // socket is two-way, so the way back is always there.
                 Action::Echo(pong) => {
-                    if stream::writev(&mut conn, pong)? == Delivery::PeerGone {
+                    if stream::write_frame(&mut conn, pong)? == Delivery::PeerGone {
                         return Ok(Ended::WriterLeft(None));
                     }
                 }

@@ -23,7 +23,7 @@
 //!    and in stream mode when a frame fills a segment; `setsockopt(SO_SNDBUF)` if
 //!    `--sock-buf` asks (`options::tune_writer`, with the reasons). `getsockopt(SO_SNDBUF)`:
 //!    the capacity this writer's Hello states.
-//! 3. The Hello leaves in one `writev`; `read` until the reader's answer is whole (its own
+//! 3. The Hello leaves in one `write`; `read` until the reader's answer is whole (its own
 //!    Hello: it runs this one), or 0 (it refused the Hello and closed) (`handshake.rs`).
 //! 4. The loop, driven by the session: text mode `read`s a line from stdin; each frame
 //!    leaves in one `writev` (header and payload), or with `--batch` (stream) several
@@ -83,7 +83,7 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
     pub sock_buf: Option<usize>,
 
-    /// Stream mode: gather frames until at least BYTES, then send them in one writev (at most 512 frames) [default: one writev per frame].
+    /// Stream mode: gather frames until at least BYTES, then send them in one writev (at most 512 frames) [default: one write per frame].
     #[arg(long, value_name = "BYTES", value_parser = common::cli::parse_size)]
     pub batch: Option<usize>,
 
@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         program: PROGRAM,
         mechanism: MECHANISM,
         flavour: ep.flavour(),
-        // writev and read sleep in the kernel until the socket buffer has room or data.
+        // write and read sleep in the kernel until the socket buffer has room or data.
         wait: Wait::Block,
         args: c.clone(),
         max_payload: MAX_PAYLOAD,
@@ -143,7 +143,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     conclude(&report, c.json)
 }
 
-/// Steps 3 and 4: the session's frames out through `writev`, the reader's answer to the
+/// Steps 3 and 4: the session's frames out through `write`, the reader's answer to the
 /// Hello and its Pongs in through `read`, all on the one socket; text lines from stdin.
 /// `batch` (`--batch`, stream mode): after the Hello, several frames per `writev`.
 /// Returns once End has left.
@@ -165,11 +165,13 @@ fn send_all(
                 Some(l) => session.push_line(l),
                 None => session.end_of_input(),
             },
-            // writev(2): header and payload in one call. A reader that is gone shows
-            // as EPIPE (it closed) or ECONNRESET (its kernel answered with a reset).
+            // write(2): header and payload in one call (the session builds them back to
+            // back); std's `write` on a socket is send(2), which strace shows as sendto. A
+            // reader that is gone shows as EPIPE (it closed) or ECONNRESET (its kernel
+            // answered with a reset).
             Next::Send(out) => {
                 let hello = out.kind == Kind::Hello;
-                if stream::writev(&mut conn, out)? == Delivery::PeerGone {
+                if stream::write_frame(&mut conn, out)? == Delivery::PeerGone {
                     return Err(session.reader_left(READER_GONE));
                 }
                 // 3. After the Hello, read(2) until the reader's answer: it runs this

@@ -120,7 +120,7 @@ fn claim_k4_the_kernel_errors_a_network_program_must_handle() {
 
     // A socket whose buffer is full takes part of a write: a non-blocking write() returns
     // a short count, then EAGAIN; the sender continues from where the kernel stopped
-    // (common::stream::writev).
+    // (common::stream::write_frame).
     let (a, b) = UnixStream::pair().unwrap();
     a.set_nonblocking(true).unwrap();
     let big = vec![7u8; 4 << 20];

@@ -248,7 +248,7 @@ fn help_lists_only_each_programs_flags_with_the_real_defaults() {
         "[default: 100000]",
         "[default: 64]",
         "SO_SNDBUF",
-        "[default: one writev per frame]",
+        "[default: one write per frame]",
     ] {
         assert!(w.contains(needle), "writer --help: no {needle:?} in\n{w}");
     }

@@ -62,7 +62,7 @@ fn stream_mode_is_verified_over_tcp_and_unix_in_both_orders() {
             assert!(rep.verified, "{rep:?}");
             assert_eq!((rep.count, rep.bytes), (2000, 2000 * 8192));
             assert_eq!(rep.flavour, format!("{via:?}").to_lowercase());
-            // Both sides sleep in the kernel (read, writev): the one wait name is "block".
+            // Both sides sleep in the kernel (read, write): the one wait name is "block".
             assert_eq!(
                 (rep.mechanism.as_str(), rep.wait.as_str()),
                 ("socket", "block")

@@ -1,4 +1,4 @@
-//! The frames a writer session hands out: [`Outgoing`] (header and payload, as `writev`,
+//! The frames a writer session hands out: [`Outgoing`] (header and payload, as `write`/`writev`,
 //! the ring and a message queue take them) and [`FrameBuf`] (the caller's buffer they are
 //! built in, header and payload back to back).
 
@@ -41,6 +41,16 @@ impl<'a> Outgoing<'a> {
     pub fn iovecs(&self) -> ([IoSlice<'a>; 2], usize) {
         let n = if self.payload.is_empty() { 1 } else { 2 };
         ([IoSlice::new(self.header), IoSlice::new(self.payload)], n)
+    }
+
+    /// The frame as a byte stream sends it: one piece when header and payload lie back to
+    /// back ([`Outgoing::whole`]: every frame a writer session builds), so it leaves with
+    /// one `write(2)`; else the two pieces of [`Outgoing::iovecs`] for `writev(2)`.
+    pub fn pieces(&self) -> ([IoSlice<'a>; 2], usize) {
+        match self.whole {
+            Some(whole) => ([IoSlice::new(whole), IoSlice::new(&[])], 1),
+            None => self.iovecs(),
+        }
     }
 
     /// The frame as one owned byte string (tests and examples).

@@ -5,7 +5,7 @@
 //! system calls in its own files. So this module holds the protocol *without* the calls,
 //! in the style of quinn-proto and rustls: a [`WriterSession`] says what to send next and
 //! takes the answers; a [`ReaderSession`] takes each received frame and says what to do
-//! with it. The loop that moves the bytes (`writev`/`read`, `msgsnd`/`msgrcv`, the ring's
+//! with it. The loop that moves the bytes (`write`/`read`, `msgsnd`/`msgrcv`, the ring's
 //! copy and publish, `send`/`recv`) lives in the mechanism's `writer.rs` and `reader.rs`:
 //!
 //! ```
@@ -14,7 +14,7 @@
 //! # let setup = common::session::example_setup(&["--mode", "stream", "--count", "3"]);
 //! let mut session = WriterSession::new(&setup);
 //! let mut frame = FrameBuf::new();
-//! let mut wire = Vec::new(); // stands for a pipe: the real loop calls writev(2) here
+//! let mut wire = Vec::new(); // stands for a pipe: the real loop calls write(2) here
 //! loop {
 //!     match session.next(&mut frame).unwrap() {
 //!         Next::Send(out) => wire.extend_from_slice(&out.to_vec()),

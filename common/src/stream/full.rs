@@ -1,14 +1,15 @@
 //! A full pipe, noticed (P6, N7): the write end is non-blocking, so a write that finds no
 //! room comes back instead of sleeping, and the writer sleeps in `poll(2)` instead, where
 //! it can count the wait and narrate a long one. Used by `pipe-writer` and by the FIFO's
-//! writer (a FIFO is a pipe with a name), with `writev(2)` or, with `--splice`, `vmsplice(2)`.
+//! writer (a FIFO is a pipe with a name), with `write(2)` (a frame a writer session built
+//! is one piece) or, with `--splice`, `vmsplice(2)`.
 //!
 //! ## What noticing costs
 //! A blocking `write` makes one call per frame, full pipe or not: it sleeps inside the call.
 //! [`FullWatch`] makes the same one call per frame while the pipe has room: `O_NONBLOCK` is
 //! set once, at the start ([`FullWatch::new`]), and nothing is polled or asked before a
 //! write. When the pipe fills in the middle of a frame it makes two more: the `poll` that
-//! sleeps until the reader has read, and the `writev` of the rest of the frame.
+//! sleeps until the reader has read, and the `write` of the rest of the frame.
 //!
 //! It does not make a third. On Linux a non-blocking write to a pipe returns fewer bytes
 //! than it was given only when the pipe ran out of room (or the last reader left, which
@@ -24,8 +25,9 @@
 //! pipe, both programs on one CPU (`taskset -c 1`), so that the writer fills the pipe before
 //! the reader runs, once per megabyte, every 16 frames: 1.12 `writev` and 0.06 `poll` per
 //! frame with the EAGAIN call, 1.06 and 0.06 without (3 calls more per full pipe than a
-//! blocking writer, now 2); a blocking writer makes 1.00 `write`. In pingpong the pipe
-//! never fills: one `writev` per frame, no `poll`. The package README has the table.
+//! blocking writer, now 2); a blocking writer makes 1.00 `write`. (Counted when a frame
+//! left as two pieces in a `writev`; it is one `write` now, the same count.) In pingpong
+//! the pipe never fills: one `write` per frame, no `poll`. The package README has the table.
 //!
 //! See [pipe(7)](https://man7.org/linux/man-pages/man7/pipe.7.html) ("O_NONBLOCK enabled,
 //! n > PIPE_BUF: ... a partial write may occur") and poll(2).
@@ -81,15 +83,20 @@ impl FullWatch {
         })
     }
 
-    /// `writev(2)` of one frame (header and payload) on the non-blocking descriptor, or
-    /// `vmsplice(2)` through a writer whose `write_vectored` is `vmsplice` (pipe's `--splice`): what fits goes at once; a short count or
+    /// `write(2)` of one frame on the non-blocking descriptor (`writev(2)` if header and
+    /// payload lie apart, [`Outgoing::pieces`]), or `vmsplice(2)` through a writer whose
+    /// `write` is `vmsplice` (pipe's `--splice`): what fits goes at once; a short count or
     /// EAGAIN means the pipe is full, and `poll(POLLOUT)` sleeps until there is room for the
     /// rest. The frame is never interleaved or resent in part. EPIPE: the reader is gone.
-    pub fn writev<W: Write + AsFd>(&mut self, w: &mut W, frame: Outgoing<'_>) -> Result<Delivery> {
-        let (mut bufs, n) = frame.iovecs();
+    pub fn write_frame<W: Write + AsFd>(
+        &mut self,
+        w: &mut W,
+        frame: Outgoing<'_>,
+    ) -> Result<Delivery> {
+        let (mut bufs, n) = frame.pieces();
         let mut slices: &mut [IoSlice<'_>] = &mut bufs[..n];
         while !slices.is_empty() {
-            match w.write_vectored(slices) {
+            match super::write_pieces(w, slices) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context("writev"),
                 Ok(n) => {
                     IoSlice::advance_slices(&mut slices, n);
@@ -235,7 +242,7 @@ mod tests {
             File::from(r).read_to_end(&mut got).unwrap();
             got
         });
-        assert_eq!(full.writev(&mut w, frame).unwrap(), Delivery::Sent);
+        assert_eq!(full.write_frame(&mut w, frame).unwrap(), Delivery::Sent);
         let calls = w.calls;
         drop(w);
         let got = reader.join().unwrap();
@@ -279,7 +286,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
             drop(r);
         });
-        assert_eq!(full.writev(&mut w, frame).unwrap(), Delivery::PeerGone);
+        assert_eq!(full.write_frame(&mut w, frame).unwrap(), Delivery::PeerGone);
         reader.join().unwrap();
         assert_eq!((w.calls, w.eagain, full.blocked()), (2, 1, 1));
     }
