@@ -200,7 +200,10 @@ fn receive_all(
                 };
                 match hello.mode {
                     Mode::Pingpong => {
-                        back = Some(rf.region.producer(Direction::ReaderToWriter, opts)?)
+                        let mut tx = rf.region.producer(Direction::ReaderToWriter, opts)?;
+                        // One Pong at a time: its records keep to the start of ring 1.
+                        tx.answered_one_at_a_time(true);
+                        back = Some(tx);
                     }
                     Mode::Text if !setup.args.quiet => show_maps(&rf.path),
                     _ => {}

@@ -168,6 +168,9 @@ fn send_all(
     };
     let mut tx = rf.region.producer(Direction::WriterToReader, room)?;
     tx.narrate_full();
+    // Pingpong: one Ping at a time, so its records may keep to the start of the ring,
+    // where the caches still hold the bytes (RESTART_WINDOW).
+    tx.answered_one_at_a_time(setup.mode() == Mode::Pingpong);
     let mut rx = rf.region.consumer(Direction::ReaderToWriter, opts)?;
     // Ring 1 carries Pongs, answers we wait for: a spinning wait prefetches their second line.
     rx.awaits_answers(true);

@@ -200,7 +200,10 @@ fn take_frames(
                 in_place = hello.zero_copy;
                 if hello.mode == Mode::Pingpong {
                     let opts = shared.end_opts(setup.wait, Some(setup.args.timeout));
-                    back = Some(shared.region.producer(Direction::ReaderToWriter, opts)?);
+                    let mut tx = shared.region.producer(Direction::ReaderToWriter, opts)?;
+                    // One Pong at a time: its records keep to the start of ring 1.
+                    tx.answered_one_at_a_time(true);
+                    back = Some(tx);
                 }
                 rx.set_wait(setup.wait);
                 // Pingpong: each Ping is an answer we wait for (prefetch while spinning).

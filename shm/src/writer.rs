@@ -116,6 +116,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let opts = shared.end_opts(args.wait, limit);
     let mut tx = shared.region.producer(Direction::WriterToReader, opts)?;
     tx.narrate_full();
+    // Pingpong: one Ping at a time, so its records may keep to the start of the ring,
+    // where the caches still hold the bytes (RESTART_WINDOW).
+    tx.answered_one_at_a_time(c.mode == Mode::Pingpong);
     // Pingpong's way back is ring 1 (S4: both processes read and write the region).
     let back = (c.mode == Mode::Pingpong).then_some(Direction::ReaderToWriter);
     let mut rx = back.map(|d| shared.region.consumer(d, opts)).transpose()?;

@@ -77,7 +77,9 @@
 //! ([`max_record`]), so there is always room for a pad and a record once the area drains.
 //! The producer also pads on purpose: a record of half a MiB or more goes back to offset 0
 //! whenever the ring is empty and it fits before `head`'s offset, so large pingpong frames
-//! reuse bytes that are still in the caches ([`super::spsc::producer::RESTART_FROM`]); a
+//! reuse bytes that are still in the caches ([`super::spsc::producer::RESTART_FROM`]), and
+//! a producer answered one at a time (pingpong) sends a record of any size back once it is
+//! past the first MiB of an empty ring ([`super::spsc::producer::RESTART_WINDOW`]); a
 //! frame built in place does not (it copies nothing for the caches to keep).
 //!
 

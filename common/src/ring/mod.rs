@@ -291,6 +291,7 @@ impl Region {
             full: None,
             memos: Default::default(),
             memo_reach: 0,
+            one_at_a_time: false,
         };
         end.declare_wait();
         Ok(end)

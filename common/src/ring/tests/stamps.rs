@@ -267,9 +267,66 @@ fn a_large_record_starts_over_when_the_ring_is_empty() {
         let (h, got) = c.recv().unwrap();
         assert_eq!((h.seq, got), (seq, &d[..]));
     }
-    // A small record never goes back: it follows wherever the last one ended.
+    // A small record does not go back here: it follows wherever the last one ended (short
+    // of RESTART_WINDOW, and this producer is not answered one at a time anyway).
     let slot = p.reserve(64).unwrap();
     assert_eq!(p.frame_mut(&slot).as_ptr() as usize - area, rec);
+}
+
+/// A producer answered one at a time (pingpong) sends records of any size back to the
+/// start of the area at the first record past `RESTART_WINDOW` when the ring is empty, so
+/// they walk only the window; one that is not answered one at a time (a stream) walks the
+/// whole area; and a record past the window with a frame still in the ring follows it.
+#[test]
+fn records_answered_one_at_a_time_keep_to_the_window() {
+    use super::spsc::producer::RESTART_WINDOW;
+    let len = 64 << 10;
+    let d = payload(0, len);
+    let rec = record_len(len) as u64;
+    // The first record at or past the window: where the walk turns back.
+    let turn = RESTART_WINDOW.div_ceil(rec);
+    let laps_of_area = LARGE_CAP as u64 / rec;
+    for one_at_a_time in [true, false] {
+        let (_r, base, mut p, mut c) = spin_ends(LARGE_CAP);
+        let area = base.wrapping_add(offsets::data(0, LARGE_CAP) + STAMP_LEN) as usize;
+        p.answered_one_at_a_time(one_at_a_time);
+        for seq in 0..3 * laps_of_area {
+            let slot = p.reserve(len).unwrap();
+            let off = (p.frame_mut(&slot).as_ptr() as usize - area) as u64;
+            p.copy_in(&slot, &hdr(Kind::Data, seq, &d), &d).unwrap();
+            p.publish(slot);
+            let want = match one_at_a_time {
+                true => (seq % turn) * rec,
+                false => (seq % laps_of_area) * rec,
+            };
+            assert_eq!(off, want, "frame {seq}, one at a time: {one_at_a_time}");
+            let (h, got) = c.recv().unwrap();
+            assert_eq!((h.seq, got), (seq, &d[..]));
+        }
+    }
+    // The ring not empty at the turn: the record follows the one still in it.
+    let (_r, base, mut p, mut c) = spin_ends(LARGE_CAP);
+    let area = base.wrapping_add(offsets::data(0, LARGE_CAP) + STAMP_LEN) as usize;
+    p.answered_one_at_a_time(true);
+    for seq in 0..turn + 1 {
+        let slot = p.reserve(len).unwrap();
+        let off = (p.frame_mut(&slot).as_ptr() as usize - area) as u64;
+        p.copy_in(&slot, &hdr(Kind::Data, seq, &d), &d).unwrap();
+        p.publish(slot);
+        assert_eq!(
+            off,
+            seq * rec,
+            "frame {seq}: frame {} is still in the ring",
+            seq.max(1) - 1
+        );
+        // Take each frame at once, but the one before the turn only after the next.
+        if seq + 1 < turn {
+            assert_eq!(c.recv().unwrap().0.seq, seq);
+        }
+    }
+    for seq in turn - 1..turn + 1 {
+        assert_eq!(c.recv().unwrap().0.seq, seq);
+    }
 }
 
 /// A frame built in place (`reserve_in_place`) never starts over: however large, it
