@@ -48,7 +48,7 @@ pub const RESTART_FROM: u64 = 512 << 10;
 /// against 2.16-2.19, 64 B 451-491 against 451-461 ns. The same frames through a 1 or 2 MiB
 /// ring had given 18.5-19.3 µs at 64 KiB. In the VM's slower state (a cache-line round trip
 /// of ~700 ns instead of ~130), where the copy between the cores binds, the 64 KiB round
-/// trip was 3-4.5 % slower in four pairs of six and alike in two. Streams are left walking: on an AMD EPYC Zen 4 a
+/// trip was 3-4.5 % slower in four pairs of seven and alike in three. Streams are left walking: on an AMD EPYC Zen 4 a
 /// 64 KiB stream ran faster through a 4 MiB ring than through a 1 MiB one (shm's README).
 pub const RESTART_WINDOW: u64 = 1 << 20;
 
