@@ -180,7 +180,7 @@ fn send_all(
         match session.next(frames.next_buf())? {
             // write(2): header and payload in one call (the session builds them back to back);
             // a full FIFO (N7) waits in poll.
-            // --splice: vmsplice(2) of the same iovecs, lending the FIFO their pages.
+            // --splice: vmsplice(2) of the same bytes, lending the FIFO their pages.
             Next::Send(out) => {
                 let hello = out.kind == Kind::Hello;
                 let sent = match lent {

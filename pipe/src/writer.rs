@@ -25,7 +25,7 @@
 //!    EAGAIN) `poll(POLLOUT)`, then the rest of the frame (a wait over half a second is
 //!    narrated; [`FullWatch`]); in pingpong a `read` of each Pong from the way
 //!    back; in text mode a `read` of stdin.
-//!    `--splice` (stream mode): `vmsplice(SPLICE_F_NONBLOCK)` of the same iovecs instead, which
+//!    `--splice` (stream mode): `vmsplice(SPLICE_F_NONBLOCK)` of the same bytes instead, which
 //!    lends the pipe the frame's pages; each frame is built in the next of K buffers, so the
 //!    reader has read a buffer before it is rebuilt ([`splice`](crate::splice) says why).
 //! 5. `close` of the write end, which the reader sees as end of input after End; in spawn
@@ -190,7 +190,7 @@ fn send_all(
             // write(2): header and payload in one call (the session builds them back to back);
             // a full pipe (P6) waits in poll.
             // The first frame is the Hello, sent like any other. --splice: vmsplice(2) of
-            // the same iovecs, which lends the pipe their pages instead of copying them.
+            // the same bytes, which lends the pipe their pages instead of copying them.
             Next::Send(out) => {
                 let sent = match lent {
                     true => full.write_frame(&mut Vmsplice(pipe.as_fd()), out)?,

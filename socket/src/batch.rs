@@ -1,7 +1,7 @@
 //! `socket-writer --batch BYTES` (stream mode): several frames per `writev(2)`.
 //!
 //! **A first reading may skip this file.** By default each frame leaves in its own
-//! `writev` (header and payload), which is what the bare loop does with its 64 KiB writes
+//! `write` (header and payload back to back), which is what the bare loop does with its 64 KiB writes
 //! and what makes K5 visible: the reader's `read`s never line up with the writer's calls.
 //! With `--batch`, once the reader has answered the Hello, the writer builds frames into
 //! several buffers in turn until they hold at least `BYTES` (at most [`MAX_FRAMES`]

@@ -198,7 +198,7 @@ impl Read for &Stream {
     }
 }
 
-/// `write(2)` and `writev(2)` on the socket.
+/// `send(2)` (std's `write` on a socket; strace shows `sendto`) and `writev(2)` on the socket.
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {

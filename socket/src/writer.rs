@@ -26,7 +26,7 @@
 //! 3. The Hello leaves in one `write`; `read` until the reader's answer is whole (its own
 //!    Hello: it runs this one), or 0 (it refused the Hello and closed) (`handshake.rs`).
 //! 4. The loop, driven by the session: text mode `read`s a line from stdin; each frame
-//!    leaves in one `writev` (header and payload), or with `--batch` (stream) several
+//!    leaves in one `write` (header and payload back to back), or with `--batch` (stream) several
 //!    frames in one (`batch.rs`); in pingpong the Pong comes back on the same socket, a
 //!    socket being two-way: `read` until the Pong is whole.
 //! 5. `close`, which sends FIN: the reader's `read` returns 0 after the End frame.

@@ -8,9 +8,9 @@ use crate::align::RecordBytes;
 use crate::frame::{Kind, END_PAYLOAD_LEN, HEADER_LEN};
 use crate::resum::Repeated;
 
-/// One frame ready to leave: the 40-byte header and the payload, in two pieces so a
-/// byte stream can send them with one `writev(2)` and the shared ring can copy them in
-/// two steps; and, when the two lie back to back in memory (every frame a writer session
+/// One frame ready to leave: the 40-byte header and the payload, in two pieces (a byte
+/// stream sends a frame whose pieces lie apart with one `writev(2)`, and the shared ring
+/// copies them in two steps); and, when the two lie back to back in memory (every frame a writer session
 /// builds), the whole frame as one slice, which a message queue sends as one message with
 /// no copy of its own.
 #[derive(Clone, Copy, Debug)]

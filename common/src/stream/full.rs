@@ -96,8 +96,9 @@ impl FullWatch {
         let (mut bufs, n) = frame.pieces();
         let mut slices: &mut [IoSlice<'_>] = &mut bufs[..n];
         while !slices.is_empty() {
+            let call = super::call_name(slices);
             match super::write_pieces(w, slices) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context("writev"),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context(call),
                 Ok(n) => {
                     IoSlice::advance_slices(&mut slices, n);
                     // Short: the pipe filled mid-frame. Wait now, not after an EAGAIN.
@@ -110,7 +111,7 @@ impl FullWatch {
                 Err(e) => {
                     return match e.kind() {
                         io::ErrorKind::BrokenPipe => Ok(Delivery::PeerGone),
-                        _ => Err(e).context("writev"),
+                        _ => Err(e).context(call),
                     }
                 }
             }
@@ -196,7 +197,8 @@ mod tests {
         encode_header(f, payload).unwrap()
     }
 
-    /// That frame as a writer session hands it out: header and payload in two pieces.
+    /// That frame in two pieces, header and payload (as a reader's Pong is; a writer
+    /// session hands out one piece, `Outgoing::from_bytes`).
     fn data_frame<'a>(header: &'a [u8; HEADER_LEN], payload: &'a [u8]) -> Outgoing<'a> {
         Outgoing {
             kind: Kind::Data,
@@ -231,12 +233,23 @@ mod tests {
 
     #[test]
     fn a_short_write_is_a_full_pipe_waited_for_without_asking_again() {
-        // One page: a 64 KiB frame fills it sixteen times over.
-        let (r, mut w) = one_page_pipe();
-        let mut full = FullWatch::new(w.as_fd(), "pipe", "P6").unwrap();
         let payload = vec![7u8; 65536];
         let header = data_header(&payload);
-        let frame = data_frame(&header, &payload);
+        let whole = [&header[..], &payload].concat();
+        // In two pieces (writev), and in one as a writer session builds it (write).
+        for frame in [
+            data_frame(&header, &payload),
+            Outgoing::from_bytes(Kind::Data, &whole).unwrap(),
+        ] {
+            a_frame_through_a_one_page_pipe(frame, &header);
+        }
+    }
+
+    /// Sends `frame` through a one-page pipe: a 64 KiB frame fills it sixteen times over.
+    fn a_frame_through_a_one_page_pipe(frame: Outgoing<'_>, header: &[u8; HEADER_LEN]) {
+        let (r, mut w) = one_page_pipe();
+        let mut full = FullWatch::new(w.as_fd(), "pipe", "P6").unwrap();
+        let payload = frame.payload;
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             File::from(r).read_to_end(&mut got).unwrap();

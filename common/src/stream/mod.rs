@@ -32,16 +32,18 @@ pub enum Delivery {
 /// a frame is never interleaved or resent in part: `write(2)` of a frame that is one piece
 /// ([`Outgoing::pieces`]: every frame a writer session builds), `writev(2)` of header and
 /// payload when they lie apart (a reader's Pong, whose payload is the received Ping's),
-/// except that a short one ([`JOIN_MAX`] bytes or less) is copied into one piece first.
-/// Why: a 64 B round trip over a Unix socket took 1-7 us longer with `writev` of two
+/// except that a short one ([`JOIN_MAX`] bytes or less, header included) is copied into
+/// one piece first.
+/// Why: a 64 B round trip over a Unix socket took 0.5-7 us longer with `writev` of two
 /// pieces than with `write` of one, over a pipe about 0.4 us (BENCHMARKS.md, "One piece per
 /// frame").
 /// See [write(2)](https://man7.org/linux/man-pages/man2/write.2.html),
 /// [writev(2)](https://man7.org/linux/man-pages/man2/writev.2.html).
 pub fn write_frame<W: Write>(w: &mut W, frame: Outgoing<'_>) -> Result<Delivery> {
-    let mut joined = [0u8; JOIN_MAX];
+    let mut joined;
     let (mut bufs, n) = match frame.whole.is_none() && frame.len() <= JOIN_MAX {
         true => {
+            joined = [0u8; JOIN_MAX];
             let (header, payload) = joined[..frame.len()].split_at_mut(frame.header.len());
             header.copy_from_slice(frame.header);
             payload.copy_from_slice(frame.payload);
@@ -51,19 +53,21 @@ pub fn write_frame<W: Write>(w: &mut W, frame: Outgoing<'_>) -> Result<Delivery>
     };
     let mut slices: &mut [IoSlice<'_>] = &mut bufs[..n];
     while !slices.is_empty() {
+        let call = call_name(slices);
         match write_pieces(w, slices) {
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context("writev"),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context(call),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
             // A blocking descriptor never answers EAGAIN; a non-blocking one is FullWatch's.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return gone_or(e, "writev"),
+            Err(e) => return gone_or(e, call),
         }
     }
     Ok(Delivery::Sent)
 }
 
-/// Frames up to this many bytes (header included) that are in two pieces are copied into
-/// one before they are sent (a copy of 1 KiB costs less than what `writev` adds).
+/// Frames up to this many bytes, header included (payloads up to 984 bytes), that are in
+/// two pieces are copied into one before they are sent (a copy of 1 KiB costs less than
+/// what `writev` adds).
 pub const JOIN_MAX: usize = 1024;
 
 /// `write(2)` of one piece, `writev(2)` of more: the same bytes as a `writev` of one
@@ -72,6 +76,14 @@ fn write_pieces<W: Write>(w: &mut W, slices: &[IoSlice<'_>]) -> io::Result<usize
     match slices {
         [one] => w.write(one),
         _ => w.write_vectored(slices),
+    }
+}
+
+/// The call [`write_pieces`] makes for `slices`, for an error's context.
+fn call_name(slices: &[IoSlice<'_>]) -> &'static str {
+    match slices.len() {
+        1 => "write",
+        _ => "writev",
     }
 }
 
@@ -262,5 +274,11 @@ mod tests {
         let bytes = two.to_vec();
         let one = Outgoing::from_bytes(Kind::Data, &bytes).unwrap();
         assert_eq!(sent(one, 1000).calls, [("write", 1); 6]);
+        // A short Pong, joined into one piece, 50 bytes a call: 104 bytes in three writes.
+        let short = Outgoing {
+            payload: &payload[..64],
+            ..two
+        };
+        assert_eq!(sent(short, 50).calls, [("write", 1); 3]);
     }
 }

@@ -40,12 +40,14 @@ pub const RESTART_FROM: u64 = 512 << 10;
 /// next record would start this many bytes or more into the area and the ring is empty:
 /// its frames then walk the first MiB or so over and over, instead of the whole area (4 MiB
 /// by default, in each direction), so each copy into the ring goes to lines the caches still
-/// hold. It looks once per lap (at the first record past the mark), so the consumer's
-/// index is read once per MiB, not per frame. Measured on an AMD EPYC Zen 1 (family 23
-/// model 1, two vCPUs, 4 MiB rings), copying spin pingpong medians of four interleaved
-/// rounds, walking the area against starting over past 1 MiB: 64 KiB 27.2-28.9 µs against
-/// 22.1-22.7 (C `shm_copy`, which reuses one slot each way: 15.4-15.8), 4 KiB 2.27-2.31
-/// against 2.16-2.19, 64 B 451-491 against 451-461 ns. The same frames through a 1 or 2 MiB
+/// hold. It looks once per lap (at the first record that starts past the mark, judged by
+/// its own length: a lap whose records shrink may miss its look and walk on to the end,
+/// which is only the old way), so the consumer's index is read once per MiB, not per
+/// frame. Measured on an AMD EPYC Zen 1 (family 23 model 1, two vCPUs, 4 MiB rings),
+/// copying spin pingpong p50 interleaved with the walking tree, in the VM's faster state:
+/// 64 KiB 24.6-31.2 µs walking against 18.9-22.8 starting over (nine pairs; C `shm_copy`,
+/// which reuses one slot each way, 13.1-15.9), 4 KiB 1.93-2.39 against 1.83-2.19 (eight
+/// pairs, seven faster), 64 B 451-461 ns either way. The same frames through a 1 or 2 MiB
 /// ring had given 18.5-19.3 µs at 64 KiB. In the VM's slower state (a cache-line round trip
 /// of ~700 ns instead of ~130), where the copy between the cores binds, the 64 KiB round
 /// trip was 3-4.5 % slower in four pairs of seven and alike in three. Streams are left walking: on an AMD EPYC Zen 4 a

@@ -327,6 +327,11 @@ fn records_answered_one_at_a_time_keep_to_the_window() {
     for seq in turn - 1..turn + 1 {
         assert_eq!(c.recv().unwrap().0.seq, seq);
     }
+    // Once a lap: the ring is empty again, but the turn has passed, so the next record
+    // follows too (the producer reads the consumer's index at the turn only).
+    let slot = p.reserve(len).unwrap();
+    let off = (p.frame_mut(&slot).as_ptr() as usize - area) as u64;
+    assert_eq!(off, (turn + 1) * rec, "the record after the turn");
 }
 
 /// A frame built in place (`reserve_in_place`) never starts over: however large, it
