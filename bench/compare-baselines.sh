@@ -21,9 +21,10 @@
 # as many bytes of ring (--ring 4M); C's shm_copy keeps its 8 slots.
 # Prints, per comparison: "ours" (the pair), "bare" (the Rust bare loop), "floor" where
 # one bounds it, and "C" with BASELINES; each line p50 (pingpong) and GB/s (1e9 B/s).
-# At the end, each line's median over the repetitions with its range: compare the ratios
-# of medians, and look at the range, since in a VM one side of a comparison may run in a
-# faster state than the other (the two vCPUs sharing a core, say).
+# At the end, each line's median over the repetitions with its range, then the issue's goal
+# ratios taken within each repetition and their median: in a VM one side of a comparison
+# may run in a faster state than the other (the two vCPUs sharing a core, say), and a ratio
+# of two lines minutes apart is less exposed to that than a ratio of medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-3}
@@ -200,4 +201,69 @@ for l in open(sys.argv[1]):
     rows.setdefault((kind, name.strip(), unit), []).append(value)
 for (kind, name, unit), v in rows.items():
     print("  %-5s %-52s %10.6g %-4s [%.6g-%.6g]" % (kind, name, statistics.median(v), unit, min(v), max(v)))
+EOF
+
+# The goals of the performance issue, as ratios taken within each repetition (the two lines
+# of a ratio ran minutes apart at most, the medians above may pair different VM states):
+# ours against each reference present (the Rust bare loop; the C program with BASELINES).
+echo "== per repetition: ours / reference, and the median of those ratios (goal)"
+python3 - "$rt/lines.txt" <<'EOF'
+import re, statistics, sys
+reps, cur = [], None
+for l in open(sys.argv[1]):
+    if l.startswith("== repetition"):
+        cur = {}
+        reps.append(cur)
+        continue
+    m = re.match(r"\s+(ours|bare|floor|C)\s+(.*)", l.rstrip())
+    if not m or cur is None:
+        continue
+    kind, rest = m.groups()
+    if kind == "C":
+        name, _, out = rest.partition(" : ")
+        p50 = re.search(r"p50 ([0-9.]+)", out)
+        gbs = re.search(r"([0-9.]+) GB/s", out)
+        value = float(p50.group(1)) if p50 else float(gbs.group(1)) if gbs else None
+    else:
+        f = re.match(r"(.*?)\s+p50\s+(\S+) ns\s+([0-9.]+) GB/s", rest)
+        if not f:
+            continue
+        name = f.group(1)
+        value = float(f.group(2)) if f.group(2) != "-" and "stream" not in name else float(f.group(3))
+    if value:
+        cur[(kind, name.strip())] = value
+B, C = "bare", "C"
+goals = [  # label, ours, references (kind, name), goal
+    ("pipe pingpong 64 B", "pipe pingpong 64 B", [(B, "pipe pingpong 64 50000"), (C, "stream_pingpong pipe 64 50000")], "<= 1.05"),
+    ("FIFO pingpong 64 B", "fifo pingpong 64 B", [(B, "fifo pingpong 64 50000")], "<= 1.05"),
+    ("Unix pingpong 64 B", "unix pingpong 64 B", [(B, "unix pingpong 64 50000"), (C, "stream_pingpong unix 64 50000")], "<= 1.05"),
+    ("TCP pingpong 64 B", "tcp pingpong 64 B", [(B, "tcp pingpong 64 50000"), (C, "stream_pingpong tcp 64 50000")], "<= 1.05"),
+    ("System V queue pingpong 64 B", "mq sysv pingpong 64 B", [(B, "sysv-mq pingpong 64 50000"), (C, "mq_bench sysv pingpong 64 50000")], "<= 1.05"),
+    ("POSIX queue pingpong 64 B", "mq posix pingpong 64 B", [(B, "posix-mq pingpong 64 50000"), (C, "mq_bench posix pingpong 64 50000")], "<= 1.05"),
+    ("shm block pingpong 64 B", "shm block pingpong 64 B", [(B, "shm-copy pingpong 64 50000 --wait block")], "<= 1.05"),
+    ("System V queue stream 8152 B", "mq sysv stream 8152 B", [(B, "sysv-mq stream 8152 200000")], ">= 1.0"),
+    ("POSIX queue stream 8152 B", "mq posix stream 8152 B", [(B, "posix-mq stream 8152 200000")], ">= 1.0"),
+    ("TCP stream 64 KiB", "tcp stream 64 KiB", [(B, "tcp stream 64K 40000")], ">= 1.0"),
+    ("pipe --splice stream / write-read", "pipe --splice stream 64 KiB (1 MiB pipe)", [("ours", "pipe stream 64 KiB (1 MiB pipe)")], ">= 2"),
+    ("pipe --splice stream / vmsplice loop", "pipe --splice stream 64 KiB (1 MiB pipe)", [(B, "pipe-vmsplice stream 64K 40000 --pipe-size 1M"), (C, "pipe_bw vms_read 64 2048")], ">= 0.8"),
+    ("shm spin pingpong 64 B / cache-line floor", "shm spin pingpong 64 B", [("floor", "cacheline 500000 0 1"), (C, "cacheline_pingpong 500000")], "<= 1.5"),
+    ("shm spin pingpong 4 KiB", "shm spin pingpong 4K", [(B, "shm-copy pingpong 4K 20000"), (C, "shm_copy pingpong 4K 20000")], "<= 1.5"),
+    ("shm spin pingpong 64 KiB", "shm spin pingpong 64K", [(B, "shm-copy pingpong 64K 20000"), (C, "shm_copy pingpong 64K 20000")], "<= 1.5"),
+    ("shm spin pingpong 1 MiB", "shm spin pingpong 1M", [(B, "shm-copy pingpong 1M 2000"), (C, "shm_copy pingpong 1M 2000")], "<= 1.5"),
+    ("shm spin stream 64 B", "shm spin stream 64 B", [(B, "shm-copy stream 64 2000000 --ring 4M"), (C, "shm_copy stream 64 2000000")], ">= 0.8"),
+    ("shm spin stream 4 KiB", "shm spin stream 4K", [(B, "shm-copy stream 4K 200000 --ring 4M"), (C, "shm_copy stream 4K 200000")], ">= 0.8"),
+    ("shm spin stream 64 KiB", "shm spin stream 64 KiB", [(B, "shm-copy stream 64K 200000 --ring 4M"), (C, "shm_copy stream 64K 200000")], ">= 0.8"),
+    ("shm spin stream 1 MiB", "shm spin stream 1M", [(B, "shm-copy stream 1M 4000 --ring 4M"), (C, "shm_copy stream 1M 4000")], ">= 0.8"),
+    ("zero-copy --verify seq pingpong 64 KiB / its 64 B", "shm spin pingpong 64K --zero-copy --verify seq", [("ours", "shm spin pingpong 64 B --zero-copy --verify seq")], "<= 1.5"),
+    ("zero-copy --verify seq pingpong 1 MiB / its 64 B", "shm spin pingpong 1M --zero-copy --verify seq", [("ours", "shm spin pingpong 64 B --zero-copy --verify seq")], "<= 1.5"),
+    ("zero-copy pingpong 64 KiB, verified", "shm spin pingpong 64K --zero-copy", [(B, "shm-copy pingpong 64K 20000"), (C, "shm_copy pingpong 64K 20000")], "<= 1.0"),
+    ("zero-copy stream 64 KiB, verified", "shm spin stream 64 KiB --zero-copy", [(B, "shm-copy stream 64K 200000 --ring 4M"), (C, "shm_copy stream 64K 200000")], ">= 1.0"),
+]
+for label, ours, refs, goal in goals:
+    for ref in refs:
+        ratios = [r[("ours", ours)] / r[ref] for r in reps if ("ours", ours) in r and ref in r]
+        if not ratios:
+            continue
+        each = " ".join("%.2f" % x for x in ratios)
+        print("  %-50s vs %-5s %s  (median %.2fx, goal %s)" % (label, ref[0], each, statistics.median(ratios), goal))
 EOF
