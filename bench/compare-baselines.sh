@@ -169,10 +169,16 @@ for rep in $(seq "$reps"); do
 done | tee "$rt/lines.txt"
 
 echo "== medians of $reps repetitions [min-max]: p50 ns for round trips, GB/s for streams and memcpy"
+# Then the goals of the performance issue, as ratios taken within each repetition (the two
+# lines of a ratio ran minutes apart at most, the medians may pair different VM states):
+# ours against each reference present (the Rust bare loop; the C program with BASELINES).
 python3 - "$rt/lines.txt" <<'EOF'
 import re, statistics, sys
-rows = {}
+rows, reps = {}, []
 for l in open(sys.argv[1]):
+    if l.startswith("== repetition"):
+        reps.append({})
+        continue
     m = re.match(r"\s+(ours|bare|floor|C)\s+(.*)", l.rstrip())
     if not m:
         continue
@@ -199,39 +205,11 @@ for l in open(sys.argv[1]):
         else:
             value, unit = float(f.group(3)), "GB/s"
     rows.setdefault((kind, name.strip(), unit), []).append(value)
+    if reps and value:
+        reps[-1][(kind, name.strip())] = value
 for (kind, name, unit), v in rows.items():
     print("  %-5s %-52s %10.6g %-4s [%.6g-%.6g]" % (kind, name, statistics.median(v), unit, min(v), max(v)))
-EOF
-
-# The goals of the performance issue, as ratios taken within each repetition (the two lines
-# of a ratio ran minutes apart at most, the medians above may pair different VM states):
-# ours against each reference present (the Rust bare loop; the C program with BASELINES).
-echo "== per repetition: ours / reference, and the median of those ratios (goal)"
-python3 - "$rt/lines.txt" <<'EOF'
-import re, statistics, sys
-reps, cur = [], None
-for l in open(sys.argv[1]):
-    if l.startswith("== repetition"):
-        cur = {}
-        reps.append(cur)
-        continue
-    m = re.match(r"\s+(ours|bare|floor|C)\s+(.*)", l.rstrip())
-    if not m or cur is None:
-        continue
-    kind, rest = m.groups()
-    if kind == "C":
-        name, _, out = rest.partition(" : ")
-        p50 = re.search(r"p50 ([0-9.]+)", out)
-        gbs = re.search(r"([0-9.]+) GB/s", out)
-        value = float(p50.group(1)) if p50 else float(gbs.group(1)) if gbs else None
-    else:
-        f = re.match(r"(.*?)\s+p50\s+(\S+) ns\s+([0-9.]+) GB/s", rest)
-        if not f:
-            continue
-        name = f.group(1)
-        value = float(f.group(2)) if f.group(2) != "-" and "stream" not in name else float(f.group(3))
-    if value:
-        cur[(kind, name.strip())] = value
+print("== per repetition: ours / reference, and the median of those ratios (goal)")
 B, C = "bare", "C"
 goals = [  # label, ours, references (kind, name), goal
     ("pipe pingpong 64 B", "pipe pingpong 64 B", [(B, "pipe pingpong 64 50000"), (C, "stream_pingpong pipe 64 50000")], "<= 1.05"),
